@@ -1,0 +1,268 @@
+//! The composition root: builds the components, spawns the supervised tasks, and returns what was
+//! bound plus the handles to reload and stop the agent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::attest::Attestor;
+use crate::attest::unix::UnixAttestor;
+use crate::ca::{Authority, CaSnapshot, X509Bundle};
+use crate::clock::SharedClock;
+use crate::config::{Config, FieldError};
+use crate::issuer::{Issuer, IssuerHandle};
+use crate::registry::{Entry, Policy};
+use crate::workload_api::listener::{self, Incoming};
+use crate::workload_api::service::WorkloadApi;
+
+/// How long shutdown waits for streams and connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors starting or running the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("signing authority: {0}")]
+    Authority(#[from] crate::ca::Error),
+    #[error("{}", crate::config::Errors(.0.clone()))]
+    Policy(Vec<FieldError>),
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
+    #[error("task {task} stopped unexpectedly: {why}")]
+    TaskFailed { task: &'static str, why: String },
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A running agent.
+pub struct Running {
+    /// Where the Workload API listens.
+    pub socket_path: PathBuf,
+    config: Config,
+    policy_tx: watch::Sender<Arc<Policy>>,
+    shutdown_tx: watch::Sender<bool>,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    issuer: IssuerHandle,
+    tasks: JoinSet<(&'static str, Result<(), String>)>,
+}
+
+/// Starts the agent: authority, issuer, Workload API on `config.socket_path`.
+pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error> {
+    crate::atomic_file::ensure_dir(&config.data_dir, 0o700).map_err(|source| Error::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let authority = {
+        let (cfg, td, dir, clock) = (
+            config.authority.clone(),
+            config.trust_domain.clone(),
+            config.data_dir.clone(),
+            clock.clone(),
+        );
+        tokio::task::spawn_blocking(move || Authority::load(&cfg, &td, &dir, clock))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??
+    };
+    let policy = load_policy(&config).map_err(Error::Policy)?;
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ca_rx = authority.subscribe();
+    let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
+
+    let attestors: Vec<Box<dyn Attestor>> =
+        vec![Box::new(UnixAttestor::new(config.hash_max_bytes))];
+    let ctx = crate::workload_api::Context {
+        trust_domain: config.trust_domain.clone(),
+        attestors: Arc::new(attestors),
+        policy: policy_rx,
+        ca: ca_rx.clone(),
+        issuer: issuer_handle.clone(),
+        shutdown: shutdown_rx.clone(),
+        streams: Arc::new(Semaphore::new(config.max_streams)),
+    };
+    let listener = listener::bind(&config.socket_path, 0o666, 0o755)?;
+    tracing::info!(
+        socket = %config.socket_path.display(),
+        trust_domain = %config.trust_domain,
+        entries = config.entries.len(),
+        "workload api listening"
+    );
+
+    let mut tasks = JoinSet::new();
+    {
+        let shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            (
+                "authority",
+                authority.run(shutdown).await.map_err(|e| e.to_string()),
+            )
+        });
+    }
+    {
+        let shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            issuer.run(shutdown).await;
+            ("issuer", Ok(()))
+        });
+    }
+    {
+        let mut shutdown = shutdown_rx.clone();
+        let service = WorkloadApi::new(ctx).into_server();
+        tasks.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(Incoming::new(listener), async move {
+                    crate::shutdown::signalled(&mut shutdown).await;
+                })
+                .await;
+            ("workload-api", result.map_err(|e| e.to_string()))
+        });
+    }
+    Ok(Running {
+        socket_path: config.socket_path.clone(),
+        config,
+        policy_tx,
+        shutdown_tx,
+        ca: ca_rx,
+        issuer: issuer_handle,
+        tasks,
+    })
+}
+
+/// Builds the policy (entries + federated bundles) of a configuration, reading the bundle files.
+pub fn load_policy(config: &Config) -> Result<Policy, Vec<FieldError>> {
+    let mut federation = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (i, f) in config.federation.iter().enumerate() {
+        match X509Bundle::from_pem_file(&f.bundle_path) {
+            Ok(b) => {
+                federation.insert(f.trust_domain.clone(), b);
+            }
+            Err(e) => errors.push(FieldError {
+                field: format!("federation[{i}].bundle_path"),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Policy {
+        entries: Arc::new(config.entries.clone()),
+        federation: Arc::new(federation),
+        default_x509_ttl: config.x509_ttl,
+    })
+}
+
+impl Running {
+    /// Applies the entries and federation of a new configuration; open streams see the change at once.
+    /// Settings that need a restart (trust domain, socket, data dir, authority) are reported back.
+    pub fn reload(&mut self, config: Config) -> Result<Vec<&'static str>, Vec<FieldError>> {
+        let policy = load_policy(&config)?;
+        let mut restart_needed = Vec::new();
+        if config.trust_domain != self.config.trust_domain {
+            restart_needed.push("trust_domain");
+        }
+        if config.socket_path != self.config.socket_path {
+            restart_needed.push("socket_path");
+        }
+        if config.data_dir != self.config.data_dir {
+            restart_needed.push("data_dir");
+        }
+        if config.authority != self.config.authority {
+            restart_needed.push("authority");
+        }
+        tracing::info!(
+            entries = config.entries.len(),
+            federation = config.federation.len(),
+            "policy reloaded"
+        );
+        self.policy_tx.send_replace(Arc::new(policy));
+        self.config = config;
+        Ok(restart_needed)
+    }
+
+    /// Replaces the entries, keeping everything else (for embedding and benchmarks).
+    pub fn set_entries(&self, entries: Vec<Entry>) {
+        self.policy_tx.send_modify(|p| {
+            let mut next = (**p).clone();
+            next.entries = Arc::new(entries);
+            *p = Arc::new(next);
+        });
+    }
+
+    /// The authority's current snapshot (signer and bundle).
+    pub fn ca(&self) -> Arc<CaSnapshot> {
+        self.ca.borrow().clone()
+    }
+
+    /// The issuer, for its counters.
+    pub fn issuer(&self) -> &IssuerHandle {
+        &self.issuer
+    }
+
+    /// A handle that stops the agent from elsewhere.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shutdown_tx.clone())
+    }
+
+    /// Waits until a supervised task stops. Before shutdown that is a failure, and the agent stops.
+    pub async fn wait_for_failure(&mut self) -> Error {
+        match self.tasks.join_next().await {
+            Some(Ok((task, Ok(())))) => Error::TaskFailed {
+                task,
+                why: "ended".into(),
+            },
+            Some(Ok((task, Err(why)))) => Error::TaskFailed { task, why },
+            Some(Err(e)) => Error::TaskFailed {
+                task: "unknown",
+                why: e.to_string(),
+            },
+            None => Error::Internal("no tasks".into()),
+        }
+    }
+
+    /// Stops the agent: streams end with Unavailable, connections get a bounded grace period, the
+    /// socket is removed.
+    pub async fn shutdown(mut self) {
+        self.shutdown_tx.send_replace(true);
+        let drain = async {
+            while let Some(done) = self.tasks.join_next().await {
+                if let Ok((task, Err(why))) = done {
+                    tracing::warn!(task, error = %why, "task ended with an error during shutdown");
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+            self.tasks.abort_all();
+        }
+        match std::fs::remove_file(&self.socket_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.socket_path.display(), "cannot remove socket")
+            }
+        }
+        tracing::info!("agent stopped");
+    }
+}
+
+/// Stops a running agent from another task.
+#[derive(Clone)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stopper {
+    /// Begins shutdown.
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}

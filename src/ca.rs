@@ -1,0 +1,42 @@
+//! The trust domain's signing authority: root/intermediate lifecycle, leaf minting, bundle.
+//!
+//! Keys are minted locally: no network round trip per SVID. The authority knows nothing about
+//! processes; it signs what the issuer asks for and publishes its bundle.
+
+pub mod authority;
+pub mod bundle;
+pub mod mint;
+
+use std::sync::Arc;
+
+pub use authority::Authority;
+pub use bundle::X509Bundle;
+pub use mint::{Signer, SvidRequest, X509Svid};
+
+/// Errors of the signing authority.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[source] rcgen::Error),
+    #[error("cannot parse certificate: {0}")]
+    BadCertificate(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    BadFile { path: String, why: String },
+    #[error("the signing CA has expired; no SVID can be minted")]
+    SignerExpired,
+}
+
+/// What the authority publishes: who signs now, and the trust domain's bundle.
+#[derive(Debug, Clone)]
+pub struct CaSnapshot {
+    /// The CA that signs new SVIDs.
+    pub signer: Arc<Signer>,
+    /// The trust domain's CA certificates: the signing root, a prepared next root and retired roots
+    /// that may still have valid leaves below them (TB-1, TB-3).
+    pub bundle: Arc<X509Bundle>,
+}

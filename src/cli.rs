@@ -1,0 +1,74 @@
+//! The command line: one file per subcommand.
+
+mod agent;
+mod fetch;
+mod healthcheck;
+mod output;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// Exit code for invalid configuration or usage (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// lanyard: short-lived, process-bound SPIFFE identities for every process on a node.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard", version, about, long_about = None)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line. Level from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LANYARD_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: serve the SPIFFE Workload API on a Unix socket.
+    Agent(agent::Args),
+    /// Fetch SVIDs or bundles once from a running agent.
+    #[command(subcommand)]
+    Fetch(fetch::Command),
+    /// Follow the X.509-SVID stream and print one line per update.
+    Watch(watch::Args),
+    /// Exit 0 only if the agent answers with a valid bundle.
+    Healthcheck(healthcheck::Args),
+}
+
+/// Parses arguments and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lanyard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Agent(args) => agent::run(args).await,
+            Command::Fetch(cmd) => report(fetch::run(cmd).await),
+            Command::Watch(args) => report(watch::run(args).await),
+            Command::Healthcheck(args) => report(healthcheck::run(args).await),
+        }
+    })
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

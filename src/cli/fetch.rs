@@ -1,0 +1,189 @@
+//! `lanyard fetch`: one answer from the Workload API, printed or written to files.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio_stream::StreamExt;
+
+use super::output::{self, bundle_file_name, pem_chain, summarize};
+use crate::client;
+use crate::proto::{X509BundlesRequest, X509svidRequest};
+
+/// How long to wait for the agent's first message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Fetch this process's X.509-SVIDs.
+    X509(X509Args),
+    /// Fetch the X.509 trust bundles this process may see.
+    Bundles(BundlesArgs),
+}
+
+/// Where the agent is.
+#[derive(Debug, clap::Args)]
+pub struct Endpoint {
+    /// Agent endpoint: unix:///path or /path. Default: $SPIFFE_ENDPOINT_SOCKET, else
+    /// unix:///run/lanyard/workload.sock.
+    #[arg(long)]
+    socket: Option<String>,
+}
+
+impl Endpoint {
+    /// The `--socket` value, if given.
+    pub fn socket(&self) -> Option<&str> {
+        self.socket.as_deref()
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct X509Args {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Write the default SVID as svid.pem (chain), svid_key.pem (0600) and bundle.pem into DIR;
+    /// further SVIDs as svid.N.pem, svid_key.N.pem, bundle.N.pem; federated bundles as <td>.pem.
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
+    /// Print JSON (no key material) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BundlesArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Write each bundle as <trust-domain>.pem into DIR.
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::X509(args) => x509(args).await,
+        Command::Bundles(args) => bundles(args).await,
+    }
+}
+
+async fn x509(args: X509Args) -> anyhow::Result<()> {
+    let endpoint = client::resolve_endpoint(args.endpoint.socket.as_deref());
+    let mut client = client::connect(&endpoint).await?;
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .map_err(describe)?
+        .into_inner();
+    let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.next())
+        .await
+        .context("the agent sent nothing within 30s")?
+        .context("the agent closed the stream without an answer")?
+        .map_err(describe)?;
+    if msg.svids.is_empty() {
+        bail!("the agent returned no SVID");
+    }
+    if let Some(dir) = &args.write {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, svid) in msg.svids.iter().enumerate() {
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!(".{i}")
+            };
+            output::write_svid_files(dir, &suffix, svid)?;
+        }
+        for (td, der) in &msg.federated_bundles {
+            let path = dir.join(bundle_file_name(td));
+            crate::atomic_file::write(&path, pem_chain(der)?.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let summaries = msg
+        .svids
+        .iter()
+        .map(summarize)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.json {
+        let federated: Vec<&String> = msg.federated_bundles.keys().collect();
+        println!(
+            "{}",
+            serde_json::json!({ "svids": summaries, "federated_bundles": federated })
+        );
+    } else {
+        for s in &summaries {
+            println!("SPIFFE ID:  {}", s.spiffe_id);
+            if !s.hint.is_empty() {
+                println!("Hint:       {}", s.hint);
+            }
+            println!("Serial:     {}", s.serial);
+            println!("Valid:      {} to {}", s.not_before, s.not_after);
+            println!(
+                "Chain:      {} certificate(s); bundle: {} CA certificate(s)",
+                s.chain_length, s.bundle_certificates
+            );
+            println!();
+        }
+        for td in msg.federated_bundles.keys() {
+            println!("Federated bundle: {td}");
+        }
+        if let Some(dir) = &args.write {
+            println!(
+                "Wrote svid.pem, svid_key.pem and bundle.pem to {}",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn bundles(args: BundlesArgs) -> anyhow::Result<()> {
+    let endpoint = client::resolve_endpoint(args.endpoint.socket.as_deref());
+    let mut client = client::connect(&endpoint).await?;
+    let mut stream = client
+        .fetch_x509_bundles(X509BundlesRequest {})
+        .await
+        .map_err(describe)?
+        .into_inner();
+    let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.next())
+        .await
+        .context("the agent sent nothing within 30s")?
+        .context("the agent closed the stream without an answer")?
+        .map_err(describe)?;
+    let mut tds: Vec<(&String, &Vec<u8>)> = msg.bundles.iter().collect();
+    tds.sort();
+    if let Some(dir) = &args.write {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (td, der) in &tds {
+            let path = dir.join(bundle_file_name(td));
+            crate::atomic_file::write(&path, pem_chain(der)?.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    if args.json {
+        let out: serde_json::Map<String, serde_json::Value> = tds
+            .iter()
+            .map(|(td, der)| Ok(((*td).clone(), serde_json::Value::String(pem_chain(der)?))))
+            .collect::<anyhow::Result<_>>()?;
+        println!("{}", serde_json::json!({ "bundles": out }));
+    } else {
+        for (td, der) in &tds {
+            let n = crate::ca::bundle::split_der(der)
+                .map(|c| c.len())
+                .unwrap_or(0);
+            println!("{td}: {n} CA certificate(s)");
+        }
+    }
+    Ok(())
+}
+
+/// A status from the agent as a user-facing error.
+pub fn describe(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the agent refused: {} ({:?})",
+        status.message(),
+        status.code()
+    )
+}

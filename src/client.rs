@@ -1,0 +1,104 @@
+//! A Workload API client over a Unix socket, for the CLI and the helper. It sends the EP-2 security
+//! header on every call.
+
+use std::path::PathBuf;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+/// The environment variable naming the Workload API endpoint.
+pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+/// A connected Workload API client.
+pub type WorkloadClient = SpiffeWorkloadApiClient<
+    InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>,
+>;
+
+/// Why the client could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "invalid endpoint {0:?}: use unix:///absolute/path (as in SPIFFE_ENDPOINT_SOCKET) or an absolute socket path"
+    )]
+    BadEndpoint(String),
+    #[error("cannot connect to the agent at {path}: {source}; is `lanyard agent` running there?")]
+    Connect {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+}
+
+/// The socket path of an endpoint: `unix:///path`, `unix:/path` or `/path`.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, Error> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if path.starts_with('/') {
+        Ok(PathBuf::from(path))
+    } else {
+        Err(Error::BadEndpoint(endpoint.into()))
+    }
+}
+
+/// The endpoint to use: `explicit`, else `SPIFFE_ENDPOINT_SOCKET`, else the default socket.
+pub fn resolve_endpoint(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_owned)
+        .or_else(|| std::env::var(ENDPOINT_ENV).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("unix://{}", crate::config::DEFAULT_SOCKET_PATH))
+}
+
+/// Connects to the agent at `endpoint`.
+pub async fn connect(endpoint: &str) -> Result<WorkloadClient, Error> {
+    let path = socket_path(endpoint)?;
+    let connector_path = path.clone();
+    // The URI is required by tonic but unused: the connector dials the Unix socket.
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = connector_path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|source| Error::Connect { path, source })?;
+    Ok(SpiffeWorkloadApiClient::with_interceptor(
+        channel,
+        add_header as fn(Request<()>) -> Result<Request<()>, Status>,
+    ))
+}
+
+fn add_header(mut req: Request<()>) -> Result<Request<()>, Status> {
+    req.metadata_mut().insert(
+        crate::workload_api::header::HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(
+            socket_path("unix:///run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert_eq!(
+            socket_path("/run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert!(socket_path("tcp://127.0.0.1:1").is_err());
+        assert!(socket_path("unix://relative").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! The agent's configuration: a typed tree with embedded defaults, read from `lanyard.toml`, then
+//! overridden by environment and flags. Every problem is reported at once, each naming the field
+//! and the value.
+
+mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::registry::Entry;
+use crate::spiffe_id::TrustDomain;
+
+pub use raw::RawConfig;
+
+/// Trust domain when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
+/// Workload API socket when none is configured.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/lanyard/workload.sock";
+/// Data directory (authority keys) when none is configured.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/lanyard";
+/// X.509-SVID lifetime when neither the entry nor `[svid]` sets one.
+pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
+/// The shortest X.509-SVID lifetime accepted.
+pub const MIN_X509_TTL: Duration = Duration::from_secs(60);
+/// Lifetime of a self-signed root.
+pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the intermediate the agent mints under an upstream root.
+pub const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Concurrent Workload API streams before new ones are refused with Unavailable (EP-5).
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub socket_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub authority: AuthorityConfig,
+    /// Default X.509-SVID lifetime.
+    pub x509_ttl: Duration,
+    /// Executables larger than this get no `unix:sha256` selector.
+    pub hash_max_bytes: u64,
+    pub max_streams: usize,
+    /// Registration entries declared in the file, in file order.
+    pub entries: Vec<Entry>,
+    pub federation: Vec<Federation>,
+}
+
+/// Where the signing authority comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorityConfig {
+    /// A root generated once and kept in the data directory.
+    SelfSigned { ca_ttl: Duration },
+    /// A root certificate and key from files; the agent mints and rotates its own intermediate.
+    Upstream {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        intermediate_ttl: Duration,
+    },
+}
+
+/// A federated trust domain and the file its X.509 bundle (PEM) is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Federation {
+    pub trust_domain: TrustDomain,
+    pub bundle_path: PathBuf,
+}
+
+/// Values given on the command line or in the environment; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub trust_domain: Option<String>,
+    pub socket_path: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub x509_ttl: Option<String>,
+}
+
+/// `--dev`: unprivileged embedded defaults for one user.
+#[derive(Debug, Clone)]
+pub struct DevMode {
+    /// Directory for the socket and data (created 0700).
+    pub runtime_dir: PathBuf,
+    pub uid: u32,
+    pub user_name: String,
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where: `trust_domain`, `entry[2].spiffe_id`, `--socket`.
+    pub field: String,
+    /// What is wrong and what to do, naming the value.
+    pub message: String,
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.0))]
+pub struct Errors(pub Vec<FieldError>);
+
+fn render(errors: &[FieldError]) -> String {
+    let mut out = format!(
+        "invalid configuration ({} problem{}):",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    for e in errors {
+        out.push_str(&format!("\n  {}: {}", e.field, e.message));
+    }
+    out
+}
+
+impl Config {
+    /// Loads the configuration: embedded defaults, then the file (if any), then `overrides`, then
+    /// `--dev` defaults for anything still unset.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        dev: Option<&DevMode>,
+    ) -> Result<Self, Errors> {
+        let raw = match file {
+            Some(path) => RawConfig::read(path)?,
+            None => RawConfig::default(),
+        };
+        validate::validate(raw, overrides, dev)
+    }
+
+    /// Parses configuration text (as in `lanyard.toml`) with no overrides.
+    pub fn from_toml(text: &str) -> Result<Self, Errors> {
+        let raw = RawConfig::parse(text, "lanyard.toml")?;
+        validate::validate(raw, &Overrides::default(), None)
+    }
+
+    /// The `SPIFFE_ENDPOINT_SOCKET` value for this agent's socket (EP-1).
+    pub fn endpoint_socket(&self) -> String {
+        format!("unix://{}", self.socket_path.display())
+    }
+}
+
+impl DevMode {
+    /// Dev mode for the invoking user: `$XDG_RUNTIME_DIR/lanyard`, or `/tmp/lanyard-<uid>`.
+    pub fn for_current_user() -> Self {
+        let uid = crate::sys::users::effective_uid();
+        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute() && p.is_dir())
+            .map(|p| p.join("lanyard"))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("lanyard-{uid}")));
+        let user_name = crate::sys::users::user_name(uid).unwrap_or_else(|| format!("uid-{uid}"));
+        Self {
+            runtime_dir,
+            uid,
+            user_name,
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The file format: what `lanyard.toml` may say, before any value is checked.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Errors, FieldError};
+
+/// `lanyard.toml` as written. Every field is optional; unknown fields are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub trust_domain: Option<String>,
+    pub socket_path: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub authority: RawAuthority,
+    #[serde(default)]
+    pub svid: RawSvid,
+    #[serde(default)]
+    pub attestation: RawAttestation,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default, rename = "entry")]
+    pub entries: Vec<RawEntry>,
+    #[serde(default)]
+    pub federation: Vec<RawFederation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthority {
+    pub mode: Option<String>,
+    pub ca_ttl: Option<String>,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    pub intermediate_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSvid {
+    pub x509_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAttestation {
+    pub hash_max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_streams: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntry {
+    pub spiffe_id: Option<String>,
+    #[serde(default)]
+    pub selectors: Vec<String>,
+    pub x509_ttl: Option<String>,
+    pub hint: Option<String>,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default)]
+    pub federates_with: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFederation {
+    pub trust_domain: Option<String>,
+    pub bundle_path: Option<PathBuf>,
+}
+
+impl RawConfig {
+    /// Reads and parses a file.
+    pub fn read(path: &Path) -> Result<Self, Errors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Errors(vec![FieldError {
+                field: "--config".into(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Errors> {
+        toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Errors(vec![FieldError {
+                field: origin.into(),
+                message: format!("{}{at}", e.message()),
+            }])
+        })
+    }
+}

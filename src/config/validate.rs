@@ -1,0 +1,650 @@
+//! From what the file and flags say to a [`Config`], collecting every problem.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawEntry};
+use super::*;
+use crate::registry::{Entry, EntryId};
+use crate::selector::Selector;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+struct Collector(Vec<FieldError>);
+
+impl Collector {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn validate(
+    mut raw: RawConfig,
+    overrides: &Overrides,
+    dev: Option<&DevMode>,
+) -> Result<Config, Errors> {
+    let mut errs = Collector(Vec::new());
+
+    // Overrides win over the file; remember which name to blame.
+    let td_field = if overrides.trust_domain.is_some() {
+        "--trust-domain"
+    } else {
+        "trust_domain"
+    };
+    if let Some(v) = &overrides.trust_domain {
+        raw.trust_domain = Some(v.clone());
+    }
+    if let Some(v) = &overrides.socket_path {
+        raw.socket_path = Some(v.clone());
+    }
+    if let Some(v) = &overrides.data_dir {
+        raw.data_dir = Some(v.clone());
+    }
+    let ttl_field = if overrides.x509_ttl.is_some() {
+        "--x509-ttl"
+    } else {
+        "svid.x509_ttl"
+    };
+    if let Some(v) = &overrides.x509_ttl {
+        raw.svid.x509_ttl = Some(v.clone());
+    }
+
+    let td_text = raw
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+    let trust_domain = match TrustDomain::parse(&td_text) {
+        Ok(td) => Some(td),
+        Err(e) => {
+            errs.push(td_field, format!("invalid trust domain {td_text:?}: {e}"));
+            None
+        }
+    };
+
+    let default_socket = dev
+        .map(|d| d.runtime_dir.join("workload.sock"))
+        .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
+    let socket_path = raw.socket_path.clone().unwrap_or(default_socket);
+    absolute(&mut errs, "socket_path", &socket_path);
+    let default_data = dev
+        .map(|d| d.runtime_dir.join("data"))
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let data_dir = raw.data_dir.clone().unwrap_or(default_data);
+    absolute(&mut errs, "data_dir", &data_dir);
+
+    let x509_ttl = duration(
+        &mut errs,
+        ttl_field,
+        raw.svid.x509_ttl.as_deref(),
+        DEFAULT_X509_TTL,
+    );
+    check_svid_ttl(&mut errs, ttl_field, x509_ttl);
+
+    let authority = authority(&mut errs, &raw);
+    let signer_ttl = match &authority {
+        Some(AuthorityConfig::SelfSigned { ca_ttl }) => Some(*ca_ttl / 4),
+        Some(AuthorityConfig::Upstream {
+            intermediate_ttl, ..
+        }) => Some(*intermediate_ttl / 2),
+        None => None,
+    };
+    let check_against_ca = |errs: &mut Collector, field: &str, ttl: Duration| {
+        if let Some(limit) = signer_ttl
+            && ttl > limit
+        {
+            errs.push(
+                field,
+                format!(
+                    "{} is longer than the signing CA allows ({}: a quarter of ca_ttl, or half of intermediate_ttl); shorten the SVID lifetime or lengthen the CA's",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(limit)
+                ),
+            );
+        }
+    };
+    check_against_ca(&mut errs, ttl_field, x509_ttl);
+
+    let hash_max_bytes = raw
+        .attestation
+        .hash_max_bytes
+        .unwrap_or(crate::attest::unix::DEFAULT_HASH_MAX_BYTES);
+    let max_streams = raw.limits.max_streams.unwrap_or(DEFAULT_MAX_STREAMS);
+    if max_streams == 0 {
+        errs.push(
+            "limits.max_streams",
+            "0 would refuse every workload; use a positive number",
+        );
+    }
+
+    // Federation first: entries may only federate with trust domains that have a bundle.
+    let mut federation = Vec::new();
+    let mut fed_names = HashSet::new();
+    for (i, f) in raw.federation.iter().enumerate() {
+        let field = |name: &str| format!("federation[{i}].{name}");
+        let td = match f.trust_domain.as_deref() {
+            None => {
+                errs.push(
+                    field("trust_domain"),
+                    "missing; name the federated trust domain",
+                );
+                None
+            }
+            Some(text) => match TrustDomain::parse(text) {
+                Ok(td) if Some(&td) == trust_domain.as_ref() => {
+                    errs.push(
+                        field("trust_domain"),
+                        format!("{text:?} is this agent's own trust domain; federation is with other trust domains"),
+                    );
+                    None
+                }
+                Ok(td) if !fed_names.insert(td.clone()) => {
+                    errs.push(field("trust_domain"), format!("{text:?} is listed twice"));
+                    None
+                }
+                Ok(td) => Some(td),
+                Err(e) => {
+                    errs.push(
+                        field("trust_domain"),
+                        format!("invalid trust domain {text:?}: {e}"),
+                    );
+                    None
+                }
+            },
+        };
+        let path = match &f.bundle_path {
+            None => {
+                errs.push(
+                    field("bundle_path"),
+                    "missing; give the PEM file with the trust domain's CA certificates",
+                );
+                None
+            }
+            Some(p) => {
+                absolute(&mut errs, &field("bundle_path"), p);
+                Some(p.clone())
+            }
+        };
+        if let (Some(trust_domain), Some(bundle_path)) = (td, path) {
+            federation.push(Federation {
+                trust_domain,
+                bundle_path,
+            });
+        }
+    }
+
+    let mut entries = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, e) in raw.entries.iter().enumerate() {
+        if let Some(entry) = entry(
+            &mut errs,
+            &format!("entry[{i}]"),
+            e,
+            trust_domain.as_ref(),
+            &fed_names,
+        ) {
+            if let Some(ttl) = entry.x509_ttl {
+                check_against_ca(&mut errs, &format!("entry[{i}].x509_ttl"), ttl);
+            }
+            if !seen.insert(entry.id.clone()) {
+                errs.push(
+                    format!("entry[{i}]"),
+                    format!(
+                        "duplicates an earlier entry ({} with the same selectors); remove one",
+                        entry.spiffe_id
+                    ),
+                );
+                continue;
+            }
+            entries.push(entry);
+        }
+    }
+
+    if let (Some(dev), Some(td)) = (dev, trust_domain.as_ref()) {
+        let name: String = dev
+            .user_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        match td.id_with_path(&format!("/user/{name}")) {
+            Ok(spiffe_id) => {
+                let selectors = vec![Selector::UnixUid(dev.uid)];
+                entries.push(Entry {
+                    id: EntryId::declared(&spiffe_id, &selectors),
+                    spiffe_id,
+                    selectors,
+                    x509_ttl: None,
+                    hint: "dev".into(),
+                    dns_names: vec![],
+                    federates_with: vec![],
+                });
+            }
+            Err(e) => errs.push(
+                "--dev",
+                format!("cannot build the dev identity for {name:?}: {e}"),
+            ),
+        }
+    }
+
+    if !errs.0.is_empty() {
+        return Err(Errors(errs.0));
+    }
+    // Every `None` above pushed an error, so these are present.
+    let (Some(trust_domain), Some(authority)) = (trust_domain, authority) else {
+        return Err(Errors(vec![FieldError {
+            field: "config".into(),
+            message: "internal: validation lost an error".into(),
+        }]));
+    };
+    Ok(Config {
+        trust_domain,
+        socket_path,
+        data_dir,
+        authority,
+        x509_ttl,
+        hash_max_bytes,
+        max_streams,
+        entries,
+        federation,
+    })
+}
+
+fn absolute(errs: &mut Collector, field: &str, path: &std::path::Path) {
+    if !path.is_absolute() {
+        errs.push(
+            field,
+            format!("{:?} is not an absolute path", path.display().to_string()),
+        );
+    }
+}
+
+fn duration(errs: &mut Collector, field: &str, text: Option<&str>, default: Duration) -> Duration {
+    match text {
+        None => default,
+        Some(t) => match humantime::parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(
+                    field,
+                    format!("invalid duration {t:?}: {e}; write it like \"90s\", \"10m\", \"1h\" or \"30d\""),
+                );
+                default
+            }
+        },
+    }
+}
+
+fn check_svid_ttl(errs: &mut Collector, field: &str, ttl: Duration) {
+    if ttl < MIN_X509_TTL {
+        errs.push(
+            field,
+            format!(
+                "{} is shorter than the minimum X.509-SVID lifetime of 1m",
+                humantime::format_duration(ttl)
+            ),
+        );
+    }
+}
+
+fn authority(errs: &mut Collector, raw: &RawConfig) -> Option<AuthorityConfig> {
+    let a = &raw.authority;
+    match a.mode.as_deref().unwrap_or("self-signed") {
+        "self-signed" => {
+            for (set, name) in [
+                (a.cert_path.is_some(), "authority.cert_path"),
+                (a.key_path.is_some(), "authority.key_path"),
+                (a.intermediate_ttl.is_some(), "authority.intermediate_ttl"),
+            ] {
+                if set {
+                    errs.push(
+                        name,
+                        "only used with mode = \"upstream\"; remove it or set the mode",
+                    );
+                }
+            }
+            let ca_ttl = duration(
+                errs,
+                "authority.ca_ttl",
+                a.ca_ttl.as_deref(),
+                DEFAULT_CA_TTL,
+            );
+            if ca_ttl < Duration::from_secs(3600) {
+                errs.push(
+                    "authority.ca_ttl",
+                    format!(
+                        "{} is too short for a root; use at least 1h",
+                        humantime::format_duration(ca_ttl)
+                    ),
+                );
+            }
+            Some(AuthorityConfig::SelfSigned { ca_ttl })
+        }
+        "upstream" => {
+            if a.ca_ttl.is_some() {
+                errs.push("authority.ca_ttl", "only used with mode = \"self-signed\"; the upstream root's own validity applies");
+            }
+            let cert_path = a.cert_path.clone();
+            let key_path = a.key_path.clone();
+            if cert_path.is_none() {
+                errs.push(
+                    "authority.cert_path",
+                    "missing; upstream mode needs the root certificate (PEM)",
+                );
+            }
+            if key_path.is_none() {
+                errs.push(
+                    "authority.key_path",
+                    "missing; upstream mode needs the root's private key (PEM, PKCS#8)",
+                );
+            }
+            let intermediate_ttl = duration(
+                errs,
+                "authority.intermediate_ttl",
+                a.intermediate_ttl.as_deref(),
+                DEFAULT_INTERMEDIATE_TTL,
+            );
+            if intermediate_ttl < Duration::from_secs(600) {
+                errs.push(
+                    "authority.intermediate_ttl",
+                    format!(
+                        "{} is too short; use at least 10m",
+                        humantime::format_duration(intermediate_ttl)
+                    ),
+                );
+            }
+            Some(AuthorityConfig::Upstream {
+                cert_path: cert_path?,
+                key_path: key_path?,
+                intermediate_ttl,
+            })
+        }
+        other => {
+            errs.push(
+                "authority.mode",
+                format!("unknown mode {other:?}; use \"self-signed\" or \"upstream\""),
+            );
+            None
+        }
+    }
+}
+
+fn entry(
+    errs: &mut Collector,
+    at: &str,
+    e: &RawEntry,
+    own: Option<&TrustDomain>,
+    federated: &HashSet<TrustDomain>,
+) -> Option<Entry> {
+    let before = errs.0.len();
+    let spiffe_id = match e.spiffe_id.as_deref() {
+        None => {
+            errs.push(format!("{at}.spiffe_id"), "missing");
+            None
+        }
+        Some(text) => match SpiffeId::parse(text) {
+            Err(err) => {
+                errs.push(
+                    format!("{at}.spiffe_id"),
+                    format!("invalid SPIFFE ID {text:?}: {err}"),
+                );
+                None
+            }
+            Ok(id) if id.path().is_empty() => {
+                errs.push(
+                    format!("{at}.spiffe_id"),
+                    format!("invalid SPIFFE ID {text:?}: an SVID's ID needs a path, such as {text}/service (X5-1)"),
+                );
+                None
+            }
+            Ok(id) if own.is_some_and(|td| id.trust_domain_str() != td.as_str()) => {
+                errs.push(
+                    format!("{at}.spiffe_id"),
+                    format!(
+                        "{text:?} is not in this agent's trust domain {:?}; the agent only issues its own trust domain's IDs",
+                        own.map(|t| t.as_str()).unwrap_or_default()
+                    ),
+                );
+                None
+            }
+            Ok(id) => Some(id),
+        },
+    };
+    let mut selectors = Vec::new();
+    if e.selectors.is_empty() {
+        errs.push(
+            format!("{at}.selectors"),
+            "empty; an entry without selectors would match every process. Add at least one, such as \"unix:uid:1000\"",
+        );
+    }
+    for (j, s) in e.selectors.iter().enumerate() {
+        match Selector::parse(s) {
+            Ok(sel) => selectors.push(sel),
+            Err(err) => errs.push(format!("{at}.selectors[{j}]"), err.to_string()),
+        }
+    }
+    selectors.sort();
+    selectors.dedup();
+    let x509_ttl = e.x509_ttl.as_deref().map(|t| {
+        let d = duration(errs, &format!("{at}.x509_ttl"), Some(t), DEFAULT_X509_TTL);
+        check_svid_ttl(errs, &format!("{at}.x509_ttl"), d);
+        d
+    });
+    for (j, name) in e.dns_names.iter().enumerate() {
+        if !valid_dns_name(name) {
+            errs.push(
+                format!("{at}.dns_names[{j}]"),
+                format!("{name:?} is not a valid DNS name (letters, digits, '-' and '.', labels of 1 to 63 characters, an optional leading \"*.\")"),
+            );
+        }
+    }
+    let mut federates_with = Vec::new();
+    for (j, text) in e.federates_with.iter().enumerate() {
+        match TrustDomain::parse(text) {
+            Ok(td) if federated.contains(&td) => federates_with.push(td),
+            Ok(_) => errs.push(
+                format!("{at}.federates_with[{j}]"),
+                format!("{text:?} has no [[federation]] block with its bundle; add one or remove it here"),
+            ),
+            Err(err) => errs.push(
+                format!("{at}.federates_with[{j}]"),
+                format!("invalid trust domain {text:?}: {err}"),
+            ),
+        }
+    }
+    if errs.0.len() != before {
+        return None;
+    }
+    let spiffe_id = spiffe_id?;
+    Some(Entry {
+        id: EntryId::declared(&spiffe_id, &selectors),
+        spiffe_id,
+        selectors,
+        x509_ttl,
+        hint: e.hint.clone().unwrap_or_default(),
+        dns_names: e.dns_names.clone(),
+        federates_with,
+    })
+}
+
+/// A DNS name as it may appear in a certificate SAN: LDH labels, optional leading wildcard.
+pub(crate) fn valid_dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.trust_domain.as_str(), DEFAULT_TRUST_DOMAIN);
+        assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.x509_ttl, DEFAULT_X509_TTL);
+        assert_eq!(
+            c.authority,
+            AuthorityConfig::SelfSigned {
+                ca_ttl: DEFAULT_CA_TTL
+            }
+        );
+        assert!(c.entries.is_empty());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::from_toml(
+            r#"
+            trust_domain = "example.org"
+            socket_path = "/run/lanyard/workload.sock"
+            data_dir = "/var/lib/lanyard"
+            [authority]
+            mode = "self-signed"
+            [svid]
+            x509_ttl = "1h"
+            [[entry]]
+            spiffe_id = "spiffe://example.org/billing"
+            selectors = ["unix:uid:1000", "unix:path:/usr/bin/billing"]
+            x509_ttl = "10m"
+            hint = "billing"
+            dns_names = ["billing.internal"]
+            federates_with = ["partner.org"]
+            [[federation]]
+            trust_domain = "partner.org"
+            bundle_path = "/etc/lanyard/partner.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.entries.len(), 1);
+        let e = &c.entries[0];
+        assert_eq!(e.x509_ttl, Some(Duration::from_secs(600)));
+        assert_eq!(e.federates_with[0].as_str(), "partner.org");
+        assert_eq!(c.federation[0].trust_domain.as_str(), "partner.org");
+    }
+
+    /// Every error at once, each naming the field and the value (ID-5 for the ID).
+    #[test]
+    fn reports_every_error_at_once() {
+        let err = Config::from_toml(
+            r#"
+            trust_domain = "Example.org"
+            socket_path = "relative.sock"
+            [svid]
+            x509_ttl = "30s"
+            [authority]
+            mode = "magic"
+            [[entry]]
+            spiffe_id = "spiffe://example.org/a//b"
+            selectors = ["unix:uid:abc", "nope"]
+            dns_names = ["bad_name"]
+            federates_with = ["partner.org"]
+            [[entry]]
+            selectors = []
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "trust_domain: invalid trust domain \"Example.org\"",
+            "socket_path: \"relative.sock\" is not an absolute path",
+            "svid.x509_ttl: 30s is shorter than the minimum",
+            "authority.mode: unknown mode \"magic\"",
+            "entry[0].spiffe_id: invalid SPIFFE ID \"spiffe://example.org/a//b\": empty path segment (ID-3)",
+            "entry[0].selectors[0]: invalid selector \"unix:uid:abc\"",
+            "entry[0].selectors[1]: invalid selector \"nope\"",
+            "entry[0].dns_names[0]: \"bad_name\" is not a valid DNS name",
+            "entry[0].federates_with[0]: \"partner.org\" has no [[federation]] block",
+            "entry[1].spiffe_id: missing",
+            "entry[1].selectors: empty",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert_eq!(err.0.len(), 11, "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_name_the_line() {
+        let err = Config::from_toml("trust_domain = \"a\"\nsocket = \"/x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `socket`"), "{err}");
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = Config::from_toml("trust_domain = \n").unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn entries_outside_the_trust_domain_or_without_path_are_refused() {
+        let err = Config::from_toml(
+            "[[entry]]\nspiffe_id = \"spiffe://other.org/a\"\nselectors = [\"unix:uid:1\"]\n[[entry]]\nspiffe_id = \"spiffe://example.org\"\nselectors = [\"unix:uid:1\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not in this agent's trust domain"), "{err}");
+        assert!(err.contains("needs a path"), "{err}");
+    }
+
+    #[test]
+    fn ttl_longer_than_the_ca_allows_is_refused() {
+        let err = Config::from_toml("[authority]\nca_ttl = \"8h\"\n[svid]\nx509_ttl = \"3h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("longer than the signing CA allows"), "{err}");
+    }
+
+    #[test]
+    fn upstream_mode_needs_both_files() {
+        let err = Config::from_toml("[authority]\nmode = \"upstream\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("authority.cert_path: missing"), "{err}");
+        assert!(err.contains("authority.key_path: missing"), "{err}");
+    }
+
+    #[test]
+    fn dev_mode_adds_the_user_entry() {
+        let dev = DevMode {
+            runtime_dir: "/tmp/lanyard-test".into(),
+            uid: 1234,
+            user_name: "al ice".into(),
+        };
+        let raw = RawConfig::parse("", "x").unwrap();
+        let c = validate(raw, &Overrides::default(), Some(&dev)).unwrap();
+        assert_eq!(
+            c.socket_path,
+            PathBuf::from("/tmp/lanyard-test/workload.sock")
+        );
+        assert_eq!(
+            c.entries[0].spiffe_id.as_str(),
+            "spiffe://example.org/user/al_ice"
+        );
+        assert_eq!(c.entries[0].selectors, vec![Selector::UnixUid(1234)]);
+    }
+
+    #[test]
+    fn dns_names() {
+        for ok in ["a", "billing.internal", "*.svc.cluster.local", "x-1.y"] {
+            assert!(valid_dns_name(ok), "{ok}");
+        }
+        for bad in ["", "a..b", "-a", "a_b", "*.", "a b"] {
+            assert!(!valid_dns_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The SVID cache and rotation scheduler: one task owns every cached SVID and publishes each through
+//! a `watch` channel that streams subscribe to.
+//!
+//! - One SVID per [`SvidRequest`] (ID, lifetime, DNS names), minted on first demand; concurrent first
+//!   requests share one mint.
+//! - Re-minted at a jittered 45–55 % of its lifetime and pushed to every subscriber.
+//! - Dropped at its rotation time when nobody holds it any more.
+//! - Minting runs on the blocking pool, never on the async workers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::ca::{CaSnapshot, SvidRequest, X509Svid, mint};
+use crate::clock::SharedClock;
+
+/// The state of one cached SVID, as subscribers see it.
+#[derive(Clone, Debug)]
+pub enum SvidState {
+    /// The first mint is under way.
+    Pending,
+    /// The current SVID.
+    Ready(Arc<X509Svid>),
+    /// The first mint failed (the message is for logs, not callers).
+    Failed(Arc<str>),
+}
+
+/// Errors seen by users of the issuer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("the issuer has stopped")]
+    Stopped,
+    #[error("minting failed: {0}")]
+    MintFailed(Arc<str>),
+}
+
+/// A cloneable handle for subscribing to SVIDs.
+#[derive(Clone, Debug)]
+pub struct IssuerHandle {
+    tx: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+}
+
+/// Counters, for tests, benchmarks and the admin API.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// SVIDs minted since start (first mints and rotations).
+    pub minted: AtomicU64,
+    /// SVIDs currently cached.
+    pub cached: AtomicU64,
+}
+
+/// The issuer task.
+pub struct Issuer {
+    rx: mpsc::Receiver<Command>,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    clock: SharedClock,
+    stats: Arc<Stats>,
+    slots: HashMap<SvidRequest, Slot>,
+    timers: BTreeMap<(Instant, u64), SvidRequest>,
+    timer_seq: u64,
+    mints: JoinSet<(SvidRequest, Result<X509Svid, crate::ca::Error>)>,
+}
+
+enum Command {
+    Subscribe {
+        req: SvidRequest,
+        reply: oneshot::Sender<watch::Receiver<SvidState>>,
+    },
+}
+
+struct Slot {
+    tx: watch::Sender<SvidState>,
+    minting: bool,
+    timer: Option<(Instant, u64)>,
+}
+
+impl Issuer {
+    /// A new issuer signing with whatever `ca` publishes.
+    pub fn new(ca: watch::Receiver<Arc<CaSnapshot>>, clock: SharedClock) -> (Self, IssuerHandle) {
+        let (tx, rx) = mpsc::channel(1024);
+        let stats = Arc::new(Stats::default());
+        let issuer = Self {
+            rx,
+            ca,
+            clock,
+            stats: stats.clone(),
+            slots: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            mints: JoinSet::new(),
+        };
+        (issuer, IssuerHandle { tx, stats })
+    }
+
+    /// Runs until `shutdown` fires or every handle is gone.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let next_timer = self.timers.keys().next().map(|(at, _)| *at);
+            tokio::select! {
+                _ = crate::shutdown::signalled(&mut shutdown) => return,
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Subscribe { req, reply }) => self.subscribe(req, reply),
+                    None => return,
+                },
+                Some(done) = self.mints.join_next(), if !self.mints.is_empty() => match done {
+                    Ok((req, result)) => self.minted(req, result),
+                    Err(e) => tracing::error!(error = %e, "mint task failed"),
+                },
+                _ = sleep_until(next_timer), if next_timer.is_some() => self.rotate_due(),
+            }
+        }
+    }
+
+    fn subscribe(&mut self, req: SvidRequest, reply: oneshot::Sender<watch::Receiver<SvidState>>) {
+        let slot = self.slots.entry(req.clone()).or_insert_with(|| Slot {
+            tx: watch::Sender::new(SvidState::Pending),
+            minting: false,
+            timer: None,
+        });
+        let retry = matches!(*slot.tx.borrow(), SvidState::Failed(_));
+        if retry {
+            slot.tx.send_replace(SvidState::Pending);
+        }
+        let needs_mint = !slot.minting && matches!(*slot.tx.borrow(), SvidState::Pending);
+        let _ = reply.send(slot.tx.subscribe());
+        if needs_mint {
+            self.start_mint(req);
+        }
+    }
+
+    fn start_mint(&mut self, req: SvidRequest) {
+        let Some(slot) = self.slots.get_mut(&req) else {
+            return;
+        };
+        slot.minting = true;
+        let signer = self.ca.borrow().signer.clone();
+        let clock = self.clock.clone();
+        self.mints.spawn_blocking(move || {
+            let result = mint::mint_svid(&signer, &req, clock.now());
+            (req, result)
+        });
+    }
+
+    fn minted(&mut self, req: SvidRequest, result: Result<X509Svid, crate::ca::Error>) {
+        let Some(slot) = self.slots.get_mut(&req) else {
+            return;
+        };
+        slot.minting = false;
+        match result {
+            Ok(svid) => {
+                self.stats.minted.fetch_add(1, Ordering::Relaxed);
+                let rotate_in = rotation_delay(&svid, self.clock.now());
+                tracing::debug!(
+                    spiffe_id = %svid.spiffe_id,
+                    serial = %svid.serial,
+                    rotate_in = ?rotate_in,
+                    "svid minted"
+                );
+                slot.tx.send_replace(SvidState::Ready(Arc::new(svid)));
+                self.schedule(&req, rotate_in);
+            }
+            Err(e) => {
+                let had_svid = matches!(*slot.tx.borrow(), SvidState::Ready(_));
+                if had_svid {
+                    // Subscribers keep the current, still valid SVID; try again soon.
+                    tracing::error!(spiffe_id = %req.spiffe_id, error = %e, "svid rotation failed; retrying in 10s");
+                    self.schedule(&req, Duration::from_secs(10));
+                } else {
+                    tracing::error!(spiffe_id = %req.spiffe_id, error = %e, "svid mint failed");
+                    slot.tx
+                        .send_replace(SvidState::Failed(e.to_string().into()));
+                }
+            }
+        }
+        self.stats
+            .cached
+            .store(self.slots.len() as u64, Ordering::Relaxed);
+    }
+
+    fn schedule(&mut self, req: &SvidRequest, delay: Duration) {
+        let Some(slot) = self.slots.get_mut(req) else {
+            return;
+        };
+        if let Some(old) = slot.timer.take() {
+            self.timers.remove(&old);
+        }
+        self.timer_seq += 1;
+        let key = (Instant::now() + delay, self.timer_seq);
+        slot.timer = Some(key);
+        self.timers.insert(key, req.clone());
+    }
+
+    fn rotate_due(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let req = entry.remove();
+            let Some(slot) = self.slots.get_mut(&req) else {
+                continue;
+            };
+            slot.timer = None;
+            if slot.tx.receiver_count() == 0 {
+                tracing::debug!(spiffe_id = %req.spiffe_id, "svid no longer held; dropped from the cache");
+                self.slots.remove(&req);
+                continue;
+            }
+            if !slot.minting {
+                self.start_mint(req);
+            }
+        }
+        self.stats
+            .cached
+            .store(self.slots.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl IssuerHandle {
+    /// Subscribes to the SVID for `req`, minting it if it is not cached.
+    pub async fn subscribe(&self, req: SvidRequest) -> Result<watch::Receiver<SvidState>, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Subscribe { req, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// Waits until the subscribed SVID is minted (or failed).
+pub async fn wait_ready(rx: &mut watch::Receiver<SvidState>) -> Result<Arc<X509Svid>, Error> {
+    let state = rx
+        .wait_for(|s| !matches!(s, SvidState::Pending))
+        .await
+        .map_err(|_| Error::Stopped)?;
+    match &*state {
+        SvidState::Ready(svid) => Ok(svid.clone()),
+        SvidState::Failed(why) => Err(Error::MintFailed(why.clone())),
+        SvidState::Pending => Err(Error::Stopped),
+    }
+}
+
+/// Time from now to a jittered 45–55 % of the SVID's lifetime.
+fn rotation_delay(svid: &X509Svid, now: std::time::SystemTime) -> Duration {
+    let life = svid
+        .not_after
+        .duration_since(svid.not_before)
+        .unwrap_or_default();
+    let at = svid.not_before + life.mul_f64(0.45 + 0.10 * fastrand::f64());
+    at.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::Authority;
+    use crate::clock::TokioClock;
+    use crate::config::AuthorityConfig;
+    use crate::spiffe_id::{SpiffeId, TrustDomain};
+    use std::time::SystemTime;
+
+    fn setup() -> (tempfile::TempDir, Authority, SharedClock) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock = Arc::new(TokioClock::starting_at(SystemTime::now()));
+        let td = TrustDomain::parse("example.org").unwrap();
+        let cfg = AuthorityConfig::SelfSigned {
+            ca_ttl: Duration::from_secs(30 * 86400),
+        };
+        let authority = Authority::load(&cfg, &td, dir.path(), clock.clone()).unwrap();
+        (dir, authority, clock)
+    }
+
+    fn req(path: &str, ttl: u64) -> SvidRequest {
+        SvidRequest {
+            spiffe_id: SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+            ttl: Duration::from_secs(ttl),
+            dns_names: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_mint_once() {
+        let (_dir, authority, clock) = setup();
+        let (issuer, handle) = Issuer::new(authority.subscribe(), clock);
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(issuer.run(shutdown));
+        let mut tasks = JoinSet::new();
+        for _ in 0..32 {
+            let h = handle.clone();
+            tasks.spawn(async move {
+                let mut rx = h.subscribe(req("/a", 600)).await.unwrap();
+                wait_ready(&mut rx).await.unwrap().serial.clone()
+            });
+        }
+        let serials: Vec<String> = tasks.join_all().await;
+        assert!(serials.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(handle.stats().minted.load(Ordering::Relaxed), 1);
+    }
+
+    /// Rotation at ~half-life, on paused time: a new serial for the same ID before the old expires.
+    #[tokio::test(start_paused = true)]
+    async fn rotates_at_half_life_before_expiry() {
+        let (_dir, authority, clock) = setup();
+        let (issuer, handle) = Issuer::new(authority.subscribe(), clock.clone());
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(issuer.run(shutdown));
+        let mut rx = handle.subscribe(req("/rot", 600)).await.unwrap();
+        let first = wait_ready(&mut rx).await.unwrap();
+        rx.mark_unchanged();
+        rx.changed().await.unwrap();
+        let SvidState::Ready(second) = rx.borrow().clone() else {
+            panic!("expected a rotated SVID");
+        };
+        let now = clock.now();
+        assert_eq!(second.spiffe_id, first.spiffe_id);
+        assert_ne!(second.serial, first.serial);
+        assert!(now < first.not_after, "rotated before expiry");
+        let elapsed = now.duration_since(first.not_before).unwrap();
+        let life = first.not_after.duration_since(first.not_before).unwrap();
+        let frac = elapsed.as_secs_f64() / life.as_secs_f64();
+        assert!(
+            (0.44..=0.56).contains(&frac),
+            "rotated at {frac:.3} of lifetime"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unheld_svids_are_dropped_at_rotation_time() {
+        let (_dir, authority, clock) = setup();
+        let (issuer, handle) = Issuer::new(authority.subscribe(), clock);
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(issuer.run(shutdown));
+        let mut rx = handle.subscribe(req("/gone", 600)).await.unwrap();
+        wait_ready(&mut rx).await.unwrap();
+        drop(rx);
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert_eq!(handle.stats().cached.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            handle.stats().minted.load(Ordering::Relaxed),
+            1,
+            "not re-minted for nobody"
+        );
+    }
+}

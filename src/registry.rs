@@ -1,0 +1,227 @@
+//! Registration entries and matching: which identities a caller's selectors entitle it to.
+//!
+//! Matching is a pure function of (selectors, entries); the entry store and reloads live around it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ca::bundle::X509Bundle;
+use crate::selector::{Selector, SelectorSet};
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+/// A stable entry identifier.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId(String);
+
+/// A registration entry: processes with all of `selectors` get `spiffe_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: EntryId,
+    pub spiffe_id: SpiffeId,
+    /// Sorted, without duplicates, never empty.
+    pub selectors: Vec<Selector>,
+    /// Overrides the default X.509-SVID lifetime.
+    pub x509_ttl: Option<Duration>,
+    /// Names this SVID for clients that pick among several (ST-7); empty for none.
+    pub hint: String,
+    /// DNS SANs added after the URI SAN.
+    pub dns_names: Vec<String>,
+    /// Trust domains whose bundles the holder receives (TB-2).
+    pub federates_with: Vec<TrustDomain>,
+}
+
+/// One identity a caller is entitled to, with everything needed to issue and deliver it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub spiffe_id: SpiffeId,
+    pub entry_id: EntryId,
+    pub x509_ttl: Duration,
+    /// Unique within one match result, or empty.
+    pub hint: String,
+    pub dns_names: Vec<String>,
+    pub federates_with: Vec<TrustDomain>,
+}
+
+/// The policy in force: entries and federated bundles, replaced as a whole on reload.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub entries: Arc<Vec<Entry>>,
+    pub federation: Arc<BTreeMap<TrustDomain, X509Bundle>>,
+    pub default_x509_ttl: Duration,
+}
+
+impl EntryId {
+    /// The ID of an entry declared in the config file: derived from its SPIFFE ID and selectors, so it
+    /// is the same across restarts and reorderings of the file.
+    pub fn declared(spiffe_id: &SpiffeId, selectors: &[Selector]) -> Self {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(spiffe_id.as_str().as_bytes());
+        for s in selectors {
+            ctx.update(b"\n");
+            ctx.update(s.to_string().as_bytes());
+        }
+        let hex = crate::attest::unix::to_hex(ctx.finish().as_ref());
+        Self(format!("decl-{}", &hex[..16]))
+    }
+
+    /// Wraps an ID read back from storage or a client.
+    pub fn from_string(id: String) -> Self {
+        Self(id)
+    }
+
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntryId({})", self.0)
+    }
+}
+
+/// The identities `selectors` entitle a caller to, in entry order (the first is the default, ST-7).
+///
+/// An entry matches when all its selectors are present. A SPIFFE ID appears once (its first entry
+/// wins); a hint already used by an earlier identity is dropped (ST-7: first one wins).
+pub fn match_identities(selectors: &SelectorSet, policy: &Policy) -> Vec<Identity> {
+    let mut seen_ids = HashSet::new();
+    let mut seen_hints = HashSet::new();
+    let mut out = Vec::new();
+    for entry in policy.entries.iter() {
+        if !selectors.contains_all(&entry.selectors) || !seen_ids.insert(&entry.spiffe_id) {
+            continue;
+        }
+        let hint = if entry.hint.is_empty() || seen_hints.insert(entry.hint.as_str()) {
+            entry.hint.clone()
+        } else {
+            String::new()
+        };
+        out.push(Identity {
+            spiffe_id: entry.spiffe_id.clone(),
+            entry_id: entry.id.clone(),
+            x509_ttl: entry.x509_ttl.unwrap_or(policy.default_x509_ttl),
+            hint,
+            dns_names: entry.dns_names.clone(),
+            federates_with: entry.federates_with.clone(),
+        });
+    }
+    out
+}
+
+/// The federated bundles the holder of `identities` may receive (TB-2), keyed by trust domain ID.
+pub fn federated_bundles<'a>(
+    identities: &[Identity],
+    policy: &'a Policy,
+) -> BTreeMap<String, &'a X509Bundle> {
+    let mut out = BTreeMap::new();
+    for identity in identities {
+        for td in &identity.federates_with {
+            if let Some(bundle) = policy.federation.get(td) {
+                out.insert(td.id_string(), bundle);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, selectors: &[&str], hint: &str) -> Entry {
+        let spiffe_id = SpiffeId::parse(id).unwrap();
+        let mut selectors: Vec<Selector> = selectors
+            .iter()
+            .map(|s| Selector::parse(s).unwrap())
+            .collect();
+        selectors.sort();
+        Entry {
+            id: EntryId::declared(&spiffe_id, &selectors),
+            spiffe_id,
+            selectors,
+            x509_ttl: None,
+            hint: hint.into(),
+            dns_names: vec![],
+            federates_with: vec![],
+        }
+    }
+
+    fn set(selectors: &[&str]) -> SelectorSet {
+        selectors
+            .iter()
+            .map(|s| Selector::parse(s).unwrap())
+            .collect()
+    }
+
+    fn policy(entries: Vec<Entry>) -> Policy {
+        Policy {
+            entries: Arc::new(entries),
+            federation: Default::default(),
+            default_x509_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn subset_match_in_entry_order_with_unique_ids_and_hints() {
+        let p = policy(vec![
+            entry("spiffe://td/a", &["unix:uid:1000"], "web"),
+            entry(
+                "spiffe://td/b",
+                &["unix:uid:1000", "unix:path:/bin/b"],
+                "web",
+            ),
+            entry("spiffe://td/c", &["unix:uid:1001"], "c"),
+            entry("spiffe://td/a", &["unix:gid:5"], "other"),
+            entry("spiffe://td/d", &["unix:gid:5"], "d"),
+        ]);
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+        let table: &[Case] = &[
+            (&["unix:uid:1000"], &[("spiffe://td/a", "web")]),
+            (
+                &["unix:uid:1000", "unix:path:/bin/b", "unix:gid:5"],
+                &[
+                    ("spiffe://td/a", "web"),
+                    ("spiffe://td/b", ""),
+                    ("spiffe://td/d", "d"),
+                ],
+            ),
+            (&["unix:uid:1001"], &[("spiffe://td/c", "c")]),
+            (&["unix:uid:7"], &[]),
+            (
+                &["unix:gid:5"],
+                &[("spiffe://td/a", "other"), ("spiffe://td/d", "d")],
+            ),
+        ];
+        for (selectors, want) in table {
+            let got: Vec<(String, String)> = match_identities(&set(selectors), &p)
+                .into_iter()
+                .map(|i| (i.spiffe_id.to_string(), i.hint))
+                .collect();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            assert_eq!(got, want, "{selectors:?}");
+        }
+    }
+
+    #[test]
+    fn declared_ids_are_stable_and_distinct() {
+        let a = entry("spiffe://td/a", &["unix:uid:1", "unix:gid:2"], "");
+        let b = entry("spiffe://td/a", &["unix:gid:2", "unix:uid:1"], "");
+        let c = entry("spiffe://td/a", &["unix:uid:1"], "");
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        assert!(a.id.as_str().starts_with("decl-"));
+    }
+}

@@ -1,0 +1,74 @@
+//! The only module with `unsafe`: thin, checked wrappers over the kernel interfaces attestation needs.
+//!
+//! - [`peer`]: peer credentials and the peer's pidfd from a connected Unix socket.
+//! - [`pidfd`]: a handle on one process that survives PID reuse.
+//! - [`proc`]: `/proc/<pid>` read through a directory handle pinned to one process.
+//! - [`users`]: user and group names through the system's name service.
+
+pub mod peer;
+pub mod pidfd;
+pub mod proc;
+pub mod users;
+
+use std::io;
+
+/// Errors from the kernel interfaces, with the call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{call} failed: {source}")]
+    Syscall {
+        call: &'static str,
+        source: io::Error,
+    },
+    #[error("process {pid} has exited")]
+    Exited { pid: u32 },
+    #[error("reading /proc/{pid}/{file}: {source}")]
+    ProcRead {
+        pid: u32,
+        file: &'static str,
+        source: io::Error,
+    },
+    #[error("unexpected content in /proc/{pid}/{file}: {what}")]
+    ProcFormat {
+        pid: u32,
+        file: &'static str,
+        what: &'static str,
+    },
+    #[error(
+        "pid {pid} was reused: the process at that pid started after the connection was accepted"
+    )]
+    PidReused { pid: u32 },
+}
+
+/// Turns a libc return value into a `Result`, naming the call.
+fn check(call: &'static str, ret: libc::c_int) -> Result<libc::c_int, Error> {
+    if ret < 0 {
+        Err(Error::Syscall {
+            call,
+            source: io::Error::last_os_error(),
+        })
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock `/proc/<pid>/stat` start times count on.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on every supported kernel.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if ret != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Clock ticks per second, for `/proc/<pid>/stat` times.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}

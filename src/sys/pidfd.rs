@@ -1,0 +1,137 @@
+//! pidfds: a handle on one process that stays tied to it even if its PID is reused.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use super::{Error, check};
+
+/// A pidfd. It refers to one process for its whole life; once that process exits the pidfd becomes
+/// readable and never refers to anything else.
+#[derive(Debug)]
+pub struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    /// Wraps a pidfd received from the kernel (for example from `SO_PEERPIDFD`).
+    pub fn from_owned(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+
+    /// `pidfd_open(pid)`: the process that has this PID now (which may not be the one you meant; the
+    /// caller must prove that separately).
+    pub fn open(pid: u32) -> Result<Self, Error> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let fd = check("pidfd_open", ret as libc::c_int)?;
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// True once the process has exited (it may still be a zombie). Never blocks.
+    pub fn has_exited(&self) -> Result<bool, Error> {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
+        check("poll(pidfd)", ret)?;
+        Ok(ret > 0 && (pfd.revents & (libc::POLLIN | libc::POLLHUP)) != 0)
+    }
+
+    /// The PID this pidfd refers to as the kernel reports it now, `None` once the process is gone
+    /// (or in a PID namespace this agent cannot see).
+    pub fn current_pid(&self) -> Result<Option<u32>, Error> {
+        let path = format!("/proc/self/fdinfo/{}", self.0.as_raw_fd());
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Syscall {
+            call: "read(/proc/self/fdinfo)",
+            source,
+        })?;
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("Pid:") {
+                let v: i64 = v.trim().parse().unwrap_or(-1);
+                return Ok(u32::try_from(v).ok().filter(|&p| p > 0));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An async wait for one process's exit, registered with the tokio reactor.
+#[derive(Debug)]
+pub struct ExitWatch(tokio::io::unix::AsyncFd<OwnedFd>);
+
+impl ExitWatch {
+    /// Watches the process of `pidfd`. Uses its own duplicate of the descriptor, since one descriptor
+    /// cannot be registered with the reactor twice. Must be called inside a tokio runtime.
+    pub fn new(pidfd: &Pidfd) -> Result<Self, Error> {
+        let fd = pidfd.0.try_clone().map_err(|source| Error::Syscall {
+            call: "dup(pidfd)",
+            source,
+        })?;
+        // SAFETY: `fd` is a valid, open descriptor that this AsyncFd owns for its whole life; it is
+        // never closed or replaced while registered.
+        let afd =
+            unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| Error::Syscall {
+                call: "epoll_ctl(pidfd)",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        Ok(Self(afd))
+    }
+
+    /// Resolves once the process has exited.
+    pub async fn exited(&self) {
+        let _ = self.0.readable().await;
+    }
+}
+
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Pidfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_a_child_exit() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = Pidfd::open(child.id()).unwrap();
+        assert!(!pidfd.has_exited().unwrap());
+        assert_eq!(pidfd.current_pid().unwrap(), Some(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(pidfd.has_exited().unwrap());
+        assert_eq!(pidfd.current_pid().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn exit_watch_fires_on_exit() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = Pidfd::open(child.id()).unwrap();
+        let watch = ExitWatch::new(&pidfd).unwrap();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(100), watch.exited());
+        assert!(
+            waiting.await.is_err(),
+            "must not fire while the process runs"
+        );
+        child.kill().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.exited())
+            .await
+            .expect("fires after exit");
+        child.wait().unwrap();
+    }
+}

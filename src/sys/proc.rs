@@ -1,0 +1,228 @@
+//! `/proc/<pid>` read through a directory handle opened once.
+//!
+//! Files opened relative to the handle belong to the process the directory was opened for: if that
+//! process goes away, reads fail (ESRCH) instead of silently reading a newcomer that got the same PID.
+
+use std::ffi::{CStr, CString, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+use super::Error;
+
+/// An open `/proc/<pid>` directory.
+#[derive(Debug)]
+pub struct ProcDir {
+    pid: u32,
+    dir: OwnedFd,
+}
+
+/// What `/proc/<pid>/status` says about credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub effective_uid: u32,
+    pub effective_gid: u32,
+    pub supplementary_gids: Vec<u32>,
+}
+
+impl ProcDir {
+    /// Opens `/proc/<pid>`.
+    pub fn open(pid: u32) -> Result<Self, Error> {
+        let path = CString::new(format!("/proc/{pid}")).map_err(|_| Error::Exited { pid })?;
+        // SAFETY: `path` is a valid NUL-terminated string.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(classify(pid, "", std::io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(Self {
+            pid,
+            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The PID this directory was opened for.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Opens a file below the directory, read-only.
+    pub fn open_file(&self, name: &'static str) -> Result<File, Error> {
+        let cname = c_name(name);
+        // SAFETY: `dir` is an open directory fd and `cname` a valid NUL-terminated string.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                cname.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(classify(self.pid, name, std::io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Reads a whole text file below the directory.
+    pub fn read_to_string(&self, name: &'static str) -> Result<String, Error> {
+        let mut text = String::new();
+        self.open_file(name)?
+            .read_to_string(&mut text)
+            .map_err(|e| classify(self.pid, name, e))?;
+        Ok(text)
+    }
+
+    /// Effective uid and gid and the supplementary groups, from `status`.
+    pub fn credentials(&self) -> Result<Credentials, Error> {
+        let text = self.read_to_string("status")?;
+        parse_status(self.pid, &text)
+    }
+
+    /// The path of the executable (`exe` link). A deleted executable reads as `"<path> (deleted)"`.
+    pub fn exe_path(&self) -> Result<PathBuf, Error> {
+        let name = c_name("exe");
+        let mut buf = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: `buf` is writable for `buf.len()` bytes; `dir` is an open directory fd.
+        let n = unsafe {
+            libc::readlinkat(
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(classify(self.pid, "exe", std::io::Error::last_os_error()));
+        }
+        buf.truncate(n as usize);
+        Ok(PathBuf::from(OsString::from_vec(buf)))
+    }
+
+    /// Opens the executable itself (the file the process runs, even if its path was replaced).
+    pub fn open_exe(&self) -> Result<File, Error> {
+        self.open_file("exe")
+    }
+
+    /// Process start time in clock ticks since boot (field 22 of `stat`).
+    pub fn start_time_ticks(&self) -> Result<u64, Error> {
+        let text = self.read_to_string("stat")?;
+        parse_start_time(self.pid, &text)
+    }
+}
+
+fn c_name(name: &'static str) -> &'static CStr {
+    match name {
+        "status" => c"status",
+        "exe" => c"exe",
+        "stat" => c"stat",
+        "cgroup" => c"cgroup",
+        "environ" => c"environ",
+        _ => c"",
+    }
+}
+
+/// ESRCH and ENOENT under `/proc/<pid>` mean the process is gone.
+fn classify(pid: u32, file: &'static str, source: std::io::Error) -> Error {
+    match source.raw_os_error() {
+        Some(libc::ESRCH) | Some(libc::ENOENT) => Error::Exited { pid },
+        _ => Error::ProcRead { pid, file, source },
+    }
+}
+
+fn parse_status(pid: u32, text: &str) -> Result<Credentials, Error> {
+    let fmt = |what| Error::ProcFormat {
+        pid,
+        file: "status",
+        what,
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+    };
+    // "Uid:\treal\teffective\tsaved\tfs"
+    let uid = field("Uid:").ok_or_else(|| fmt("no Uid line"))?;
+    let gid = field("Gid:").ok_or_else(|| fmt("no Gid line"))?;
+    let effective_uid = uid
+        .get(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| fmt("bad Uid line"))?;
+    let effective_gid = gid
+        .get(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| fmt("bad Gid line"))?;
+    let supplementary_gids = field("Groups:")
+        .unwrap_or_default()
+        .iter()
+        .map(|g| g.parse().map_err(|_| fmt("bad Groups line")))
+        .collect::<Result<_, _>>()?;
+    Ok(Credentials {
+        effective_uid,
+        effective_gid,
+        supplementary_gids,
+    })
+}
+
+fn parse_start_time(pid: u32, text: &str) -> Result<u64, Error> {
+    // The command name (field 2) may hold spaces and parentheses; fields after the last ')' are plain.
+    let after = text
+        .rfind(')')
+        .map(|i| &text[i + 1..])
+        .ok_or(Error::ProcFormat {
+            pid,
+            file: "stat",
+            what: "no command name",
+        })?;
+    // `after` starts at field 3 (state); start time is field 22.
+    after
+        .split_whitespace()
+        .nth(22 - 3)
+        .and_then(|v| v.parse().ok())
+        .ok_or(Error::ProcFormat {
+            pid,
+            file: "stat",
+            what: "no start time",
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status() {
+        let text =
+            "Name:\tx\nUid:\t1000\t1001\t1002\t1003\nGid:\t50\t51\t52\t53\nGroups:\t4 24 27 \n";
+        let c = parse_status(1, text).unwrap();
+        assert_eq!(c.effective_uid, 1001);
+        assert_eq!(c.effective_gid, 51);
+        assert_eq!(c.supplementary_gids, vec![4, 24, 27]);
+        let c = parse_status(1, "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").unwrap();
+        assert!(c.supplementary_gids.is_empty());
+        assert!(parse_status(1, "Gid:\t0\t0\t0\t0\n").is_err());
+    }
+
+    #[test]
+    fn parses_start_time_with_odd_command_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 123456 1000 10";
+        assert_eq!(parse_start_time(42, stat).unwrap(), 123456);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = ProcDir::open(std::process::id()).unwrap();
+        let creds = me.credentials().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(creds.effective_uid, unsafe { libc::geteuid() });
+        assert_eq!(me.exe_path().unwrap(), std::env::current_exe().unwrap());
+        assert!(me.start_time_ticks().unwrap() > 0);
+    }
+}

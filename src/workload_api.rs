@@ -1,0 +1,62 @@
+//! The SPIFFE Workload API over the agent's Unix socket (SPEC.md §1–3).
+//!
+//! A request is checked for the security header, its caller attested from the kernel, its selectors
+//! matched against the policy, and then it is answered from the issuer's cache. Streams hold no state
+//! of their own beyond what they last sent.
+
+pub mod header;
+pub mod listener;
+pub mod service;
+pub mod status;
+mod stream;
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::attest::Attestor;
+use crate::ca::CaSnapshot;
+use crate::issuer::IssuerHandle;
+use crate::registry::Policy;
+use crate::selector::SelectorSet;
+use crate::spiffe_id::TrustDomain;
+
+/// Why a Workload API call did not get what it asked for; [`status::to_status`] maps each to a code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("caller not identified: {0}")]
+    NoPeer(String),
+    #[error("attestation of pid {pid} failed: {source}")]
+    Attestation {
+        pid: u32,
+        #[source]
+        source: crate::attest::Error,
+    },
+    #[error("no entry matches pid {pid} ({selectors})")]
+    NoIdentity { pid: u32, selectors: SelectorSet },
+    #[error("the caller lost every identity")]
+    EntitlementLost,
+    #[error("stream limit reached")]
+    Overloaded,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Issuer(#[from] crate::issuer::Error),
+    #[error("{0} is not implemented")]
+    Unimplemented(&'static str),
+}
+
+/// What the Workload API service needs from the rest of the agent.
+#[derive(Clone)]
+pub struct Context {
+    pub trust_domain: TrustDomain,
+    pub attestors: Arc<Vec<Box<dyn Attestor>>>,
+    pub policy: watch::Receiver<Arc<Policy>>,
+    pub ca: watch::Receiver<Arc<CaSnapshot>>,
+    pub issuer: IssuerHandle,
+    pub shutdown: watch::Receiver<bool>,
+    /// One permit per open stream (EP-5: beyond the limit, Unavailable).
+    pub streams: Arc<Semaphore>,
+}

@@ -1,0 +1,24 @@
+//! EP-2: every call carries `workload.spiffe.io: true`, exactly once, or it is refused before anything
+//! else happens.
+
+use tonic::{Request, Status};
+
+/// The security header's name.
+pub const HEADER: &str = "workload.spiffe.io";
+
+/// A tonic interceptor enforcing EP-2 on every RPC of the service.
+pub fn check(req: Request<()>) -> Result<Request<()>, Status> {
+    let mut values = req.metadata().get_all(HEADER).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) if v.as_bytes() == b"true" => Ok(req),
+        (None, _) => Err(Status::invalid_argument(
+            "security header missing: every Workload API call must carry the metadata \"workload.spiffe.io: true\"",
+        )),
+        (Some(_), Some(_)) => Err(Status::invalid_argument(
+            "security header \"workload.spiffe.io\" sent more than once; send it once, as \"true\"",
+        )),
+        (Some(_), None) => Err(Status::invalid_argument(
+            "security header \"workload.spiffe.io\" must be exactly \"true\"",
+        )),
+    }
+}

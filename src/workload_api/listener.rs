@@ -1,0 +1,191 @@
+//! The Unix socket: safe binding (a live agent is never taken over) and an accept stream that records
+//! each connection's peer at accept.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tonic::transport::server::Connected;
+
+use crate::attest::Caller;
+
+/// Why the socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "another agent is serving on {path}; stop it first or choose another socket path (a live socket is never taken over)"
+    )]
+    InUse { path: PathBuf },
+    #[error("{path} exists and is not a socket; remove it or choose another socket path")]
+    NotASocket { path: PathBuf },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Binds a Unix socket at `path` with mode `mode`, creating the parent directory with `dir_mode` if
+/// it is missing. A stale socket file is replaced only when nothing answers on it.
+pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener, BindError> {
+    let io_err = |what, source| BindError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        crate::atomic_file::ensure_dir(dir, dir_mode)
+            .map_err(|e| io_err("creating the directory of", e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(BindError::InUse {
+                        path: path.to_owned(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "removing stale socket");
+                    std::fs::remove_file(path).map_err(|e| io_err("removing stale socket", e))?;
+                }
+                Err(e) => return Err(io_err("probing existing socket", e)),
+            }
+        }
+        Ok(_) => {
+            return Err(BindError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspecting", e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io_err("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err("setting the mode of", e))?;
+    Ok(listener)
+}
+
+/// The connection info every request carries: the caller as recorded at accept, or why it could not
+/// be recorded (then the caller gets no identity).
+#[derive(Clone, Debug)]
+pub struct PeerInfo(pub Arc<Result<Caller, String>>);
+
+/// An accepted connection with its peer.
+pub struct PeerStream {
+    inner: UnixStream,
+    peer: PeerInfo,
+}
+
+impl PeerStream {
+    /// Records the peer of a freshly accepted connection.
+    pub fn new(inner: UnixStream) -> Self {
+        let peer = Caller::from_socket(inner.as_fd()).map_err(|e| e.to_string());
+        if let Err(e) = &peer {
+            tracing::debug!(error = %e, "cannot identify the peer of a connection");
+        }
+        Self {
+            inner,
+            peer: PeerInfo(Arc::new(peer)),
+        }
+    }
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The stream of accepted connections. Accept errors (such as running out of file descriptors) are
+/// logged and retried after a pause; they never end the server.
+pub struct Incoming {
+    listener: UnixListener,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Incoming {
+    /// Accepts from `listener`.
+    pub fn new(listener: UnixListener) -> Self {
+        Self {
+            listener,
+            backoff: None,
+        }
+    }
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = Result<PeerStream, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(sleep) = self.backoff.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.backoff = None;
+        }
+        match self.listener.poll_accept(cx) {
+            Poll::Ready(Ok((stream, _))) => Poll::Ready(Some(Ok(PeerStream::new(stream)))),
+            Poll::Ready(Err(e)) => {
+                tracing::warn!(error = %e, "accept failed; retrying in 100ms");
+                let mut sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100)));
+                // Register the timer with this task's waker.
+                let _ = sleep.as_mut().poll(cx);
+                self.backoff = Some(sleep);
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The `SpiffeWorkloadAPI` service: header check, caller attestation, then a stream.
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use super::listener::PeerInfo;
+use super::status::to_status;
+use super::stream::{Attested, Watcher, render_bundles, render_svids};
+use super::{Context, Error, header};
+use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use crate::proto::*;
+
+type BoxStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send + 'static>>;
+
+/// The Workload API service.
+#[derive(Clone)]
+pub struct WorkloadApi {
+    ctx: Context,
+}
+
+/// The service wrapped in the EP-2 header check, ready to add to a tonic server.
+pub type Server = InterceptedService<
+    SpiffeWorkloadApiServer<WorkloadApi>,
+    fn(Request<()>) -> Result<Request<()>, Status>,
+>;
+
+impl WorkloadApi {
+    /// A service over `ctx`.
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    /// The service behind the security-header check (which runs first on every RPC).
+    pub fn into_server(self) -> Server {
+        SpiffeWorkloadApiServer::with_interceptor(
+            self,
+            header::check as fn(Request<()>) -> Result<Request<()>, Status>,
+        )
+    }
+
+    /// Pins and attests the caller of `req` on the blocking pool.
+    async fn attest<T>(&self, req: &Request<T>) -> Result<Attested, Error> {
+        let peer = req
+            .extensions()
+            .get::<PeerInfo>()
+            .ok_or_else(|| Error::NoPeer("the connection carries no peer information".into()))?;
+        let peer = peer.0.clone();
+        let pid = match &*peer {
+            Ok(caller) => caller.cred.pid,
+            Err(why) => return Err(Error::NoPeer(why.clone())),
+        };
+        let attestors = self.ctx.attestors.clone();
+        let result = tokio::task::spawn_blocking(move || match &*peer {
+            Ok(caller) => crate::attest::attest_blocking(caller, &attestors),
+            Err(why) => Err(crate::attest::Error::Task(why.clone())),
+        })
+        .await
+        .map_err(|e| Error::Attestation {
+            pid,
+            source: crate::attest::Error::Task(e.to_string()),
+        })?;
+        let (pinned, selectors) = result.map_err(|source| Error::Attestation { pid, source })?;
+        tracing::debug!(pid, %selectors, "caller attested");
+        Ok(Attested { pinned, selectors })
+    }
+
+    /// Opens a stream rendering messages with `render`.
+    async fn open_stream<M, T>(
+        &self,
+        req: &Request<T>,
+        render: super::stream::Render<M>,
+        with_svids: bool,
+    ) -> Result<Response<BoxStream<M>>, Status>
+    where
+        M: Clone + PartialEq + Send + 'static,
+    {
+        if *self.ctx.shutdown.borrow() {
+            return Err(to_status(&Error::ShuttingDown));
+        }
+        let attested = self.attest(req).await.map_err(|e| to_status(&e))?;
+        let permit = self
+            .ctx
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| to_status(&Error::Overloaded))?;
+        let (watcher, first) = Watcher::open(self.ctx.clone(), attested, render, with_svids)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let (tx, rx) = mpsc::channel(4);
+        // The channel is empty and has room: this cannot fail.
+        let _ = tx.try_send(Ok(first));
+        tokio::spawn(watcher.run(tx, permit));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = BoxStream<X509svidResponse>;
+    type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = BoxStream<JwtBundlesResponse>;
+    type FetchWITSVIDStream = BoxStream<WitsvidResponse>;
+    type FetchWITBundlesStream = BoxStream<WitBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        self.open_stream(&request, render_svids, true).await
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        self.open_stream(&request, render_bundles, false).await
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        _request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        Err(to_status(&Error::Unimplemented("FetchJWTSVID")))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        Err(to_status(&Error::Unimplemented("FetchJWTBundles")))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        _request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        Err(to_status(&Error::Unimplemented("ValidateJWTSVID")))
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        _request: Request<WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        Err(to_status(&Error::Unimplemented(
+            "FetchWITSVID (WIT-SVID profile)",
+        )))
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        _request: Request<WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        Err(to_status(&Error::Unimplemented(
+            "FetchWITBundles (WIT-SVID profile)",
+        )))
+    }
+}

@@ -1,0 +1,47 @@
+//! The one place where errors become gRPC status codes (SPEC.md §2). Detail goes to the log; the
+//! caller gets a short, useful message.
+
+use tonic::Status;
+
+use super::Error;
+
+/// Maps a Workload API error to the status the caller sees.
+pub fn to_status(err: &Error) -> Status {
+    match err {
+        // EP-2, EP-6.
+        Error::InvalidArgument(msg) => Status::invalid_argument(msg.clone()),
+        // EP-4: no identity, never a guess.
+        Error::NoPeer(why) => {
+            tracing::info!(reason = %why, "denied: caller could not be identified");
+            Status::permission_denied(
+                "no identity: the agent could not identify the calling process",
+            )
+        }
+        Error::Attestation { pid, source } => {
+            tracing::info!(pid, error = %source, "denied: attestation failed");
+            Status::permission_denied(
+                "no identity: the calling process could not be attested (did it exit?)",
+            )
+        }
+        Error::NoIdentity { pid, selectors } => {
+            tracing::info!(pid, %selectors, "denied: no entry matches");
+            Status::permission_denied(format!(
+                "no identity issued: no registration entry matches this process ({selectors})"
+            ))
+        }
+        Error::EntitlementLost => {
+            Status::permission_denied("no identity: this process is no longer entitled to any SVID")
+        }
+        // EP-5: retryable.
+        Error::Overloaded => Status::unavailable("the agent is at its stream limit; retry later"),
+        Error::ShuttingDown => Status::unavailable("the agent is shutting down; reconnect"),
+        Error::Issuer(e) => {
+            tracing::error!(error = %e, "svid not available");
+            Status::unavailable("the agent could not issue an SVID right now; retry")
+        }
+        // EP-7.
+        Error::Unimplemented(what) => {
+            Status::unimplemented(format!("{what} is not supported by this agent"))
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! One open Workload API stream: the complete current state at once, then again after every change
+//! that affects it (ST-1..5), until the caller goes away or loses its entitlement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{StreamExt, StreamMap};
+use tonic::Status;
+
+use super::status::to_status;
+use super::{Context, Error};
+use crate::attest::PinnedProcess;
+use crate::ca::{CaSnapshot, SvidRequest, X509Svid};
+use crate::issuer::{self, SvidState};
+use crate::registry::{self, Identity, Policy};
+use crate::selector::SelectorSet;
+use crate::spiffe_id::TrustDomain;
+use crate::sys::pidfd::ExitWatch;
+
+/// How long a stream waits for a first mint before answering Unavailable (EP-5: never hang).
+const MINT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A caller that was pinned and attested.
+pub(super) struct Attested {
+    pub pinned: PinnedProcess,
+    pub selectors: SelectorSet,
+}
+
+/// What a message is rendered from.
+pub(super) struct View<'a> {
+    pub trust_domain: &'a TrustDomain,
+    pub identities: &'a [Identity],
+    /// Aligned with `identities`; `None` when that SVID is not available.
+    pub svids: &'a [Option<Arc<X509Svid>>],
+    pub ca: &'a CaSnapshot,
+    pub policy: &'a Policy,
+}
+
+/// Turns the current state into one complete message.
+pub(super) type Render<M> = fn(&View<'_>) -> M;
+
+/// The state of one stream.
+pub(super) struct Watcher<M> {
+    ctx: Context,
+    attested: Attested,
+    render: Render<M>,
+    with_svids: bool,
+    identities: Vec<Identity>,
+    subs: Vec<(SvidRequest, watch::Receiver<SvidState>)>,
+    updates: StreamMap<usize, WatchStream<SvidState>>,
+    policy: watch::Receiver<Arc<Policy>>,
+    ca: watch::Receiver<Arc<CaSnapshot>>,
+    last: Option<M>,
+}
+
+impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
+    /// Matches the caller, subscribes to its SVIDs (when `with_svids`) and renders the first message.
+    pub async fn open(
+        ctx: Context,
+        attested: Attested,
+        render: Render<M>,
+        with_svids: bool,
+    ) -> Result<(Self, M), Error> {
+        let mut policy = ctx.policy.clone();
+        let mut ca = ctx.ca.clone();
+        let current = policy.borrow_and_update().clone();
+        ca.borrow_and_update();
+        let identities = registry::match_identities(&attested.selectors, &current);
+        if identities.is_empty() {
+            return Err(Error::NoIdentity {
+                pid: attested.pinned.pid(),
+                selectors: attested.selectors.clone(),
+            });
+        }
+        let mut w = Self {
+            ctx,
+            attested,
+            render,
+            with_svids,
+            identities: Vec::new(),
+            subs: Vec::new(),
+            updates: StreamMap::new(),
+            policy,
+            ca,
+            last: None,
+        };
+        w.set_identities(identities).await?;
+        let first = w.render_now();
+        w.last = Some(first.clone());
+        Ok((w, first))
+    }
+
+    /// Follows changes until the caller leaves, loses its entitlement, or the agent stops.
+    pub async fn run(mut self, tx: mpsc::Sender<Result<M, Status>>, _permit: OwnedSemaphorePermit) {
+        let exit = exit_watch(&self.attested.pinned);
+        let mut shutdown = self.ctx.shutdown.clone();
+        let pid = self.attested.pinned.pid();
+        loop {
+            let outcome = tokio::select! {
+                _ = tx.closed() => return,
+                _ = crate::shutdown::signalled(&mut shutdown) => Err(Error::ShuttingDown),
+                _ = process_exit(exit.as_ref()) => {
+                    tracing::debug!(pid, "caller exited; stream closed");
+                    return;
+                }
+                changed = self.policy.changed() => match changed {
+                    Ok(()) => self.on_policy_change().await,
+                    Err(_) => Err(Error::ShuttingDown),
+                },
+                changed = self.ca.changed() => match changed {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Error::ShuttingDown),
+                },
+                Some(_) = self.updates.next(), if !self.updates.is_empty() => Ok(()),
+            };
+            let sent = match outcome {
+                Ok(()) => self.send_if_changed(&tx).await,
+                Err(e) => {
+                    let _ = tx.send(Err(to_status(&e))).await;
+                    return;
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    async fn on_policy_change(&mut self) -> Result<(), Error> {
+        let policy = self.policy.borrow_and_update().clone();
+        let identities = registry::match_identities(&self.attested.selectors, &policy);
+        if identities.is_empty() {
+            tracing::info!(
+                pid = self.attested.pinned.pid(),
+                "caller lost every identity; ending stream"
+            );
+            return Err(Error::EntitlementLost);
+        }
+        if identities != self.identities {
+            self.set_identities(identities).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to the SVIDs of `identities`, keeping subscriptions that are still wanted.
+    async fn set_identities(&mut self, identities: Vec<Identity>) -> Result<(), Error> {
+        if self.with_svids {
+            let mut old: HashMap<SvidRequest, watch::Receiver<SvidState>> =
+                self.subs.drain(..).collect();
+            let mut subs = Vec::with_capacity(identities.len());
+            for identity in &identities {
+                let req = SvidRequest {
+                    spiffe_id: identity.spiffe_id.clone(),
+                    ttl: identity.x509_ttl,
+                    dns_names: identity.dns_names.clone(),
+                };
+                let mut rx = match old.remove(&req) {
+                    Some(rx) => rx,
+                    None => self.ctx.issuer.subscribe(req.clone()).await?,
+                };
+                match tokio::time::timeout(MINT_DEADLINE, issuer::wait_ready(&mut rx)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(issuer::Error::MintFailed("mint timed out".into()).into()),
+                }
+                subs.push((req, rx));
+            }
+            self.updates = StreamMap::new();
+            for (i, (_, rx)) in subs.iter().enumerate() {
+                self.updates
+                    .insert(i, WatchStream::from_changes(rx.clone()));
+            }
+            self.subs = subs;
+        }
+        self.identities = identities;
+        Ok(())
+    }
+
+    fn render_now(&self) -> M {
+        let svids: Vec<Option<Arc<X509Svid>>> = self
+            .subs
+            .iter()
+            .map(|(_, rx)| match &*rx.borrow() {
+                SvidState::Ready(svid) => Some(svid.clone()),
+                _ => None,
+            })
+            .collect();
+        let policy = self.policy.borrow().clone();
+        let ca = self.ca.borrow().clone();
+        (self.render)(&View {
+            trust_domain: &self.ctx.trust_domain,
+            identities: &self.identities,
+            svids: &svids,
+            ca: &ca,
+            policy: &policy,
+        })
+    }
+
+    /// Sends the current state if it differs from what was last sent (ST-3: no message when nothing
+    /// changed). Returns false when the caller is gone.
+    async fn send_if_changed(&mut self, tx: &mpsc::Sender<Result<M, Status>>) -> bool {
+        let msg = self.render_now();
+        if self.last.as_ref() == Some(&msg) {
+            return true;
+        }
+        self.last = Some(msg.clone());
+        tx.send(Ok(msg)).await.is_ok()
+    }
+}
+
+/// A wait for the caller's exit; `None` (never fires) if the reactor refused the pidfd.
+fn exit_watch(pinned: &PinnedProcess) -> Option<ExitWatch> {
+    match ExitWatch::new(&pinned.pidfd) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(pid = pinned.pid(), error = %e, "cannot watch the caller for exit");
+            None
+        }
+    }
+}
+
+async fn process_exit(watch: Option<&ExitWatch>) {
+    match watch {
+        Some(w) => w.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// FetchX509SVID messages: one X509SVID per identity, default first (ST-7), own bundle in each (TB-1),
+/// federated bundles for the entries that federate (TB-2).
+pub(super) fn render_svids(view: &View<'_>) -> crate::proto::X509svidResponse {
+    let bundle = view.ca.bundle.concat_der();
+    let svids = view
+        .identities
+        .iter()
+        .zip(view.svids)
+        .filter_map(|(identity, svid)| {
+            let svid = svid.as_ref()?;
+            Some(crate::proto::X509svid {
+                spiffe_id: identity.spiffe_id.to_string(),
+                x509_svid: svid.chain_der(),
+                x509_svid_key: svid.key_pkcs8_der().to_vec(),
+                bundle: bundle.clone(),
+                hint: identity.hint.clone(),
+            })
+        })
+        .collect();
+    let federated_bundles = registry::federated_bundles(view.identities, view.policy)
+        .into_iter()
+        .map(|(td, b)| (td, b.concat_der()))
+        .collect();
+    crate::proto::X509svidResponse {
+        svids,
+        crl: vec![],
+        federated_bundles,
+    }
+}
+
+/// FetchX509Bundles messages: the own trust domain's bundle and the federated ones the caller may see.
+pub(super) fn render_bundles(view: &View<'_>) -> crate::proto::X509BundlesResponse {
+    let mut bundles: std::collections::HashMap<String, Vec<u8>> =
+        registry::federated_bundles(view.identities, view.policy)
+            .into_iter()
+            .map(|(td, b)| (td, b.concat_der()))
+            .collect();
+    bundles.insert(view.trust_domain.id_string(), view.ca.bundle.concat_der());
+    crate::proto::X509BundlesResponse {
+        crl: vec![],
+        bundles,
+    }
+}
