@@ -1,0 +1,204 @@
+//! Shared test harness: a real agent on a real Unix socket in a temp dir, and real clients.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use lanyard::app::{self, Running};
+use lanyard::clock::SystemClock;
+use lanyard::config::Config;
+use lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// A running agent with its own socket and data directory.
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub running: Option<Running>,
+}
+
+/// Config text with the socket and data dir placed in `dir`, followed by `extra`.
+pub fn config_text(dir: &Path, extra: &str) -> String {
+    format!(
+        "socket_path = \"{}\"\ndata_dir = \"{}\"\n{extra}",
+        dir.join("workload.sock").display(),
+        dir.join("data").display()
+    )
+}
+
+/// A temp dir that other uids can traverse (tempfile makes them 0700), so child processes under
+/// other uids can reach the socket.
+pub fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("lanyard-test")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+impl TestAgent {
+    /// Starts an agent in this process with `extra` config (entries, TTLs...).
+    pub async fn start(extra: &str) -> Self {
+        let dir = open_tempdir();
+        let config = Config::from_toml(&config_text(dir.path(), extra)).expect("test config");
+        let running = app::start(config, Arc::new(SystemClock))
+            .await
+            .expect("agent starts");
+        Self {
+            socket: running.socket_path.clone(),
+            dir,
+            running: Some(running),
+        }
+    }
+
+    /// `unix:///...` for SPIFFE_ENDPOINT_SOCKET.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// A client that sends the security header (like every real client).
+    pub async fn client(&self) -> lanyard::client::WorkloadClient {
+        lanyard::client::connect(&self.endpoint()).await.unwrap()
+    }
+
+    /// A raw tonic client that sends no header unless the test adds one.
+    pub async fn raw_client(&self) -> SpiffeWorkloadApiClient<Channel> {
+        SpiffeWorkloadApiClient::new(raw_channel(&self.socket).await)
+    }
+
+    /// Replaces the policy with the entries of `extra` config text (as SIGHUP does with the file).
+    pub fn reload(&mut self, extra: &str) {
+        let config =
+            Config::from_toml(&config_text(self.dir.path(), extra)).expect("reload config");
+        self.running
+            .as_mut()
+            .unwrap()
+            .reload(config)
+            .expect("reload");
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// A tonic channel over the Unix socket at `path`.
+pub async fn raw_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap()
+}
+
+/// The effective uid of the test process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// True if the test may run children under other uids. Outside CI a non-root run skips loudly;
+/// in CI (CI=true, run as root) a non-root run is a failure, never a silent pass.
+pub fn require_root(test: &str) -> bool {
+    if euid() == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs root and CI runs as root: run the suite as root");
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: needs root (children under other uids). Run as root to check it. ***\n"
+    );
+    false
+}
+
+/// The lanyard binary under test.
+pub fn lanyard_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lanyard")
+}
+
+/// Runs `lanyard fetch x509 --json` as `uid` against `endpoint`.
+pub fn fetch_as(uid: u32, gid: u32, endpoint: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(lanyard_bin())
+        .args(["fetch", "x509", "--json", "--socket", endpoint])
+        .uid(uid)
+        .gid(gid)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .output()
+        .unwrap()
+}
+
+/// The SPIFFE IDs in `lanyard fetch x509 --json` output.
+pub fn ids_in(output: &Output) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}); stdout={} stderr={}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    v["svids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["spiffe_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits for a stream's next message, failing the test after `secs`.
+pub async fn next_within<S, T>(stream: &mut S, secs: u64) -> T
+where
+    S: tokio_stream::Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(Duration::from_secs(secs), stream.next())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+        .expect("a message, not an error")
+}
+
+/// Asserts that a stream sends nothing for `ms` milliseconds.
+pub async fn assert_quiet<S, T: std::fmt::Debug>(stream: &mut S, ms: u64)
+where
+    S: tokio_stream::Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    use tokio_stream::StreamExt;
+    if let Ok(got) = tokio::time::timeout(Duration::from_millis(ms), stream.next()).await {
+        panic!("expected no message, got {got:?}");
+    }
+}
+
+/// Waits for the stream to end with an error status.
+pub async fn end_status<S, T: std::fmt::Debug>(stream: &mut S, secs: u64) -> tonic::Status
+where
+    S: tokio_stream::Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    use tokio_stream::StreamExt;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(secs), stream.next())
+            .await
+            .expect("stream ends in time")
+        {
+            Some(Err(status)) => return status,
+            Some(Ok(_)) => continue,
+            None => panic!("stream ended without a status"),
+        }
+    }
+}
