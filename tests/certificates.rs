@@ -9,7 +9,7 @@ use common::*;
 use lanyard::ca::bundle::{pem_block, pem_cert, split_der};
 use lanyard::proto::*;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::*;
 
 fn entry(uid: u32) -> String {
