@@ -38,6 +38,7 @@ fn spawn_agent(args: &[&str]) -> (Child, String) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("the agent printed no export line");
 }
 
@@ -368,6 +369,7 @@ fn watch_prints_one_line_per_update() {
         "{b}"
     );
     let _ = watch.kill();
+    let _ = watch.wait();
     signal(&agent, libc::SIGTERM);
     assert!(wait_exit(&mut agent, 10).success());
 }
