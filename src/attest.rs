@@ -26,8 +26,43 @@ pub enum Error {
 pub trait Attestor: Send + Sync + 'static {
     /// A short name for logs (`unix`, `k8s`).
     fn name(&self) -> &'static str;
-    /// Adds what this attestor learns about the process to `out`.
+    /// Adds what this attestor learns about the process to `out`. May block (hashing, name service).
     fn attest(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<(), Error>;
+
+    /// Like [`Attestor::attest`], but using only work that cannot block (procfs reads, caches).
+    /// Returns `Ok(false)` when slow work is needed; the caller then runs [`Attestor::attest`] on the
+    /// blocking pool. The default never takes the fast path.
+    fn attest_cached(
+        &self,
+        _process: &PinnedProcess,
+        _out: &mut SelectorSet,
+    ) -> Result<bool, Error> {
+        Ok(false)
+    }
+}
+
+/// Pins the caller and attests it with cached, non-blocking work only. `Ok(None)` when an attestor
+/// needs slow work: use [`attest_blocking`] on the blocking pool instead.
+pub fn attest_fast(
+    caller: &Caller,
+    attestors: &[Box<dyn Attestor>],
+) -> Result<Option<(PinnedProcess, SelectorSet)>, Error> {
+    let pinned = PinnedProcess::pin(caller).map_err(pin_error)?;
+    let mut selectors = SelectorSet::new();
+    for attestor in attestors {
+        if !attestor.attest_cached(&pinned, &mut selectors)? {
+            return Ok(None);
+        }
+    }
+    pinned.confirm().map_err(pin_error)?;
+    Ok(Some((pinned, selectors)))
+}
+
+fn pin_error(e: sys::Error) -> Error {
+    match e {
+        sys::Error::Exited { pid } => Error::Exited { pid },
+        e => Error::Pin(e),
+    }
 }
 
 /// Pins the caller and runs every attestor, then proves the process stayed alive throughout.
@@ -37,18 +72,12 @@ pub fn attest_blocking(
     caller: &Caller,
     attestors: &[Box<dyn Attestor>],
 ) -> Result<(PinnedProcess, SelectorSet), Error> {
-    let pinned = PinnedProcess::pin(caller).map_err(|e| match e {
-        sys::Error::Exited { pid } => Error::Exited { pid },
-        e => Error::Pin(e),
-    })?;
+    let pinned = PinnedProcess::pin(caller).map_err(pin_error)?;
     let mut selectors = SelectorSet::new();
     for attestor in attestors {
         attestor.attest(&pinned, &mut selectors)?;
     }
-    pinned.confirm().map_err(|e| match e {
-        sys::Error::Exited { pid } => Error::Exited { pid },
-        e => Error::Pin(e),
-    })?;
+    pinned.confirm().map_err(pin_error)?;
     Ok((pinned, selectors))
 }
 

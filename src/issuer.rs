@@ -8,8 +8,8 @@
 //! - Minting runs on the blocking pool, never on the async workers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,7 +44,12 @@ pub enum Error {
 pub struct IssuerHandle {
     tx: mpsc::Sender<Command>,
     stats: Arc<Stats>,
+    published: Published,
 }
+
+/// The issuer's read-only index of ready SVIDs: written only by the issuer task, read by streams so a
+/// cached SVID costs no round trip to the task. The lock is never held across an `.await`.
+type Published = Arc<RwLock<HashMap<SvidRequest, watch::Sender<SvidState>>>>;
 
 /// Counters, for tests, benchmarks and the admin API.
 #[derive(Debug, Default)]
@@ -58,6 +63,7 @@ pub struct Stats {
 /// The issuer task.
 pub struct Issuer {
     rx: mpsc::Receiver<Command>,
+    published: Published,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     clock: SharedClock,
     stats: Arc<Stats>,
@@ -85,8 +91,10 @@ impl Issuer {
     pub fn new(ca: watch::Receiver<Arc<CaSnapshot>>, clock: SharedClock) -> (Self, IssuerHandle) {
         let (tx, rx) = mpsc::channel(1024);
         let stats = Arc::new(Stats::default());
+        let published = Published::default();
         let issuer = Self {
             rx,
+            published: published.clone(),
             ca,
             clock,
             stats: stats.clone(),
@@ -95,7 +103,14 @@ impl Issuer {
             timer_seq: 0,
             mints: JoinSet::new(),
         };
-        (issuer, IssuerHandle { tx, stats })
+        (
+            issuer,
+            IssuerHandle {
+                tx,
+                stats,
+                published,
+            },
+        )
     }
 
     /// Runs until `shutdown` fires or every handle is gone.
@@ -163,6 +178,9 @@ impl Issuer {
                     "svid minted"
                 );
                 slot.tx.send_replace(SvidState::Ready(Arc::new(svid)));
+                if let Ok(mut index) = self.published.write() {
+                    index.insert(req.clone(), slot.tx.clone());
+                }
                 self.schedule(&req, rotate_in);
             }
             Err(e) => {
@@ -207,7 +225,19 @@ impl Issuer {
                 continue;
             };
             slot.timer = None;
-            if slot.tx.receiver_count() == 0 {
+            // Readers subscribe under the index's read lock, so counting under its write lock cannot
+            // miss a subscriber that arrives through the fast path.
+            let unheld = match self.published.write() {
+                Ok(mut index) => {
+                    let unheld = slot.tx.receiver_count() == 0;
+                    if unheld {
+                        index.remove(&req);
+                    }
+                    unheld
+                }
+                Err(_) => false,
+            };
+            if unheld {
                 tracing::debug!(spiffe_id = %req.spiffe_id, "svid no longer held; dropped from the cache");
                 self.slots.remove(&req);
                 continue;
@@ -225,6 +255,12 @@ impl Issuer {
 impl IssuerHandle {
     /// Subscribes to the SVID for `req`, minting it if it is not cached.
     pub async fn subscribe(&self, req: SvidRequest) -> Result<watch::Receiver<SvidState>, Error> {
+        // Fast path: a ready SVID is subscribed to directly from the published index.
+        if let Ok(index) = self.published.read()
+            && let Some(tx) = index.get(&req)
+        {
+            return Ok(tx.subscribe());
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Subscribe { req, reply })

@@ -98,11 +98,14 @@ impl PinnedProcess {
         Ok(pinned)
     }
 
-    /// Proves the pinned process is still alive and still has its PID. Call after reading facts.
+    /// Proves the pinned process is still alive. Call after reading facts.
+    ///
+    /// The pidfd and the PID in the peer credentials name the same kernel process (both were taken
+    /// from the socket, or the pidfd was opened by that PID and start-time checked), so "not exited"
+    /// is the whole proof; while it holds, the PID cannot have been reused.
     pub fn confirm(&self) -> Result<(), Error> {
-        let pid = self.cred.pid;
-        if self.pidfd.has_exited()? || self.pidfd.current_pid()? != Some(pid) {
-            return Err(Error::Exited { pid });
+        if self.pidfd.has_exited()? {
+            return Err(Error::Exited { pid: self.cred.pid });
         }
         Ok(())
     }

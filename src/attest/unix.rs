@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 
@@ -16,10 +17,43 @@ pub const DEFAULT_HASH_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// How many executables' hashes are remembered.
 const HASH_CACHE_CAPACITY: usize = 4096;
 
+/// How long a uid or gid → name lookup is reused. Name-service lookups can cost as much as the rest
+/// of attestation together (or block on a remote directory); a renamed user is seen after this.
+const NAME_CACHE_TTL: Duration = Duration::from_secs(30);
+
 /// Attests uid/gid/names/groups/path/sha256 of a pinned process.
 pub struct UnixAttestor {
     hash_max_bytes: u64,
     hashes: Mutex<HashMap<(u64, u64), CachedHash>>,
+    users: NameCache,
+    groups: NameCache,
+}
+
+/// A small TTL cache for name-service answers (including "no such name").
+#[derive(Default)]
+struct NameCache(Mutex<HashMap<u32, (Instant, Option<String>)>>);
+
+impl NameCache {
+    /// A fresh cached answer, if any: `Some(answer)`.
+    fn cached(&self, id: u32) -> Option<Option<String>> {
+        let cache = self.0.lock().ok()?;
+        let (at, name) = cache.get(&id)?;
+        (at.elapsed() < NAME_CACHE_TTL).then(|| name.clone())
+    }
+
+    fn get(&self, id: u32, lookup: impl FnOnce(u32) -> Option<String>) -> Option<String> {
+        if let Some(name) = self.cached(id) {
+            return name;
+        }
+        let name = lookup(id);
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= HASH_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(id, (Instant::now(), name.clone()));
+        }
+        name
+    }
 }
 
 /// A hash, valid while the file's identity and change stamps are the same.
@@ -37,12 +71,15 @@ impl UnixAttestor {
         Self {
             hash_max_bytes,
             hashes: Mutex::new(HashMap::new()),
+            users: NameCache::default(),
+            groups: NameCache::default(),
         }
     }
 
     /// SHA-256 of the caller's executable, read through the pinned process (the exact file it runs),
     /// cached by device/inode/size/mtime/ctime so a repeat costs one `fstat`.
-    fn exe_sha256(&self, process: &PinnedProcess) -> Result<Option<String>, Error> {
+    /// `Ok(Hash::NeedsWork)` only when `allow_slow` is false and the file must be read.
+    fn exe_sha256(&self, process: &PinnedProcess, allow_slow: bool) -> Result<Hash, Error> {
         let mut file = process.dir.open_exe().map_err(read_error)?;
         let meta = file.metadata().map_err(|source| {
             read_error(sys::Error::ProcRead {
@@ -59,7 +96,7 @@ impl UnixAttestor {
             hex: String::new(),
         };
         if let Some(hit) = self.lookup(key, &stamp) {
-            return Ok(Some(hit));
+            return Ok(Hash::Known(hit));
         }
         if meta.size() > self.hash_max_bytes {
             tracing::debug!(
@@ -68,7 +105,10 @@ impl UnixAttestor {
                 limit = self.hash_max_bytes,
                 "executable larger than the hash limit; no unix:sha256 selector"
             );
-            return Ok(None);
+            return Ok(Hash::TooLarge);
+        }
+        if !allow_slow {
+            return Ok(Hash::NeedsWork);
         }
         let mut ctx = digest::Context::new(&digest::SHA256);
         let mut buf = vec![0u8; 256 * 1024];
@@ -98,7 +138,7 @@ impl UnixAttestor {
                 },
             );
         }
-        Ok(Some(hex))
+        Ok(Hash::Known(hex))
     }
 
     fn lookup(&self, key: (u64, u64), stamp: &CachedHash) -> Option<String> {
@@ -109,22 +149,44 @@ impl UnixAttestor {
     }
 }
 
-impl Attestor for UnixAttestor {
-    fn name(&self) -> &'static str {
-        "unix"
-    }
-
-    fn attest(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<(), Error> {
+impl UnixAttestor {
+    /// Attests; with `allow_slow` false, returns `Ok(false)` instead of hashing or asking the name
+    /// service.
+    fn collect(
+        &self,
+        process: &PinnedProcess,
+        out: &mut SelectorSet,
+        allow_slow: bool,
+    ) -> Result<bool, Error> {
         let creds = process.dir.credentials().map_err(read_error)?;
+        let (user, group) = if allow_slow {
+            (
+                self.users.get(creds.effective_uid, sys::users::user_name),
+                self.groups.get(creds.effective_gid, sys::users::group_name),
+            )
+        } else {
+            match (
+                self.users.cached(creds.effective_uid),
+                self.groups.cached(creds.effective_gid),
+            ) {
+                (Some(u), Some(g)) => (u, g),
+                _ => return Ok(false),
+            }
+        };
+        let sha256 = match self.exe_sha256(process, allow_slow)? {
+            Hash::Known(hex) => Some(hex),
+            Hash::TooLarge => None,
+            Hash::NeedsWork => return Ok(false),
+        };
         out.insert(Selector::UnixUid(creds.effective_uid));
         out.insert(Selector::UnixGid(creds.effective_gid));
         for gid in &creds.supplementary_gids {
             out.insert(Selector::UnixSupplementaryGid(*gid));
         }
-        if let Some(name) = sys::users::user_name(creds.effective_uid) {
+        if let Some(name) = user {
             out.insert(Selector::UnixUser(name));
         }
-        if let Some(name) = sys::users::group_name(creds.effective_gid) {
+        if let Some(name) = group {
             out.insert(Selector::UnixGroup(name));
         }
         let path = process.dir.exe_path().map_err(read_error)?;
@@ -135,10 +197,31 @@ impl Attestor for UnixAttestor {
                 "executable path is not UTF-8; no unix:path selector"
             ),
         }
-        if let Some(hex) = self.exe_sha256(process)? {
+        if let Some(hex) = sha256 {
             out.insert(Selector::UnixSha256(hex));
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// The outcome of looking for an executable's hash.
+enum Hash {
+    Known(String),
+    TooLarge,
+    NeedsWork,
+}
+
+impl Attestor for UnixAttestor {
+    fn name(&self) -> &'static str {
+        "unix"
+    }
+
+    fn attest(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<(), Error> {
+        self.collect(process, out, true).map(|_| ())
+    }
+
+    fn attest_cached(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<bool, Error> {
+        self.collect(process, out, false)
     }
 }
 
@@ -174,6 +257,24 @@ mod tests {
         let bytes = std::fs::read(&exe).unwrap();
         let want = to_hex(digest::digest(&digest::SHA256, &bytes).as_ref());
         assert!(set.contains_all(&[Selector::UnixSha256(want)]));
+    }
+
+    #[test]
+    fn fast_path_needs_a_warm_cache_and_then_agrees() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let caller = Caller::from_socket(a.as_fd()).unwrap();
+        let attestors: Vec<Box<dyn Attestor>> = vec![Box::new(UnixAttestor::new(u64::MAX))];
+        assert!(
+            crate::attest::attest_fast(&caller, &attestors)
+                .unwrap()
+                .is_none(),
+            "cold cache"
+        );
+        let (_, slow) = attest_blocking(&caller, &attestors).unwrap();
+        let (_, fast) = crate::attest::attest_fast(&caller, &attestors)
+            .unwrap()
+            .expect("warm cache");
+        assert_eq!(fast, slow);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use rustls_pki_types::pem::PemObject;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct X509Bundle {
     certs: Vec<CertificateDer<'static>>,
+    /// The certificates concatenated, computed once: every Workload API message carries it.
+    der: Vec<u8>,
 }
 
 /// Why a bundle file could not be used.
@@ -32,7 +34,8 @@ pub enum Error {
 impl X509Bundle {
     /// A bundle of the given certificates.
     pub fn new(certs: Vec<CertificateDer<'static>>) -> Self {
-        Self { certs }
+        let der = certs.iter().flat_map(|c| c.iter().copied()).collect();
+        Self { certs, der }
     }
 
     /// Reads a PEM file of CA certificates.
@@ -60,7 +63,7 @@ impl X509Bundle {
                 return Err(Error::NotCa { path: p, index });
             }
         }
-        Ok(Self { certs })
+        Ok(Self::new(certs))
     }
 
     /// The certificates.
@@ -70,11 +73,12 @@ impl X509Bundle {
 
     /// DER certificates concatenated, as the Workload API carries bundles (X5-11).
     pub fn concat_der(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.certs.iter().map(|c| c.len()).sum());
-        for c in &self.certs {
-            out.extend_from_slice(c);
-        }
-        out
+        self.der.clone()
+    }
+
+    /// The concatenated DER, borrowed.
+    pub fn der(&self) -> &[u8] {
+        &self.der
     }
 
     /// PEM text, one CERTIFICATE block per certificate.

@@ -40,6 +40,8 @@ pub struct Signer {
 pub struct X509Svid {
     pub spiffe_id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
+    /// `chain` concatenated, computed once at mint.
+    chain_der: Vec<u8>,
     key_pkcs8: Zeroizing<Vec<u8>>,
     pub serial: String,
     pub not_before: SystemTime,
@@ -113,12 +115,8 @@ impl X509Svid {
     }
 
     /// The chain as concatenated DER, leaf first, as the Workload API carries it.
-    pub fn chain_der(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.chain.iter().map(|c| c.len()).sum());
-        for c in &self.chain {
-            out.extend_from_slice(c);
-        }
-        out
+    pub fn chain_der(&self) -> &[u8] {
+        &self.chain_der
     }
 }
 
@@ -176,9 +174,11 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
     let mut chain = Vec::with_capacity(1 + signer.chain.len());
     chain.push(cert.der().clone());
     chain.extend(signer.chain.iter().cloned());
+    let chain_der = chain.iter().flat_map(|c| c.iter().copied()).collect();
     Ok(X509Svid {
         spiffe_id: req.spiffe_id.clone(),
         chain,
+        chain_der,
         key_pkcs8: Zeroizing::new(key.serialize_der()),
         serial: crate::attest::unix::to_hex(&serial),
         // rcgen writes whole seconds.

@@ -55,6 +55,14 @@ impl WorkloadApi {
             Err(why) => return Err(Error::NoPeer(why.clone())),
         };
         let attestors = self.ctx.attestors.clone();
+        // Cached facts are read inline; anything that may block goes to the blocking pool.
+        if let Ok(caller) = &*peer {
+            match crate::attest::attest_fast(caller, &attestors) {
+                Ok(Some((pinned, selectors))) => return Ok(Attested { pinned, selectors }),
+                Ok(None) => {}
+                Err(source) => return Err(Error::Attestation { pid, source }),
+            }
+        }
         let result = tokio::task::spawn_blocking(move || match &*peer {
             Ok(caller) => crate::attest::attest_blocking(caller, &attestors),
             Err(why) => Err(crate::attest::Error::Task(why.clone())),

@@ -161,6 +161,11 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     Some(rx) => rx,
                     None => self.ctx.issuer.subscribe(req.clone()).await?,
                 };
+                let ready = matches!(*rx.borrow(), SvidState::Ready(_));
+                if ready {
+                    subs.push((req, rx));
+                    continue;
+                }
                 match tokio::time::timeout(MINT_DEADLINE, issuer::wait_ready(&mut rx)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e.into()),
@@ -232,7 +237,7 @@ async fn process_exit(watch: Option<&ExitWatch>) {
 /// FetchX509SVID messages: one X509SVID per identity, default first (ST-7), own bundle in each (TB-1),
 /// federated bundles for the entries that federate (TB-2).
 pub(super) fn render_svids(view: &View<'_>) -> crate::proto::X509svidResponse {
-    let bundle = view.ca.bundle.concat_der();
+    let bundle = view.ca.bundle.der();
     let svids = view
         .identities
         .iter()
@@ -241,9 +246,9 @@ pub(super) fn render_svids(view: &View<'_>) -> crate::proto::X509svidResponse {
             let svid = svid.as_ref()?;
             Some(crate::proto::X509svid {
                 spiffe_id: identity.spiffe_id.to_string(),
-                x509_svid: svid.chain_der(),
+                x509_svid: svid.chain_der().to_vec(),
                 x509_svid_key: svid.key_pkcs8_der().to_vec(),
-                bundle: bundle.clone(),
+                bundle: bundle.to_vec(),
                 hint: identity.hint.clone(),
             })
         })
