@@ -46,12 +46,25 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, Error> {
     }
 }
 
-/// The endpoint to use: `explicit`, else `SPIFFE_ENDPOINT_SOCKET`, else the default socket.
+/// The endpoint to use: `explicit`, else `SPIFFE_ENDPOINT_SOCKET`, else the default socket if it
+/// exists, else this user's `lanyard agent --dev` socket if that exists, else the default socket.
 pub fn resolve_endpoint(explicit: Option<&str>) -> String {
-    explicit
-        .map(str::to_owned)
-        .or_else(|| std::env::var(ENDPOINT_ENV).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| format!("unix://{}", crate::config::DEFAULT_SOCKET_PATH))
+    if let Some(e) = explicit {
+        return e.to_owned();
+    }
+    if let Some(e) = std::env::var(ENDPOINT_ENV).ok().filter(|v| !v.is_empty()) {
+        return e;
+    }
+    let default = PathBuf::from(crate::config::DEFAULT_SOCKET_PATH);
+    let dev = crate::config::DevMode::for_current_user()
+        .runtime_dir
+        .join("workload.sock");
+    let path = if !default.exists() && dev.exists() {
+        dev
+    } else {
+        default
+    };
+    format!("unix://{}", path.display())
 }
 
 /// Connects to the agent at `endpoint`.

@@ -25,7 +25,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct Endpoint {
     /// Agent endpoint: unix:///path or /path. Default: $SPIFFE_ENDPOINT_SOCKET, else
-    /// unix:///run/lanyard/workload.sock.
+    /// /run/lanyard/workload.sock, else (if only that exists) your `lanyard agent --dev` socket.
     #[arg(long)]
     socket: Option<String>,
 }

@@ -22,11 +22,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let endpoint = client::resolve_endpoint(args.endpoint.socket());
     let check = async {
         let mut client = client::connect(&endpoint).await?;
-        let mut stream = client
-            .fetch_x509_bundles(X509BundlesRequest {})
-            .await
-            .map_err(describe)?
-            .into_inner();
+        let mut stream = match client.fetch_x509_bundles(X509BundlesRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::PermissionDenied => bail!(
+                "the agent is up but gives this process no identity, so it cannot see the bundle; run the healthcheck as a process that has an entry ({})",
+                s.message()
+            ),
+            Err(s) => return Err(describe(s)),
+        };
         let msg = stream
             .next()
             .await
