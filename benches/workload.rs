@@ -194,6 +194,8 @@ fn entry(id: &str, uid: u32) -> Entry {
         spiffe_id,
         selectors,
         x509_ttl: None,
+        jwt_ttl: None,
+        jwt_audiences: vec![],
         hint: String::new(),
         dns_names: vec![],
         federates_with: vec![],
@@ -261,9 +263,75 @@ async fn fetch_latency() {
         us(first50) / us(floor50),
         us(first99) / us(floor99)
     );
+    jwt_numbers(&mut client, &agent).await;
     drop(client);
     drop(bare);
     agent.shutdown().await;
+}
+
+async fn jwt_numbers(client: &mut lanyard::client::WorkloadClient, agent: &lanyard::app::Running) {
+    agent.set_entries(vec![entry(
+        "spiffe://example.org/bench",
+        lanyard::sys::users::effective_uid(),
+    )]);
+    tokio::task::yield_now().await;
+    let fetch = |aud: String| {
+        let mut c = client.clone();
+        async move {
+            let t = Instant::now();
+            let r = c
+                .fetch_jwtsvid(JwtsvidRequest {
+                    audience: vec![aud],
+                    spiffe_id: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            (t.elapsed(), r.svids[0].svid.clone())
+        }
+    };
+    let mut miss = Vec::new();
+    for i in 0..1000 {
+        miss.push(fetch(format!("aud-{i}")).await.0);
+    }
+    let mut hit = Vec::new();
+    let mut token = String::new();
+    for _ in 0..2000 {
+        let (d, t) = fetch("aud-0".into()).await;
+        hit.push(d);
+        token = t;
+    }
+    report("FetchJWTSVID cache miss (signs)", miss);
+    report("FetchJWTSVID cache hit", hit);
+
+    let mut validate = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        client
+            .validate_jwtsvid(ValidateJwtsvidRequest {
+                audience: "aud-0".into(),
+                svid: token.clone(),
+            })
+            .await
+            .unwrap();
+        validate.push(t.elapsed());
+    }
+    report("ValidateJWTSVID over the socket", validate);
+
+    // Validation alone, in process, on one core.
+    let td = TrustDomain::parse("example.org").unwrap();
+    let bundles = std::collections::BTreeMap::from([(td, agent.ca().jwt.jwks())]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        lanyard::ca::jwt::validate(&token, "aud-0", &bundles, SystemTime::now()).unwrap();
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "jwt validation: {rate:.0} tokens/s on one core ({:.1} us each)",
+        1e6 / rate
+    );
 }
 
 async fn spawn_bare(path: &Path, msg: X509svidResponse) {

@@ -11,11 +11,13 @@ use tokio::task::JoinSet;
 
 use crate::attest::Attestor;
 use crate::attest::unix::UnixAttestor;
+use crate::ca::jwt::Jwks;
 use crate::ca::{Authority, CaSnapshot, X509Bundle};
 use crate::clock::SharedClock;
 use crate::config::{Config, FieldError};
+use crate::issuer::jwt::JwtCache;
 use crate::issuer::{Issuer, IssuerHandle};
-use crate::registry::{Entry, Policy};
+use crate::registry::{Entry, FederatedBundle, Policy};
 use crate::workload_api::listener::{self, Incoming};
 use crate::workload_api::service::WorkloadApi;
 
@@ -51,6 +53,7 @@ pub struct Running {
     shutdown_tx: watch::Sender<bool>,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     issuer: IssuerHandle,
+    jwt: JwtCache,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
 }
 
@@ -61,13 +64,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         source,
     })?;
     let authority = {
-        let (cfg, td, dir, clock) = (
+        let (cfg, td, dir, jwt_key_ttl, clock) = (
             config.authority.clone(),
             config.trust_domain.clone(),
             config.data_dir.clone(),
+            config.jwt_key_ttl,
             clock.clone(),
         );
-        tokio::task::spawn_blocking(move || Authority::load(&cfg, &td, &dir, clock))
+        tokio::task::spawn_blocking(move || Authority::load(&cfg, &td, &dir, jwt_key_ttl, clock))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??
     };
@@ -76,6 +80,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ca_rx = authority.subscribe();
     let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
+    let jwt_cache = JwtCache::new(ca_rx.clone(), clock.clone(), config.jwt_cache_size);
 
     let attestors: Vec<Box<dyn Attestor>> =
         vec![Box::new(UnixAttestor::new(config.hash_max_bytes))];
@@ -85,6 +90,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         policy: policy_rx,
         ca: ca_rx.clone(),
         issuer: issuer_handle.clone(),
+        jwt: jwt_cache.clone(),
+        clock: clock.clone(),
         shutdown: shutdown_rx.clone(),
         streams: Arc::new(Semaphore::new(config.max_streams)),
     };
@@ -114,6 +121,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         });
     }
     {
+        let shutdown = shutdown_rx.clone();
+        let cache = jwt_cache.clone();
+        tasks.spawn(async move {
+            cache.run(shutdown).await;
+            ("jwt-cache", Ok(()))
+        });
+    }
+    {
         let mut shutdown = shutdown_rx.clone();
         let service = WorkloadApi::new(ctx).into_server();
         tasks.spawn(async move {
@@ -133,6 +148,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         shutdown_tx,
         ca: ca_rx,
         issuer: issuer_handle,
+        jwt: jwt_cache,
         tasks,
     })
 }
@@ -142,15 +158,26 @@ pub fn load_policy(config: &Config) -> Result<Policy, Vec<FieldError>> {
     let mut federation = BTreeMap::new();
     let mut errors = Vec::new();
     for (i, f) in config.federation.iter().enumerate() {
-        match X509Bundle::from_pem_file(&f.bundle_path) {
-            Ok(b) => {
-                federation.insert(f.trust_domain.clone(), b);
+        let mut bundle = FederatedBundle::default();
+        if let Some(path) = &f.bundle_path {
+            match X509Bundle::from_pem_file(path) {
+                Ok(b) => bundle.x509 = Some(b),
+                Err(e) => errors.push(FieldError {
+                    field: format!("federation[{i}].bundle_path"),
+                    message: e.to_string(),
+                }),
             }
-            Err(e) => errors.push(FieldError {
-                field: format!("federation[{i}].bundle_path"),
-                message: e.to_string(),
-            }),
         }
+        if let Some(path) = &f.jwks_path {
+            match Jwks::from_file(path) {
+                Ok(j) => bundle.jwt = Some(j),
+                Err(message) => errors.push(FieldError {
+                    field: format!("federation[{i}].jwks_path"),
+                    message,
+                }),
+            }
+        }
+        federation.insert(f.trust_domain.clone(), bundle);
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -159,6 +186,7 @@ pub fn load_policy(config: &Config) -> Result<Policy, Vec<FieldError>> {
         entries: Arc::new(config.entries.clone()),
         federation: Arc::new(federation),
         default_x509_ttl: config.x509_ttl,
+        default_jwt_ttl: config.jwt_ttl,
     })
 }
 
@@ -207,6 +235,11 @@ impl Running {
     /// The issuer, for its counters.
     pub fn issuer(&self) -> &IssuerHandle {
         &self.issuer
+    }
+
+    /// The JWT-SVID cache, for its counters.
+    pub fn jwt_cache(&self) -> &JwtCache {
+        &self.jwt
     }
 
     /// A handle that stops the agent from elsewhere.

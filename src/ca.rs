@@ -5,6 +5,7 @@
 
 pub mod authority;
 pub mod bundle;
+pub mod jwt;
 pub mod mint;
 
 use std::sync::Arc;
@@ -39,4 +40,6 @@ pub struct CaSnapshot {
     /// The trust domain's CA certificates: the signing root, a prepared next root and retired roots
     /// that may still have valid leaves below them (TB-1, TB-3).
     pub bundle: Arc<X509Bundle>,
+    /// JWT-SVID signing keys and the trust domain's JWT bundle.
+    pub jwt: Arc<jwt::JwtKeys>,
 }

@@ -4,6 +4,7 @@ mod agent;
 mod fetch;
 mod healthcheck;
 mod output;
+mod validate;
 mod watch;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Command {
     /// Fetch SVIDs or bundles once from a running agent.
     #[command(subcommand)]
     Fetch(fetch::Command),
+    /// Validate a token through the agent.
+    #[command(subcommand)]
+    Validate(validate::Command),
     /// Follow the X.509-SVID stream and print one line per update.
     Watch(watch::Args),
     /// Exit 0 only if the agent answers with a valid bundle.
@@ -57,6 +61,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Agent(args) => agent::run(args).await,
             Command::Fetch(cmd) => report(fetch::run(cmd).await),
+            Command::Validate(cmd) => report(validate::run(cmd).await),
             Command::Watch(args) => report(watch::run(args).await),
             Command::Healthcheck(args) => report(healthcheck::run(args).await),
         }

@@ -29,6 +29,14 @@ pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Concurrent Workload API streams before new ones are refused with Unavailable (EP-5).
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+/// JWT-SVID lifetime when neither the entry nor `[svid]` sets one.
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
+/// The shortest JWT-SVID lifetime accepted.
+pub const MIN_JWT_TTL: Duration = Duration::from_secs(30);
+/// How long one JWT signing key signs before the next takes over.
+pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Cached JWT-SVIDs (least recently used are dropped beyond this).
+pub const DEFAULT_JWT_CACHE_SIZE: usize = 10_000;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -39,6 +47,12 @@ pub struct Config {
     pub authority: AuthorityConfig,
     /// Default X.509-SVID lifetime.
     pub x509_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub jwt_ttl: Duration,
+    /// How long one JWT signing key signs.
+    pub jwt_key_ttl: Duration,
+    /// Bound of the JWT-SVID cache.
+    pub jwt_cache_size: usize,
     /// Executables larger than this get no `unix:sha256` selector.
     pub hash_max_bytes: u64,
     pub max_streams: usize,
@@ -60,11 +74,14 @@ pub enum AuthorityConfig {
     },
 }
 
-/// A federated trust domain and the file its X.509 bundle (PEM) is read from.
+/// A federated trust domain and the files its bundles are read from (at least one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Federation {
     pub trust_domain: TrustDomain,
-    pub bundle_path: PathBuf,
+    /// X.509 CA certificates, PEM.
+    pub bundle_path: Option<PathBuf>,
+    /// JWT keys, a JWK Set (or SPIFFE bundle document) in JSON.
+    pub jwks_path: Option<PathBuf>,
 }
 
 /// Values given on the command line or in the environment; they win over the file.

@@ -7,6 +7,8 @@
 //! - Dropped at its rotation time when nobody holds it any more.
 //! - Minting runs on the blocking pool, never on the async workers.
 
+pub mod jwt;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -321,7 +323,14 @@ mod tests {
         let cfg = AuthorityConfig::SelfSigned {
             ca_ttl: Duration::from_secs(30 * 86400),
         };
-        let authority = Authority::load(&cfg, &td, dir.path(), clock.clone()).unwrap();
+        let authority = Authority::load(
+            &cfg,
+            &td,
+            dir.path(),
+            Duration::from_secs(86400),
+            clock.clone(),
+        )
+        .unwrap();
         (dir, authority, clock)
     }
 

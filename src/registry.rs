@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ca::bundle::X509Bundle;
+use crate::ca::jwt::Jwks;
 use crate::selector::{Selector, SelectorSet};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -24,6 +25,10 @@ pub struct Entry {
     pub selectors: Vec<Selector>,
     /// Overrides the default X.509-SVID lifetime.
     pub x509_ttl: Option<Duration>,
+    /// Overrides the default JWT-SVID lifetime.
+    pub jwt_ttl: Option<Duration>,
+    /// When not empty, the only audiences JWT-SVIDs of this entry may name.
+    pub jwt_audiences: Vec<String>,
     /// Names this SVID for clients that pick among several (ST-7); empty for none.
     pub hint: String,
     /// DNS SANs added after the URI SAN.
@@ -38,6 +43,9 @@ pub struct Identity {
     pub spiffe_id: SpiffeId,
     pub entry_id: EntryId,
     pub x509_ttl: Duration,
+    pub jwt_ttl: Duration,
+    /// Allowed JWT audiences; empty means any.
+    pub jwt_audiences: Vec<String>,
     /// Unique within one match result, or empty.
     pub hint: String,
     pub dns_names: Vec<String>,
@@ -48,8 +56,16 @@ pub struct Identity {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub entries: Arc<Vec<Entry>>,
-    pub federation: Arc<BTreeMap<TrustDomain, X509Bundle>>,
+    pub federation: Arc<BTreeMap<TrustDomain, FederatedBundle>>,
     pub default_x509_ttl: Duration,
+    pub default_jwt_ttl: Duration,
+}
+
+/// What is known of a federated trust domain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FederatedBundle {
+    pub x509: Option<X509Bundle>,
+    pub jwt: Option<Jwks>,
 }
 
 impl EntryId {
@@ -110,6 +126,8 @@ pub fn match_identities(selectors: &SelectorSet, policy: &Policy) -> Vec<Identit
             spiffe_id: entry.spiffe_id.clone(),
             entry_id: entry.id.clone(),
             x509_ttl: entry.x509_ttl.unwrap_or(policy.default_x509_ttl),
+            jwt_ttl: entry.jwt_ttl.unwrap_or(policy.default_jwt_ttl),
+            jwt_audiences: entry.jwt_audiences.clone(),
             hint,
             dns_names: entry.dns_names.clone(),
             federates_with: entry.federates_with.clone(),
@@ -118,20 +136,47 @@ pub fn match_identities(selectors: &SelectorSet, policy: &Policy) -> Vec<Identit
     out
 }
 
-/// The federated bundles the holder of `identities` may receive (TB-2), keyed by trust domain ID.
+/// The federated X.509 bundles the holder of `identities` may receive (TB-2), keyed by trust domain ID.
 pub fn federated_bundles<'a>(
     identities: &[Identity],
     policy: &'a Policy,
 ) -> BTreeMap<String, &'a X509Bundle> {
+    federated(identities, policy, |b| b.x509.as_ref())
+}
+
+/// The federated JWT bundles the holder of `identities` may receive, keyed by trust domain ID.
+pub fn federated_jwks<'a>(
+    identities: &[Identity],
+    policy: &'a Policy,
+) -> BTreeMap<String, &'a Jwks> {
+    federated(identities, policy, |b| b.jwt.as_ref())
+}
+
+fn federated<'a, T>(
+    identities: &[Identity],
+    policy: &'a Policy,
+    pick: impl Fn(&'a FederatedBundle) -> Option<&'a T>,
+) -> BTreeMap<String, &'a T> {
     let mut out = BTreeMap::new();
     for identity in identities {
         for td in &identity.federates_with {
-            if let Some(bundle) = policy.federation.get(td) {
+            if let Some(bundle) = policy.federation.get(td).and_then(&pick) {
                 out.insert(td.id_string(), bundle);
             }
         }
     }
     out
+}
+
+/// Where `audiences` breaks the entry's audience policy: the first audience it does not allow.
+pub fn forbidden_audience<'a>(identity: &Identity, audiences: &'a [String]) -> Option<&'a str> {
+    if identity.jwt_audiences.is_empty() {
+        return None;
+    }
+    audiences
+        .iter()
+        .find(|a| !identity.jwt_audiences.contains(a))
+        .map(String::as_str)
 }
 
 #[cfg(test)]
@@ -150,6 +195,8 @@ mod tests {
             spiffe_id,
             selectors,
             x509_ttl: None,
+            jwt_ttl: None,
+            jwt_audiences: vec![],
             hint: hint.into(),
             dns_names: vec![],
             federates_with: vec![],
@@ -168,6 +215,7 @@ mod tests {
             entries: Arc::new(entries),
             federation: Default::default(),
             default_x509_ttl: Duration::from_secs(3600),
+            default_jwt_ttl: Duration::from_secs(300),
         }
     }
 

@@ -5,6 +5,7 @@
 //! of their own beyond what they last sent.
 
 pub mod header;
+mod jwt;
 pub mod listener;
 pub mod service;
 pub mod status;
@@ -46,6 +47,12 @@ pub enum Error {
     Issuer(#[from] crate::issuer::Error),
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),
+    #[error("the caller is not entitled to {0}")]
+    NotEntitled(String),
+    #[error("audience {audience:?} is not allowed for {spiffe_id}")]
+    AudienceForbidden { audience: String, spiffe_id: String },
+    #[error("invalid JWT-SVID: {0}")]
+    InvalidJwt(#[from] crate::ca::jwt::Invalid),
 }
 
 /// What the Workload API service needs from the rest of the agent.
@@ -56,6 +63,9 @@ pub struct Context {
     pub policy: watch::Receiver<Arc<Policy>>,
     pub ca: watch::Receiver<Arc<CaSnapshot>>,
     pub issuer: IssuerHandle,
+    pub jwt: crate::issuer::jwt::JwtCache,
+    /// Wall clock for validity checks.
+    pub clock: crate::clock::SharedClock,
     pub shutdown: watch::Receiver<bool>,
     /// One permit per open stream (EP-5: beyond the limit, Unavailable).
     pub streams: Arc<Semaphore>,

@@ -373,3 +373,31 @@ fn watch_prints_one_line_per_update() {
     signal(&agent, libc::SIGTERM);
     assert!(wait_exit(&mut agent, 10).success());
 }
+
+/// `lanyard fetch jwt`, `fetch jwt-bundles` and `validate jwt` as a user runs them.
+#[test]
+fn jwt_commands() {
+    let dir = open_tempdir();
+    let config = write_config(dir.path(), &entry("/j", euid()));
+    let (mut agent, endpoint) = spawn_agent(&["--config", config.to_str().unwrap()]);
+    let out = lanyard(&["fetch", "jwt", "--socket", &endpoint, "--audience", "db", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["svids"][0]["spiffe_id"], "spiffe://example.org/j");
+    let token = v["svids"][0]["token"].as_str().unwrap().to_owned();
+
+    let ok = lanyard(&["validate", "jwt", "--socket", &endpoint, "--audience", "db", &token]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("valid: spiffe://example.org/j"));
+    let bad = lanyard(&["validate", "jwt", "--socket", &endpoint, "--audience", "other", &token]);
+    assert!(!bad.status.success(), "wrong audience must fail");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidAudience"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    let out = lanyard(&["fetch", "jwt-bundles", "--socket", &endpoint]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("spiffe://example.org: 1 key(s): "));
+    let out = lanyard(&["fetch", "jwt", "--socket", &endpoint]);
+    assert!(!out.status.success(), "--audience is required");
+    signal(&agent, libc::SIGTERM);
+    assert!(wait_exit(&mut agent, 10).success());
+}

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use super::bundle::{X509Bundle, pem_block, pem_cert};
+use super::jwt::JwtState;
 use super::mint::{self, Signer, cert_facts};
 use super::{CaSnapshot, Error};
 use crate::clock::SharedClock;
@@ -29,6 +30,7 @@ pub struct Authority {
     td: TrustDomain,
     clock: SharedClock,
     mode: Mode,
+    jwt: JwtState,
     tx: watch::Sender<Arc<CaSnapshot>>,
 }
 
@@ -59,9 +61,16 @@ impl Authority {
         config: &AuthorityConfig,
         td: &TrustDomain,
         data_dir: &Path,
+        jwt_key_ttl: Duration,
         clock: SharedClock,
     ) -> Result<Self, Error> {
         let now = clock.now();
+        let dir = data_dir.join("authority");
+        crate::atomic_file::ensure_dir(&dir, 0o700).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let jwt = JwtState::load(&dir, jwt_key_ttl, now)?;
         let mode = match config {
             AuthorityConfig::SelfSigned { ca_ttl } => Mode::SelfSigned(SelfSigned::load(
                 &data_dir.join("authority"),
@@ -81,12 +90,13 @@ impl Authority {
                 now,
             )?),
         };
-        let snapshot = Arc::new(mode.snapshot());
+        let snapshot = Arc::new(mode.snapshot(&jwt));
         let (tx, _) = watch::channel(snapshot);
         let mut authority = Self {
             td: td.clone(),
             clock,
             mode,
+            jwt,
             tx,
         };
         authority.tick()?;
@@ -107,12 +117,13 @@ impl Authority {
     /// the next one.
     pub fn tick(&mut self) -> Result<Duration, Error> {
         let now = self.clock.now();
-        let changed = match &mut self.mode {
+        let x509_changed = match &mut self.mode {
             Mode::SelfSigned(s) => s.tick(&self.td, now)?,
             Mode::Upstream(u) => u.tick(&self.td, now)?,
         };
-        if changed {
-            let snapshot = Arc::new(self.mode.snapshot());
+        let jwt_changed = self.jwt.tick(now)?;
+        if x509_changed || jwt_changed {
+            let snapshot = Arc::new(self.mode.snapshot(&self.jwt));
             tracing::info!(
                 signer_serial = snapshot.signer.serial(),
                 bundle_size = snapshot.bundle.certs().len(),
@@ -123,7 +134,8 @@ impl Authority {
         let next = match &self.mode {
             Mode::SelfSigned(s) => s.next_transition(),
             Mode::Upstream(u) => u.next_transition(),
-        };
+        }
+        .min(self.jwt.next_transition());
         Ok(next
             .duration_since(now)
             .unwrap_or(Duration::ZERO)
@@ -152,7 +164,8 @@ impl Authority {
 }
 
 impl Mode {
-    fn snapshot(&self) -> CaSnapshot {
+    fn snapshot(&self, jwt: &JwtState) -> CaSnapshot {
+        let jwt = Arc::new(jwt.published());
         match self {
             Mode::SelfSigned(s) => {
                 let mut certs = vec![s.active.cert().clone()];
@@ -167,11 +180,13 @@ impl Mode {
                 CaSnapshot {
                     signer: s.active.clone(),
                     bundle: Arc::new(X509Bundle::new(certs)),
+                    jwt,
                 }
             }
             Mode::Upstream(u) => CaSnapshot {
                 signer: u.active.clone(),
                 bundle: u.bundle.clone(),
+                jwt,
             },
         }
     }
@@ -463,6 +478,8 @@ mod tests {
     use crate::clock::ManualClock;
     use std::os::unix::fs::PermissionsExt;
 
+    const JWT_KEY_TTL: Duration = Duration::from_secs(86400);
+
     fn td() -> TrustDomain {
         TrustDomain::parse("example.org").unwrap()
     }
@@ -474,7 +491,14 @@ mod tests {
         let cfg = AuthorityConfig::SelfSigned {
             ca_ttl: Duration::from_secs(86400),
         };
-        let a = Authority::load(&cfg, &td(), dir.path(), Arc::new(clock.clone())).unwrap();
+        let a = Authority::load(
+            &cfg,
+            &td(),
+            dir.path(),
+            JWT_KEY_TTL,
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
         let first = a.snapshot().signer.serial().to_owned();
         let path = dir.path().join("authority/root.pem");
         assert_eq!(
@@ -482,7 +506,7 @@ mod tests {
             0o600
         );
         drop(a);
-        let b = Authority::load(&cfg, &td(), dir.path(), Arc::new(clock)).unwrap();
+        let b = Authority::load(&cfg, &td(), dir.path(), JWT_KEY_TTL, Arc::new(clock)).unwrap();
         assert_eq!(b.snapshot().signer.serial(), first);
     }
 
@@ -494,7 +518,14 @@ mod tests {
         let cfg = AuthorityConfig::SelfSigned {
             ca_ttl: Duration::from_secs(1000),
         };
-        let mut a = Authority::load(&cfg, &td(), dir.path(), Arc::new(clock.clone())).unwrap();
+        let mut a = Authority::load(
+            &cfg,
+            &td(),
+            dir.path(),
+            JWT_KEY_TTL,
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
         let old = a.snapshot();
         assert_eq!(old.bundle.certs().len(), 1);
 
@@ -528,7 +559,14 @@ mod tests {
         );
 
         // A restart in this state keeps the same signer and bundle.
-        let b = Authority::load(&cfg, &td(), dir.path(), Arc::new(clock.clone())).unwrap();
+        let b = Authority::load(
+            &cfg,
+            &td(),
+            dir.path(),
+            JWT_KEY_TTL,
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
         assert_eq!(b.snapshot().signer.cert(), &next_cert);
         assert_eq!(b.snapshot().bundle.certs().len(), 2);
 
@@ -556,7 +594,14 @@ mod tests {
             key_path: key_path.clone(),
             intermediate_ttl: Duration::from_secs(3600),
         };
-        let mut a = Authority::load(&cfg, &td(), dir.path(), Arc::new(clock.clone())).unwrap();
+        let mut a = Authority::load(
+            &cfg,
+            &td(),
+            dir.path(),
+            JWT_KEY_TTL,
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
         let s = a.snapshot();
         assert_eq!(s.bundle.certs(), std::slice::from_ref(&cert));
         assert_eq!(
@@ -573,7 +618,7 @@ mod tests {
         // A key that matches no certificate is refused with the path named.
         let other = mint::generate_key().unwrap();
         std::fs::write(&key_path, pem_block("PRIVATE KEY", &other.serialize_der())).unwrap();
-        let err = Authority::load(&cfg, &td(), dir.path(), Arc::new(clock))
+        let err = Authority::load(&cfg, &td(), dir.path(), JWT_KEY_TTL, Arc::new(clock))
             .err()
             .unwrap();
         assert!(err.to_string().contains("matches no certificate"), "{err}");

@@ -19,6 +19,25 @@ pub enum Command {
     X509(X509Args),
     /// Fetch the X.509 trust bundles this process may see.
     Bundles(BundlesArgs),
+    /// Fetch JWT-SVIDs for one or more audiences.
+    Jwt(JwtArgs),
+    /// Fetch the JWT bundles (JWK Sets) this process may see.
+    JwtBundles(BundlesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JwtArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Audience the token is for (repeat for several).
+    #[arg(long = "audience", short = 'a', required = true)]
+    audiences: Vec<String>,
+    /// Only this one of your identities (you must be entitled to it).
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// Print JSON (with the tokens) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the agent is.
@@ -66,7 +85,84 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::X509(args) => x509(args).await,
         Command::Bundles(args) => bundles(args).await,
+        Command::Jwt(args) => jwt(args).await,
+        Command::JwtBundles(args) => jwt_bundles(args).await,
     }
+}
+
+async fn jwt(args: JwtArgs) -> anyhow::Result<()> {
+    let endpoint = client::resolve_endpoint(args.endpoint.socket.as_deref());
+    let mut client = client::connect(&endpoint).await?;
+    let resp = client
+        .fetch_jwtsvid(crate::proto::JwtsvidRequest {
+            audience: args.audiences.clone(),
+            spiffe_id: args.spiffe_id.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(describe)?
+        .into_inner();
+    if resp.svids.is_empty() {
+        bail!("the agent returned no JWT-SVID");
+    }
+    if args.json {
+        let svids: Vec<serde_json::Value> = resp
+            .svids
+            .iter()
+            .map(|s| serde_json::json!({ "spiffe_id": s.spiffe_id, "hint": s.hint, "token": s.svid }))
+            .collect();
+        println!("{}", serde_json::json!({ "svids": svids }));
+    } else {
+        for s in &resp.svids {
+            println!("SPIFFE ID:  {}", s.spiffe_id);
+            if !s.hint.is_empty() {
+                println!("Hint:       {}", s.hint);
+            }
+            println!("Token:      {}", s.svid);
+            println!();
+        }
+    }
+    Ok(())
+}
+
+async fn jwt_bundles(args: BundlesArgs) -> anyhow::Result<()> {
+    let endpoint = client::resolve_endpoint(args.endpoint.socket.as_deref());
+    let mut client = client::connect(&endpoint).await?;
+    let mut stream = client
+        .fetch_jwt_bundles(crate::proto::JwtBundlesRequest {})
+        .await
+        .map_err(describe)?
+        .into_inner();
+    let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.next())
+        .await
+        .context("the agent sent nothing within 30s")?
+        .context("the agent closed the stream without an answer")?
+        .map_err(describe)?;
+    let mut tds: Vec<(&String, &Vec<u8>)> = msg.bundles.iter().collect();
+    tds.sort();
+    if let Some(dir) = &args.write {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (td, json) in &tds {
+            let name = format!("{}.jwks.json", td.trim_start_matches("spiffe://"));
+            crate::atomic_file::write(&dir.join(&name), json, 0o644)
+                .with_context(|| format!("writing {name}"))?;
+        }
+    }
+    let parsed: serde_json::Map<String, serde_json::Value> = tds
+        .iter()
+        .map(|(td, json)| Ok(((*td).clone(), serde_json::from_slice(json)?)))
+        .collect::<anyhow::Result<_>>()?;
+    if args.json {
+        println!("{}", serde_json::json!({ "bundles": parsed }));
+    } else {
+        for (td, jwks) in &parsed {
+            let kids: Vec<&str> = jwks["keys"]
+                .as_array()
+                .map(|k| k.iter().filter_map(|k| k["kid"].as_str()).collect())
+                .unwrap_or_default();
+            println!("{td}: {} key(s): {}", kids.len(), kids.join(", "));
+        }
+    }
+    Ok(())
 }
 
 async fn x509(args: X509Args) -> anyhow::Result<()> {

@@ -35,12 +35,14 @@ pub struct RawAuthority {
     pub cert_path: Option<PathBuf>,
     pub key_path: Option<PathBuf>,
     pub intermediate_ttl: Option<String>,
+    pub jwt_key_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSvid {
     pub x509_ttl: Option<String>,
+    pub jwt_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +55,7 @@ pub struct RawAttestation {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_streams: Option<usize>,
+    pub jwt_cache_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -62,6 +65,9 @@ pub struct RawEntry {
     #[serde(default)]
     pub selectors: Vec<String>,
     pub x509_ttl: Option<String>,
+    pub jwt_ttl: Option<String>,
+    #[serde(default)]
+    pub jwt_audiences: Vec<String>,
     pub hint: Option<String>,
     #[serde(default)]
     pub dns_names: Vec<String>,
@@ -74,6 +80,7 @@ pub struct RawEntry {
 pub struct RawFederation {
     pub trust_domain: Option<String>,
     pub bundle_path: Option<PathBuf>,
+    pub jwks_path: Option<PathBuf>,
 }
 
 impl RawConfig {

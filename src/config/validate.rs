@@ -82,6 +82,39 @@ pub(super) fn validate(
     );
     check_svid_ttl(&mut errs, ttl_field, x509_ttl);
 
+    let jwt_ttl = duration(
+        &mut errs,
+        "svid.jwt_ttl",
+        raw.svid.jwt_ttl.as_deref(),
+        DEFAULT_JWT_TTL,
+    );
+    check_jwt_ttl(&mut errs, "svid.jwt_ttl", jwt_ttl);
+    let jwt_key_ttl = duration(
+        &mut errs,
+        "authority.jwt_key_ttl",
+        raw.authority.jwt_key_ttl.as_deref(),
+        DEFAULT_JWT_KEY_TTL,
+    );
+    let min_key_ttl = 4 * crate::ca::jwt::MAX_JWT_TTL;
+    if jwt_key_ttl < min_key_ttl {
+        errs.push(
+            "authority.jwt_key_ttl",
+            format!(
+                "{} is too short: keys are published {} before they sign (JW-7); use at least {}",
+                humantime::format_duration(jwt_key_ttl),
+                humantime::format_duration(2 * crate::ca::jwt::MAX_JWT_TTL),
+                humantime::format_duration(min_key_ttl)
+            ),
+        );
+    }
+    let jwt_cache_size = raw.limits.jwt_cache_size.unwrap_or(DEFAULT_JWT_CACHE_SIZE);
+    if jwt_cache_size == 0 {
+        errs.push(
+            "limits.jwt_cache_size",
+            "0 would disable the cache; use a positive number",
+        );
+    }
+
     let authority = authority(&mut errs, &raw);
     let signer_ttl = match &authority {
         Some(AuthorityConfig::SelfSigned { ca_ttl }) => Some(*ca_ttl / 4),
@@ -153,23 +186,22 @@ pub(super) fn validate(
                 }
             },
         };
-        let path = match &f.bundle_path {
-            None => {
-                errs.push(
-                    field("bundle_path"),
-                    "missing; give the PEM file with the trust domain's CA certificates",
-                );
-                None
+        if f.bundle_path.is_none() && f.jwks_path.is_none() {
+            errs.push(
+                field("bundle_path"),
+                "missing; give bundle_path (PEM CA certificates) and/or jwks_path (JWT keys, JSON)",
+            );
+        }
+        for (name, p) in [("bundle_path", &f.bundle_path), ("jwks_path", &f.jwks_path)] {
+            if let Some(p) = p {
+                absolute(&mut errs, &field(name), p);
             }
-            Some(p) => {
-                absolute(&mut errs, &field("bundle_path"), p);
-                Some(p.clone())
-            }
-        };
-        if let (Some(trust_domain), Some(bundle_path)) = (td, path) {
+        }
+        if let Some(trust_domain) = td {
             federation.push(Federation {
                 trust_domain,
-                bundle_path,
+                bundle_path: f.bundle_path.clone(),
+                jwks_path: f.jwks_path.clone(),
             });
         }
     }
@@ -221,6 +253,8 @@ pub(super) fn validate(
                     spiffe_id,
                     selectors,
                     x509_ttl: None,
+                    jwt_ttl: None,
+                    jwt_audiences: vec![],
                     hint: "dev".into(),
                     dns_names: vec![],
                     federates_with: vec![],
@@ -249,6 +283,9 @@ pub(super) fn validate(
         data_dir,
         authority,
         x509_ttl,
+        jwt_ttl,
+        jwt_key_ttl,
+        jwt_cache_size,
         hash_max_bytes,
         max_streams,
         entries,
@@ -288,6 +325,20 @@ fn check_svid_ttl(errs: &mut Collector, field: &str, ttl: Duration) {
             format!(
                 "{} is shorter than the minimum X.509-SVID lifetime of 1m",
                 humantime::format_duration(ttl)
+            ),
+        );
+    }
+}
+
+fn check_jwt_ttl(errs: &mut Collector, field: &str, ttl: Duration) {
+    let max = crate::ca::jwt::MAX_JWT_TTL;
+    if ttl < MIN_JWT_TTL || ttl > max {
+        errs.push(
+            field,
+            format!(
+                "{} is outside the JWT-SVID lifetime range of 30s to {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(max)
             ),
         );
     }
@@ -436,6 +487,19 @@ fn entry(
         check_svid_ttl(errs, &format!("{at}.x509_ttl"), d);
         d
     });
+    let jwt_ttl = e.jwt_ttl.as_deref().map(|t| {
+        let d = duration(errs, &format!("{at}.jwt_ttl"), Some(t), DEFAULT_JWT_TTL);
+        check_jwt_ttl(errs, &format!("{at}.jwt_ttl"), d);
+        d
+    });
+    for (j, aud) in e.jwt_audiences.iter().enumerate() {
+        if aud.is_empty() {
+            errs.push(
+                format!("{at}.jwt_audiences[{j}]"),
+                "empty audience; remove it",
+            );
+        }
+    }
     for (j, name) in e.dns_names.iter().enumerate() {
         if !valid_dns_name(name) {
             errs.push(
@@ -467,6 +531,8 @@ fn entry(
         spiffe_id,
         selectors,
         x509_ttl,
+        jwt_ttl,
+        jwt_audiences: e.jwt_audiences.clone(),
         hint: e.hint.clone().unwrap_or_default(),
         dns_names: e.dns_names.clone(),
         federates_with,

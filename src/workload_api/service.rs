@@ -132,23 +132,54 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     async fn fetch_jwtsvid(
         &self,
-        _request: Request<JwtsvidRequest>,
+        request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("FetchJWTSVID")))
+        let ask = super::jwt::check_request(request.get_ref()).map_err(|e| to_status(&e))?;
+        let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
+        let svids = super::jwt::fetch(&self.ctx, attested.pinned.pid(), &attested.selectors, ask)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(JwtsvidResponse { svids }))
     }
 
     async fn fetch_jwt_bundles(
         &self,
-        _request: Request<JwtBundlesRequest>,
+        request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(to_status(&Error::Unimplemented("FetchJWTBundles")))
+        self.open_stream(&request, super::jwt::render_bundles, false)
+            .await
     }
 
     async fn validate_jwtsvid(
         &self,
-        _request: Request<ValidateJwtsvidRequest>,
+        request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        Err(to_status(&Error::Unimplemented("ValidateJWTSVID")))
+        let req = request.get_ref();
+        if req.audience.is_empty() || req.svid.is_empty() {
+            return Err(to_status(&Error::InvalidArgument(
+                "audience and svid are both required (EP-6)".into(),
+            )));
+        }
+        let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
+        let policy = self.ctx.policy.borrow().clone();
+        let identities = crate::registry::match_identities(&attested.selectors, &policy);
+        if identities.is_empty() {
+            return Err(to_status(&Error::NoIdentity {
+                pid: attested.pinned.pid(),
+                selectors: attested.selectors,
+            }));
+        }
+        let bundles = super::jwt::validation_bundles(&self.ctx, &identities);
+        let now = self.ctx.clock.now();
+        let (spiffe_id, claims) = crate::ca::jwt::validate(&req.svid, &req.audience, &bundles, now)
+            .map_err(|e| {
+                tracing::debug!(reason = %e, "jwt-svid rejected");
+                to_status(&Error::InvalidJwt(e))
+            })?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: spiffe_id.to_string(),
+            claims: Some(super::jwt::to_struct(claims)),
+        }))
     }
 
     async fn fetch_witsvid(

@@ -39,6 +39,16 @@ pub fn to_status(err: &Error) -> Status {
             tracing::error!(error = %e, "svid not available");
             Status::unavailable("the agent could not issue an SVID right now; retry")
         }
+        Error::NotEntitled(id) => {
+            Status::permission_denied(format!("this process is not entitled to {id}"))
+        }
+        Error::AudienceForbidden {
+            audience,
+            spiffe_id,
+        } => Status::permission_denied(format!(
+            "audience {audience:?} is not allowed for {spiffe_id}; its entry lists the allowed audiences"
+        )),
+        Error::InvalidJwt(why) => Status::invalid_argument(format!("invalid JWT-SVID: {why}")),
         // EP-7.
         Error::Unimplemented(what) => {
             Status::unimplemented(format!("{what} is not supported by this agent"))
