@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([".X509SVID", ".JWTSVID", ".WITSVID"])
         .compile_with_config(
             config,
-            &["proto/workload.proto".into()],
+            &[
+                "proto/workload.proto".into(),
+                "proto/lanyard/admin/v1/admin.proto".into(),
+            ],
             &["proto".into(), well_known],
         )?;
     println!("cargo:rerun-if-changed=proto");

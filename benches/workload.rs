@@ -199,6 +199,7 @@ fn entry(id: &str, uid: u32) -> Entry {
         hint: String::new(),
         dns_names: vec![],
         federates_with: vec![],
+        origin: lanyard::registry::Origin::Declared,
     }
 }
 

@@ -9,15 +9,18 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::admin_api::AdminApi;
 use crate::attest::Attestor;
 use crate::attest::unix::UnixAttestor;
 use crate::ca::jwt::Jwks;
 use crate::ca::{Authority, CaSnapshot, X509Bundle};
 use crate::clock::SharedClock;
 use crate::config::{Config, FieldError};
+use crate::inventory::{Inventory, Reason};
 use crate::issuer::jwt::JwtCache;
 use crate::issuer::{Issuer, IssuerHandle};
-use crate::registry::{Entry, FederatedBundle, Policy};
+use crate::registry::manager::{Declared, Registry};
+use crate::registry::{Entry, FederatedBundle};
 use crate::workload_api::listener::{self, Incoming};
 use crate::workload_api::service::WorkloadApi;
 
@@ -36,6 +39,10 @@ pub enum Error {
     Authority(#[from] crate::ca::Error),
     #[error("{}", crate::config::Errors(.0.clone()))]
     Policy(Vec<FieldError>),
+    #[error("entry database: {0}")]
+    Registry(#[from] crate::registry::manager::Error),
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::Error),
     #[error(transparent)]
     Bind(#[from] listener::BindError),
     #[error("task {task} stopped unexpectedly: {why}")]
@@ -48,8 +55,11 @@ pub enum Error {
 pub struct Running {
     /// Where the Workload API listens.
     pub socket_path: PathBuf,
+    /// Where the admin API listens.
+    pub admin_socket_path: PathBuf,
     config: Config,
-    policy_tx: watch::Sender<Arc<Policy>>,
+    registry: Arc<Registry>,
+    inventory: Inventory,
     shutdown_tx: watch::Sender<bool>,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     issuer: IssuerHandle,
@@ -75,8 +85,18 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
             .await
             .map_err(|e| Error::Internal(e.to_string()))??
     };
-    let policy = load_policy(&config).map_err(Error::Policy)?;
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+    let declared = load_declared(&config).map_err(Error::Policy)?;
+    let db = config.data_dir.join("lanyard.db");
+    let registry = {
+        let db = db.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || Registry::open(&db, declared))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??,
+        )
+    };
+    let inventory = Inventory::open(&db, clock.clone(), config.inventory_retention)?;
+    let policy_rx = registry.subscribe();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ca_rx = authority.subscribe();
     let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
@@ -84,6 +104,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
 
     let attestors: Vec<Box<dyn Attestor>> =
         vec![Box::new(UnixAttestor::new(config.hash_max_bytes))];
+    let streams = Arc::new(Semaphore::new(config.max_streams));
     let ctx = crate::workload_api::Context {
         trust_domain: config.trust_domain.clone(),
         attestors: Arc::new(attestors),
@@ -91,10 +112,27 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         ca: ca_rx.clone(),
         issuer: issuer_handle.clone(),
         jwt: jwt_cache.clone(),
+        inventory: inventory.clone(),
         clock: clock.clone(),
         shutdown: shutdown_rx.clone(),
-        streams: Arc::new(Semaphore::new(config.max_streams)),
+        streams: streams.clone(),
     };
+    let admin = AdminApi {
+        registry: registry.clone(),
+        inventory: inventory.clone(),
+        trust_domain: config.trust_domain.to_string(),
+        authority_mode: match config.authority {
+            crate::config::AuthorityConfig::SelfSigned { .. } => "self-signed",
+            crate::config::AuthorityConfig::Upstream { .. } => "upstream",
+        },
+        ca: ca_rx.clone(),
+        issuer: issuer_handle.clone(),
+        jwt: jwt_cache.clone(),
+        streams,
+        max_streams: config.max_streams,
+    };
+    // The admin socket first: its directory is private (0700) and the socket 0600.
+    let admin_listener = listener::bind(&config.admin_socket_path, 0o600, 0o700)?;
     let listener = listener::bind(&config.socket_path, 0o666, 0o755)?;
     tracing::info!(
         socket = %config.socket_path.display(),
@@ -141,10 +179,25 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
             ("workload-api", result.map_err(|e| e.to_string()))
         });
     }
+    {
+        let mut shutdown = shutdown_rx.clone();
+        let service = admin.into_server();
+        tasks.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(Incoming::new(admin_listener), async move {
+                    crate::shutdown::signalled(&mut shutdown).await;
+                })
+                .await;
+            ("admin-api", result.map_err(|e| e.to_string()))
+        });
+    }
     Ok(Running {
         socket_path: config.socket_path.clone(),
+        admin_socket_path: config.admin_socket_path.clone(),
         config,
-        policy_tx,
+        registry,
+        inventory,
         shutdown_tx,
         ca: ca_rx,
         issuer: issuer_handle,
@@ -153,8 +206,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     })
 }
 
-/// Builds the policy (entries + federated bundles) of a configuration, reading the bundle files.
-pub fn load_policy(config: &Config) -> Result<Policy, Vec<FieldError>> {
+/// What the config file contributes to the policy: declared entries and federated bundles (read from
+/// their files now).
+pub fn load_declared(config: &Config) -> Result<Declared, Vec<FieldError>> {
     let mut federation = BTreeMap::new();
     let mut errors = Vec::new();
     for (i, f) in config.federation.iter().enumerate() {
@@ -182,9 +236,10 @@ pub fn load_policy(config: &Config) -> Result<Policy, Vec<FieldError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Policy {
-        entries: Arc::new(config.entries.clone()),
-        federation: Arc::new(federation),
+    Ok(Declared {
+        trust_domain: config.trust_domain.clone(),
+        entries: config.entries.clone(),
+        federation,
         default_x509_ttl: config.x509_ttl,
         default_jwt_ttl: config.jwt_ttl,
     })
@@ -194,7 +249,7 @@ impl Running {
     /// Applies the entries and federation of a new configuration; open streams see the change at once.
     /// Settings that need a restart (trust domain, socket, data dir, authority) are reported back.
     pub fn reload(&mut self, config: Config) -> Result<Vec<&'static str>, Vec<FieldError>> {
-        let policy = load_policy(&config)?;
+        let declared = load_declared(&config)?;
         let mut restart_needed = Vec::new();
         if config.trust_domain != self.config.trust_domain {
             restart_needed.push("trust_domain");
@@ -205,6 +260,9 @@ impl Running {
         if config.data_dir != self.config.data_dir {
             restart_needed.push("data_dir");
         }
+        if config.admin_socket_path != self.config.admin_socket_path {
+            restart_needed.push("admin_socket_path");
+        }
         if config.authority != self.config.authority {
             restart_needed.push("authority");
         }
@@ -213,18 +271,19 @@ impl Running {
             federation = config.federation.len(),
             "policy reloaded"
         );
-        self.policy_tx.send_replace(Arc::new(policy));
+        self.registry.reload(declared);
         self.config = config;
         Ok(restart_needed)
     }
 
     /// Replaces the entries, keeping everything else (for embedding and benchmarks).
     pub fn set_entries(&self, entries: Vec<Entry>) {
-        self.policy_tx.send_modify(|p| {
-            let mut next = (**p).clone();
-            next.entries = Arc::new(entries);
-            *p = Arc::new(next);
-        });
+        self.registry.set_declared_entries(entries);
+    }
+
+    /// The credential inventory.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
     }
 
     /// The authority's current snapshot (signer and bundle).
@@ -278,11 +337,16 @@ impl Running {
             tracing::warn!("shutdown grace period over; closing remaining connections");
             self.tasks.abort_all();
         }
-        match std::fs::remove_file(&self.socket_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(error = %e, path = %self.socket_path.display(), "cannot remove socket")
+        if let Err(e) = self.inventory.withdraw_all(Reason::AgentStopped).await {
+            tracing::error!(error = %e, "cannot mark held credentials withdrawn");
+        }
+        for path in [&self.socket_path, &self.admin_socket_path] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "cannot remove socket")
+                }
             }
         }
         tracing::info!("agent stopped");

@@ -48,14 +48,36 @@ pub fn attest_fast(
     attestors: &[Box<dyn Attestor>],
 ) -> Result<Option<(PinnedProcess, SelectorSet)>, Error> {
     let pinned = PinnedProcess::pin(caller).map_err(pin_error)?;
+    Ok(reattest_fast(&pinned, attestors)?.map(|s| (pinned, s)))
+}
+
+/// Attests an already pinned process again (it may have exec'd another program), with cached work
+/// only; `Ok(None)` when slow work is needed ([`reattest_blocking`]).
+pub fn reattest_fast(
+    pinned: &PinnedProcess,
+    attestors: &[Box<dyn Attestor>],
+) -> Result<Option<SelectorSet>, Error> {
     let mut selectors = SelectorSet::new();
     for attestor in attestors {
-        if !attestor.attest_cached(&pinned, &mut selectors)? {
+        if !attestor.attest_cached(pinned, &mut selectors)? {
             return Ok(None);
         }
     }
     pinned.confirm().map_err(pin_error)?;
-    Ok(Some((pinned, selectors)))
+    Ok(Some(selectors))
+}
+
+/// Attests an already pinned process again. Blocking.
+pub fn reattest_blocking(
+    pinned: &PinnedProcess,
+    attestors: &[Box<dyn Attestor>],
+) -> Result<SelectorSet, Error> {
+    let mut selectors = SelectorSet::new();
+    for attestor in attestors {
+        attestor.attest(pinned, &mut selectors)?;
+    }
+    pinned.confirm().map_err(pin_error)?;
+    Ok(selectors)
 }
 
 fn pin_error(e: sys::Error) -> Error {
@@ -73,11 +95,7 @@ pub fn attest_blocking(
     attestors: &[Box<dyn Attestor>],
 ) -> Result<(PinnedProcess, SelectorSet), Error> {
     let pinned = PinnedProcess::pin(caller).map_err(pin_error)?;
-    let mut selectors = SelectorSet::new();
-    for attestor in attestors {
-        attestor.attest(&pinned, &mut selectors)?;
-    }
-    pinned.confirm().map_err(pin_error)?;
+    let selectors = reattest_blocking(&pinned, attestors)?;
     Ok((pinned, selectors))
 }
 

@@ -11,12 +11,15 @@ use std::time::Duration;
 use crate::registry::Entry;
 use crate::spiffe_id::TrustDomain;
 
-pub use raw::RawConfig;
+pub use raw::{RawConfig, RawEntry};
+pub(crate) use validate::validate_entry;
 
 /// Trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
 /// Workload API socket when none is configured.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/lanyard/workload.sock";
+/// Admin API socket when none is configured (never in the Workload API socket's directory).
+pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/run/lanyard/admin/admin.sock";
 /// Data directory (authority keys) when none is configured.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lanyard";
 /// X.509-SVID lifetime when neither the entry nor `[svid]` sets one.
@@ -43,8 +46,12 @@ pub const DEFAULT_JWT_CACHE_SIZE: usize = 10_000;
 pub struct Config {
     pub trust_domain: TrustDomain,
     pub socket_path: PathBuf,
+    /// The admin API socket (mode 0600, root only).
+    pub admin_socket_path: PathBuf,
     pub data_dir: PathBuf,
     pub authority: AuthorityConfig,
+    /// How long inventory rows are kept.
+    pub inventory_retention: Duration,
     /// Default X.509-SVID lifetime.
     pub x509_ttl: Duration,
     /// Default JWT-SVID lifetime.
@@ -89,6 +96,7 @@ pub struct Federation {
 pub struct Overrides {
     pub trust_domain: Option<String>,
     pub socket_path: Option<PathBuf>,
+    pub admin_socket_path: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub x509_ttl: Option<String>,
 }

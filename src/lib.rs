@@ -1,6 +1,7 @@
 //! lanyard: a per-node SPIFFE agent that gives every process a short-lived identity bound to the
 //! exact process that asked. See `DESIGN.md` in the repository for the map.
 
+pub mod admin_api;
 pub mod app;
 pub mod atomic_file;
 pub mod attest;
@@ -9,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod inventory;
 pub mod issuer;
 pub mod proto;
 pub mod registry;

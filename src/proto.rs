@@ -39,3 +39,9 @@ impl fmt::Debug for Witsvid {
             .finish()
     }
 }
+
+/// lanyard's own admin API (`proto/lanyard/admin/v1/admin.proto`).
+pub mod admin {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    include!(concat!(env!("OUT_DIR"), "/lanyard.admin.v1.rs"));
+}

@@ -2,6 +2,9 @@
 //!
 //! Matching is a pure function of (selectors, entries); the entry store and reloads live around it.
 
+pub mod manager;
+pub mod store;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -35,6 +38,27 @@ pub struct Entry {
     pub dns_names: Vec<String>,
     /// Trust domains whose bundles the holder receives (TB-2).
     pub federates_with: Vec<TrustDomain>,
+    /// Where the entry comes from.
+    pub origin: Origin,
+}
+
+/// Where an entry comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file (read-only through the admin API).
+    Declared,
+    /// The admin API (stored in the database).
+    Managed,
+}
+
+impl Origin {
+    /// `declared` or `managed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Origin::Declared => "declared",
+            Origin::Managed => "managed",
+        }
+    }
 }
 
 /// One identity a caller is entitled to, with everything needed to issue and deliver it.
@@ -80,6 +104,15 @@ impl EntryId {
         }
         let hex = crate::attest::unix::to_hex(ctx.finish().as_ref());
         Self(format!("decl-{}", &hex[..16]))
+    }
+
+    /// A new ID for a managed entry.
+    pub fn managed() -> Self {
+        let mut b = [0u8; 12];
+        if aws_lc_rs::rand::fill(&mut b).is_err() {
+            b.iter_mut().for_each(|x| *x = fastrand::u8(..));
+        }
+        Self(format!("ent-{}", crate::attest::unix::to_hex(&b)))
     }
 
     /// Wraps an ID read back from storage or a client.
@@ -200,6 +233,7 @@ mod tests {
             hint: hint.into(),
             dns_names: vec![],
             federates_with: vec![],
+            origin: Origin::Declared,
         }
     }
 

@@ -53,6 +53,8 @@ pub enum Error {
     AudienceForbidden { audience: String, spiffe_id: String },
     #[error("invalid JWT-SVID: {0}")]
     InvalidJwt(#[from] crate::ca::jwt::Invalid),
+    #[error("cannot record the delivery: {0}")]
+    Inventory(crate::inventory::Error),
 }
 
 /// What the Workload API service needs from the rest of the agent.
@@ -64,6 +66,8 @@ pub struct Context {
     pub ca: watch::Receiver<Arc<CaSnapshot>>,
     pub issuer: IssuerHandle,
     pub jwt: crate::issuer::jwt::JwtCache,
+    /// Where every delivery is recorded before it is made.
+    pub inventory: crate::inventory::Inventory,
     /// Wall clock for validity checks.
     pub clock: crate::clock::SharedClock,
     pub shutdown: watch::Receiver<bool>,

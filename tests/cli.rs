@@ -380,18 +380,54 @@ fn jwt_commands() {
     let dir = open_tempdir();
     let config = write_config(dir.path(), &entry("/j", euid()));
     let (mut agent, endpoint) = spawn_agent(&["--config", config.to_str().unwrap()]);
-    let out = lanyard(&["fetch", "jwt", "--socket", &endpoint, "--audience", "db", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lanyard(&[
+        "fetch",
+        "jwt",
+        "--socket",
+        &endpoint,
+        "--audience",
+        "db",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["svids"][0]["spiffe_id"], "spiffe://example.org/j");
     let token = v["svids"][0]["token"].as_str().unwrap().to_owned();
 
-    let ok = lanyard(&["validate", "jwt", "--socket", &endpoint, "--audience", "db", &token]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = lanyard(&[
+        "validate",
+        "jwt",
+        "--socket",
+        &endpoint,
+        "--audience",
+        "db",
+        &token,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("valid: spiffe://example.org/j"));
-    let bad = lanyard(&["validate", "jwt", "--socket", &endpoint, "--audience", "other", &token]);
+    let bad = lanyard(&[
+        "validate",
+        "jwt",
+        "--socket",
+        &endpoint,
+        "--audience",
+        "other",
+        &token,
+    ]);
     assert!(!bad.status.success(), "wrong audience must fail");
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidAudience"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("InvalidAudience"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     let out = lanyard(&["fetch", "jwt-bundles", "--socket", &endpoint]);
     assert!(out.status.success());

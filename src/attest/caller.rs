@@ -40,6 +40,9 @@ pub struct PinnedProcess {
     pub cred: PeerCred,
     pub pidfd: Arc<Pidfd>,
     pub dir: ProcDir,
+    /// Start time in clock ticks since boot: with the PID, names this process among all that ever
+    /// had the PID (the inventory's holder key).
+    pub start_ticks: u64,
 }
 
 impl Caller {
@@ -79,12 +82,12 @@ impl PinnedProcess {
     pub fn pin(caller: &Caller) -> Result<Self, Error> {
         let pid = caller.cred.pid;
         let dir = ProcDir::open(pid)?;
+        let start_ticks = dir.start_time_ticks()?;
         if caller.source == PidfdSource::PidOpenAtAccept {
             // Without SO_PEERPIDFD the pidfd was opened by PID, which a newcomer could hold. A process
             // that started after the connection was accepted cannot be the one that connected.
-            let started_ns = dir
-                .start_time_ticks()?
-                .saturating_mul(1_000_000_000 / sys::clock_ticks_per_second());
+            let started_ns =
+                start_ticks.saturating_mul(1_000_000_000 / sys::clock_ticks_per_second());
             if started_ns > caller.accepted_boottime_ns {
                 return Err(Error::PidReused { pid });
             }
@@ -93,6 +96,7 @@ impl PinnedProcess {
             cred: caller.cred,
             pidfd: caller.pidfd.clone(),
             dir,
+            start_ticks,
         };
         pinned.confirm()?;
         Ok(pinned)

@@ -27,7 +27,11 @@ pub struct Args {
     /// Workload API socket path (default /run/lanyard/workload.sock).
     #[arg(long = "socket", env = "LANYARD_SOCKET_PATH")]
     socket_path: Option<PathBuf>,
-    /// Data directory for the signing authority (default /var/lib/lanyard).
+    /// Admin API socket path (default /run/lanyard/admin/admin.sock; root only, never beside the
+    /// Workload API socket).
+    #[arg(long = "admin-socket", env = "LANYARD_ADMIN_SOCKET_PATH")]
+    admin_socket_path: Option<PathBuf>,
+    /// Data directory for the signing authority, entries and inventory (default /var/lib/lanyard).
     #[arg(long, env = "LANYARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Default X.509-SVID lifetime, such as 1h or 10m (minimum 1m).
@@ -40,6 +44,7 @@ impl Args {
         let overrides = Overrides {
             trust_domain: self.trust_domain.clone(),
             socket_path: self.socket_path.clone(),
+            admin_socket_path: self.admin_socket_path.clone(),
             data_dir: self.data_dir.clone(),
             x509_ttl: self.x509_ttl.clone(),
         };

@@ -12,9 +12,12 @@ use super::{Errors, FieldError};
 pub struct RawConfig {
     pub trust_domain: Option<String>,
     pub socket_path: Option<PathBuf>,
+    pub admin_socket_path: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub authority: RawAuthority,
+    #[serde(default)]
+    pub inventory: RawInventory,
     #[serde(default)]
     pub svid: RawSvid,
     #[serde(default)]
@@ -49,6 +52,12 @@ pub struct RawSvid {
 #[serde(deny_unknown_fields)]
 pub struct RawAttestation {
     pub hash_max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventory {
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

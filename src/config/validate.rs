@@ -42,6 +42,9 @@ pub(super) fn validate(
     if let Some(v) = &overrides.data_dir {
         raw.data_dir = Some(v.clone());
     }
+    if let Some(v) = &overrides.admin_socket_path {
+        raw.admin_socket_path = Some(v.clone());
+    }
     let ttl_field = if overrides.x509_ttl.is_some() {
         "--x509-ttl"
     } else {
@@ -68,6 +71,26 @@ pub(super) fn validate(
         .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
     let socket_path = raw.socket_path.clone().unwrap_or(default_socket);
     absolute(&mut errs, "socket_path", &socket_path);
+    let default_admin = dev
+        .map(|d| d.runtime_dir.join("admin").join("admin.sock"))
+        .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET_PATH.into());
+    let admin_socket_path = raw.admin_socket_path.clone().unwrap_or(default_admin);
+    absolute(&mut errs, "admin_socket_path", &admin_socket_path);
+    if admin_socket_path.parent() == socket_path.parent() {
+        errs.push(
+            "admin_socket_path",
+            format!(
+                "{:?} is in the Workload API socket's directory, which every workload can reach; put it in a directory of its own, such as {DEFAULT_ADMIN_SOCKET_PATH}",
+                admin_socket_path.display().to_string()
+            ),
+        );
+    }
+    let inventory_retention = duration(
+        &mut errs,
+        "inventory.retention",
+        raw.inventory.retention.as_deref(),
+        crate::inventory::DEFAULT_RETENTION,
+    );
     let default_data = dev
         .map(|d| d.runtime_dir.join("data"))
         .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
@@ -258,6 +281,7 @@ pub(super) fn validate(
                     hint: "dev".into(),
                     dns_names: vec![],
                     federates_with: vec![],
+                    origin: crate::registry::Origin::Declared,
                 });
             }
             Err(e) => errs.push(
@@ -280,8 +304,10 @@ pub(super) fn validate(
     Ok(Config {
         trust_domain,
         socket_path,
+        admin_socket_path,
         data_dir,
         authority,
+        inventory_retention,
         x509_ttl,
         jwt_ttl,
         jwt_key_ttl,
@@ -426,6 +452,21 @@ fn authority(errs: &mut Collector, raw: &RawConfig) -> Option<AuthorityConfig> {
     }
 }
 
+/// Validates one entry as the config file's `[[entry]]` is validated (for the admin API), with
+/// `at` naming it in messages.
+pub(crate) fn validate_entry(
+    at: &str,
+    raw: &RawEntry,
+    own: &TrustDomain,
+    federated: &HashSet<TrustDomain>,
+) -> Result<Entry, Vec<FieldError>> {
+    let mut errs = Collector(Vec::new());
+    match entry(&mut errs, at, raw, Some(own), federated) {
+        Some(e) if errs.0.is_empty() => Ok(e),
+        _ => Err(errs.0),
+    }
+}
+
 fn entry(
     errs: &mut Collector,
     at: &str,
@@ -536,6 +577,7 @@ fn entry(
         hint: e.hint.clone().unwrap_or_default(),
         dns_names: e.dns_names.clone(),
         federates_with,
+        origin: crate::registry::Origin::Declared,
     })
 }
 
@@ -702,6 +744,26 @@ mod tests {
             "spiffe://example.org/user/al_ice"
         );
         assert_eq!(c.entries[0].selectors, vec![Selector::UnixUid(1234)]);
+    }
+
+    #[test]
+    fn admin_socket_never_beside_the_workload_socket() {
+        let err = Config::from_toml(
+            "socket_path = \"/run/x/w.sock\"\nadmin_socket_path = \"/run/x/a.sock\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "admin_socket_path: \"/run/x/a.sock\" is in the Workload API socket's directory"
+            ),
+            "{err}"
+        );
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            c.admin_socket_path,
+            PathBuf::from(DEFAULT_ADMIN_SOCKET_PATH)
+        );
     }
 
     #[test]

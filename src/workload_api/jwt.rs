@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use super::stream::View;
+use super::stream::{Attested, View};
 use super::{Context, Error};
 use crate::ca::jwt::Jwks;
+use crate::inventory::{Delivery, Kind};
 use crate::issuer::jwt::JwtRequest;
 use crate::proto::{JwtBundlesResponse, Jwtsvid, JwtsvidRequest};
 use crate::registry::{self, Identity};
-use crate::selector::SelectorSet;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 /// The checked request of FetchJWTSVID.
@@ -43,10 +43,10 @@ pub(super) fn check_request(req: &JwtsvidRequest) -> Result<JwtAsk, Error> {
 /// One JWT-SVID per entitled identity (default first), or the one asked for.
 pub(super) async fn fetch(
     ctx: &Context,
-    pid: u32,
-    selectors: &SelectorSet,
+    attested: &Attested,
     ask: JwtAsk,
 ) -> Result<Vec<Jwtsvid>, Error> {
+    let (pid, selectors) = (attested.pinned.pid(), &attested.selectors);
     let policy = ctx.policy.borrow().clone();
     let identities = registry::match_identities(selectors, &policy);
     if identities.is_empty() {
@@ -83,6 +83,7 @@ pub(super) async fn fetch(
         return Err(first_refusal.unwrap_or(Error::EntitlementLost));
     }
     let mut out = Vec::with_capacity(allowed.len());
+    let mut deliveries = Vec::with_capacity(allowed.len());
     for identity in allowed {
         let jwt = ctx
             .jwt
@@ -92,12 +93,25 @@ pub(super) async fn fetch(
                 ttl: identity.jwt_ttl,
             })
             .await?;
+        deliveries.push(Delivery {
+            kind: Kind::Jwt,
+            serial: jwt.jti.clone(),
+            spiffe_id: identity.spiffe_id.to_string(),
+            entry_id: identity.entry_id.to_string(),
+            issued_at: jwt.issued_at,
+            not_after: jwt.expires_at,
+        });
         out.push(Jwtsvid {
             spiffe_id: identity.spiffe_id.to_string(),
             svid: jwt.token.clone(),
             hint: identity.hint.clone(),
         });
     }
+    // Recorded, durably, before any token leaves.
+    ctx.inventory
+        .record(&attested.holder, &deliveries)
+        .await
+        .map_err(Error::Inventory)?;
     Ok(out)
 }
 

@@ -58,7 +58,7 @@ impl WorkloadApi {
         // Cached facts are read inline; anything that may block goes to the blocking pool.
         if let Ok(caller) = &*peer {
             match crate::attest::attest_fast(caller, &attestors) {
-                Ok(Some((pinned, selectors))) => return Ok(Attested { pinned, selectors }),
+                Ok(Some((pinned, selectors))) => return Ok(Attested::new(pinned, selectors)),
                 Ok(None) => {}
                 Err(source) => return Err(Error::Attestation { pid, source }),
             }
@@ -74,7 +74,7 @@ impl WorkloadApi {
         })?;
         let (pinned, selectors) = result.map_err(|source| Error::Attestation { pid, source })?;
         tracing::debug!(pid, %selectors, "caller attested");
-        Ok(Attested { pinned, selectors })
+        Ok(Attested::new(pinned, selectors))
     }
 
     /// Opens a stream rendering messages with `render`.
@@ -136,7 +136,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<JwtsvidResponse>, Status> {
         let ask = super::jwt::check_request(request.get_ref()).map_err(|e| to_status(&e))?;
         let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
-        let svids = super::jwt::fetch(&self.ctx, attested.pinned.pid(), &attested.selectors, ask)
+        let svids = super::jwt::fetch(&self.ctx, &attested, ask)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(JwtsvidResponse { svids }))

@@ -49,6 +49,12 @@ pub fn to_status(err: &Error) -> Status {
             "audience {audience:?} is not allowed for {spiffe_id}; its entry lists the allowed audiences"
         )),
         Error::InvalidJwt(why) => Status::invalid_argument(format!("invalid JWT-SVID: {why}")),
+        Error::Inventory(e) => {
+            tracing::error!(error = %e, "delivery not recorded; nothing delivered");
+            Status::unavailable(
+                "the agent could not record the credential, so it was not delivered; retry",
+            )
+        }
         // EP-7.
         Error::Unimplemented(what) => {
             Status::unimplemented(format!("{what} is not supported by this agent"))

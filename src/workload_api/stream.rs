@@ -14,8 +14,10 @@ use super::status::to_status;
 use super::{Context, Error};
 use crate::attest::PinnedProcess;
 use crate::ca::{CaSnapshot, SvidRequest, X509Svid};
+use crate::inventory::{Delivery, Holder, HolderInfo, Kind, Reason};
 use crate::issuer::{self, SvidState};
 use crate::registry::{self, Identity, Policy};
+use crate::selector::Selector;
 use crate::selector::SelectorSet;
 use crate::spiffe_id::TrustDomain;
 use crate::sys::pidfd::ExitWatch;
@@ -25,8 +27,48 @@ const MINT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A caller that was pinned and attested.
 pub(super) struct Attested {
-    pub pinned: PinnedProcess,
+    pub pinned: Arc<PinnedProcess>,
     pub selectors: SelectorSet,
+    /// The caller as the inventory knows it.
+    pub holder: HolderInfo,
+}
+
+impl Attested {
+    /// Builds the inventory's view of the caller from what attestation found.
+    pub fn new(pinned: PinnedProcess, selectors: SelectorSet) -> Self {
+        let uid = selectors
+            .iter()
+            .find_map(|s| match s {
+                Selector::UnixUid(u) => Some(*u),
+                _ => None,
+            })
+            .unwrap_or(pinned.cred.uid);
+        let exe = exe_of(&selectors);
+        let holder = HolderInfo {
+            holder: Holder {
+                pid: pinned.pid(),
+                start: pinned.start_ticks,
+            },
+            uid,
+            exe,
+            pidfd: pinned.pidfd.clone(),
+        };
+        Self {
+            pinned: Arc::new(pinned),
+            selectors,
+            holder,
+        }
+    }
+}
+
+fn exe_of(selectors: &SelectorSet) -> String {
+    selectors
+        .iter()
+        .find_map(|s| match s {
+            Selector::UnixPath(p) => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// What a message is rendered from.
@@ -54,6 +96,8 @@ pub(super) struct Watcher<M> {
     policy: watch::Receiver<Arc<Policy>>,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     last: Option<M>,
+    /// What this stream last delivered, per SPIFFE ID: (serial, entry).
+    delivered: HashMap<String, String>,
 }
 
 impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
@@ -86,9 +130,11 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             policy,
             ca,
             last: None,
+            delivered: HashMap::new(),
         };
         w.set_identities(identities).await?;
         let first = w.render_now();
+        w.record_delivery().await?;
         w.last = Some(first.clone());
         Ok((w, first))
     }
@@ -116,9 +162,24 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 },
                 Some(_) = self.updates.next(), if !self.updates.is_empty() => Ok(()),
             };
+            let outcome = match outcome {
+                Ok(()) => self.reattest().await,
+                Err(e) => Err(e),
+            };
             let sent = match outcome {
                 Ok(()) => self.send_if_changed(&tx).await,
+                Err(Error::Attestation { .. }) => {
+                    tracing::debug!(pid, "caller gone during re-attestation; stream closed");
+                    return;
+                }
                 Err(e) => {
+                    if matches!(e, Error::EntitlementLost) {
+                        self.ctx.inventory.withdraw(
+                            self.attested.holder.holder,
+                            Some(self.delivered_keys()),
+                            Reason::EntitlementRemoved,
+                        );
+                    }
                     let _ = tx.send(Err(to_status(&e))).await;
                     return;
                 }
@@ -129,8 +190,42 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         }
     }
 
+    /// Attests the pinned process again before a push: if it exec'd another program (or changed
+    /// credentials), its entitlements follow what it is now.
+    async fn reattest(&mut self) -> Result<(), Error> {
+        let pinned = self.attested.pinned.clone();
+        let attestors = self.ctx.attestors.clone();
+        let pid = pinned.pid();
+        let fast = crate::attest::reattest_fast(&pinned, &attestors);
+        let selectors = match fast {
+            Ok(Some(s)) => s,
+            Ok(None) => tokio::task::spawn_blocking(move || {
+                crate::attest::reattest_blocking(&pinned, &attestors)
+            })
+            .await
+            .map_err(|e| Error::Attestation {
+                pid,
+                source: crate::attest::Error::Task(e.to_string()),
+            })?
+            .map_err(|source| Error::Attestation { pid, source })?,
+            Err(source) => return Err(Error::Attestation { pid, source }),
+        };
+        if selectors != self.attested.selectors {
+            tracing::info!(pid, selectors = %selectors, "caller changed (exec or credentials); re-matching");
+            self.attested.holder.exe = exe_of(&selectors);
+            self.attested.selectors = selectors;
+            self.rematch().await?;
+        }
+        Ok(())
+    }
+
     async fn on_policy_change(&mut self) -> Result<(), Error> {
-        let policy = self.policy.borrow_and_update().clone();
+        self.policy.borrow_and_update();
+        self.rematch().await
+    }
+
+    async fn rematch(&mut self) -> Result<(), Error> {
+        let policy = self.policy.borrow().clone();
         let identities = registry::match_identities(&self.attested.selectors, &policy);
         if identities.is_empty() {
             tracing::info!(
@@ -184,15 +279,18 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         Ok(())
     }
 
-    fn render_now(&self) -> M {
-        let svids: Vec<Option<Arc<X509Svid>>> = self
-            .subs
+    fn current_svids(&self) -> Vec<Option<Arc<X509Svid>>> {
+        self.subs
             .iter()
             .map(|(_, rx)| match &*rx.borrow() {
                 SvidState::Ready(svid) => Some(svid.clone()),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    fn render_now(&self) -> M {
+        let svids = self.current_svids();
         let policy = self.policy.borrow().clone();
         let ca = self.ca.borrow().clone();
         (self.render)(&View {
@@ -205,14 +303,77 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     }
 
     /// Sends the current state if it differs from what was last sent (ST-3: no message when nothing
-    /// changed). Returns false when the caller is gone.
+    /// changed). Returns false when the caller is gone or the delivery could not be recorded.
     async fn send_if_changed(&mut self, tx: &mpsc::Sender<Result<M, Status>>) -> bool {
         let msg = self.render_now();
         if self.last.as_ref() == Some(&msg) {
             return true;
         }
+        if let Err(e) = self.record_delivery().await {
+            let _ = tx.send(Err(to_status(&e))).await;
+            return false;
+        }
         self.last = Some(msg.clone());
         tx.send(Ok(msg)).await.is_ok()
+    }
+
+    /// Records the SVIDs about to be delivered (durably, before delivery) and withdraws the ones this
+    /// stream delivered before that the new message no longer carries.
+    async fn record_delivery(&mut self) -> Result<(), Error> {
+        if !self.with_svids {
+            return Ok(());
+        }
+        let svids = self.current_svids();
+        let mut now_delivered = HashMap::new();
+        let mut deliveries = Vec::new();
+        for (identity, svid) in self.identities.iter().zip(&svids) {
+            let Some(svid) = svid else { continue };
+            now_delivered.insert(identity.spiffe_id.to_string(), svid.serial.clone());
+            if self.delivered.get(identity.spiffe_id.as_str()) != Some(&svid.serial) {
+                deliveries.push(Delivery {
+                    kind: Kind::X509,
+                    serial: svid.serial.clone(),
+                    spiffe_id: identity.spiffe_id.to_string(),
+                    entry_id: identity.entry_id.to_string(),
+                    issued_at: svid.not_before,
+                    not_after: svid.not_after,
+                });
+            }
+        }
+        self.ctx
+            .inventory
+            .record(&self.attested.holder, &deliveries)
+            .await
+            .map_err(Error::Inventory)?;
+        let mut superseded = Vec::new();
+        let mut removed = Vec::new();
+        for (id, serial) in &self.delivered {
+            match now_delivered.get(id) {
+                Some(s) if s == serial => {}
+                Some(_) => superseded.push((Kind::X509, serial.clone())),
+                None => removed.push((Kind::X509, serial.clone())),
+            }
+        }
+        let holder = self.attested.holder.holder;
+        if !superseded.is_empty() {
+            self.ctx
+                .inventory
+                .withdraw(holder, Some(superseded), Reason::Superseded);
+        }
+        if !removed.is_empty() {
+            self.ctx
+                .inventory
+                .withdraw(holder, Some(removed), Reason::EntitlementRemoved);
+        }
+        self.delivered = now_delivered;
+        Ok(())
+    }
+
+    fn delivered_keys(&self) -> Vec<(Kind, String)> {
+        self.delivered
+            .values()
+            .map(|s| (Kind::X509, s.clone()))
+            .collect()
     }
 }
 

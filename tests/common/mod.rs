@@ -25,8 +25,9 @@ pub struct TestAgent {
 /// Config text with the socket and data dir placed in `dir`, followed by `extra`.
 pub fn config_text(dir: &Path, extra: &str) -> String {
     format!(
-        "socket_path = \"{}\"\ndata_dir = \"{}\"\n{extra}",
+        "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\n{extra}",
         dir.join("workload.sock").display(),
+        dir.join("admin").join("admin.sock").display(),
         dir.join("data").display()
     )
 }
