@@ -1,8 +1,10 @@
 //! The command line: one file per subcommand.
 
 mod agent;
+mod entry;
 mod fetch;
 mod healthcheck;
+mod inventory;
 mod output;
 mod validate;
 mod watch;
@@ -39,6 +41,11 @@ enum Command {
     Validate(validate::Command),
     /// Follow the X.509-SVID stream and print one line per update.
     Watch(watch::Args),
+    /// Manage registration entries (admin socket, root).
+    #[command(subcommand)]
+    Entry(entry::Command),
+    /// Show the credential inventory: who holds what now, and history (admin socket, root).
+    Inventory(inventory::Args),
     /// Exit 0 only if the agent answers with a valid bundle.
     Healthcheck(healthcheck::Args),
 }
@@ -63,6 +70,8 @@ pub fn main() -> ExitCode {
             Command::Fetch(cmd) => report(fetch::run(cmd).await),
             Command::Validate(cmd) => report(validate::run(cmd).await),
             Command::Watch(args) => report(watch::run(args).await),
+            Command::Entry(cmd) => report(entry::run(cmd).await),
+            Command::Inventory(args) => report(inventory::run(args).await),
             Command::Healthcheck(args) => report(healthcheck::run(args).await),
         }
     })

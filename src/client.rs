@@ -115,3 +115,40 @@ mod tests {
         assert!(socket_path("unix://relative").is_err());
     }
 }
+
+/// A connected admin API client.
+pub type AdminClient = crate::proto::admin::admin_client::AdminClient<Channel>;
+
+/// The admin socket to use: `explicit`, else the default if it exists, else this user's `--dev` admin
+/// socket if that exists, else the default.
+pub fn resolve_admin_socket(explicit: Option<&std::path::Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_owned();
+    }
+    let default = PathBuf::from(crate::config::DEFAULT_ADMIN_SOCKET_PATH);
+    let dev = crate::config::DevMode::for_current_user()
+        .runtime_dir
+        .join("admin")
+        .join("admin.sock");
+    if !default.exists() && dev.exists() {
+        dev
+    } else {
+        default
+    }
+}
+
+/// Connects to the admin API at `path`.
+pub async fn connect_admin(path: &std::path::Path) -> Result<AdminClient, Error> {
+    let connector_path = path.to_owned();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = connector_path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(crate::proto::admin::admin_client::AdminClient::new(channel))
+}

@@ -80,6 +80,8 @@ enum Command {
         req: SvidRequest,
         reply: oneshot::Sender<watch::Receiver<SvidState>>,
     },
+    /// A subscriber let go: drop the SVID now if nobody else holds it.
+    Release { req: SvidRequest },
 }
 
 struct Slot {
@@ -123,6 +125,7 @@ impl Issuer {
                 _ = crate::shutdown::signalled(&mut shutdown) => return,
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Subscribe { req, reply }) => self.subscribe(req, reply),
+                    Some(Command::Release { req }) => self.release(&req),
                     None => return,
                 },
                 Some(done) = self.mints.join_next(), if !self.mints.is_empty() => match done {
@@ -148,6 +151,38 @@ impl Issuer {
         let _ = reply.send(slot.tx.subscribe());
         if needs_mint {
             self.start_mint(req);
+        }
+    }
+
+    /// Drops the SVID for `req` if nobody holds it (and it is not being minted).
+    fn release(&mut self, req: &SvidRequest) {
+        let Some(slot) = self.slots.get(req) else {
+            return;
+        };
+        if slot.minting {
+            return;
+        }
+        // As in rotate_due: count under the index's write lock so a fast-path subscriber is not missed.
+        let unheld = match self.published.write() {
+            Ok(mut index) => {
+                let unheld = slot.tx.receiver_count() == 0;
+                if unheld {
+                    index.remove(req);
+                }
+                unheld
+            }
+            Err(_) => false,
+        };
+        if unheld {
+            if let Some(slot) = self.slots.remove(req)
+                && let Some(key) = slot.timer
+            {
+                self.timers.remove(&key);
+            }
+            tracing::debug!(spiffe_id = %req.spiffe_id, "svid no longer held; dropped from the cache");
+            self.stats
+                .cached
+                .store(self.slots.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -269,6 +304,12 @@ impl IssuerHandle {
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Tells the issuer a subscriber let go of `req` (after dropping its receiver), so an SVID nobody
+    /// holds leaves the cache at once. Best effort: a full queue leaves it to the rotation timer.
+    pub fn release(&self, req: SvidRequest) {
+        let _ = self.tx.try_send(Command::Release { req });
     }
 
     /// Counters.

@@ -243,6 +243,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     /// Subscribes to the SVIDs of `identities`, keeping subscriptions that are still wanted.
     async fn set_identities(&mut self, identities: Vec<Identity>) -> Result<(), Error> {
         if self.with_svids {
+            self.updates = StreamMap::new();
             let mut old: HashMap<SvidRequest, watch::Receiver<SvidState>> =
                 self.subs.drain(..).collect();
             let mut subs = Vec::with_capacity(identities.len());
@@ -268,12 +269,15 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 }
                 subs.push((req, rx));
             }
-            self.updates = StreamMap::new();
             for (i, (_, rx)) in subs.iter().enumerate() {
                 self.updates
                     .insert(i, WatchStream::from_changes(rx.clone()));
             }
             self.subs = subs;
+            for (req, rx) in old {
+                drop(rx);
+                self.ctx.issuer.release(req);
+            }
         }
         self.identities = identities;
         Ok(())
@@ -374,6 +378,17 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             .values()
             .map(|s| (Kind::X509, s.clone()))
             .collect()
+    }
+}
+
+impl<M> Drop for Watcher<M> {
+    /// Lets go of the stream's SVIDs so the issuer drops the ones nobody else holds.
+    fn drop(&mut self) {
+        self.updates = StreamMap::new();
+        for (req, rx) in std::mem::take(&mut self.subs) {
+            drop(rx);
+            self.ctx.issuer.release(req);
+        }
     }
 }
 
