@@ -93,29 +93,6 @@ fn add_header(mut req: Request<()>) -> Result<Request<()>, Status> {
     Ok(req)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_forms() {
-        assert_eq!(
-            socket_path("unix:///run/x.sock").unwrap(),
-            PathBuf::from("/run/x.sock")
-        );
-        assert_eq!(
-            socket_path("unix:/run/x.sock").unwrap(),
-            PathBuf::from("/run/x.sock")
-        );
-        assert_eq!(
-            socket_path("/run/x.sock").unwrap(),
-            PathBuf::from("/run/x.sock")
-        );
-        assert!(socket_path("tcp://127.0.0.1:1").is_err());
-        assert!(socket_path("unix://relative").is_err());
-    }
-}
-
 /// A connected admin API client.
 pub type AdminClient = crate::proto::admin::admin_client::AdminClient<Channel>;
 
@@ -151,4 +128,27 @@ pub async fn connect_admin(path: &std::path::Path) -> Result<AdminClient, Error>
             source,
         })?;
     Ok(crate::proto::admin::admin_client::AdminClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(
+            socket_path("unix:///run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert_eq!(
+            socket_path("/run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
+        assert!(socket_path("tcp://127.0.0.1:1").is_err());
+        assert!(socket_path("unix://relative").is_err());
+    }
 }
