@@ -265,6 +265,7 @@ async fn fetch_latency() {
         us(first99) / us(floor99)
     );
     jwt_numbers(&mut client, &agent).await;
+    lifecycle_numbers(&mut client, &agent, &endpoint).await;
     drop(client);
     drop(bare);
     agent.shutdown().await;
@@ -347,4 +348,106 @@ async fn spawn_bare(path: &Path, msg: X509svidResponse) {
     });
     // The header interceptor the real agent has costs a few ns; the bare server skips it.
     let _ = SpiffeWorkloadApiClient::<tonic::transport::Channel>::new;
+}
+
+/// Entry change (admin call returned) to the new message on an open stream, and process exit to the
+/// withdrawal being on record.
+async fn lifecycle_numbers(
+    client: &mut lanyard::client::WorkloadClient,
+    agent: &lanyard::app::Running,
+    endpoint: &str,
+) {
+    use lanyard::proto::admin::*;
+    let uid = lanyard::sys::users::effective_uid();
+    agent.set_entries(vec![entry("spiffe://example.org/bench", uid)]);
+    tokio::task::yield_now().await;
+    let mut admin = lanyard::client::connect_admin(&agent.admin_socket_path)
+        .await
+        .unwrap();
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+    let mut change = Vec::new();
+    for i in 0..200 {
+        let created = admin
+            .create_entry(CreateEntryRequest {
+                spec: Some(EntrySpec {
+                    spiffe_id: format!("spiffe://example.org/bench/e{i}"),
+                    selectors: vec![format!("unix:uid:{uid}")],
+                    ..EntrySpec::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let t = Instant::now();
+        stream.next().await.unwrap().unwrap();
+        change.push(t.elapsed());
+        admin
+            .delete_entry(DeleteEntryRequest { id: created.id })
+            .await
+            .unwrap();
+        let t = Instant::now();
+        stream.next().await.unwrap().unwrap();
+        change.push(t.elapsed());
+    }
+    report(
+        "entry change (admin call returned) to stream message",
+        change,
+    );
+    drop(stream);
+
+    let mut exits = Vec::new();
+    for _ in 0..30 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["watch", "--socket", endpoint])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.stdout.take().unwrap();
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(out).lines().next()
+        })
+        .await
+        .unwrap();
+        let held = |creds: &[Credential], withdrawn: bool| {
+            creds
+                .iter()
+                .any(|c| c.pid == pid && (c.withdrawn_at > 0) == withdrawn)
+        };
+        loop {
+            let c = admin
+                .list_credentials(ListCredentialsRequest {
+                    live: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if held(&c.into_inner().credentials, false) {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        let t = Instant::now();
+        child.wait().unwrap();
+        loop {
+            let c = admin
+                .list_credentials(ListCredentialsRequest {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if held(&c.into_inner().credentials, true) {
+                break;
+            }
+        }
+        exits.push(t.elapsed());
+    }
+    report("process exit (SIGKILL) to withdrawal on record", exits);
 }

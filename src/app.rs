@@ -101,6 +101,15 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     let ca_rx = authority.subscribe();
     let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
     let jwt_cache = JwtCache::new(ca_rx.clone(), clock.clone(), config.jwt_cache_size);
+    {
+        // When a holder exits, SVIDs that no open stream holds leave the cache at once.
+        let issuer = issuer_handle.clone();
+        inventory.set_exit_hook(Arc::new(move |ids: Vec<String>| {
+            for id in ids {
+                issuer.release_id(id);
+            }
+        }));
+    }
 
     let attestors: Vec<Box<dyn Attestor>> =
         vec![Box::new(UnixAttestor::new(config.hash_max_bytes))];

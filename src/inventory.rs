@@ -9,7 +9,7 @@
 //! Holders are processes, identified by PID and start time. Each holder is watched through its pidfd;
 //! when it exits, its credentials are marked withdrawn at once (event-driven, no polling).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -80,11 +80,12 @@ impl Reason {
     }
 }
 
-/// A process holding credentials: PID plus start time, so a reused PID is another holder.
+/// A process holding credentials: PID plus an instance number (pidfs inode or start time), so a
+/// reused PID is another holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Holder {
     pub pid: u32,
-    pub start: u64,
+    pub instance: u64,
 }
 
 /// Who receives a delivery.
@@ -144,9 +145,17 @@ pub struct Inventory {
 
 struct Shared {
     tx: Mutex<std_mpsc::Sender<Op>>,
-    held: Mutex<HashMap<Holder, HashSet<(Kind, String)>>>,
+    /// Per holder: what it holds, and for which SPIFFE ID.
+    held: Mutex<HashMap<Holder, Holdings>>,
     clock: SharedClock,
+    exit_hook: Mutex<Option<ExitHook>>,
 }
+
+/// What one holder holds: (kind, serial) → SPIFFE ID.
+type Holdings = HashMap<(Kind, String), String>;
+
+/// Called with the SPIFFE IDs of the X.509-SVIDs a process held when it exits.
+pub type ExitHook = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 enum Op {
     Record {
@@ -190,7 +199,7 @@ impl Inventory {
                  spiffe_id TEXT NOT NULL,
                  entry_id TEXT NOT NULL,
                  pid INTEGER NOT NULL,
-                 pid_start INTEGER NOT NULL,
+                 pid_instance INTEGER NOT NULL,
                  uid INTEGER NOT NULL,
                  exe TEXT NOT NULL,
                  issued_at INTEGER NOT NULL,
@@ -199,7 +208,7 @@ impl Inventory {
                  withdrawn_at INTEGER,
                  withdraw_reason TEXT
              );
-             CREATE INDEX IF NOT EXISTS credentials_held ON credentials(pid, pid_start) WHERE withdrawn_at IS NULL;
+             CREATE INDEX IF NOT EXISTS credentials_held ON credentials(pid, pid_instance) WHERE withdrawn_at IS NULL;
              CREATE INDEX IF NOT EXISTS credentials_delivered ON credentials(delivered_at);
              CREATE INDEX IF NOT EXISTS credentials_spiffe_id ON credentials(spiffe_id);",
         )?;
@@ -219,6 +228,7 @@ impl Inventory {
                 tx: Mutex::new(tx),
                 held: Mutex::new(HashMap::new()),
                 clock,
+                exit_hook: Mutex::new(None),
             }),
         })
     }
@@ -241,7 +251,7 @@ impl Inventory {
             let known = held.get(&holder.holder);
             let fresh: Vec<Delivery> = deliveries
                 .iter()
-                .filter(|d| !known.is_some_and(|k| k.contains(&(d.kind, d.serial.clone()))))
+                .filter(|d| !known.is_some_and(|k| k.contains_key(&(d.kind, d.serial.clone()))))
                 .cloned()
                 .collect();
             (fresh, known.is_none())
@@ -249,7 +259,10 @@ impl Inventory {
         if fresh.is_empty() {
             return Ok(());
         }
-        let keys: Vec<(Kind, String)> = fresh.iter().map(|d| (d.kind, d.serial.clone())).collect();
+        let keys: Vec<((Kind, String), String)> = fresh
+            .iter()
+            .map(|d| ((d.kind, d.serial.clone()), d.spiffe_id.clone()))
+            .collect();
         let (done, wait) = oneshot::channel();
         self.send(Op::Record {
             holder: holder.clone(),
@@ -281,9 +294,9 @@ impl Inventory {
                     held.remove(&holder);
                 }
                 Some(keys) => {
-                    if let Some(set) = held.get_mut(&holder) {
+                    if let Some(map) = held.get_mut(&holder) {
                         for k in keys {
-                            set.remove(k);
+                            map.remove(k);
                         }
                     }
                 }
@@ -325,6 +338,13 @@ impl Inventory {
         wait.await.map_err(|_| Error::Stopped)?
     }
 
+    /// Sets what to do when a holder exits (the issuer drops SVIDs nobody holds any more).
+    pub fn set_exit_hook(&self, hook: ExitHook) {
+        if let Ok(mut h) = self.shared.exit_hook.lock() {
+            *h = Some(hook);
+        }
+    }
+
     /// Holders currently tracked.
     pub fn holders(&self) -> usize {
         self.shared.held.lock().map(|h| h.len()).unwrap_or(0)
@@ -344,7 +364,32 @@ impl Inventory {
         tokio::spawn(async move {
             watch.exited().await;
             tracing::debug!(pid = who.pid, "credential holder exited; withdrawing");
+            let ids: Vec<String> = inventory
+                .shared
+                .held
+                .lock()
+                .ok()
+                .and_then(|h| {
+                    h.get(&who).map(|m| {
+                        m.iter()
+                            .filter(|((k, _), _)| *k == Kind::X509)
+                            .map(|(_, id)| id.clone())
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
             inventory.withdraw(who, None, Reason::ProcessExited);
+            let hook = inventory
+                .shared
+                .exit_hook
+                .lock()
+                .ok()
+                .and_then(|h| h.clone());
+            if let Some(hook) = hook
+                && !ids.is_empty()
+            {
+                hook(ids);
+            }
         });
     }
 }
@@ -420,7 +465,7 @@ fn apply(conn: &mut Connection, batch: &[Op]) -> Result<(), rusqlite::Error> {
                 holder, rows, at, ..
             } => {
                 let mut stmt = tx.prepare_cached(
-                    "INSERT INTO credentials (kind, serial, spiffe_id, entry_id, pid, pid_start, uid, exe,
+                    "INSERT INTO credentials (kind, serial, spiffe_id, entry_id, pid, pid_instance, uid, exe,
                          issued_at, not_after, delivered_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
@@ -431,7 +476,7 @@ fn apply(conn: &mut Connection, batch: &[Op]) -> Result<(), rusqlite::Error> {
                         d.spiffe_id,
                         d.entry_id,
                         holder.holder.pid,
-                        holder.holder.start as i64,
+                        holder.holder.instance as i64,
                         holder.uid,
                         holder.exe,
                         secs(d.issued_at),
@@ -449,21 +494,21 @@ fn apply(conn: &mut Connection, batch: &[Op]) -> Result<(), rusqlite::Error> {
                 None => {
                     tx.execute(
                         "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
-                         WHERE pid = ?3 AND pid_start = ?4 AND withdrawn_at IS NULL",
-                        params![at, reason.as_str(), holder.pid, holder.start as i64],
+                         WHERE pid = ?3 AND pid_instance = ?4 AND withdrawn_at IS NULL",
+                        params![at, reason.as_str(), holder.pid, holder.instance as i64],
                     )?;
                 }
                 Some(keys) => {
                     let mut stmt = tx.prepare_cached(
                         "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
-                         WHERE pid = ?3 AND pid_start = ?4 AND kind = ?5 AND serial = ?6 AND withdrawn_at IS NULL",
+                         WHERE pid = ?3 AND pid_instance = ?4 AND kind = ?5 AND serial = ?6 AND withdrawn_at IS NULL",
                     )?;
                     for (kind, serial) in keys {
                         stmt.execute(params![
                             at,
                             reason.as_str(),
                             holder.pid,
-                            holder.start as i64,
+                            holder.instance as i64,
                             kind.as_str(),
                             serial
                         ])?;
@@ -529,7 +574,7 @@ mod tests {
 
     fn holder(pidfd: Arc<Pidfd>, pid: u32) -> HolderInfo {
         HolderInfo {
-            holder: Holder { pid, start: 1 },
+            holder: Holder { pid, instance: 1 },
             uid: 0,
             exe: "/bin/x".into(),
             pidfd,

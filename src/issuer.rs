@@ -82,6 +82,8 @@ enum Command {
     },
     /// A subscriber let go: drop the SVID now if nobody else holds it.
     Release { req: SvidRequest },
+    /// A process holding SVIDs for this ID exited: drop the ones no stream holds.
+    ReleaseId { spiffe_id: String },
 }
 
 struct Slot {
@@ -126,6 +128,17 @@ impl Issuer {
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Subscribe { req, reply }) => self.subscribe(req, reply),
                     Some(Command::Release { req }) => self.release(&req),
+                    Some(Command::ReleaseId { spiffe_id }) => {
+                        let reqs: Vec<SvidRequest> = self
+                            .slots
+                            .keys()
+                            .filter(|r| r.spiffe_id.as_str() == spiffe_id)
+                            .cloned()
+                            .collect();
+                        for req in reqs {
+                            self.release(&req);
+                        }
+                    }
                     None => return,
                 },
                 Some(done) = self.mints.join_next(), if !self.mints.is_empty() => match done {
@@ -310,6 +323,12 @@ impl IssuerHandle {
     /// holds leaves the cache at once. Best effort: a full queue leaves it to the rotation timer.
     pub fn release(&self, req: SvidRequest) {
         let _ = self.tx.try_send(Command::Release { req });
+    }
+
+    /// Tells the issuer that a process holding SVIDs for `spiffe_id` exited: the ones no open stream
+    /// holds leave the cache at once. Best effort.
+    pub fn release_id(&self, spiffe_id: String) {
+        let _ = self.tx.try_send(Command::ReleaseId { spiffe_id });
     }
 
     /// Counters.

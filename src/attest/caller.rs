@@ -40,9 +40,9 @@ pub struct PinnedProcess {
     pub cred: PeerCred,
     pub pidfd: Arc<Pidfd>,
     pub dir: ProcDir,
-    /// Start time in clock ticks since boot: with the PID, names this process among all that ever
-    /// had the PID (the inventory's holder key).
-    pub start_ticks: u64,
+    /// With the PID, names this process among all that ever had the PID (the inventory's holder
+    /// key): the pidfs inode where the kernel has pidfs, else the start time in clock ticks.
+    pub instance: u64,
 }
 
 impl Caller {
@@ -95,8 +95,11 @@ impl PinnedProcess {
         let pinned = Self {
             cred: caller.cred,
             pidfd: caller.pidfd.clone(),
+            instance: match caller.pidfd.instance() {
+                Some(ino) => ino,
+                None => dir.start_time_ticks()?,
+            },
             dir,
-            start_ticks,
         };
         pinned.confirm()?;
         Ok(pinned)

@@ -38,6 +38,24 @@ impl Pidfd {
         Ok(ret > 0 && (pfd.revents & (libc::POLLIN | libc::POLLHUP)) != 0)
     }
 
+    /// A number unique to this process for the life of the system, if the kernel offers one cheaply:
+    /// the inode of the pidfd on pidfs (Linux 6.9+), one `fstat`. `None` on older kernels.
+    pub fn instance(&self) -> Option<u64> {
+        const PIDFS_MAGIC: i64 = 0x5049_4446;
+        // SAFETY: statfs/stat are plain out-parameters; the fd is open.
+        unsafe {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            if libc::fstatfs(self.0.as_raw_fd(), &mut fs) != 0 || fs.f_type as i64 != PIDFS_MAGIC {
+                return None;
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(self.0.as_raw_fd(), &mut st) != 0 {
+                return None;
+            }
+            Some(st.st_ino)
+        }
+    }
+
     /// The PID this pidfd refers to as the kernel reports it now, `None` once the process is gone
     /// (or in a PID namespace this agent cannot see).
     pub fn current_pid(&self) -> Result<Option<u32>, Error> {
@@ -113,6 +131,25 @@ mod tests {
         child.wait().unwrap();
         assert!(pidfd.has_exited().unwrap());
         assert_eq!(pidfd.current_pid().unwrap(), None);
+    }
+
+    #[test]
+    fn instance_is_per_process_where_pidfs_exists() {
+        let me = Pidfd::open(std::process::id()).unwrap();
+        let again = Pidfd::open(std::process::id()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let other = Pidfd::open(child.id()).unwrap();
+        if let (Some(a), Some(b), Some(c)) = (me.instance(), again.instance(), other.instance()) {
+            assert_eq!(a, b, "two pidfds of one process share the instance");
+            assert_ne!(a, c, "another process has another instance");
+        } else {
+            eprintln!("no pidfs on this kernel: instance falls back to the start time");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[tokio::test]

@@ -20,7 +20,6 @@ use crate::registry::{self, Identity, Policy};
 use crate::selector::Selector;
 use crate::selector::SelectorSet;
 use crate::spiffe_id::TrustDomain;
-use crate::sys::pidfd::ExitWatch;
 
 /// How long a stream waits for a first mint before answering Unavailable (EP-5: never hang).
 const MINT_DEADLINE: Duration = Duration::from_secs(10);
@@ -47,7 +46,7 @@ impl Attested {
         let holder = HolderInfo {
             holder: Holder {
                 pid: pinned.pid(),
-                start: pinned.start_ticks,
+                instance: pinned.instance,
             },
             uid,
             exe,
@@ -141,17 +140,15 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
 
     /// Follows changes until the caller leaves, loses its entitlement, or the agent stops.
     pub async fn run(mut self, tx: mpsc::Sender<Result<M, Status>>, _permit: OwnedSemaphorePermit) {
-        let exit = exit_watch(&self.attested.pinned);
+        // No exit watch of its own: when the caller exits its connection closes (caught by
+        // `tx.closed()`), the inventory's per-process watch withdraws its credentials, and a connection
+        // handed to another process is caught by the re-attestation before the next push.
         let mut shutdown = self.ctx.shutdown.clone();
         let pid = self.attested.pinned.pid();
         loop {
             let outcome = tokio::select! {
                 _ = tx.closed() => return,
                 _ = crate::shutdown::signalled(&mut shutdown) => Err(Error::ShuttingDown),
-                _ = process_exit(exit.as_ref()) => {
-                    tracing::debug!(pid, "caller exited; stream closed");
-                    return;
-                }
                 changed = self.policy.changed() => match changed {
                     Ok(()) => self.on_policy_change().await,
                     Err(_) => Err(Error::ShuttingDown),
@@ -378,35 +375,6 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             .values()
             .map(|s| (Kind::X509, s.clone()))
             .collect()
-    }
-}
-
-impl<M> Drop for Watcher<M> {
-    /// Lets go of the stream's SVIDs so the issuer drops the ones nobody else holds.
-    fn drop(&mut self) {
-        self.updates = StreamMap::new();
-        for (req, rx) in std::mem::take(&mut self.subs) {
-            drop(rx);
-            self.ctx.issuer.release(req);
-        }
-    }
-}
-
-/// A wait for the caller's exit; `None` (never fires) if the reactor refused the pidfd.
-fn exit_watch(pinned: &PinnedProcess) -> Option<ExitWatch> {
-    match ExitWatch::new(&pinned.pidfd) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(pid = pinned.pid(), error = %e, "cannot watch the caller for exit");
-            None
-        }
-    }
-}
-
-async fn process_exit(watch: Option<&ExitWatch>) {
-    match watch {
-        Some(w) => w.exited().await,
-        None => std::future::pending().await,
     }
 }
 
