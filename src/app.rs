@@ -114,6 +114,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     let attestors: Vec<Box<dyn Attestor>> =
         vec![Box::new(UnixAttestor::new(config.hash_max_bytes))];
     let streams = Arc::new(Semaphore::new(config.max_streams));
+    let exec_hub = Arc::new(crate::workload_api::exec_hub::ExecHub::default());
     let ctx = crate::workload_api::Context {
         trust_domain: config.trust_domain.clone(),
         attestors: Arc::new(attestors),
@@ -122,6 +123,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         issuer: issuer_handle.clone(),
         jwt: jwt_cache.clone(),
         inventory: inventory.clone(),
+        exec: exec_hub.clone(),
         clock: clock.clone(),
         shutdown: shutdown_rx.clone(),
         streams: streams.clone(),
@@ -165,6 +167,19 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         tasks.spawn(async move {
             issuer.run(shutdown).await;
             ("issuer", Ok(()))
+        });
+    }
+    {
+        let shutdown = shutdown_rx.clone();
+        let enabled = config.exec_events;
+        tasks.spawn(async move {
+            if enabled {
+                exec_hub.run(shutdown).await;
+            } else {
+                let mut shutdown = shutdown;
+                crate::shutdown::signalled(&mut shutdown).await;
+            }
+            ("exec-events", Ok(()))
         });
     }
     {

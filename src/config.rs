@@ -62,6 +62,8 @@ pub struct Config {
     pub jwt_cache_size: usize,
     /// Executables larger than this get no `unix:sha256` selector.
     pub hash_max_bytes: u64,
+    /// Follow exec events from the kernel (process connector) to re-attest callers at once.
+    pub exec_events: bool,
     pub max_streams: usize,
     /// Registration entries declared in the file, in file order.
     pub entries: Vec<Entry>,

@@ -5,6 +5,7 @@
 //! - [`proc`]: `/proc/<pid>` read through a directory handle pinned to one process.
 //! - [`users`]: user and group names through the system's name service.
 
+pub mod exec_events;
 pub mod peer;
 pub mod pidfd;
 pub mod proc;

@@ -4,6 +4,7 @@
 //! matched against the policy, and then it is answered from the issuer's cache. Streams hold no state
 //! of their own beyond what they last sent.
 
+pub mod exec_hub;
 pub mod header;
 mod jwt;
 pub mod listener;
@@ -68,6 +69,8 @@ pub struct Context {
     pub jwt: crate::issuer::jwt::JwtCache,
     /// Where every delivery is recorded before it is made.
     pub inventory: crate::inventory::Inventory,
+    /// Exec notifications from the kernel.
+    pub exec: Arc<exec_hub::ExecHub>,
     /// Wall clock for validity checks.
     pub clock: crate::clock::SharedClock,
     pub shutdown: watch::Receiver<bool>,

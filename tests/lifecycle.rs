@@ -403,21 +403,39 @@ async fn killed_workload_is_withdrawn_as_process_exited() {
     agent.shutdown().await;
 }
 
-/// Forks a child that connects to `socket`, waits on a pipe, then execs `exe`. Returns the connected
-/// socket (whose peer is the child), the pipe's write end and the child's pid.
-fn fork_connect_then_exec(socket: &Path, exe: &str, arg: &str) -> (i32, i32, i32) {
+/// A forked child, killed and reaped when dropped (also when a test fails).
+struct ForkedChild {
+    pid: i32,
+}
+
+impl Drop for ForkedChild {
+    fn drop(&mut self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Forks a child that connects to `socket`, reports that it is connected, waits on a pipe, then
+/// execs `exe`. Returns the connected socket (whose peer is the child), the pipe's write end and the
+/// child. The child closes every other descriptor first, so it holds nothing of the test's.
+fn fork_connect_then_exec(socket: &Path, exe: &str, arg: &str) -> (i32, i32, ForkedChild) {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let exe_c = CString::new(exe).unwrap();
     let arg0 = CString::new("child").unwrap();
     let arg1 = CString::new(arg).unwrap();
     let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
-    // SAFETY: plain libc calls on values prepared before fork; the child only calls connect, read,
-    // execv and _exit, which are async-signal-safe.
+    // SAFETY: plain libc calls on values prepared before fork; the child only calls dup2,
+    // close_range, connect, write, read, execv and _exit, which are async-signal-safe.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-        let mut pipe = [0i32; 2];
-        assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0);
+        let mut go = [0i32; 2];
+        let mut ready = [0i32; 2];
+        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
         let mut addr: libc::sockaddr_un = std::mem::zeroed();
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
         for (i, b) in socket.as_os_str().as_bytes().iter().enumerate() {
@@ -427,16 +445,35 @@ fn fork_connect_then_exec(socket: &Path, exe: &str, arg: &str) -> (i32, i32, i32
         let pid = libc::fork();
         assert!(pid >= 0);
         if pid == 0 {
-            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+            // Keep only the socket (3) and our pipe ends (4: go, 5: ready); close the rest.
+            let keep = [fd, go[0], ready[1]];
+            for (i, k) in keep.iter().enumerate() {
+                libc::dup2(*k, 1000 + i as i32);
+            }
+            for i in 0..3 {
+                libc::dup2(1000 + i, 3 + i);
+            }
+            libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
+            if libc::connect(3, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
                 libc::_exit(1);
             }
+            libc::write(5, b"r".as_ptr().cast(), 1);
             let mut b = 0u8;
-            libc::read(pipe[0], (&mut b as *mut u8).cast(), 1);
+            libc::read(4, (&mut b as *mut u8).cast(), 1);
             libc::execv(exe_c.as_ptr(), argv.as_ptr());
             libc::_exit(2);
         }
-        libc::close(pipe[0]);
-        (fd, pipe[1], pid)
+        let child = ForkedChild { pid };
+        libc::close(go[0]);
+        libc::close(ready[1]);
+        let mut b = 0u8;
+        assert_eq!(
+            libc::read(ready[0], (&mut b as *mut u8).cast(), 1),
+            1,
+            "the child connected"
+        );
+        libc::close(ready[0]);
+        (fd, go[1], child)
     }
 }
 
@@ -473,12 +510,16 @@ fn with_header<T>(m: T) -> tonic::Request<T> {
 }
 
 /// Runs one exec scenario: a child running this test binary connects and receives the test-binary
-/// identity, then execs /bin/sleep; the next push (the rotation of a 1-minute SVID) re-attests it.
-async fn exec_scenario(sleeper_has_entry: bool) -> Result<Vec<String>, tonic::Status> {
+/// identity, then execs /bin/sleep. With exec events the kernel's notice re-attests it at once;
+/// without, the next push (the rotation of a 1-minute SVID) does.
+async fn exec_scenario(
+    sleeper_has_entry: bool,
+    exec_events: bool,
+) -> Result<Vec<String>, tonic::Status> {
     let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
     let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
     let mut cfg = format!(
-        "[svid]\nx509_ttl = \"1m\"\n{}",
+        "[attestation]\nexec_events = {exec_events}\n[svid]\nx509_ttl = \"1m\"\n{}",
         entry("/test-binary", &format!("unix:path:{}", me.display()))
     );
     if sleeper_has_entry {
@@ -488,7 +529,7 @@ async fn exec_scenario(sleeper_has_entry: bool) -> Result<Vec<String>, tonic::St
         ));
     }
     let agent = TestAgent::start(&cfg).await;
-    let (fd, go, pid) = fork_connect_then_exec(&agent.socket, sleep.to_str().unwrap(), "120");
+    let (fd, go, child) = fork_connect_then_exec(&agent.socket, sleep.to_str().unwrap(), "120");
     let mut c = client_over(fd).await;
     let mut s = c
         .fetch_x509svid(with_header(X509svidRequest {}))
@@ -509,28 +550,46 @@ async fn exec_scenario(sleeper_has_entry: bool) -> Result<Vec<String>, tonic::St
         .await
         .expect("a push within the SVID's lifetime")
         .expect("the stream ends with a message or a status");
-    // SAFETY: killing and reaping our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
+    drop(child);
     agent.shutdown().await;
     next.map(|m| m.svids.iter().map(|s| s.spiffe_id.clone()).collect())
 }
 
-/// Re-attestation before each rotation push: after exec into a program no entry matches, the stream
-/// ends with PermissionDenied.
+/// Re-attestation before each rotation push (exec events off): after exec into a program no entry
+/// matches, the stream ends with PermissionDenied.
 #[tokio::test]
-async fn exec_into_an_unentitled_program_ends_the_stream() {
-    let outcome = exec_scenario(false).await;
+async fn exec_into_an_unentitled_program_ends_the_stream_at_the_next_rotation() {
+    let outcome = exec_scenario(false, false).await;
     let status = outcome.expect_err("the stream must end");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
 
-/// After exec into a program that has an entry of its own, the stream carries that identity only.
+/// After exec into a program that has an entry of its own, the stream carries that identity only
+/// (rotation-triggered re-attestation, exec events off).
 #[tokio::test]
-async fn exec_into_an_entitled_program_gets_its_identity() {
-    let ids = exec_scenario(true).await.expect("a new message");
+async fn exec_into_an_entitled_program_gets_its_identity_at_the_next_rotation() {
+    let ids = exec_scenario(true, false).await.expect("a new message");
+    assert_eq!(ids, vec!["spiffe://example.org/sleeper"]);
+}
+
+/// With the kernel's exec events (root), the change is immediate, long before the rotation.
+#[tokio::test]
+async fn exec_event_re_attests_at_once() {
+    if !require_root("exec_event_re_attests_at_once") {
+        return;
+    }
+    let started = Instant::now();
+    let outcome = exec_scenario(false, true).await;
+    assert_eq!(
+        outcome.expect_err("the stream must end").code(),
+        Code::PermissionDenied
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}: the exec event was not used",
+        started.elapsed()
+    );
+    let ids = exec_scenario(true, true).await.expect("a new message");
     assert_eq!(ids, vec!["spiffe://example.org/sleeper"]);
 }
 

@@ -52,6 +52,7 @@ pub struct RawSvid {
 #[serde(deny_unknown_fields)]
 pub struct RawAttestation {
     pub hash_max_bytes: Option<u64>,
+    pub exec_events: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

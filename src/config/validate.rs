@@ -313,6 +313,7 @@ pub(super) fn validate(
         jwt_key_ttl,
         jwt_cache_size,
         hash_max_bytes,
+        exec_events: raw.attestation.exec_events.unwrap_or(true),
         max_streams,
         entries,
         federation,

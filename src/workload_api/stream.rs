@@ -144,6 +144,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         // `tx.closed()`), the inventory's per-process watch withdraws its credentials, and a connection
         // handed to another process is caught by the re-attestation before the next push.
         let mut shutdown = self.ctx.shutdown.clone();
+        let exec = self.ctx.exec.register(self.attested.pinned.pid());
         let pid = self.attested.pinned.pid();
         loop {
             let outcome = tokio::select! {
@@ -158,6 +159,8 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     Err(_) => Err(Error::ShuttingDown),
                 },
                 Some(_) = self.updates.next(), if !self.updates.is_empty() => Ok(()),
+                // The caller exec'd: re-attested below before anything is sent.
+                _ = exec.notified() => Ok(()),
             };
             let outcome = match outcome {
                 Ok(()) => self.reattest().await,
