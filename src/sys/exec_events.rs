@@ -157,7 +157,7 @@ mod tests {
             return;
         }
         let events = ExecEvents::subscribe().expect("subscribe as root");
-        let child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
         let pid = child.id();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
@@ -168,5 +168,6 @@ mod tests {
                 break;
             }
         }
+        child.wait().unwrap();
     }
 }
