@@ -70,15 +70,7 @@ pub fn resolve_endpoint(explicit: Option<&str>) -> String {
 /// Connects to the agent at `endpoint`.
 pub async fn connect(endpoint: &str) -> Result<WorkloadClient, Error> {
     let path = socket_path(endpoint)?;
-    let connector_path = path.clone();
-    // The URI is required by tonic but unused: the connector dials the Unix socket.
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = connector_path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .map_err(|source| Error::Connect { path, source })?;
+    let channel = unix_channel(&path).await?;
     Ok(SpiffeWorkloadApiClient::with_interceptor(
         channel,
         add_header as fn(Request<()>) -> Result<Request<()>, Status>,
@@ -116,8 +108,15 @@ pub fn resolve_admin_socket(explicit: Option<&std::path::Path>) -> PathBuf {
 
 /// Connects to the admin API at `path`.
 pub async fn connect_admin(path: &std::path::Path) -> Result<AdminClient, Error> {
+    let channel = unix_channel(path).await?;
+    Ok(crate::proto::admin::admin_client::AdminClient::new(channel))
+}
+
+/// A gRPC channel over the Unix socket at `path`.
+async fn unix_channel(path: &std::path::Path) -> Result<Channel, Error> {
     let connector_path = path.to_owned();
-    let channel = Endpoint::from_static("http://localhost")
+    // The URI is required by tonic but unused: the connector dials the Unix socket.
+    Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = connector_path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
@@ -126,8 +125,7 @@ pub async fn connect_admin(path: &std::path::Path) -> Result<AdminClient, Error>
         .map_err(|source| Error::Connect {
             path: path.to_owned(),
             source,
-        })?;
-    Ok(crate::proto::admin::admin_client::AdminClient::new(channel))
+        })
 }
 
 #[cfg(test)]

@@ -132,11 +132,7 @@ async fn jwt_bundles(args: BundlesArgs) -> anyhow::Result<()> {
         .await
         .map_err(describe)?
         .into_inner();
-    let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.next())
-        .await
-        .context("the agent sent nothing within 30s")?
-        .context("the agent closed the stream without an answer")?
-        .map_err(describe)?;
+    let msg = first_message(&mut stream).await?;
     let mut tds: Vec<(&String, &Vec<u8>)> = msg.bundles.iter().collect();
     tds.sort();
     if let Some(dir) = &args.write {
@@ -173,11 +169,7 @@ async fn x509(args: X509Args) -> anyhow::Result<()> {
         .await
         .map_err(describe)?
         .into_inner();
-    let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.next())
-        .await
-        .context("the agent sent nothing within 30s")?
-        .context("the agent closed the stream without an answer")?
-        .map_err(describe)?;
+    let msg = first_message(&mut stream).await?;
     if msg.svids.is_empty() {
         bail!("the agent returned no SVID");
     }
@@ -243,11 +235,7 @@ async fn bundles(args: BundlesArgs) -> anyhow::Result<()> {
         .await
         .map_err(describe)?
         .into_inner();
-    let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.next())
-        .await
-        .context("the agent sent nothing within 30s")?
-        .context("the agent closed the stream without an answer")?
-        .map_err(describe)?;
+    let msg = first_message(&mut stream).await?;
     let mut tds: Vec<(&String, &Vec<u8>)> = msg.bundles.iter().collect();
     tds.sort();
     if let Some(dir) = &args.write {
@@ -273,6 +261,18 @@ async fn bundles(args: BundlesArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first message of a stream, or a clear error if none comes in time.
+pub async fn first_message<S, M>(stream: &mut S) -> anyhow::Result<M>
+where
+    S: tokio_stream::Stream<Item = Result<M, tonic::Status>> + Unpin,
+{
+    tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.next())
+        .await
+        .context("the agent sent nothing within 30s")?
+        .context("the agent closed the stream without an answer")?
+        .map_err(describe)
 }
 
 /// A status from the agent as a user-facing error.
