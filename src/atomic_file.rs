@@ -8,6 +8,16 @@ use std::path::Path;
 
 /// Replaces `path` with `data`, mode exactly `mode` (umask does not apply).
 pub fn write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_owned(path, data, mode, None)
+}
+
+/// Like [`write`], and with `owner` (uid, gid) set on the file before it takes the path's place.
+pub fn write_owned(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -29,6 +39,9 @@ pub fn write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .open(&tmp)?;
         // The mode given to open() is filtered by the umask; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

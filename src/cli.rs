@@ -4,6 +4,7 @@ mod agent;
 mod entry;
 mod fetch;
 mod healthcheck;
+mod helper;
 mod inventory;
 mod output;
 mod validate;
@@ -46,6 +47,8 @@ enum Command {
     Entry(entry::Command),
     /// Show the credential inventory: who holds what now, and history (admin socket, root).
     Inventory(inventory::Args),
+    /// Keep certificate files fresh for software that only reads files (and reload it).
+    Helper(helper::Args),
     /// Exit 0 only if the agent answers with a valid bundle.
     Healthcheck(healthcheck::Args),
 }
@@ -72,6 +75,7 @@ pub fn main() -> ExitCode {
             Command::Watch(args) => report(watch::run(args).await),
             Command::Entry(cmd) => report(entry::run(cmd).await),
             Command::Inventory(args) => report(inventory::run(args).await),
+            Command::Helper(args) => report(helper::run(args).await),
             Command::Healthcheck(args) => report(healthcheck::run(args).await),
         }
     })

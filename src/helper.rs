@@ -1,0 +1,266 @@
+//! `lanyard helper`: delivers the SVIDs of the process it runs as to files, for software that can
+//! only read a certificate, key and CA file and reload on a signal.
+//!
+//! Files are replaced atomically (temp file, fsync, rename), the key before the certificate, modes
+//! enforced on every write, and a `ready` file renamed into place last, so a reader never pairs a new
+//! certificate with an old key or sees a partial file. While the agent is unreachable the last good
+//! files stay and the helper retries with backoff.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
+
+use crate::ca::bundle::{pem_block, pem_cert, split_der};
+use crate::proto::{X509svidRequest, X509svidResponse};
+
+/// What the helper does.
+#[derive(Debug, Clone)]
+pub struct HelperConfig {
+    pub endpoint: String,
+    pub cert_dir: PathBuf,
+    /// Write the files once and exit (init containers).
+    pub once: bool,
+    /// Run this program (and arguments) as a child once the first files exist; restart it when it
+    /// exits; signal it after each update; forward SIGTERM/SIGINT to it.
+    pub cmd: Vec<String>,
+    /// Signal sent after each update (to the child, or the process in `pid_file`).
+    pub signal: i32,
+    /// Signal the process whose PID this file holds (re-read right before each signal).
+    pub pid_file: Option<PathBuf>,
+    /// Run this command after each update.
+    pub reload_cmd: Vec<String>,
+    /// Owner (uid, gid) of the written files.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Why the helper stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+    #[error("the agent refused: {0}")]
+    Refused(String),
+    #[error("the agent closed the stream")]
+    Closed,
+    #[error("the agent returned no SVID")]
+    Empty,
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the SVID chain or bundle is not DER certificates")]
+    BadDer,
+    #[error("starting {cmd:?}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+}
+
+/// Writes the default SVID of `msg` into `dir`: `svid_key.pem` (0600), then `svid.pem` (leaf and
+/// intermediates) and `bundle.pem` (0644), then `ready` (the serial) last.
+pub fn write_files(
+    dir: &Path,
+    msg: &X509svidResponse,
+    owner: Option<(u32, u32)>,
+) -> Result<String, Error> {
+    let svid = msg.svids.first().ok_or(Error::Empty)?;
+    let chain = split_der(&svid.x509_svid).ok_or(Error::BadDer)?;
+    let bundle = split_der(&svid.bundle).ok_or(Error::BadDer)?;
+    let serial = chain
+        .first()
+        .and_then(|leaf| crate::ca::mint::cert_facts(leaf).ok())
+        .map(|(_, _, serial)| serial)
+        .ok_or(Error::BadDer)?;
+    let write = |name: &str, data: &[u8], mode: u32| {
+        let path = dir.join(name);
+        crate::atomic_file::write_owned(&path, data, mode, owner)
+            .map_err(|source| Error::Write { path, source })
+    };
+    let key = zeroize::Zeroizing::new(pem_block("PRIVATE KEY", &svid.x509_svid_key));
+    write("svid_key.pem", key.as_bytes(), 0o600)?;
+    let chain_pem: String = chain.iter().map(|c| pem_cert(c)).collect();
+    write("svid.pem", chain_pem.as_bytes(), 0o644)?;
+    let bundle_pem: String = bundle.iter().map(|c| pem_cert(c)).collect();
+    write("bundle.pem", bundle_pem.as_bytes(), 0o644)?;
+    write(
+        "ready",
+        format!("{} {serial}\n", svid.spiffe_id).as_bytes(),
+        0o644,
+    )?;
+    Ok(serial)
+}
+
+/// Runs the helper until a signal stops it (or after the first write with `once`).
+pub async fn run(config: HelperConfig) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.cert_dir).map_err(|source| Error::Write {
+        path: config.cert_dir.clone(),
+        source,
+    })?;
+    if config.once {
+        let msg = first_message(&config.endpoint).await?;
+        let serial = write_files(&config.cert_dir, &msg, config.owner)?;
+        tracing::info!(serial, dir = %config.cert_dir.display(), "files written");
+        return Ok(());
+    }
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(Error::Spawn {
+                cmd: "signal handlers".into(),
+                source: e,
+            });
+        }
+    };
+    let mut child: Option<Child> = None;
+    let mut backoff = Duration::from_millis(500);
+    let mut last_error: Option<String> = None;
+    loop {
+        let session = follow(&config, &mut child);
+        let outcome = tokio::select! {
+            r = session => r,
+            _ = term.recv() => return stop_child(child, libc::SIGTERM).await,
+            _ = int.recv() => return stop_child(child, libc::SIGINT).await,
+        };
+        let why = match outcome {
+            Ok(()) => "the agent closed the stream".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        // Log once per state change, then quietly retry.
+        if last_error.as_deref() != Some(why.as_str()) {
+            tracing::warn!(error = %why, "lost the agent; keeping the last good files and retrying");
+            last_error = Some(why);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = term.recv() => return stop_child(child, libc::SIGTERM).await,
+            _ = int.recv() => return stop_child(child, libc::SIGINT).await,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn first_message(endpoint: &str) -> Result<X509svidResponse, Error> {
+    let mut client = crate::client::connect(endpoint).await?;
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .map_err(|s| Error::Refused(format!("{} ({:?})", s.message(), s.code())))?
+        .into_inner();
+    match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+        Ok(Some(Ok(m))) => Ok(m),
+        Ok(Some(Err(s))) => Err(Error::Refused(format!("{} ({:?})", s.message(), s.code()))),
+        Ok(None) | Err(_) => Err(Error::Closed),
+    }
+}
+
+/// Follows one stream: writes every update, starts or signals the consumer.
+async fn follow(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), Error> {
+    let mut client = crate::client::connect(&config.endpoint).await?;
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .map_err(|s| Error::Refused(format!("{} ({:?})", s.message(), s.code())))?
+        .into_inner();
+    loop {
+        let next = tokio::select! {
+            m = stream.next() => m,
+            status = wait_child(child), if child.is_some() => {
+                tracing::warn!(?status, "child exited; restarting it");
+                *child = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                *child = Some(spawn_child(&config.cmd)?);
+                continue;
+            }
+        };
+        let msg = match next {
+            Some(Ok(m)) => m,
+            Some(Err(s)) => {
+                return Err(Error::Refused(format!("{} ({:?})", s.message(), s.code())));
+            }
+            None => return Ok(()),
+        };
+        let serial = write_files(&config.cert_dir, &msg, config.owner)?;
+        tracing::info!(serial, dir = %config.cert_dir.display(), "files written");
+        notify(config, child).await?;
+    }
+}
+
+/// After an update: start the child the first time, else signal it; signal the PID file's process;
+/// run the reload command.
+async fn notify(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), Error> {
+    if !config.cmd.is_empty() {
+        match child {
+            None => *child = Some(spawn_child(&config.cmd)?),
+            Some(c) => {
+                if let Some(pid) = c.id() {
+                    // SAFETY: kill with our own child's pid.
+                    unsafe { libc::kill(pid as i32, config.signal) };
+                }
+            }
+        }
+    }
+    if let Some(pid_file) = &config.pid_file {
+        // Re-read right before signalling, so a restarted process is the one signalled.
+        match std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            Some(pid) if pid > 0 => {
+                // SAFETY: kill has no memory-safety preconditions.
+                if unsafe { libc::kill(pid, config.signal) } != 0 {
+                    tracing::warn!(pid, error = %std::io::Error::last_os_error(), "cannot signal the process in the pid file");
+                }
+            }
+            _ => {
+                tracing::warn!(path = %pid_file.display(), "pid file missing or unreadable; nothing signalled")
+            }
+        }
+    }
+    if let Some((program, args)) = config.reload_cmd.split_first() {
+        match Command::new(program).args(args).status().await {
+            Ok(s) if s.success() => {}
+            Ok(s) => tracing::warn!(status = ?s, "reload command failed"),
+            Err(e) => tracing::warn!(error = %e, "cannot run the reload command"),
+        }
+    }
+    Ok(())
+}
+
+fn spawn_child(cmd: &[String]) -> Result<Child, Error> {
+    let (program, args) = cmd.split_first().ok_or_else(|| Error::Spawn {
+        cmd: String::new(),
+        source: std::io::Error::other("empty command"),
+    })?;
+    let child = Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            cmd: program.clone(),
+            source,
+        })?;
+    tracing::info!(pid = child.id(), program, "child started");
+    Ok(child)
+}
+
+async fn wait_child(child: &mut Option<Child>) -> Option<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn stop_child(child: Option<Child>, sig: i32) -> Result<(), Error> {
+    if let Some(mut c) = child {
+        if let Some(pid) = c.id() {
+            // SAFETY: forwarding a signal to our own child.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+    }
+    Ok(())
+}

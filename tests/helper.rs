@@ -1,0 +1,198 @@
+//! `lanyard helper`: files for software that cannot speak SPIFFE.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lanyard::proto::admin::*;
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn once_writes_valid_files_and_exits_0() {
+    let agent = TestAgent::start(&format!(
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/legacy\"\nselectors = [\"unix:uid:{}\"]\n",
+        euid()
+    ))
+    .await;
+    let dir = agent.dir.path().join("certs");
+    let ep = agent.endpoint();
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(lanyard_bin())
+            .args([
+                "helper",
+                "--once",
+                "--socket",
+                &ep,
+                "--cert-dir",
+                d.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&dir.join("svid_key.pem")), 0o600);
+    assert_eq!(mode(&dir.join("svid.pem")), 0o644);
+    assert_eq!(mode(&dir.join("bundle.pem")), 0o644);
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(dir.join("bundle.pem"))
+        .arg(dir.join("svid.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let pubkey = |args: &[&str], f: &str| {
+        Command::new("openssl")
+            .args(args)
+            .arg(dir.join(f))
+            .output()
+            .unwrap()
+            .stdout
+    };
+    assert_eq!(
+        pubkey(&["pkey", "-pubout", "-in"], "svid_key.pem"),
+        pubkey(&["x509", "-noout", "-pubkey", "-in"], "svid.pem")
+    );
+    let ready = std::fs::read_to_string(dir.join("ready")).unwrap();
+    assert!(ready.starts_with("spiffe://example.org/legacy "), "{ready}");
+    agent.shutdown().await;
+}
+
+#[test]
+fn once_against_a_stopped_agent_fails_clearly_and_writes_nothing() {
+    let dir = open_tempdir();
+    let certs = dir.path().join("certs");
+    let out = Command::new(lanyard_bin())
+        .args([
+            "helper",
+            "--once",
+            "--socket",
+            &format!("unix://{}/none.sock", dir.path().display()),
+        ])
+        .args(["--cert-dir", certs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the agent"), "{err}");
+    let written = std::fs::read_dir(&certs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(written, 0, "nothing written");
+}
+
+/// Child mode: the child starts after the first files, gets SIGHUP after each update (counted), is
+/// restarted when it dies, and gets SIGTERM when the helper stops.
+#[tokio::test]
+async fn child_mode_signals_restarts_and_forwards_sigterm() {
+    let agent = TestAgent::start("").await;
+    let mut admin = lanyard::client::connect_admin(&agent.running().admin_socket_path)
+        .await
+        .unwrap();
+    let spec = |ttl: &str| EntrySpec {
+        spiffe_id: "spiffe://example.org/legacy".into(),
+        selectors: vec![format!("unix:uid:{}", euid())],
+        x509_ttl: ttl.into(),
+        ..EntrySpec::default()
+    };
+    let entry = admin
+        .create_entry(CreateEntryRequest {
+            spec: Some(spec("30m")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dir = agent.dir.path().join("certs");
+    let script = format!(
+        "test -s {d}/svid.pem || exit 7; trap 'echo hup >> {d}/hups' HUP; trap 'echo term >> {d}/terms; exit 0' TERM; echo $$ >> {d}/pids; while :; do sleep 0.05; done",
+        d = dir.display()
+    );
+    let helper = Command::new(lanyard_bin())
+        .args([
+            "helper",
+            "--socket",
+            &agent.endpoint(),
+            "--cert-dir",
+            dir.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut helper = KillOnDrop(Some(helper));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    wait_until("the child", || read("pids").lines().count() == 1).await;
+
+    // Three updates (a new lifetime mints a new SVID each time): a SIGHUP after each.
+    for (i, ttl) in ["31m", "32m", "33m"].into_iter().enumerate() {
+        let before = read("ready");
+        admin
+            .update_entry(UpdateEntryRequest {
+                id: entry.id.clone(),
+                spec: Some(spec(ttl)),
+            })
+            .await
+            .unwrap();
+        wait_until("new files", || read("ready") != before).await;
+        wait_until("a SIGHUP for this update", || {
+            read("hups").lines().count() == i + 1
+        })
+        .await;
+    }
+
+    // The child dies: it is restarted.
+    let first: i32 = read("pids").lines().next().unwrap().parse().unwrap();
+    // SAFETY: killing the helper's child, which this test started.
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    wait_until("a restarted child", || read("pids").lines().count() == 2).await;
+
+    // SIGTERM to the helper reaches the child.
+    let mut helper = helper.0.take().unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(helper.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || helper.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(read("terms").lines().count(), 1, "SIGTERM forwarded");
+    agent.shutdown().await;
+}
+
+/// Waits (without blocking the runtime that serves the in-process agent) until `f` holds.
+async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the helper if the test fails before stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
