@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::StreamExt;
 
 use crate::ca::bundle::{pem_block, pem_cert, split_der};
-use crate::proto::{X509svidRequest, X509svidResponse};
+use crate::proto::{JwtBundlesRequest, JwtsvidRequest, X509svidRequest, X509svidResponse};
 
 /// What the helper does.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct HelperConfig {
     pub reload_cmd: Vec<String>,
     /// Owner (uid, gid) of the written files.
     pub owner: Option<(u32, u32)>,
+    /// Audiences to keep a JWT-SVID file for (`jwt_<audience>.token`), plus `jwt_bundle.json`.
+    pub jwt_audiences: Vec<String>,
 }
 
 /// Why the helper stopped.
@@ -94,13 +96,17 @@ pub fn write_files(
 
 /// Runs the helper until a signal stops it (or after the first write with `once`).
 pub async fn run(config: HelperConfig) -> Result<(), Error> {
+    let config = &config;
     std::fs::create_dir_all(&config.cert_dir).map_err(|source| Error::Write {
         path: config.cert_dir.clone(),
         source,
     })?;
     if config.once {
         let msg = first_message(&config.endpoint).await?;
+        // Every token is fetched before anything is written, so a failure writes nothing.
+        let jwts = fetch_jwts(config).await?;
         let serial = write_files(&config.cert_dir, &msg, config.owner)?;
+        write_jwts(config, &jwts)?;
         tracing::info!(serial, dir = %config.cert_dir.display(), "files written");
         return Ok(());
     }
@@ -120,7 +126,7 @@ pub async fn run(config: HelperConfig) -> Result<(), Error> {
     let mut backoff = Duration::from_millis(500);
     let mut last_error: Option<String> = None;
     loop {
-        let session = follow(&config, &mut child);
+        let session = follow(config, &mut child);
         let outcome = tokio::select! {
             r = session => r,
             _ = term.recv() => return stop_child(child, libc::SIGTERM).await,
@@ -166,9 +172,17 @@ async fn follow(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), 
         .await
         .map_err(|s| Error::Refused(format!("{} ({:?})", s.message(), s.code())))?
         .into_inner();
+    let mut jwt_refresh: Option<tokio::time::Instant> = None;
     loop {
         let next = tokio::select! {
             m = stream.next() => m,
+            _ = sleep_until(jwt_refresh), if jwt_refresh.is_some() => {
+                let jwts = fetch_jwts(config).await?;
+                write_jwts(config, &jwts)?;
+                jwt_refresh = refresh_at(&jwts);
+                tracing::info!(tokens = jwts.tokens.len(), "jwt files refreshed");
+                continue;
+            }
             status = wait_child(child), if child.is_some() => {
                 tracing::warn!(?status, "child exited; restarting it");
                 *child = None;
@@ -184,9 +198,128 @@ async fn follow(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), 
             }
             None => return Ok(()),
         };
+        let jwts = fetch_jwts(config).await?;
         let serial = write_files(&config.cert_dir, &msg, config.owner)?;
+        write_jwts(config, &jwts)?;
+        jwt_refresh = refresh_at(&jwts);
         tracing::info!(serial, dir = %config.cert_dir.display(), "files written");
         notify(config, child).await?;
+    }
+}
+
+/// JWT-SVIDs (one per configured audience, for the default identity) and the JWT bundles.
+struct Jwts {
+    /// (audience, token, issued at, expires at) in seconds since the epoch.
+    tokens: Vec<(String, String, u64, u64)>,
+    bundles: Vec<u8>,
+}
+
+async fn fetch_jwts(config: &HelperConfig) -> Result<Jwts, Error> {
+    let mut out = Jwts {
+        tokens: Vec::new(),
+        bundles: Vec::new(),
+    };
+    if config.jwt_audiences.is_empty() {
+        return Ok(out);
+    }
+    let refused = |s: tonic::Status| Error::Refused(format!("{} ({:?})", s.message(), s.code()));
+    let mut client = crate::client::connect(&config.endpoint).await?;
+    for aud in &config.jwt_audiences {
+        let resp = client
+            .fetch_jwtsvid(JwtsvidRequest {
+                audience: vec![aud.clone()],
+                spiffe_id: String::new(),
+            })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let token = resp.svids.first().ok_or(Error::Empty)?.svid.clone();
+        let (iat, exp) = token_times(&token).ok_or(Error::BadDer)?;
+        out.tokens.push((aud.clone(), token, iat, exp));
+    }
+    let mut stream = client
+        .fetch_jwt_bundles(JwtBundlesRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let msg = match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+        Ok(Some(Ok(m))) => m,
+        Ok(Some(Err(s))) => return Err(refused(s)),
+        _ => return Err(Error::Closed),
+    };
+    let mut bundles = serde_json::Map::new();
+    for (td, jwks) in msg.bundles {
+        let v: serde_json::Value = serde_json::from_slice(&jwks).map_err(|_| Error::BadDer)?;
+        bundles.insert(td, v);
+    }
+    out.bundles = serde_json::to_vec_pretty(&bundles).map_err(|_| Error::BadDer)?;
+    Ok(out)
+}
+
+fn write_jwts(config: &HelperConfig, jwts: &Jwts) -> Result<(), Error> {
+    if config.jwt_audiences.is_empty() {
+        return Ok(());
+    }
+    let write = |name: String, data: &[u8], mode: u32| {
+        let path = config.cert_dir.join(name);
+        crate::atomic_file::write_owned(&path, data, mode, config.owner)
+            .map_err(|source| Error::Write { path, source })
+    };
+    for (aud, token, _, _) in &jwts.tokens {
+        write(jwt_file_name(aud), token.as_bytes(), 0o600)?;
+    }
+    write("jwt_bundle.json".into(), &jwts.bundles, 0o644)
+}
+
+/// `jwt_<audience>.token`, with anything but letters, digits, '.', '-' and '_' replaced by '_'.
+pub fn jwt_file_name(audience: &str) -> String {
+    let safe: String = audience
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("jwt_{safe}.token")
+}
+
+/// Refresh before any token passes half its life.
+fn refresh_at(jwts: &Jwts) -> Option<tokio::time::Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    jwts.tokens
+        .iter()
+        .map(|(_, _, iat, exp)| {
+            let half = iat + (exp.saturating_sub(*iat)) * 2 / 5;
+            tokio::time::Instant::now() + Duration::from_secs(half.saturating_sub(now).max(1))
+        })
+        .min()
+}
+
+fn token_times(token: &str) -> Option<(u64, u64)> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = v.get("exp")?.as_u64()?;
+    let iat = v
+        .get("iat")
+        .and_then(|i| i.as_u64())
+        .unwrap_or(exp.saturating_sub(300));
+    Some((iat, exp))
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -32,6 +32,8 @@ async fn once_writes_valid_files_and_exits_0() {
                 &ep,
                 "--cert-dir",
                 d.to_str().unwrap(),
+                "--jwt-audience",
+                "db.internal",
             ])
             .output()
             .unwrap()
@@ -71,6 +73,39 @@ async fn once_writes_valid_files_and_exits_0() {
     );
     let ready = std::fs::read_to_string(dir.join("ready")).unwrap();
     assert!(ready.starts_with("spiffe://example.org/legacy "), "{ready}");
+
+    // The JWT-SVID file validates for its audience; the JWT bundle is a JWK Set per trust domain.
+    assert_eq!(mode(&dir.join("jwt_db.internal.token")), 0o600);
+    let token = std::fs::read_to_string(dir.join("jwt_db.internal.token")).unwrap();
+    let ep = agent.endpoint();
+    let ok = tokio::task::spawn_blocking(move || {
+        Command::new(lanyard_bin())
+            .args([
+                "validate",
+                "jwt",
+                "--socket",
+                &ep,
+                "--audience",
+                "db.internal",
+                &token,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("jwt_bundle.json")).unwrap()).unwrap();
+    assert!(
+        bundle["spiffe://example.org"]["keys"]
+            .as_array()
+            .is_some_and(|k| !k.is_empty())
+    );
     agent.shutdown().await;
 }
 

@@ -25,6 +25,10 @@ pub struct Args {
     /// Run this command after each update (one string, split on spaces).
     #[arg(long)]
     reload_cmd: Option<String>,
+    /// Keep a JWT-SVID for this audience in jwt_<audience>.token (0600), refreshed before half its
+    /// life, plus jwt_bundle.json (repeat for several audiences).
+    #[arg(long = "jwt-audience")]
+    jwt_audiences: Vec<String>,
     /// Owner of the written files, as UID:GID.
     #[arg(long, value_parser = parse_owner)]
     owner: Option<(u32, u32)>,
@@ -47,6 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(|c| c.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
         owner: args.owner,
+        jwt_audiences: args.jwt_audiences,
     };
     helper::run(config).await?;
     Ok(())
