@@ -104,17 +104,7 @@ impl EntryStore {
         self.conn.execute(
             "INSERT INTO entries (id, spiffe_id, selectors, x509_ttl, jwt_ttl, hint, dns_names, federates_with, jwt_audiences)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                e.id.as_str(),
-                e.spiffe_id.as_str(),
-                json(e.selectors.iter().map(|s| s.to_string())),
-                e.x509_ttl.map(|d| d.as_secs() as i64),
-                e.jwt_ttl.map(|d| d.as_secs() as i64),
-                e.hint,
-                json(e.dns_names.iter().cloned()),
-                json(e.federates_with.iter().map(|t| t.to_string())),
-                json(e.jwt_audiences.iter().cloned()),
-            ],
+            rusqlite::params_from_iter(row(e)),
         )?;
         Ok(())
     }
@@ -124,17 +114,7 @@ impl EntryStore {
         let n = self.conn.execute(
             "UPDATE entries SET spiffe_id = ?2, selectors = ?3, x509_ttl = ?4, jwt_ttl = ?5, hint = ?6,
                  dns_names = ?7, federates_with = ?8, jwt_audiences = ?9 WHERE id = ?1",
-            params![
-                e.id.as_str(),
-                e.spiffe_id.as_str(),
-                json(e.selectors.iter().map(|s| s.to_string())),
-                e.x509_ttl.map(|d| d.as_secs() as i64),
-                e.jwt_ttl.map(|d| d.as_secs() as i64),
-                e.hint,
-                json(e.dns_names.iter().cloned()),
-                json(e.federates_with.iter().map(|t| t.to_string())),
-                json(e.jwt_audiences.iter().cloned()),
-            ],
+            rusqlite::params_from_iter(row(e)),
         )?;
         Ok(n == 1)
     }
@@ -146,6 +126,23 @@ impl EntryStore {
             .execute("DELETE FROM entries WHERE id = ?1", params![id.as_str()])?
             == 1)
     }
+}
+
+/// An entry's columns, in the order ?1..?9 of both the INSERT and the UPDATE.
+fn row(e: &Entry) -> [rusqlite::types::Value; 9] {
+    use rusqlite::types::Value;
+    let secs = |d: Option<Duration>| d.map_or(Value::Null, |d| Value::Integer(d.as_secs() as i64));
+    [
+        Value::Text(e.id.to_string()),
+        Value::Text(e.spiffe_id.to_string()),
+        Value::Text(json(e.selectors.iter().map(|s| s.to_string()))),
+        secs(e.x509_ttl),
+        secs(e.jwt_ttl),
+        Value::Text(e.hint.clone()),
+        Value::Text(json(e.dns_names.iter().cloned())),
+        Value::Text(json(e.federates_with.iter().map(|t| t.to_string()))),
+        Value::Text(json(e.jwt_audiences.iter().cloned())),
+    ]
 }
 
 fn json(items: impl Iterator<Item = String>) -> String {
