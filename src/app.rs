@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::admin_api::AdminApi;
 use crate::attest::Attestor;
+use crate::attest::k8s::K8sAttestor;
 use crate::attest::unix::UnixAttestor;
 use crate::ca::jwt::Jwks;
 use crate::ca::{Authority, CaSnapshot, X509Bundle};
@@ -45,6 +46,10 @@ pub enum Error {
     Inventory(#[from] crate::inventory::Error),
     #[error(transparent)]
     Bind(#[from] listener::BindError),
+    #[error(transparent)]
+    Health(#[from] crate::health::BindError),
+    #[error("kubernetes attestation: {0}")]
+    Kubernetes(#[from] crate::attest::k8s::kubelet::Error),
     #[error("task {task} stopped unexpectedly: {why}")]
     TaskFailed { task: &'static str, why: String },
     #[error("internal: {0}")]
@@ -57,6 +62,8 @@ pub struct Running {
     pub socket_path: PathBuf,
     /// Where the admin API listens.
     pub admin_socket_path: PathBuf,
+    /// Where `/live` and `/ready` are served, if enabled.
+    pub health_addr: Option<std::net::SocketAddr>,
     config: Config,
     registry: Arc<Registry>,
     inventory: Inventory,
@@ -69,6 +76,35 @@ pub struct Running {
 
 /// Starts the agent: authority, issuer, Workload API on `config.socket_path`.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    // Health first, so probes see "live, not ready" while the authority loads.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_addr = match config.health_addr {
+        None => None,
+        Some(addr) => {
+            let listener = crate::health::bind(addr).await?;
+            let bound = listener.local_addr().ok();
+            let check: crate::health::ReadyCheck = {
+                let (ready, socket) = (ready.clone(), config.socket_path.clone());
+                Arc::new(move || {
+                    if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err("starting: authority or socket not ready yet".into());
+                    }
+                    if !socket.exists() {
+                        return Err(format!("the socket {} is gone", socket.display()));
+                    }
+                    Ok(())
+                })
+            };
+            let shutdown = shutdown_rx.clone();
+            tasks.spawn(async move {
+                crate::health::serve(listener, check, shutdown).await;
+                ("health", Ok(()))
+            });
+            bound
+        }
+    };
     crate::atomic_file::ensure_dir(&config.data_dir, 0o700).map_err(|source| Error::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -97,7 +133,6 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     };
     let inventory = Inventory::open(&db, clock.clone(), config.inventory_retention)?;
     let policy_rx = registry.subscribe();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ca_rx = authority.subscribe();
     let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
     let jwt_cache = JwtCache::new(ca_rx.clone(), clock.clone(), config.jwt_cache_size);
@@ -111,8 +146,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         }));
     }
 
-    let attestors: Vec<Box<dyn Attestor>> =
+    let mut attestors: Vec<Box<dyn Attestor>> =
         vec![Box::new(UnixAttestor::new(config.hash_max_bytes))];
+    if let Some(k8s) = &config.kubernetes {
+        attestors.push(Box::new(K8sAttestor::new(k8s)?));
+        tracing::info!(kubelet = %k8s.kubelet.url, "kubernetes attestation on");
+    }
     let streams = Arc::new(Semaphore::new(config.max_streams));
     let exec_hub = Arc::new(crate::workload_api::exec_hub::ExecHub::default());
     let ctx = crate::workload_api::Context {
@@ -152,7 +191,6 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         "workload api listening"
     );
 
-    let mut tasks = JoinSet::new();
     {
         let shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
@@ -216,9 +254,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
             ("admin-api", result.map_err(|e| e.to_string()))
         });
     }
+    ready.store(true, std::sync::atomic::Ordering::Release);
     Ok(Running {
         socket_path: config.socket_path.clone(),
         admin_socket_path: config.admin_socket_path.clone(),
+        health_addr,
         config,
         registry,
         inventory,
@@ -263,6 +303,7 @@ pub fn load_declared(config: &Config) -> Result<Declared, Vec<FieldError>> {
     Ok(Declared {
         trust_domain: config.trust_domain.clone(),
         entries: config.entries.clone(),
+        templates: config.templates.clone(),
         federation,
         default_x509_ttl: config.x509_ttl,
         default_jwt_ttl: config.jwt_ttl,
@@ -289,6 +330,12 @@ impl Running {
         }
         if config.authority != self.config.authority {
             restart_needed.push("authority");
+        }
+        if config.kubernetes != self.config.kubernetes {
+            restart_needed.push("kubernetes");
+        }
+        if config.health_addr != self.config.health_addr {
+            restart_needed.push("health.address");
         }
         tracing::info!(
             entries = config.entries.len(),

@@ -3,6 +3,7 @@
 //! Attestors read facts and nothing else: they never mint or cache credentials.
 
 pub mod caller;
+pub mod k8s;
 pub mod unix;
 
 use crate::selector::SelectorSet;
@@ -18,6 +19,9 @@ pub enum Error {
     Read(#[source] sys::Error),
     #[error("the caller (pid {pid}) exited during attestation")]
     Exited { pid: u32 },
+    /// The caller is in a pod the agent could not resolve (message names pod and container).
+    #[error("{message}")]
+    Kubernetes { message: String, retryable: bool },
     #[error("attestation task failed: {0}")]
     Task(String),
 }

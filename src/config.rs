@@ -2,6 +2,7 @@
 //! overridden by environment and flags. Every problem is reported at once, each naming the field
 //! and the value.
 
+mod kubernetes;
 mod raw;
 mod validate;
 
@@ -12,7 +13,7 @@ use crate::registry::Entry;
 use crate::spiffe_id::TrustDomain;
 
 pub use raw::{RawConfig, RawEntry};
-pub(crate) use validate::validate_entry;
+pub(crate) use validate::{valid_dns_name, validate_entry};
 
 /// Trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
@@ -32,6 +33,8 @@ pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Concurrent Workload API streams before new ones are refused with Unavailable (EP-5).
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+/// Health endpoint address when none is configured: loopback only.
+pub const DEFAULT_HEALTH_ADDR: &str = "127.0.0.1:8788";
 /// JWT-SVID lifetime when neither the entry nor `[svid]` sets one.
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 /// The shortest JWT-SVID lifetime accepted.
@@ -68,6 +71,12 @@ pub struct Config {
     /// Registration entries declared in the file, in file order.
     pub entries: Vec<Entry>,
     pub federation: Vec<Federation>,
+    /// Identity templates, in file order.
+    pub templates: Vec<crate::registry::Template>,
+    /// Pod attestation through cgroups and the kubelet (`[kubernetes]`); `None` when off.
+    pub kubernetes: Option<crate::attest::k8s::KubernetesConfig>,
+    /// Where `/live` and `/ready` are served (`[health] address`); `None` when off.
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where the signing authority comes from.
@@ -101,6 +110,7 @@ pub struct Overrides {
     pub admin_socket_path: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub x509_ttl: Option<String>,
+    pub health_addr: Option<String>,
 }
 
 /// `--dev`: unprivileged embedded defaults for one user.

@@ -4,6 +4,7 @@
 
 pub mod manager;
 pub mod store;
+pub mod template;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -14,6 +15,7 @@ use crate::ca::bundle::X509Bundle;
 use crate::ca::jwt::Jwks;
 use crate::selector::{Selector, SelectorSet};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+pub use template::{RenderError, Template};
 
 /// A stable entry identifier.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,6 +82,10 @@ pub struct Identity {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub entries: Arc<Vec<Entry>>,
+    /// Identity templates, after the entries (file order).
+    pub templates: Arc<Vec<Template>>,
+    /// The agent's trust domain (templates render into it); `None` disables templates.
+    pub trust_domain: Option<TrustDomain>,
     pub federation: Arc<BTreeMap<TrustDomain, FederatedBundle>>,
     pub default_x509_ttl: Duration,
     pub default_jwt_ttl: Duration,
@@ -138,35 +144,94 @@ impl fmt::Debug for EntryId {
     }
 }
 
-/// The identities `selectors` entitle a caller to, in entry order (the first is the default, ST-7).
-///
-/// An entry matches when all its selectors are present. A SPIFFE ID appears once (its first entry
-/// wins); a hint already used by an earlier identity is dropped (ST-7: first one wins).
+/// The identities `selectors` entitle a caller to: matching entries in entry order, then matching
+/// templates in file order (the first identity is the default, ST-7). Template errors are logged
+/// once per template and pod.
 pub fn match_identities(selectors: &SelectorSet, policy: &Policy) -> Vec<Identity> {
+    let (identities, errors) = match_all(selectors, policy);
+    for e in errors {
+        log_render_error(&e);
+    }
+    identities
+}
+
+/// [`match_identities`] without logging: the identities, and the templates that applied but
+/// rendered something invalid (those give no identity).
+///
+/// An entry matches when all its selectors are present; a template when its required selectors and
+/// every selector its placeholders name are present. A SPIFFE ID appears once (the first entry or
+/// template wins); a hint already used by an earlier identity is dropped (ST-7: first one wins).
+pub fn match_all(selectors: &SelectorSet, policy: &Policy) -> (Vec<Identity>, Vec<RenderError>) {
     let mut seen_ids = HashSet::new();
     let mut seen_hints = HashSet::new();
     let mut out = Vec::new();
-    for entry in policy.entries.iter() {
-        if !selectors.contains_all(&entry.selectors) || !seen_ids.insert(&entry.spiffe_id) {
-            continue;
+    let mut errors = Vec::new();
+    let mut push = |identity: Identity, out: &mut Vec<Identity>| {
+        if !seen_ids.insert(identity.spiffe_id.clone()) {
+            return;
         }
-        let hint = if entry.hint.is_empty() || seen_hints.insert(entry.hint.as_str()) {
-            entry.hint.clone()
+        let hint = if identity.hint.is_empty() || seen_hints.insert(identity.hint.clone()) {
+            identity.hint.clone()
         } else {
             String::new()
         };
-        out.push(Identity {
-            spiffe_id: entry.spiffe_id.clone(),
-            entry_id: entry.id.clone(),
-            x509_ttl: entry.x509_ttl.unwrap_or(policy.default_x509_ttl),
-            jwt_ttl: entry.jwt_ttl.unwrap_or(policy.default_jwt_ttl),
-            jwt_audiences: entry.jwt_audiences.clone(),
-            hint,
-            dns_names: entry.dns_names.clone(),
-            federates_with: entry.federates_with.clone(),
-        });
+        out.push(Identity { hint, ..identity });
+    };
+    for entry in policy.entries.iter() {
+        if !selectors.contains_all(&entry.selectors) {
+            continue;
+        }
+        push(
+            Identity {
+                spiffe_id: entry.spiffe_id.clone(),
+                entry_id: entry.id.clone(),
+                x509_ttl: entry.x509_ttl.unwrap_or(policy.default_x509_ttl),
+                jwt_ttl: entry.jwt_ttl.unwrap_or(policy.default_jwt_ttl),
+                jwt_audiences: entry.jwt_audiences.clone(),
+                hint: entry.hint.clone(),
+                dns_names: entry.dns_names.clone(),
+                federates_with: entry.federates_with.clone(),
+            },
+            &mut out,
+        );
     }
-    out
+    if let Some(td) = &policy.trust_domain {
+        for template in policy.templates.iter() {
+            match template.apply(td, selectors) {
+                None => {}
+                Some(Err(e)) => errors.push(e),
+                Some(Ok((spiffe_id, dns_names))) => push(
+                    Identity {
+                        spiffe_id,
+                        entry_id: template.id.clone(),
+                        x509_ttl: template.x509_ttl.unwrap_or(policy.default_x509_ttl),
+                        jwt_ttl: template.jwt_ttl.unwrap_or(policy.default_jwt_ttl),
+                        jwt_audiences: template.jwt_audiences.clone(),
+                        hint: template.hint.clone(),
+                        dns_names,
+                        federates_with: template.federates_with.clone(),
+                    },
+                    &mut out,
+                ),
+            }
+        }
+    }
+    (out, errors)
+}
+
+/// One log line per (template, pod): a pod reconnecting in a loop does not flood the log.
+fn log_render_error(e: &RenderError) {
+    static SEEN: std::sync::Mutex<Option<HashSet<(String, String)>>> = std::sync::Mutex::new(None);
+    let Ok(mut seen) = SEEN.lock() else {
+        return;
+    };
+    let seen = seen.get_or_insert_with(HashSet::new);
+    if seen.len() > 10_000 {
+        seen.clear();
+    }
+    if seen.insert((e.template.as_str().to_owned(), e.subject.clone())) {
+        tracing::warn!(template = %e.template, subject = %e.subject, "{}; no identity from this template", e.message);
+    }
 }
 
 /// The federated X.509 bundles the holder of `identities` may receive (TB-2), keyed by trust domain ID.
@@ -250,7 +315,52 @@ mod tests {
             federation: Default::default(),
             default_x509_ttl: Duration::from_secs(3600),
             default_jwt_ttl: Duration::from_secs(300),
+            ..Default::default()
         }
+    }
+
+    /// Entries first, in entry order, then templates in file order; an ID an entry already gave is
+    /// not repeated by a template (the order users can rely on, README "Identity templates").
+    #[test]
+    fn entries_then_templates_in_stable_order() {
+        let mut p = policy(vec![entry(
+            "spiffe://td/ns/shop/sa/cart",
+            &["k8s:ns:shop"],
+            "",
+        )]);
+        let template = |pattern: &str| Template {
+            id: EntryId::from_string(format!("tmpl-{pattern}")),
+            spiffe_id: template::Pattern::parse(pattern).unwrap(),
+            selectors: vec![],
+            x509_ttl: Some(Duration::from_secs(600)),
+            jwt_ttl: None,
+            jwt_audiences: vec![],
+            hint: String::new(),
+            dns_names: vec![],
+            federates_with: vec![],
+        };
+        p.templates = Arc::new(vec![
+            template("spiffe://{trust_domain}/pod/{k8s:pod-name}"),
+            template("spiffe://{trust_domain}/ns/{k8s:ns}/sa/{k8s:sa}"),
+            template("spiffe://{trust_domain}/bad/{k8s:pod-label:app}"),
+        ]);
+        p.trust_domain = Some(TrustDomain::parse("td").unwrap());
+        let selectors = set(&[
+            "k8s:ns:shop",
+            "k8s:sa:cart",
+            "k8s:pod-name:cart-1",
+            "k8s:pod-label:app:a%b",
+        ]);
+        let (ids, errors) = match_all(&selectors, &p);
+        let ids: Vec<String> = ids.iter().map(|i| i.spiffe_id.to_string()).collect();
+        assert_eq!(
+            ids,
+            ["spiffe://td/ns/shop/sa/cart", "spiffe://td/pod/cart-1"]
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("a%b"));
+        // Without the k8s selectors, no template applies.
+        assert!(match_all(&set(&["unix:uid:1"]), &p).0.is_empty());
     }
 
     #[test]

@@ -13,13 +13,17 @@ pub enum Error {
     #[error("invalid selector {text:?}: expected \"type:key:value\", such as \"unix:uid:1000\"")]
     Shape { text: String },
     #[error(
-        "invalid selector {text:?}: unknown type {kind:?}; known: unix (uid, gid, user, group, supplementary_gid, path, sha256)"
+        "invalid selector {text:?}: unknown type {kind:?}; known: unix (uid, gid, user, group, supplementary_gid, path, sha256), k8s (ns, sa, pod-uid, pod-name, pod-label, pod-owner, container-name, container-image, node-name)"
     )]
     UnknownType { text: String, kind: String },
     #[error(
         "invalid selector {text:?}: unknown unix key {key:?}; known: uid, gid, user, group, supplementary_gid, path, sha256"
     )]
     UnknownKey { text: String, key: String },
+    #[error(
+        "invalid selector {text:?}: unknown k8s key {key:?}; known: ns, sa, pod-uid, pod-name, pod-label, pod-owner, container-name, container-image, node-name"
+    )]
+    UnknownK8sKey { text: String, key: String },
     #[error("invalid selector {text:?}: {why}")]
     Value { text: String, why: &'static str },
 }
@@ -41,6 +45,25 @@ pub enum Selector {
     UnixPath(String),
     /// SHA-256 of the process's executable, lowercase hex.
     UnixSha256(String),
+    /// Namespace of the caller's pod.
+    K8sNs(String),
+    /// Service account of the caller's pod.
+    K8sSa(String),
+    /// UID of the caller's pod.
+    K8sPodUid(String),
+    /// Name of the caller's pod.
+    K8sPodName(String),
+    /// One label of the caller's pod: (key, value).
+    K8sPodLabel(String, String),
+    /// One owner reference of the caller's pod: (kind, name).
+    K8sPodOwner(String, String),
+    /// Name of the caller's container in the pod spec.
+    K8sContainerName(String),
+    /// The container's image: as in the pod spec, as the kubelet reports it, and as the image ID
+    /// digest (`repo@sha256:...`); one selector each.
+    K8sContainerImage(String),
+    /// The node the pod runs on.
+    K8sNodeName(String),
 }
 
 /// The selectors of one caller, ordered and without duplicates.
@@ -59,11 +82,15 @@ impl Selector {
             text: text.into(),
             why,
         };
-        if kind != "unix" {
-            return Err(Error::UnknownType {
-                text: text.into(),
-                kind: kind.into(),
-            });
+        match kind {
+            "unix" => {}
+            "k8s" => return parse_k8s(text, key, value),
+            _ => {
+                return Err(Error::UnknownType {
+                    text: text.into(),
+                    kind: kind.into(),
+                });
+            }
         }
         let id = |v: &str| {
             v.parse::<u32>()
@@ -111,6 +138,80 @@ impl Selector {
     }
 }
 
+/// `k8s:<key>:<value>`; `pod-label` and `pod-owner` values are `<key>:<value>` / `<Kind>:<name>`.
+fn parse_k8s(text: &str, key: &str, value: &str) -> Result<Selector, Error> {
+    let bad = |why| Error::Value {
+        text: text.into(),
+        why,
+    };
+    if value.is_empty() {
+        return Err(bad("the value is empty"));
+    }
+    let pair = |why| {
+        value
+            .split_once(':')
+            .filter(|(k, _)| !k.is_empty())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .ok_or_else(|| bad(why))
+    };
+    Ok(match key {
+        "ns" => Selector::K8sNs(value.into()),
+        "sa" => Selector::K8sSa(value.into()),
+        "pod-uid" => Selector::K8sPodUid(value.into()),
+        "pod-name" => Selector::K8sPodName(value.into()),
+        "pod-label" => {
+            let (k, v) =
+                pair("expected k8s:pod-label:<key>:<value>, such as k8s:pod-label:app:cart")?;
+            Selector::K8sPodLabel(k, v)
+        }
+        "pod-owner" => {
+            let (k, v) = pair(
+                "expected k8s:pod-owner:<Kind>:<name>, such as k8s:pod-owner:ReplicaSet:cart-5d9",
+            )?;
+            Selector::K8sPodOwner(k, v)
+        }
+        "container-name" => Selector::K8sContainerName(value.into()),
+        "container-image" => Selector::K8sContainerImage(value.into()),
+        "node-name" => Selector::K8sNodeName(value.into()),
+        _ => {
+            return Err(Error::UnknownK8sKey {
+                text: text.into(),
+                key: key.into(),
+            });
+        }
+    })
+}
+
+impl Selector {
+    /// The `type:key` part of the text form (`unix:uid`, `k8s:pod-label`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Selector::UnixUid(_) => "unix:uid",
+            Selector::UnixGid(_) => "unix:gid",
+            Selector::UnixUser(_) => "unix:user",
+            Selector::UnixGroup(_) => "unix:group",
+            Selector::UnixSupplementaryGid(_) => "unix:supplementary_gid",
+            Selector::UnixPath(_) => "unix:path",
+            Selector::UnixSha256(_) => "unix:sha256",
+            Selector::K8sNs(_) => "k8s:ns",
+            Selector::K8sSa(_) => "k8s:sa",
+            Selector::K8sPodUid(_) => "k8s:pod-uid",
+            Selector::K8sPodName(_) => "k8s:pod-name",
+            Selector::K8sPodLabel(..) => "k8s:pod-label",
+            Selector::K8sPodOwner(..) => "k8s:pod-owner",
+            Selector::K8sContainerName(_) => "k8s:container-name",
+            Selector::K8sContainerImage(_) => "k8s:container-image",
+            Selector::K8sNodeName(_) => "k8s:node-name",
+        }
+    }
+
+    /// The value part of the text form (`1000`, `app:cart` for a pod label).
+    pub fn value(&self) -> String {
+        let text = self.to_string();
+        text[self.kind().len() + 1..].to_owned()
+    }
+}
+
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -121,6 +222,15 @@ impl fmt::Display for Selector {
             Selector::UnixSupplementaryGid(v) => write!(f, "unix:supplementary_gid:{v}"),
             Selector::UnixPath(v) => write!(f, "unix:path:{v}"),
             Selector::UnixSha256(v) => write!(f, "unix:sha256:{v}"),
+            Selector::K8sNs(v) => write!(f, "k8s:ns:{v}"),
+            Selector::K8sSa(v) => write!(f, "k8s:sa:{v}"),
+            Selector::K8sPodUid(v) => write!(f, "k8s:pod-uid:{v}"),
+            Selector::K8sPodName(v) => write!(f, "k8s:pod-name:{v}"),
+            Selector::K8sPodLabel(k, v) => write!(f, "k8s:pod-label:{k}:{v}"),
+            Selector::K8sPodOwner(k, v) => write!(f, "k8s:pod-owner:{k}:{v}"),
+            Selector::K8sContainerName(v) => write!(f, "k8s:container-name:{v}"),
+            Selector::K8sContainerImage(v) => write!(f, "k8s:container-image:{v}"),
+            Selector::K8sNodeName(v) => write!(f, "k8s:node-name:{v}"),
         }
     }
 }
@@ -211,6 +321,18 @@ mod tests {
             "unix:path:/usr/bin/app",
             "unix:path:/opt/a:b",
             "unix:sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "k8s:ns:shop",
+            "k8s:sa:cart",
+            "k8s:pod-uid:a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80",
+            "k8s:pod-name:cart-5d9-abcde",
+            "k8s:pod-label:app:cart",
+            "k8s:pod-label:app.kubernetes.io/name:cart",
+            "k8s:pod-label:empty:",
+            "k8s:pod-owner:ReplicaSet:cart-5d9",
+            "k8s:container-name:server",
+            "k8s:container-image:nginx:1.25",
+            "k8s:container-image:docker.io/library/nginx@sha256:0123",
+            "k8s:node-name:node-1",
         ] {
             assert_eq!(Selector::parse(s).unwrap().to_string(), s);
         }
@@ -228,6 +350,10 @@ mod tests {
             ("unix:path:bin/app", "absolute"),
             ("unix:sha256:ABC", "64 lowercase hex"),
             ("unix:user:", "empty"),
+            ("k8s:namespace:shop", "unknown k8s key \"namespace\""),
+            ("k8s:ns:", "empty"),
+            ("k8s:pod-label:app", "k8s:pod-label:<key>:<value>"),
+            ("k8s:pod-owner::x", "k8s:pod-owner:<Kind>:<name>"),
         ];
         for (text, want) in cases {
             let err = Selector::parse(text).unwrap_err().to_string();

@@ -37,6 +37,10 @@ pub struct Args {
     /// Default X.509-SVID lifetime, such as 1h or 10m (minimum 1m).
     #[arg(long, env = "LANYARD_X509_TTL")]
     x509_ttl: Option<String>,
+    /// Address of the HTTP health endpoints /live and /ready (default 127.0.0.1:8788; "off" to
+    /// disable).
+    #[arg(long, env = "LANYARD_HEALTH_ADDR")]
+    health_addr: Option<String>,
 }
 
 impl Args {
@@ -47,6 +51,7 @@ impl Args {
             admin_socket_path: self.admin_socket_path.clone(),
             data_dir: self.data_dir.clone(),
             x509_ttl: self.x509_ttl.clone(),
+            health_addr: self.health_addr.clone(),
         };
         Config::load(self.config.as_deref(), &overrides, dev)
     }

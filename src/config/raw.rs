@@ -28,6 +28,52 @@ pub struct RawConfig {
     pub entries: Vec<RawEntry>,
     #[serde(default)]
     pub federation: Vec<RawFederation>,
+    #[serde(default, rename = "template")]
+    pub templates: Vec<RawTemplate>,
+    pub kubernetes: Option<RawKubernetes>,
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    pub enabled: Option<bool>,
+    pub kubelet_url: Option<String>,
+    pub node_name: Option<String>,
+    pub node_name_env: Option<String>,
+    pub token_path: Option<PathBuf>,
+    pub kubelet_ca_path: Option<PathBuf>,
+    pub kubelet_server_name: Option<String>,
+    pub skip_kubelet_verification: Option<bool>,
+    pub snapshot_ttl: Option<String>,
+    pub container_wait: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+/// `[[template]]`: like an entry, but `spiffe_id` and `dns_names` are patterns and `selectors` may
+/// be empty.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    pub spiffe_id: Option<String>,
+    #[serde(default)]
+    pub selectors: Vec<String>,
+    pub x509_ttl: Option<String>,
+    pub jwt_ttl: Option<String>,
+    #[serde(default)]
+    pub jwt_audiences: Vec<String>,
+    pub hint: Option<String>,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default)]
+    pub federates_with: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,10 +9,10 @@ use crate::registry::{Entry, EntryId};
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
-struct Collector(Vec<FieldError>);
+pub(super) struct Collector(pub(super) Vec<FieldError>);
 
 impl Collector {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
@@ -52,6 +52,14 @@ pub(super) fn validate(
     };
     if let Some(v) = &overrides.x509_ttl {
         raw.svid.x509_ttl = Some(v.clone());
+    }
+    let health_field = if overrides.health_addr.is_some() {
+        "--health-addr"
+    } else {
+        "health.address"
+    };
+    if let Some(v) = &overrides.health_addr {
+        raw.health.address = Some(v.clone());
     }
 
     let td_text = raw
@@ -256,6 +264,11 @@ pub(super) fn validate(
         }
     }
 
+    let templates =
+        super::kubernetes::templates(&mut errs, &raw.templates, trust_domain.as_ref(), &fed_names);
+    let kubernetes = super::kubernetes::kubernetes(&mut errs, raw.kubernetes.as_ref());
+    let health_addr = super::kubernetes::health(&mut errs, &raw.health, health_field);
+
     if let (Some(dev), Some(td)) = (dev, trust_domain.as_ref()) {
         let name: String = dev
             .user_name
@@ -317,6 +330,9 @@ pub(super) fn validate(
         max_streams,
         entries,
         federation,
+        templates,
+        kubernetes,
+        health_addr,
     })
 }
 
@@ -329,7 +345,12 @@ fn absolute(errs: &mut Collector, field: &str, path: &std::path::Path) {
     }
 }
 
-fn duration(errs: &mut Collector, field: &str, text: Option<&str>, default: Duration) -> Duration {
+pub(super) fn duration(
+    errs: &mut Collector,
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+) -> Duration {
     match text {
         None => default,
         Some(t) => match humantime::parse_duration(t) {
@@ -468,7 +489,7 @@ pub(crate) fn validate_entry(
     }
 }
 
-fn entry(
+pub(super) fn entry(
     errs: &mut Collector,
     at: &str,
     e: &RawEntry,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::store::{self, EntryStore};
-use super::{Entry, EntryId, FederatedBundle, Origin, Policy};
+use super::{Entry, EntryId, FederatedBundle, Origin, Policy, Template};
 use crate::config::{FieldError, RawEntry};
 use crate::spiffe_id::TrustDomain;
 
@@ -38,6 +38,7 @@ struct Inner {
     store: EntryStore,
     trust_domain: TrustDomain,
     declared: Vec<Entry>,
+    templates: Arc<Vec<Template>>,
     managed: Vec<Entry>,
     federation: Arc<BTreeMap<TrustDomain, FederatedBundle>>,
     default_x509_ttl: Duration,
@@ -48,6 +49,7 @@ struct Inner {
 pub struct Declared {
     pub trust_domain: TrustDomain,
     pub entries: Vec<Entry>,
+    pub templates: Vec<Template>,
     pub federation: BTreeMap<TrustDomain, FederatedBundle>,
     pub default_x509_ttl: Duration,
     pub default_jwt_ttl: Duration,
@@ -62,6 +64,7 @@ impl Registry {
             store,
             trust_domain: declared.trust_domain,
             declared: declared.entries,
+            templates: Arc::new(declared.templates),
             managed,
             federation: Arc::new(declared.federation),
             default_x509_ttl: declared.default_x509_ttl,
@@ -86,6 +89,7 @@ impl Registry {
         };
         inner.trust_domain = declared.trust_domain;
         inner.declared = declared.entries;
+        inner.templates = Arc::new(declared.templates);
         inner.federation = Arc::new(declared.federation);
         inner.default_x509_ttl = declared.default_x509_ttl;
         inner.default_jwt_ttl = declared.default_jwt_ttl;
@@ -164,6 +168,8 @@ impl Inner {
         entries.extend(self.managed.iter().cloned());
         Policy {
             entries: Arc::new(entries),
+            templates: self.templates.clone(),
+            trust_domain: Some(self.trust_domain.clone()),
             federation: self.federation.clone(),
             default_x509_ttl: self.default_x509_ttl,
             default_jwt_ttl: self.default_jwt_ttl,

@@ -17,6 +17,18 @@ pub fn to_status(err: &Error) -> Status {
                 "no identity: the agent could not identify the calling process",
             )
         }
+        Error::Attestation {
+            pid,
+            source: crate::attest::Error::Kubernetes { message, retryable },
+        } => {
+            tracing::info!(pid, error = %message, "denied: kubernetes attestation failed");
+            let msg = format!("no identity: {message}");
+            if *retryable {
+                Status::unavailable(msg)
+            } else {
+                Status::permission_denied(msg)
+            }
+        }
         Error::Attestation { pid, source } => {
             tracing::info!(pid, error = %source, "denied: attestation failed");
             Status::permission_denied(

@@ -22,10 +22,11 @@ pub struct TestAgent {
     pub running: Option<Running>,
 }
 
-/// Config text with the socket and data dir placed in `dir`, followed by `extra`.
+/// Config text with the socket and data dir placed in `dir` and the health endpoint on a free
+/// loopback port, followed by `extra`.
 pub fn config_text(dir: &Path, extra: &str) -> String {
     format!(
-        "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\n{extra}",
+        "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"127.0.0.1:0\" }}\n{extra}",
         dir.join("workload.sock").display(),
         dir.join("admin").join("admin.sock").display(),
         dir.join("data").display()

@@ -1,0 +1,109 @@
+//! The Kubernetes attestor: pod and container of the caller from its cgroups, then what the kubelet
+//! knows about them as `k8s:*` selectors.
+//!
+//! A process that is not in a pod gets no `k8s:*` selectors (its unix selectors still apply). A
+//! process in a pod the agent cannot resolve (kubelet down, container not listed within the
+//! deadline, contradictory cgroups) is not attested at all: no identity, never a guess.
+
+pub mod cgroup;
+pub mod kubelet;
+pub mod pods;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Attestor, Error, PinnedProcess, read_error};
+use crate::selector::SelectorSet;
+pub use kubelet::{Kubelet, KubeletConfig, PodCache};
+
+/// Default age up to which a pod list is reused without asking the kubelet again.
+pub const DEFAULT_SNAPSHOT_TTL: Duration = Duration::from_secs(2);
+/// Default time a container missing from the pod list is waited for.
+pub const DEFAULT_CONTAINER_WAIT: Duration = Duration::from_secs(5);
+/// Default limit of one kubelet request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[kubernetes]` settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    pub kubelet: KubeletConfig,
+    pub snapshot_ttl: Duration,
+    pub container_wait: Duration,
+}
+
+/// Attests pods through cgroups and the kubelet.
+pub struct K8sAttestor {
+    cache: Arc<PodCache>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl K8sAttestor {
+    /// Must be called inside the agent's runtime: slow lookups run on it from the blocking pool.
+    pub fn new(config: &KubernetesConfig) -> Result<Self, kubelet::Error> {
+        let kubelet = Kubelet::new(config.kubelet.clone())?;
+        if config.kubelet.skip_verify {
+            tracing::warn!(url = %config.kubelet.url, "kubelet certificate NOT verified (skip_kubelet_verification)");
+        }
+        Ok(Self {
+            cache: Arc::new(PodCache::new(
+                kubelet,
+                config.snapshot_ttl,
+                config.container_wait,
+            )),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The shared pod cache (for counters).
+    pub fn cache(&self) -> &Arc<PodCache> {
+        &self.cache
+    }
+
+    fn locate(&self, process: &PinnedProcess) -> Result<Option<cgroup::Location>, Error> {
+        let text = process.dir.read_to_string("cgroup").map_err(read_error)?;
+        cgroup::locate(&text).map_err(|e| Error::Kubernetes {
+            message: format!("pid {}: {e}", process.pid()),
+            retryable: false,
+        })
+    }
+}
+
+fn lookup_error(e: kubelet::LookupError) -> Error {
+    let retryable = !matches!(e, kubelet::LookupError::Ambiguous { .. });
+    Error::Kubernetes {
+        message: e.to_string(),
+        retryable,
+    }
+}
+
+impl Attestor for K8sAttestor {
+    fn name(&self) -> &'static str {
+        "k8s"
+    }
+
+    fn attest(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<(), Error> {
+        let Some(location) = self.locate(process)? else {
+            return Ok(());
+        };
+        let selectors = self
+            .runtime
+            .block_on(self.cache.lookup(&location))
+            .map_err(lookup_error)?;
+        out.extend(selectors);
+        Ok(())
+    }
+
+    fn attest_cached(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<bool, Error> {
+        let Some(location) = self.locate(process)? else {
+            return Ok(true);
+        };
+        match self.cache.cached(&location) {
+            Some(Ok(selectors)) => {
+                out.extend(selectors);
+                Ok(true)
+            }
+            Some(Err(e)) => Err(lookup_error(e)),
+            None => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Validation of `[kubernetes]`, `[[template]]` and `[health]`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::DEFAULT_HEALTH_ADDR;
+use super::raw::{RawEntry, RawHealth, RawKubernetes, RawTemplate};
+use super::validate::{Collector, duration, entry};
+use crate::attest::k8s::{
+    DEFAULT_CONTAINER_WAIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SNAPSHOT_TTL, KubeletConfig,
+    KubernetesConfig,
+};
+use crate::registry::EntryId;
+use crate::registry::template::{Pattern, Template};
+use crate::spiffe_id::TrustDomain;
+
+/// Where a pod's service account token and cluster CA are mounted.
+pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const DEFAULT_KUBELET_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// The environment variable the DaemonSet fills from `spec.nodeName` (downward API).
+pub const DEFAULT_NODE_NAME_ENV: &str = "NODE_NAME";
+
+pub(super) fn health(
+    errs: &mut Collector,
+    raw: &RawHealth,
+    field: &str,
+) -> Option<std::net::SocketAddr> {
+    let text = raw.address.as_deref().unwrap_or(DEFAULT_HEALTH_ADDR);
+    match crate::health::parse_addr(text) {
+        Ok(addr) => addr,
+        Err(e) => {
+            errs.push(field, e);
+            None
+        }
+    }
+}
+
+pub(super) fn kubernetes(
+    errs: &mut Collector,
+    raw: Option<&RawKubernetes>,
+) -> Option<KubernetesConfig> {
+    let k = raw?;
+    if k.enabled == Some(false) {
+        return None;
+    }
+    let env_name = k.node_name_env.as_deref().unwrap_or(DEFAULT_NODE_NAME_ENV);
+    let node_name = k
+        .node_name
+        .clone()
+        .or_else(|| std::env::var(env_name).ok().filter(|v| !v.is_empty()));
+    let url = k
+        .kubelet_url
+        .clone()
+        .unwrap_or_else(|| "https://{node_name}:10250".into());
+    let url = if url.contains("{node_name}") {
+        match &node_name {
+            Some(node) => url.replace("{node_name}", node),
+            None => {
+                errs.push(
+                    "kubernetes.node_name",
+                    format!("unknown: not set here and ${env_name} is empty; set {env_name} from the downward API (fieldRef spec.nodeName), or set kubelet_url"),
+                );
+                return None;
+            }
+        }
+    } else {
+        url
+    };
+    let https = url.starts_with("https://");
+    let skip_verify = k.skip_kubelet_verification.unwrap_or(false);
+    let kubelet = KubeletConfig {
+        url: url.clone(),
+        token_path: if https {
+            Some(
+                k.token_path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_PATH)),
+            )
+        } else {
+            k.token_path.clone()
+        },
+        ca_path: (https && !skip_verify).then(|| {
+            k.kubelet_ca_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBELET_CA_PATH))
+        }),
+        server_name: k.kubelet_server_name.clone(),
+        skip_verify,
+        request_timeout: duration(
+            errs,
+            "kubernetes.request_timeout",
+            k.request_timeout.as_deref(),
+            DEFAULT_REQUEST_TIMEOUT,
+        ),
+    };
+    if let Err(e) = crate::attest::k8s::Kubelet::new(kubelet.clone()) {
+        errs.push("kubernetes.kubelet_url", e.to_string());
+    }
+    if !https && k.kubelet_ca_path.is_some() {
+        errs.push(
+            "kubernetes.kubelet_ca_path",
+            "only used with an https:// kubelet_url",
+        );
+    }
+    let snapshot_ttl = duration(
+        errs,
+        "kubernetes.snapshot_ttl",
+        k.snapshot_ttl.as_deref(),
+        DEFAULT_SNAPSHOT_TTL,
+    );
+    let container_wait = duration(
+        errs,
+        "kubernetes.container_wait",
+        k.container_wait.as_deref(),
+        DEFAULT_CONTAINER_WAIT,
+    );
+    if container_wait > Duration::from_secs(60) {
+        errs.push(
+            "kubernetes.container_wait",
+            "longer than 1m would hold callers for too long; use a few seconds",
+        );
+    }
+    if snapshot_ttl > Duration::from_secs(60) {
+        errs.push(
+            "kubernetes.snapshot_ttl",
+            "longer than 1m would serve stale pod facts (labels); use a few seconds",
+        );
+    }
+    Some(KubernetesConfig {
+        kubelet,
+        snapshot_ttl,
+        container_wait,
+    })
+}
+
+pub(super) fn templates(
+    errs: &mut Collector,
+    raw: &[RawTemplate],
+    td: Option<&TrustDomain>,
+    federated: &HashSet<TrustDomain>,
+) -> Vec<Template> {
+    let mut out = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let at = format!("template[{i}]");
+        let Some(text) = t.spiffe_id.as_deref() else {
+            errs.push(
+                format!("{at}.spiffe_id"),
+                "missing; such as \"spiffe://{trust_domain}/ns/{k8s:ns}/sa/{k8s:sa}\"",
+            );
+            continue;
+        };
+        let pattern = match Pattern::parse(text) {
+            Ok(p) => p,
+            Err(e) => {
+                errs.push(format!("{at}.spiffe_id"), e);
+                continue;
+            }
+        };
+        let mut dns = Vec::new();
+        for (j, d) in t.dns_names.iter().enumerate() {
+            match Pattern::parse(d) {
+                Ok(p) => dns.push(p),
+                Err(e) => errs.push(format!("{at}.dns_names[{j}]"), e),
+            }
+        }
+        if dns.len() != t.dns_names.len() {
+            continue;
+        }
+        let Some(td) = td else { continue };
+        // Everything else is checked as an entry's would be, on the pattern rendered with sample
+        // values (a template may have no selectors of its own: its placeholders select).
+        let sample = RawEntry {
+            spiffe_id: Some(pattern.sample(td)),
+            selectors: if t.selectors.is_empty() {
+                vec!["unix:uid:0".into()]
+            } else {
+                t.selectors.clone()
+            },
+            x509_ttl: t.x509_ttl.clone(),
+            jwt_ttl: t.jwt_ttl.clone(),
+            jwt_audiences: t.jwt_audiences.clone(),
+            hint: t.hint.clone(),
+            dns_names: dns.iter().map(|p| p.sample(td)).collect(),
+            federates_with: t.federates_with.clone(),
+        };
+        let before = errs.0.len();
+        let Some(checked) = entry(errs, &at, &sample, Some(td), federated) else {
+            // Name the pattern, not the sample, where the sample is what was refused.
+            for e in &mut errs.0[before..] {
+                e.message = e.message.replace(&pattern.sample(td), text);
+            }
+            continue;
+        };
+        let mut id_text = text.to_owned();
+        for s in &checked.selectors {
+            id_text.push('\n');
+            id_text.push_str(&s.to_string());
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id_text.as_bytes());
+        out.push(Template {
+            id: EntryId::from_string(format!(
+                "tmpl-{}",
+                &crate::attest::unix::to_hex(digest.as_ref())[..16]
+            )),
+            spiffe_id: pattern,
+            selectors: if t.selectors.is_empty() {
+                vec![]
+            } else {
+                checked.selectors
+            },
+            x509_ttl: checked.x509_ttl,
+            jwt_ttl: checked.jwt_ttl,
+            jwt_audiences: checked.jwt_audiences,
+            hint: checked.hint,
+            dns_names: dns,
+            federates_with: checked.federates_with,
+        });
+    }
+    out
+}
