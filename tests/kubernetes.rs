@@ -1,0 +1,672 @@
+//! Kubernetes attestation against the real kernel and a kubelet stand-in over TLS.
+//!
+//! The kubelet cannot run here, so a test server plays it: TLS with its own CA, bearer-token check,
+//! and `/pods` answered in the kubelet's real PodList format. Everything else is real: cgroup
+//! directories named as the kubelet names them, a real child process moved into one, the agent
+//! reading that child's `/proc/<pid>/cgroup`, and the real `lanyard` CLI as the workload.
+
+mod common;
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use serde_json::json;
+
+const TOKEN: &str = "test-service-account-token";
+
+/// What the stand-in kubelet answers.
+#[derive(Clone)]
+enum Answer {
+    Pods(serde_json::Value),
+    Garbage,
+}
+
+struct FakeKubelet {
+    addr: SocketAddr,
+    ca_path: PathBuf,
+    token_path: PathBuf,
+    requests: Arc<AtomicUsize>,
+    answer: Arc<Mutex<Answer>>,
+}
+
+impl FakeKubelet {
+    /// A TLS kubelet on 127.0.0.1 with a certificate from its own CA (written to `dir`), answering
+    /// each request after `delay`.
+    async fn start(dir: &Path, delay: Duration) -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca_path = dir.join("kubelet-ca.pem");
+        std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+        let token_path = dir.join("token");
+        std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let answer = Arc::new(Mutex::new(Answer::Pods(
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
+        )));
+        {
+            let (requests, answer) = (requests.clone(), answer.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (acceptor, requests, answer) =
+                        (acceptor.clone(), requests.clone(), answer.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let service = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let (requests, answer) = (requests.clone(), answer.clone());
+                                async move {
+                                    requests.fetch_add(1, Ordering::SeqCst);
+                                    tokio::time::sleep(delay).await;
+                                    let authorized = req
+                                        .headers()
+                                        .get("authorization")
+                                        .is_some_and(|v| v == format!("Bearer {TOKEN}").as_str());
+                                    let (status, body) = if !authorized {
+                                        (401, "Unauthorized".to_owned())
+                                    } else if req.uri().path() != "/pods" {
+                                        (404, "not found".to_owned())
+                                    } else {
+                                        match answer.lock().unwrap().clone() {
+                                            Answer::Pods(v) => (200, v.to_string()),
+                                            Answer::Garbage => {
+                                                (200, "<html>proxy error</html>".to_owned())
+                                            }
+                                        }
+                                    };
+                                    let mut resp =
+                                        hyper::Response::new(Full::new(Bytes::from(body)));
+                                    *resp.status_mut() =
+                                        hyper::StatusCode::from_u16(status).unwrap();
+                                    Ok::<_, Infallible>(resp)
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
+                    });
+                }
+            });
+        }
+        Self {
+            addr,
+            ca_path,
+            token_path,
+            requests,
+            answer,
+        }
+    }
+
+    fn serve(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The `[kubernetes]` block pointing the agent at this kubelet.
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "[kubernetes]\nkubelet_url = \"https://{}\"\ntoken_path = \"{}\"\nkubelet_ca_path = \"{}\"\n{extra}\n",
+            self.addr,
+            self.token_path.display(),
+            self.ca_path.display()
+        )
+    }
+}
+
+/// Cgroup directories named as the kubelet names them, removed on drop.
+struct PodCgroup {
+    pod_uid: String,
+    container_id: String,
+    created: Vec<PathBuf>,
+    leaf: PathBuf,
+}
+
+fn random_hex(n: usize) -> String {
+    (0..n)
+        .map(|_| format!("{:x}", fastrand::u8(..16)))
+        .collect()
+}
+
+/// Where test cgroups can be made: the cgroup v2 hierarchy if mounted (systemd-driver names), else
+/// the v1 `pids` hierarchy (cgroupfs-driver names).
+fn cgroup_hierarchy() -> Option<(PathBuf, bool)> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mut v1_pids = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 4 {
+            continue;
+        }
+        if f[2] == "cgroup2" {
+            return Some((PathBuf::from(f[1]), true));
+        }
+        if f[2] == "cgroup" && f[3].split(',').any(|o| o == "pids") {
+            v1_pids = Some((PathBuf::from(f[1]), false));
+        }
+    }
+    v1_pids
+}
+
+impl PodCgroup {
+    /// `None` (with a loud message) where cgroups cannot be created.
+    fn create(test: &str) -> Option<Self> {
+        if !require_root(test) {
+            return None;
+        }
+        let Some((root, v2)) = cgroup_hierarchy() else {
+            eprintln!("\n*** SKIPPED {test}: no cgroup hierarchy mounted ***\n");
+            return None;
+        };
+        let pod_uid = format!(
+            "{}-{}-{}-{}-{}",
+            random_hex(8),
+            random_hex(4),
+            random_hex(4),
+            random_hex(4),
+            random_hex(12)
+        );
+        let container_id = random_hex(64);
+        let parts: Vec<String> = if v2 {
+            vec![
+                "kubepods.slice".into(),
+                "kubepods-burstable.slice".into(),
+                format!("kubepods-burstable-pod{}.slice", pod_uid.replace('-', "_")),
+                format!("cri-containerd-{container_id}.scope"),
+            ]
+        } else {
+            vec![
+                "kubepods".into(),
+                "burstable".into(),
+                format!("pod{pod_uid}"),
+                container_id.clone(),
+            ]
+        };
+        let mut created = Vec::new();
+        let mut dir = root;
+        for p in parts {
+            dir.push(p);
+            if !dir.exists() {
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    eprintln!(
+                        "\n*** SKIPPED {test}: cannot create cgroup {}: {e} ***\n",
+                        dir.display()
+                    );
+                    return None;
+                }
+                created.push(dir.clone());
+            }
+        }
+        Some(Self {
+            pod_uid,
+            container_id,
+            created,
+            leaf: dir,
+        })
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // Children have exited by now; shared parents may still be in use by other tests.
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Runs `lanyard fetch x509 --json` (plus `args`) as a child that first moves itself into `cgroup`.
+fn fetch_in_cgroup(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+    let mut cmd = Command::new(lanyard_bin());
+    cmd.args(["fetch", "x509", "--json", "--socket", endpoint])
+        .args(args)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET");
+    // SAFETY: open, write and close are async-signal-safe; `procs` was allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+async fn fetch_in(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
+    let (cgroup, endpoint) = (cgroup.to_owned(), endpoint.to_owned());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fetch_in_cgroup(&cgroup, &endpoint, &args)
+    })
+    .await
+    .unwrap()
+}
+
+/// A PodList in the kubelet's format: the test pod (regular container `server`, init container
+/// `migrate`, a sidecar not started yet) plus an unrelated pod. With `listed` false the `server`
+/// container has no status yet (the kubelet has not caught up).
+fn pod_list(cg: &PodCgroup, ns: &str, sa: &str, listed: bool) -> serde_json::Value {
+    let mut statuses = vec![json!({
+        "name": "proxy", "image": "registry.example/mesh/proxy:1.9", "imageID": "",
+        "lastState": {}, "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ContainerCreating"}}
+    })];
+    if listed {
+        statuses.insert(0, json!({
+            "containerID": format!("containerd://{}", cg.container_id),
+            "image": "registry.example/shop/cart:2.4",
+            "imageID": "registry.example/shop/cart@sha256:5e1f0c3b7a9d2e4f6a8b0c1d3e5f7a9b2c4d6e8f0a1b3c5d7e9f2a4b6c8d0e1f",
+            "lastState": {}, "name": "server", "ready": true, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-11-27T08:14:05Z"}}
+        }));
+    }
+    json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {},
+        "items": [
+            {
+                "metadata": {
+                    "name": "other-0", "namespace": "kube-system",
+                    "uid": "0a0b0c0d-0e0f-4a1b-8c2d-3e4f5a6b7c8d",
+                    "labels": {"app": "other"}
+                },
+                "spec": {"containers": [{"name": "other", "image": "other:1"}], "nodeName": "node-a", "serviceAccountName": "other"},
+                "status": {"phase": "Running", "containerStatuses": [{
+                    "containerID": format!("containerd://{}", random_hex(64)),
+                    "image": "other:1", "imageID": "other@sha256:00", "name": "other", "ready": true,
+                    "restartCount": 0, "state": {"running": {}}
+                }]}
+            },
+            {
+                "metadata": {
+                    "name": "cart-7d4b9c6f5-x2x7q", "namespace": ns, "uid": cg.pod_uid,
+                    "generateName": "cart-7d4b9c6f5-", "resourceVersion": "48211",
+                    "creationTimestamp": "2026-11-27T08:14:02Z",
+                    "labels": {"app": "cart", "pod-template-hash": "7d4b9c6f5"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "cart-7d4b9c6f5",
+                        "uid": "0f9e8d7c-6b5a-4f3e-8d1c-0b9a8f7e6d5c", "controller": true, "blockOwnerDeletion": true}]
+                },
+                "spec": {
+                    "containers": [
+                        {"name": "server", "image": "registry.example/shop/cart:2.4"},
+                        {"name": "proxy", "image": "registry.example/mesh/proxy:1.9"}
+                    ],
+                    "initContainers": [{"name": "migrate", "image": "registry.example/tools/migrate:3"}],
+                    "nodeName": "node-a", "serviceAccount": sa, "serviceAccountName": sa,
+                    "restartPolicy": "Always", "dnsPolicy": "ClusterFirst"
+                },
+                "status": {
+                    "phase": "Running", "qosClass": "Burstable", "hostIP": "10.0.0.11", "podIP": "10.244.1.17",
+                    "containerStatuses": statuses,
+                    "initContainerStatuses": [{
+                        "containerID": format!("containerd://{}", random_hex(64)),
+                        "image": "registry.example/tools/migrate:3", "imageID": "registry.example/tools/migrate@sha256:0a",
+                        "name": "migrate", "ready": true, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}
+                    }]
+                }
+            }
+        ]
+    })
+}
+
+/// `lanyard fetch x509 --json` as root, outside any pod.
+async fn fetch_root(endpoint: &str) -> Output {
+    let endpoint = endpoint.to_owned();
+    tokio::task::spawn_blocking(move || fetch_as(0, 0, &endpoint))
+        .await
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const TEMPLATE: &str = r#"
+[[template]]
+spiffe_id = "spiffe://{trust_domain}/ns/{k8s:ns}/sa/{k8s:sa}"
+dns_names = ["{k8s:pod-name}.{k8s:ns}.svc"]
+
+[[entry]]
+spiffe_id = "spiffe://example.org/shop/server"
+selectors = ["k8s:ns:shop", "k8s:container-name:server", "k8s:pod-label:app:cart", "k8s:pod-owner:ReplicaSet:cart-7d4b9c6f5", "k8s:container-image:registry.example/shop/cart:2.4", "k8s:node-name:node-a"]
+
+[[entry]]
+spiffe_id = "spiffe://example.org/host-root"
+selectors = ["unix:uid:0"]
+"#;
+
+/// The child in the pod's cgroup gets the explicit entry (which needs k8s:ns, container-name,
+/// pod-label, pod-owner, container-image and node-name) and its unix entry, in entry order, then the
+/// template identity (templates come after entries); the template's DNS name is rendered from the
+/// pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_process_gets_k8s_selectors_and_the_template_identity() {
+    let Some(cg) = PodCgroup::create("a_pod_process_gets_k8s_selectors_and_the_template_identity")
+    else {
+        return;
+    };
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::from_millis(300)).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    let agent = TestAgent::start(&format!(
+        "{}{TEMPLATE}",
+        kubelet.config("snapshot_ttl = \"30s\"")
+    ))
+    .await;
+
+    let out_dir = dir.path().join("out");
+    let out = fetch_in(
+        &cg.leaf,
+        &agent.endpoint(),
+        &["--write", out_dir.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ids_in(&out),
+        [
+            "spiffe://example.org/shop/server",
+            "spiffe://example.org/host-root",
+            "spiffe://example.org/ns/shop/sa/cart"
+        ]
+    );
+    // The template's DNS SAN, rendered from the pod name and namespace.
+    let pem = std::fs::read(out_dir.join("svid.2.pem")).unwrap();
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(sans.contains("cart-7d4b9c6f5-x2x7q.shop.svc"), "{sans}");
+    assert!(
+        sans.contains("spiffe://example.org/ns/shop/sa/cart"),
+        "{sans}"
+    );
+    assert_eq!(kubelet.requests(), 1);
+
+    // The test process itself is not in a pod: unix selectors only, and no kubelet request.
+    let me = fetch_root(&agent.endpoint()).await;
+    assert_eq!(ids_in(&me), ["spiffe://example.org/host-root"]);
+    assert_eq!(kubelet.requests(), 1);
+    agent.shutdown().await;
+}
+
+/// Many attestations at once, with the snapshot expired: one kubelet request serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_attestations_share_one_kubelet_request() {
+    let Some(cg) = PodCgroup::create("concurrent_attestations_share_one_kubelet_request") else {
+        return;
+    };
+    let dir = open_tempdir();
+    // A slow kubelet, so the attestations overlap the request in flight.
+    let kubelet = FakeKubelet::start(dir.path(), Duration::from_millis(800)).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    let agent = TestAgent::start(&format!(
+        "{}{TEMPLATE}",
+        kubelet.config("snapshot_ttl = \"30s\"")
+    ))
+    .await;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            let (leaf, ep) = (cg.leaf.clone(), agent.endpoint());
+            tokio::spawn(async move { fetch_in(&leaf, &ep, &[]).await })
+        })
+        .collect();
+    for child in children {
+        let out = child.await.unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(ids_in(&out).contains(&"spiffe://example.org/ns/shop/sa/cart".to_owned()));
+    }
+    assert_eq!(
+        kubelet.requests(),
+        1,
+        "8 concurrent attestations, one kubelet request"
+    );
+    agent.shutdown().await;
+}
+
+/// A container the kubelet does not list yet is found in a fresh snapshot within the deadline; one
+/// that never shows up gets a clear error naming the pod and container, after the (short) deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_named() {
+    let Some(cg) = PodCgroup::create(
+        "a_late_container_is_found_within_the_deadline_and_a_missing_one_is_named",
+    ) else {
+        return;
+    };
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", false)));
+    let agent = TestAgent::start(&format!(
+        "{}{TEMPLATE}",
+        kubelet.config("container_wait = \"4s\"")
+    ))
+    .await;
+    let late = {
+        let (leaf, ep) = (cg.leaf.clone(), agent.endpoint());
+        tokio::spawn(async move { fetch_in(&leaf, &ep, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    let out = late.await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ids_in(&out).contains(&"spiffe://example.org/ns/shop/sa/cart".to_owned()));
+    assert!(kubelet.requests() >= 2, "a fresh snapshot was asked for");
+
+    // Now a container that never appears: the error names it, after about the deadline.
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", false)));
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past the snapshot TTL
+    let started = Instant::now();
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let waited = started.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&cg.container_id) && err.contains(&cg.pod_uid),
+        "{err}"
+    );
+    assert!(err.contains("not in the kubelet's pod list"), "{err}");
+    assert!(
+        waited >= Duration::from_millis(3500),
+        "gave up after {waited:?}"
+    );
+    agent.shutdown().await;
+}
+
+/// A kubelet that is down, refuses the token, or sends garbage: pod callers get a clear error, the
+/// agent keeps serving processes outside pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
+    let Some(cg) =
+        PodCgroup::create("a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work")
+    else {
+        return;
+    };
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
+    kubelet.serve(Answer::Garbage);
+    let agent = TestAgent::start(&format!(
+        "{}{TEMPLATE}",
+        kubelet.config("snapshot_ttl = \"100ms\"\ncontainer_wait = \"1s\"")
+    ))
+    .await;
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unreadable pod list"),
+        "{}",
+        stderr(&out)
+    );
+    let me = fetch_root(&agent.endpoint()).await;
+    assert_eq!(ids_in(&me), ["spiffe://example.org/host-root"]);
+
+    // A wrong token: the kubelet's 401 is reported.
+    std::fs::write(&kubelet.token_path, "wrong-token\n").unwrap();
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    assert!(stderr(&out).contains("answered 401"), "{}", stderr(&out));
+    // The token file is re-read: fixing it fixes attestation without a restart.
+    std::fs::write(&kubelet.token_path, format!("{TOKEN}\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A kubelet that is not there at all (nothing listens on the port).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = format!(
+        "[kubernetes]\nkubelet_url = \"https://127.0.0.1:{port}\"\ntoken_path = \"{}\"\nkubelet_ca_path = \"{}\"\ncontainer_wait = \"1s\"\n{TEMPLATE}",
+        kubelet.token_path.display(),
+        kubelet.ca_path.display()
+    );
+    agent.shutdown().await;
+    let agent = TestAgent::start(&down).await;
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot reach the kubelet"),
+        "{}",
+        stderr(&out)
+    );
+    let me = fetch_root(&agent.endpoint()).await;
+    assert_eq!(ids_in(&me), ["spiffe://example.org/host-root"]);
+    agent.shutdown().await;
+}
+
+/// The shipped ConfigMap's `lanyard.toml` and the example workload's namespace and service account
+/// give the example workload `spiffe://<td>/ns/<ns>/sa/<sa>`, end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_workload_gets_its_identity_from_the_shipped_config() {
+    let Some(cg) =
+        PodCgroup::create("the_example_workload_gets_its_identity_from_the_shipped_config")
+    else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let configmap = std::fs::read_to_string(root.join("configmap.yaml")).unwrap();
+    let toml_text = embedded_block(&configmap, "lanyard.toml: |");
+    let workload = std::fs::read_to_string(root.join("example-workload.yaml")).unwrap();
+    let ns = yaml_value(&workload, "namespace:");
+    let sa = yaml_value(&workload, "serviceAccountName:");
+
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, &ns, &sa, true)));
+    // The shipped file, with this machine's paths and the stand-in kubelet.
+    let mut table: toml::Table =
+        toml::from_str(&toml_text).expect("the ConfigMap's lanyard.toml parses");
+    let td = table["trust_domain"].as_str().unwrap().to_owned();
+    for key in ["socket_path", "admin_socket_path", "data_dir"] {
+        table.remove(key);
+    }
+    table.remove("health"); // the test harness puts it on a free loopback port
+    let k8s = table["kubernetes"].as_table_mut().unwrap();
+    k8s.insert(
+        "kubelet_url".into(),
+        format!("https://{}", kubelet.addr).into(),
+    );
+    k8s.insert(
+        "token_path".into(),
+        kubelet.token_path.display().to_string().into(),
+    );
+    k8s.insert(
+        "kubelet_ca_path".into(),
+        kubelet.ca_path.display().to_string().into(),
+    );
+    k8s.remove("skip_kubelet_verification");
+    let agent = TestAgent::start(&toml::to_string(&table).unwrap()).await;
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ids_in(&out)[0], format!("spiffe://{td}/ns/{ns}/sa/{sa}"));
+    agent.shutdown().await;
+}
+
+/// The indented block after `key` in a YAML file (a ConfigMap's literal block scalar).
+fn embedded_block(yaml: &str, key: &str) -> String {
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(key));
+    let head = lines.next().expect("key present");
+    let key_indent = head.len() - head.trim_start().len();
+    let body: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > key_indent)
+        .collect();
+    let indent = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    body.iter()
+        .map(|l| if l.len() >= indent { &l[indent..] } else { "" })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first `key: value` in a YAML file.
+fn yaml_value(yaml: &str, key: &str) -> String {
+    yaml.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .expect("key present")
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
