@@ -75,7 +75,7 @@ pub fn main() -> ExitCode {
             Command::Watch(args) => report(watch::run(args).await),
             Command::Entry(cmd) => report(entry::run(cmd).await),
             Command::Inventory(args) => report(inventory::run(args).await),
-            Command::Helper(args) => report(helper::run(args).await),
+            Command::Helper(args) => helper::run(args).await,
             Command::Healthcheck(args) => report(healthcheck::run(args).await),
         }
     })

@@ -36,6 +36,23 @@ pub struct HelperConfig {
     pub owner: Option<(u32, u32)>,
     /// Audiences to keep a JWT-SVID file for (`jwt_<audience>.token`), plus `jwt_bundle.json`.
     pub jwt_audiences: Vec<String>,
+    /// Also write `svid_combined.pem` (key, then chain; 0600) in one rename.
+    pub combined: bool,
+    /// Add federated trust domains' CA certificates to `bundle.pem`.
+    pub bundle_federated: bool,
+    /// Add the SVID's intermediate CA certificates to `bundle.pem`.
+    pub bundle_intermediates: bool,
+    /// Serve `/live` and `/ready` here.
+    pub health_addr: Option<std::net::SocketAddr>,
+}
+
+/// What a write produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Serial of the leaf, hex.
+    pub serial: String,
+    /// When the written SVID expires.
+    pub not_after: std::time::SystemTime,
 }
 
 /// Why the helper stopped.
@@ -56,34 +73,49 @@ pub enum Error {
     },
     #[error("the SVID chain or bundle is not DER certificates")]
     BadDer,
+    #[error("{0}")]
+    Health(String),
     #[error("starting {cmd:?}: {source}")]
     Spawn { cmd: String, source: std::io::Error },
 }
 
 /// Writes the default SVID of `msg` into `dir`: `svid_key.pem` (0600), then `svid.pem` (leaf and
-/// intermediates) and `bundle.pem` (0644), then `ready` (the serial) last.
+/// intermediates), `svid_combined.pem` (0600, when asked) and `bundle.pem` (0644), then `ready`
+/// (ID and serial) last. Every file is replaced by one rename after an fsync, with its mode set on
+/// every write.
 pub fn write_files(
     dir: &Path,
     msg: &X509svidResponse,
-    owner: Option<(u32, u32)>,
-) -> Result<String, Error> {
+    config: &HelperConfig,
+) -> Result<Written, Error> {
     let svid = msg.svids.first().ok_or(Error::Empty)?;
     let chain = split_der(&svid.x509_svid).ok_or(Error::BadDer)?;
-    let bundle = split_der(&svid.bundle).ok_or(Error::BadDer)?;
-    let serial = chain
+    let mut bundle = split_der(&svid.bundle).ok_or(Error::BadDer)?;
+    let (_, not_after, serial) = chain
         .first()
         .and_then(|leaf| crate::ca::mint::cert_facts(leaf).ok())
-        .map(|(_, _, serial)| serial)
         .ok_or(Error::BadDer)?;
+    if config.bundle_intermediates {
+        bundle.extend(chain.iter().skip(1).cloned());
+    }
+    if config.bundle_federated {
+        for der in msg.federated_bundles.values() {
+            bundle.extend(split_der(der).ok_or(Error::BadDer)?);
+        }
+    }
     let write = |name: &str, data: &[u8], mode: u32| {
         let path = dir.join(name);
-        crate::atomic_file::write_owned(&path, data, mode, owner)
+        crate::atomic_file::write_owned(&path, data, mode, config.owner)
             .map_err(|source| Error::Write { path, source })
     };
     let key = zeroize::Zeroizing::new(pem_block("PRIVATE KEY", &svid.x509_svid_key));
     write("svid_key.pem", key.as_bytes(), 0o600)?;
     let chain_pem: String = chain.iter().map(|c| pem_cert(c)).collect();
     write("svid.pem", chain_pem.as_bytes(), 0o644)?;
+    if config.combined {
+        let combined = zeroize::Zeroizing::new(format!("{}{chain_pem}", key.as_str()));
+        write("svid_combined.pem", combined.as_bytes(), 0o600)?;
+    }
     let bundle_pem: String = bundle.iter().map(|c| pem_cert(c)).collect();
     write("bundle.pem", bundle_pem.as_bytes(), 0o644)?;
     write(
@@ -91,7 +123,31 @@ pub fn write_files(
         format!("{} {serial}\n", svid.spiffe_id).as_bytes(),
         0o644,
     )?;
-    Ok(serial)
+    Ok(Written { serial, not_after })
+}
+
+/// What `/ready` reports: ready once files are written and the SVID in them is still valid.
+#[derive(Clone, Default)]
+struct Health(std::sync::Arc<std::sync::Mutex<Option<std::time::SystemTime>>>);
+
+impl Health {
+    fn written(&self, w: &Written) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(w.not_after);
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let not_after = self
+            .0
+            .lock()
+            .map_err(|_| "internal error".to_owned())?
+            .ok_or_else(|| "no files written yet".to_owned())?;
+        if std::time::SystemTime::now() >= not_after {
+            return Err("the SVID in the files has expired (agent unreachable?)".into());
+        }
+        Ok(())
+    }
 }
 
 /// Runs the helper until a signal stops it (or after the first write with `once`).
@@ -105,10 +161,23 @@ pub async fn run(config: HelperConfig) -> Result<(), Error> {
         let msg = first_message(&config.endpoint).await?;
         // Every token is fetched before anything is written, so a failure writes nothing.
         let jwts = fetch_jwts(config).await?;
-        let serial = write_files(&config.cert_dir, &msg, config.owner)?;
+        let written = write_files(&config.cert_dir, &msg, config)?;
         write_jwts(config, &jwts)?;
-        tracing::info!(serial, dir = %config.cert_dir.display(), "files written");
+        tracing::info!(serial = written.serial, dir = %config.cert_dir.display(), "files written");
         return Ok(());
+    }
+    let health = Health::default();
+    let (_health_stop, health_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = config.health_addr {
+        let listener = crate::health::bind(addr)
+            .await
+            .map_err(|e| Error::Health(e.to_string()))?;
+        let h = health.clone();
+        tokio::spawn(crate::health::serve(
+            listener,
+            std::sync::Arc::new(move || h.check()),
+            health_rx,
+        ));
     }
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -126,7 +195,7 @@ pub async fn run(config: HelperConfig) -> Result<(), Error> {
     let mut backoff = Duration::from_millis(500);
     let mut last_error: Option<String> = None;
     loop {
-        let session = follow(config, &mut child);
+        let session = follow(config, &mut child, &health);
         let outcome = tokio::select! {
             r = session => r,
             _ = term.recv() => return stop_child(child, libc::SIGTERM).await,
@@ -165,7 +234,11 @@ async fn first_message(endpoint: &str) -> Result<X509svidResponse, Error> {
 }
 
 /// Follows one stream: writes every update, starts or signals the consumer.
-async fn follow(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), Error> {
+async fn follow(
+    config: &HelperConfig,
+    child: &mut Option<Child>,
+    health: &Health,
+) -> Result<(), Error> {
     let mut client = crate::client::connect(&config.endpoint).await?;
     let mut stream = client
         .fetch_x509svid(X509svidRequest {})
@@ -199,10 +272,11 @@ async fn follow(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), 
             None => return Ok(()),
         };
         let jwts = fetch_jwts(config).await?;
-        let serial = write_files(&config.cert_dir, &msg, config.owner)?;
+        let written = write_files(&config.cert_dir, &msg, config)?;
+        health.written(&written);
         write_jwts(config, &jwts)?;
         jwt_refresh = refresh_at(&jwts);
-        tracing::info!(serial, dir = %config.cert_dir.display(), "files written");
+        tracing::info!(serial = written.serial, dir = %config.cert_dir.display(), "files written");
         notify(config, child).await?;
     }
 }

@@ -267,7 +267,12 @@ pub(super) fn validate(
     let templates =
         super::kubernetes::templates(&mut errs, &raw.templates, trust_domain.as_ref(), &fed_names);
     let kubernetes = super::kubernetes::kubernetes(&mut errs, raw.kubernetes.as_ref());
-    let health_addr = super::kubernetes::health(&mut errs, &raw.health, health_field);
+    // `--dev` runs beside a system agent on the same machine: no health port unless asked for.
+    let health_addr = if dev.is_some() && raw.health.address.is_none() {
+        None
+    } else {
+        super::kubernetes::health(&mut errs, &raw.health, health_field)
+    };
 
     if let (Some(dev), Some(td)) = (dev, trust_domain.as_ref()) {
         let name: String = dev
