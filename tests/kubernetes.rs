@@ -601,9 +601,9 @@ async fn the_example_workload_gets_its_identity_from_the_shipped_config() {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
-    let configmap = std::fs::read_to_string(root.join("configmap.yaml")).unwrap();
+    let configmap = std::fs::read_to_string(root.join("20-configmap.yaml")).unwrap();
     let toml_text = embedded_block(&configmap, "lanyard.toml: |");
-    let workload = std::fs::read_to_string(root.join("example-workload.yaml")).unwrap();
+    let workload = std::fs::read_to_string(root.join("40-example-workload.yaml")).unwrap();
     let ns = yaml_value(&workload, "namespace:");
     let sa = yaml_value(&workload, "serviceAccountName:");
 
