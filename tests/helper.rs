@@ -4,7 +4,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use lanyard::proto::admin::*;
@@ -174,7 +173,7 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
         .unwrap();
     let mut helper = KillOnDrop(Some(helper));
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    wait_until("the child", || read("pids").lines().count() == 1).await;
+    wait_until("the child", 10, || read("pids").lines().count() == 1).await;
 
     // Three updates (a new lifetime mints a new SVID each time): a SIGHUP after each.
     for (i, ttl) in ["31m", "32m", "33m"].into_iter().enumerate() {
@@ -186,8 +185,8 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
             })
             .await
             .unwrap();
-        wait_until("new files", || read("ready") != before).await;
-        wait_until("a SIGHUP for this update", || {
+        wait_until("new files", 10, || read("ready") != before).await;
+        wait_until("a SIGHUP for this update", 10, || {
             read("hups").lines().count() == i + 1
         })
         .await;
@@ -197,7 +196,10 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
     let first: i32 = read("pids").lines().next().unwrap().parse().unwrap();
     // SAFETY: killing the helper's child, which this test started.
     unsafe { libc::kill(first, libc::SIGKILL) };
-    wait_until("a restarted child", || read("pids").lines().count() == 2).await;
+    wait_until("a restarted child", 10, || {
+        read("pids").lines().count() == 2
+    })
+    .await;
 
     // SIGTERM to the helper reaches the child.
     let mut helper = helper.0.take().unwrap();
@@ -209,25 +211,4 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
     assert!(status.success(), "{status:?}");
     assert_eq!(read("terms").lines().count(), 1, "SIGTERM forwarded");
     agent.shutdown().await;
-}
-
-/// Waits (without blocking the runtime that serves the in-process agent) until `f` holds.
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Kills the helper if the test fails before stopping it.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

@@ -569,9 +569,7 @@ async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     // A kubelet that is not there at all (nothing listens on the port).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = free_port();
     let down = format!(
         "[kubernetes]\nkubelet_url = \"https://127.0.0.1:{port}\"\ntoken_path = \"{}\"\nkubelet_ca_path = \"{}\"\ncontainer_wait = \"1s\"\n{TEMPLATE}",
         kubelet.token_path.display(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::DEFAULT_HEALTH_ADDR;
-use super::raw::{RawEntry, RawHealth, RawKubernetes, RawTemplate};
+use super::raw::{RawEntry, RawHealth, RawKubernetes};
 use super::validate::{Collector, duration, entry};
 use crate::attest::k8s::{
     DEFAULT_CONTAINER_WAIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SNAPSHOT_TTL, KubeletConfig,
@@ -136,7 +136,7 @@ pub(super) fn kubernetes(
 
 pub(super) fn templates(
     errs: &mut Collector,
-    raw: &[RawTemplate],
+    raw: &[RawEntry],
     td: Option<&TrustDomain>,
     federated: &HashSet<TrustDomain>,
 ) -> Vec<Template> {
@@ -218,4 +218,66 @@ pub(super) fn templates(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn errors(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn templates_are_checked_at_load_with_the_pattern_named() {
+        let ok = Config::from_toml(
+            "[[template]]\nspiffe_id = \"spiffe://{trust_domain}/ns/{k8s:ns}/sa/{k8s:sa}\"\ndns_names = [\"{k8s:pod-name}.{k8s:ns}.svc\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.templates.len(), 1);
+        assert!(ok.templates[0].id.as_str().starts_with("tmpl-"));
+        let err = errors(
+            "[[template]]\nspiffe_id = \"spiffe://{trust_domain}/ns/{namespace}\"\n\n[[template]]\nspiffe_id = \"spiffe://other.org/ns/{k8s:ns}\"\n\n[[template]]\ndns_names = [\"x\"]\n\n[[template]]\nspiffe_id = \"spiffe://{trust_domain}/{k8s:sa}\"\nselectors = [\"k8s:bogus:1\"]\n",
+        );
+        for want in [
+            "template[0].spiffe_id",
+            "{namespace}",
+            "template[1].spiffe_id",
+            "spiffe://other.org/ns/{k8s:ns}",
+            "template[2].spiffe_id: missing",
+            "template[3].selectors[0]",
+            "4 problems",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_settings_are_checked() {
+        let ok =
+            Config::from_toml("[kubernetes]\nnode_name = \"node-a\"\ncontainer_wait = \"3s\"\n")
+                .unwrap();
+        let k = ok.kubernetes.unwrap();
+        assert_eq!(k.kubelet.url, "https://node-a:10250");
+        assert_eq!(k.container_wait, std::time::Duration::from_secs(3));
+        assert!(k.kubelet.token_path.is_some() && k.kubelet.ca_path.is_some());
+        let ro = Config::from_toml("[kubernetes]\nkubelet_url = \"http://127.0.0.1:10255\"\n")
+            .unwrap()
+            .kubernetes
+            .unwrap();
+        assert_eq!(ro.kubelet.token_path, None);
+        let off = Config::from_toml("[kubernetes]\nenabled = false\n").unwrap();
+        assert!(off.kubernetes.is_none());
+        let err = errors("[kubernetes]\nnode_name_env = \"LANYARD_TEST_UNSET_NODE\"\n");
+        assert!(
+            err.contains("LANYARD_TEST_UNSET_NODE") && err.contains("downward API"),
+            "{err}"
+        );
+        let err = errors(
+            "[kubernetes]\nkubelet_url = \"ftp://x\"\ncontainer_wait = \"10m\"\nsnapshot_ttl = \"soon\"\n",
+        );
+        for want in ["ftp://x", "kubernetes.container_wait", "\"soon\""] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+    }
 }

@@ -28,8 +28,10 @@ pub struct RawConfig {
     pub entries: Vec<RawEntry>,
     #[serde(default)]
     pub federation: Vec<RawFederation>,
+    /// `[[template]]`: an entry's fields, where `spiffe_id` and `dns_names` are patterns and
+    /// `selectors` may be empty.
     #[serde(default, rename = "template")]
-    pub templates: Vec<RawTemplate>,
+    pub templates: Vec<RawEntry>,
     pub kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     pub health: RawHealth,
@@ -55,25 +57,6 @@ pub struct RawKubernetes {
     pub snapshot_ttl: Option<String>,
     pub container_wait: Option<String>,
     pub request_timeout: Option<String>,
-}
-
-/// `[[template]]`: like an entry, but `spiffe_id` and `dns_names` are patterns and `selectors` may
-/// be empty.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTemplate {
-    pub spiffe_id: Option<String>,
-    #[serde(default)]
-    pub selectors: Vec<String>,
-    pub x509_ttl: Option<String>,
-    pub jwt_ttl: Option<String>,
-    #[serde(default)]
-    pub jwt_audiences: Vec<String>,
-    pub hint: Option<String>,
-    #[serde(default)]
-    pub dns_names: Vec<String>,
-    #[serde(default)]
-    pub federates_with: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
