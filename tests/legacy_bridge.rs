@@ -524,7 +524,7 @@ async fn settings_file_and_ready_endpoint() {
     std::fs::write(
         &file,
         format!(
-            "socket = \"{}\"\ncert_dir = \"/nonexistent/overridden\"\ncombined = true\nhealth_address = \"127.0.0.1:{port}\"\n",
+            "socket = \"{}\"\ncert_dir = \"/nonexistent/overridden\"\ncombined = true\nowner = \"65534:65533\"\nhealth_address = \"127.0.0.1:{port}\"\n",
             agent.endpoint()
         ),
     )
@@ -552,5 +552,21 @@ async fn settings_file_and_ready_endpoint() {
     // The flag's directory won over the file's; the file's `combined` applied.
     assert!(certs.join("svid.pem").exists() && certs.join("svid_combined.pem").exists());
     assert!(!Path::new("/nonexistent/overridden").exists());
+    // Owner and modes from the settings, on every file (root can hand files to another user).
+    if euid() == 0 {
+        for (f, mode) in [
+            ("svid_key.pem", 0o600),
+            ("svid.pem", 0o644),
+            ("svid_combined.pem", 0o600),
+            ("bundle.pem", 0o644),
+        ] {
+            let m = std::fs::metadata(certs.join(f)).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o777),
+                (65534, 65533, mode),
+                "{f}"
+            );
+        }
+    }
     agent.shutdown().await;
 }
