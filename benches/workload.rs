@@ -37,7 +37,55 @@ fn main() {
     );
     mint_throughput();
     attestation_cost();
+    k8s_lookup_cost();
     rt.block_on(fetch_latency());
+}
+
+/// The pod part of a Kubernetes attestation once the pod list is in the snapshot: cgroup parsing
+/// plus finding the container among 110 pods (the kubelet's default maximum) and building selectors.
+fn k8s_lookup_cost() {
+    use lanyard::attest::k8s::{cgroup, pods};
+    let hex = |i: usize, salt: &str| format!("{:0>64}", format!("{salt}{i:x}"));
+    let uid = |i: usize| format!("00000000-0000-4000-8000-{i:012x}");
+    let items: Vec<serde_json::Value> = (0..110)
+        .map(|i| {
+            serde_json::json!({
+                "metadata": {"name": format!("pod-{i}"), "namespace": "ns", "uid": uid(i),
+                    "labels": {"app": format!("app-{i}"), "tier": "web"},
+                    "ownerReferences": [{"kind": "ReplicaSet", "name": format!("rs-{i}")}]},
+                "spec": {"serviceAccountName": "sa", "nodeName": "node-a",
+                    "containers": [{"name": "main", "image": "registry.example/app:1"},
+                                   {"name": "sidecar", "image": "registry.example/proxy:1"}]},
+                "status": {"containerStatuses": [
+                    {"name": "main", "containerID": format!("containerd://{}", hex(i, "a")),
+                     "image": "registry.example/app:1", "imageID": "registry.example/app@sha256:00"},
+                    {"name": "sidecar", "containerID": format!("containerd://{}", hex(i, "b")),
+                     "image": "registry.example/proxy:1", "imageID": "registry.example/proxy@sha256:00"}]}
+            })
+        })
+        .collect();
+    let list: pods::PodList =
+        serde_json::from_value(serde_json::json!({"kind": "PodList", "items": items})).unwrap();
+    let target = 97;
+    let cgroup_text = format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope\n",
+        uid(target).replace('-', "_"),
+        hex(target, "a")
+    );
+    let mut samples = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        let location = cgroup::locate(&cgroup_text).unwrap().unwrap();
+        let pods::Found::Container(pod, status) = list.find(&location) else {
+            panic!("not found");
+        };
+        std::hint::black_box(pods::selectors(pod, status));
+        samples.push(t.elapsed());
+    }
+    report(
+        "k8s lookup (cgroup parse + find among 110 pods + selectors)",
+        samples,
+    );
 }
 
 /// Pinning plus unix attestation of this process through a real socket pair, warm caches.
