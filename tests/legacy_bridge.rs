@@ -40,14 +40,20 @@ struct Forcer {
 }
 
 impl Forcer {
-    async fn new(agent: &TestAgent, spiffe_id: &str, selector: String, dns: &[&str]) -> Self {
+    async fn new(
+        agent: &TestAgent,
+        spiffe_id: &str,
+        selector: String,
+        dns: &[&str],
+        ttl: &str,
+    ) -> Self {
         let mut admin = lanyard::client::connect_admin(&agent.running().admin_socket_path)
             .await
             .unwrap();
         let spec = EntrySpec {
             spiffe_id: spiffe_id.into(),
             selectors: vec![selector],
-            x509_ttl: "30m".into(),
+            x509_ttl: ttl.into(),
             dns_names: dns.iter().map(|s| s.to_string()).collect(),
             ..EntrySpec::default()
         };
@@ -70,7 +76,7 @@ impl Forcer {
     /// A new lifetime: the agent mints and pushes a new SVID.
     async fn rotate(&mut self) {
         self.n += 1;
-        self.spec.x509_ttl = format!("{}m", 30 + self.n);
+        self.spec.x509_ttl = format!("{}m", 60 + self.n);
         self.admin
             .update_entry(UpdateEntryRequest {
                 id: self.id.clone(),
@@ -134,8 +140,8 @@ fn https_get(config: &Arc<rustls::ClientConfig>, port: u16) -> Result<(String, S
 }
 
 /// nginx serves mTLS from the helper's files: a client with an SVID for another identity gets
-/// through, a forced rotation is picked up (the served serial changes) without a failed request,
-/// and a client whose certificate is not from the bundle is refused.
+/// through, the rotation of a short-lived (1 min) SVID is picked up (the served serial changes)
+/// without a failed request, and a client whose certificate is not from the bundle is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_serves_mtls_from_helper_files_across_a_rotation() {
     let Some(nginx) = nginx() else { return };
@@ -146,11 +152,13 @@ async fn nginx_serves_mtls_from_helper_files_across_a_rotation() {
         "[[entry]]\nspiffe_id = \"spiffe://example.org/client\"\nselectors = [\"unix:uid:65534\"]\n",
     )
     .await;
-    let mut server_entry = Forcer::new(
+    // A one-minute SVID: the agent rotates it by itself at about half its life.
+    let _server_entry = Forcer::new(
         &agent,
         "spiffe://example.org/nginx",
         "unix:uid:0".into(),
         &["legacy.test"],
+        "1m",
     )
     .await;
     let work = agent.dir.path().join("nginx");
@@ -278,7 +286,8 @@ http {{
         "nginx serves the helper's certificate"
     );
 
-    // A forced rotation while requests keep flowing: none fails, and nginx serves the new serial.
+    // The rotation (short TTL) while requests keep flowing: none fails, and nginx serves the new
+    // serial.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok_count, failures) = (
         Arc::new(AtomicUsize::new(0)),
@@ -309,8 +318,10 @@ http {{
         })
     };
     let old = serial_in_ready(&certs);
-    server_entry.rotate().await;
-    wait_until("new files", 10, || serial_in_ready(&certs) != old).await;
+    wait_until("the rotation of the 1-minute SVID", 50, || {
+        serial_in_ready(&certs) != old
+    })
+    .await;
     let new = serial_in_ready(&certs);
     wait_until("nginx to serve the new certificate", 10, || {
         get().is_ok_and(|(s, _)| s == new)
@@ -383,6 +394,7 @@ async fn a_reader_hammering_the_files_during_rotations_never_sees_a_bad_pair() {
         "spiffe://example.org/legacy",
         format!("unix:uid:{}", euid()),
         &[],
+        "30m",
     )
     .await;
     let certs = agent.dir.path().join("certs");
