@@ -582,3 +582,70 @@ async fn settings_file_and_ready_endpoint() {
     }
     agent.shutdown().await;
 }
+
+/// `bundle.pem` holds the own trust domain's roots only, unless asked: `--bundle-intermediates` adds
+/// the SVID's intermediate (upstream mode), `--bundle-federated` the federated trust domains' CAs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_options_add_intermediates_and_federated_cas() {
+    use lanyard::ca::bundle::{pem_block, pem_cert};
+    let dir = open_tempdir();
+    let day = Duration::from_secs(86400);
+    let td = lanyard::spiffe_id::TrustDomain::parse("example.org").unwrap();
+    let (key, root) =
+        lanyard::ca::mint::self_signed_root(&td, std::time::SystemTime::now(), day * 30).unwrap();
+    std::fs::write(dir.path().join("root.crt"), pem_cert(&root)).unwrap();
+    std::fs::write(
+        dir.path().join("root.key"),
+        pem_block("PRIVATE KEY", &key.serialize_der()),
+    )
+    .unwrap();
+    let partner = lanyard::spiffe_id::TrustDomain::parse("partner.org").unwrap();
+    let (_, partner_root) =
+        lanyard::ca::mint::self_signed_root(&partner, std::time::SystemTime::now(), day).unwrap();
+    std::fs::write(dir.path().join("partner.pem"), pem_cert(&partner_root)).unwrap();
+    let agent = TestAgent::start(&format!(
+        "[authority]\nmode = \"upstream\"\ncert_path = \"{d}/root.crt\"\nkey_path = \"{d}/root.key\"\n\n[[federation]]\ntrust_domain = \"partner.org\"\nbundle_path = \"{d}/partner.pem\"\n\n[[entry]]\nspiffe_id = \"spiffe://example.org/legacy\"\nselectors = [\"unix:uid:{uid}\"]\nfederates_with = [\"partner.org\"]\n",
+        d = dir.path().display(),
+        uid = euid()
+    ))
+    .await;
+    let once = |extra: &'static [&'static str], out: PathBuf| {
+        let ep = agent.endpoint();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let o = Command::new(lanyard_bin())
+                    .args(["helper", "--once", "--socket", &ep, "--cert-dir"])
+                    .arg(&out)
+                    .args(extra)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                CertificateDer::pem_file_iter(out.join("bundle.pem"))
+                    .unwrap()
+                    .map(|c| c.unwrap().to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let plain = once(&[], dir.path().join("plain")).await;
+    assert_eq!(plain, vec![root.to_vec()], "own roots only by default");
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(dir.path().join("plain/svid.pem"))
+        .unwrap()
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    assert_eq!(chain.len(), 2, "leaf + intermediate");
+    let with_inter = once(&["--bundle-intermediates"], dir.path().join("inter")).await;
+    assert_eq!(with_inter.len(), 2);
+    assert_eq!(with_inter[0], root.to_vec());
+    // The intermediate of the moment (the same one signed both fetches' leaves).
+    let (_, inter) = x509_parser::parse_x509_certificate(&with_inter[1]).unwrap();
+    assert!(
+        inter.is_ca(),
+        "the added certificate is the intermediate CA"
+    );
+    let with_fed = once(&["--bundle-federated"], dir.path().join("fed")).await;
+    assert_eq!(with_fed, vec![root.to_vec(), partner_root.to_vec()]);
+    agent.shutdown().await;
+}
