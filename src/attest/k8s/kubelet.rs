@@ -486,3 +486,65 @@ fn ambiguous(location: &Location, pods: Vec<String>) -> LookupError {
         pods: pods.join(", "),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn config(url: &str, ca: Option<PathBuf>) -> KubeletConfig {
+        KubeletConfig {
+            url: url.into(),
+            token_path: None,
+            ca_path: ca,
+            server_name: None,
+            skip_verify: false,
+            request_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The CA file is re-read when it changes (a rotated service-account CA), and only then.
+    #[test]
+    fn ca_is_reread_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        std::fs::write(&path, ca_pem()).unwrap();
+        let k = Kubelet::new(config("https://127.0.0.1:10250", Some(path.clone()))).unwrap();
+        let first = k.tls_config().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &k.tls_config().unwrap()),
+            "unchanged: reused"
+        );
+        // A new file in its place (as a Secret/ConfigMap volume update does: a new inode).
+        let tmp = dir.path().join("ca.new");
+        std::fs::write(&tmp, ca_pem()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &k.tls_config().unwrap()),
+            "changed: re-read"
+        );
+        std::fs::write(&path, "not a certificate").unwrap();
+        let err = k.tls_config().unwrap_err().to_string();
+        assert!(err.contains("ca.crt"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        for (url, want) in [
+            ("ftp://node:1", "scheme"),
+            ("not a url", "not a URL"),
+            ("https://", "not a URL"),
+        ] {
+            let err = Kubelet::new(config(url, None)).err().unwrap().to_string();
+            assert!(err.contains(want) && err.contains(url), "{url}: {err}");
+        }
+        let k = Kubelet::new(config("http://10.0.0.1", None)).unwrap();
+        assert_eq!((k.https, k.port), (false, 10255));
+    }
+}
