@@ -529,8 +529,8 @@ async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_name
     agent.shutdown().await;
 }
 
-/// A kubelet that is down, refuses the token, or sends garbage: pod callers get a clear error, the
-/// agent keeps serving processes outside pods.
+/// A kubelet that is down, refuses the token, or sends garbage: pod callers get a clear error (unless
+/// the last good answer listed their container), the agent keeps serving processes outside pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
     let Some(cg) =
@@ -567,6 +567,23 @@ async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // The kubelet breaks again: a container its last good answer listed keeps its pod facts (a
+    // container never moves to another pod; bounded to 5 minutes), one it never listed gets the
+    // error.
+    kubelet.serve(Answer::Garbage);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ids_in(&out).contains(&"spiffe://example.org/ns/shop/sa/cart".to_owned()));
+    let unseen = PodCgroup::create("a_broken_kubelet (second container)").unwrap();
+    let out = fetch_in(&unseen.leaf, &agent.endpoint(), &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unreadable pod list"),
+        "{}",
+        stderr(&out)
+    );
 
     // A kubelet that is not there at all (nothing listens on the port).
     let port = free_port();

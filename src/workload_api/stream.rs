@@ -168,6 +168,16 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             };
             let sent = match outcome {
                 Ok(()) => self.send_if_changed(&tx).await,
+                Err(
+                    e @ Error::Attestation {
+                        source: crate::attest::Error::Kubernetes { .. },
+                        ..
+                    },
+                ) => {
+                    // The pod could not be resolved (kubelet unreachable, never seen): say why.
+                    let _ = tx.send(Err(to_status(&e))).await;
+                    return;
+                }
                 Err(Error::Attestation { .. }) => {
                     tracing::debug!(pid, "caller gone during re-attestation; stream closed");
                     return;

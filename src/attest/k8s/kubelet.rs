@@ -27,6 +27,10 @@ use crate::selector::Selector;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 /// How long to wait between fresh snapshots while a container is missing.
 const POLL: Duration = Duration::from_millis(250);
+/// While the kubelet cannot be asked, a container found in the last good pod list (younger than
+/// this) keeps its facts: a container ID never moves to another pod, so only label changes can be
+/// missed meanwhile. Containers the agent has not seen in a good list get the kubelet's error.
+pub const MAX_STALE: Duration = Duration::from_secs(300);
 
 /// Where and how to reach the kubelet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,8 +404,30 @@ impl PodCache {
     }
 
     /// The selectors of `location`, waiting for fresh snapshots up to the configured deadline while
-    /// the container is missing.
+    /// the container is missing. When the kubelet cannot be asked, the last good pod list serves
+    /// containers it lists, up to [`MAX_STALE`].
     pub async fn lookup(&self, location: &Location) -> Result<Vec<Selector>, LookupError> {
+        let error = match self.lookup_fresh(location).await {
+            Err(LookupError::Kubelet(e)) => e,
+            other => return other,
+        };
+        let latest = self.latest.read().ok().and_then(|l| l.clone());
+        if let Some(latest) = latest
+            && latest.requested.elapsed() < MAX_STALE
+            && let Found::Container(pod, status) = latest.pods.find(location)
+        {
+            tracing::warn!(
+                container = %location.container_id,
+                age = ?latest.requested.elapsed(),
+                %error,
+                "kubelet unavailable; using the pod facts of its last good answer for this container"
+            );
+            return Ok(selectors(pod, status));
+        }
+        Err(LookupError::Kubelet(error))
+    }
+
+    async fn lookup_fresh(&self, location: &Location) -> Result<Vec<Selector>, LookupError> {
         let start = Instant::now();
         let deadline = start + self.wait;
         let mut since = start.checked_sub(self.ttl).unwrap_or(start);
