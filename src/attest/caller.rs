@@ -32,6 +32,8 @@ pub struct Caller {
     pidfd: Arc<Pidfd>,
     source: PidfdSource,
     accepted_boottime_ns: u64,
+    /// The pidfs inode of the pidfd, looked up once per connection.
+    instance: std::sync::OnceLock<Option<u64>>,
 }
 
 /// A caller whose `/proc` directory is open and proven to belong to it.
@@ -59,7 +61,13 @@ impl Caller {
             pidfd: Arc::new(pidfd),
             source,
             accepted_boottime_ns,
+            instance: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The pidfs inode of the caller's pidfd (see [`Pidfd::instance`]), computed once.
+    fn instance(&self) -> Option<u64> {
+        *self.instance.get_or_init(|| self.pidfd.instance())
     }
 
     /// The pidfd taken at accept (readable once the caller exits).
@@ -82,10 +90,10 @@ impl PinnedProcess {
     pub fn pin(caller: &Caller) -> Result<Self, Error> {
         let pid = caller.cred.pid;
         let dir = ProcDir::open(pid)?;
-        let start_ticks = dir.start_time_ticks()?;
         if caller.source == PidfdSource::PidOpenAtAccept {
             // Without SO_PEERPIDFD the pidfd was opened by PID, which a newcomer could hold. A process
             // that started after the connection was accepted cannot be the one that connected.
+            let start_ticks = dir.start_time_ticks()?;
             let started_ns =
                 start_ticks.saturating_mul(1_000_000_000 / sys::clock_ticks_per_second());
             if started_ns > caller.accepted_boottime_ns {
@@ -95,7 +103,7 @@ impl PinnedProcess {
         let pinned = Self {
             cred: caller.cred,
             pidfd: caller.pidfd.clone(),
-            instance: match caller.pidfd.instance() {
+            instance: match caller.instance() {
                 Some(ino) => ino,
                 None => dir.start_time_ticks()?,
             },
