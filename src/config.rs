@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::registry::Entry;
 use crate::spiffe_id::TrustDomain;
 
-pub use raw::{RawConfig, RawEntry};
+pub use raw::{RawConfig, RawEntry, toml_error};
 pub(crate) use validate::{valid_dns_name, validate_entry};
 
 /// Trust domain when none is configured.

@@ -102,7 +102,7 @@ pub fn parse_addr(text: &str) -> Result<Option<SocketAddr>, String> {
     })
 }
 
-/// A one-shot `GET` of `path` on a health endpoint: (status code, body). For tests and the CLI.
+/// A one-shot `GET` of `path` on a health endpoint: (status code, body). Used by the tests.
 pub async fn probe(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;

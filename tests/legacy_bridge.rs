@@ -224,19 +224,11 @@ http {{
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
-    let (ep, cd) = (agent.endpoint(), client_dir.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        use std::os::unix::process::CommandExt;
-        Command::new(lanyard_bin())
-            .args(["fetch", "x509", "--socket", &ep, "--write"])
-            .arg(&cd)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let (ep, cd) = (agent.endpoint(), client_dir.display().to_string());
+    let out =
+        tokio::task::spawn_blocking(move || fetch_as_with(65534, 65534, &ep, &["--write", &cd]))
+            .await
+            .unwrap();
     assert!(
         out.status.success(),
         "{}",

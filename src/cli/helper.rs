@@ -14,7 +14,8 @@ use crate::helper::{self, HelperConfig};
 pub struct Args {
     /// Settings file (TOML) with the same names as the flags (socket, cert_dir, once, cmd, args,
     /// signal, pid_file, reload_cmd, jwt_audiences, owner, combined, bundle_federated,
-    /// bundle_intermediates, health_address). Flags win over the file.
+    /// bundle_intermediates, health_address). A flag given wins over the file; a yes/no flag can only
+    /// switch its setting on.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
     /// Agent endpoint (default: $SPIFFE_ENDPOINT_SOCKET, else /run/lanyard/workload.sock).
@@ -215,12 +216,11 @@ fn read_file(path: &Path) -> Result<RawHelper, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--config: cannot read {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-            .map(|l| format!(" (line {l})"))
-            .unwrap_or_default();
-        format!("{}: {}{line}", path.display(), e.message())
+        format!(
+            "{}: {}",
+            path.display(),
+            crate::config::toml_error(&text, &e)
+        )
     })
 }
 

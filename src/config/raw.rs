@@ -137,17 +137,22 @@ impl RawConfig {
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Errors> {
         toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|span| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
             Errors(vec![FieldError {
                 field: origin.into(),
-                message: format!("{}{at}", e.message()),
+                message: toml_error(text, &e),
             }])
         })
     }
+}
+
+/// A TOML parse error as a message naming the line it is on.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let at = e
+        .span()
+        .map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        })
+        .unwrap_or_default();
+    format!("{}{at}", e.message())
 }

@@ -136,9 +136,15 @@ pub fn lanyard_bin() -> &'static str {
 
 /// Runs `lanyard fetch x509 --json` as `uid` against `endpoint`.
 pub fn fetch_as(uid: u32, gid: u32, endpoint: &str) -> Output {
+    fetch_as_with(uid, gid, endpoint, &[])
+}
+
+/// Runs `lanyard fetch x509 --json` plus `extra` (such as `--write DIR`) as `uid` against `endpoint`.
+pub fn fetch_as_with(uid: u32, gid: u32, endpoint: &str, extra: &[&str]) -> Output {
     use std::os::unix::process::CommandExt;
     Command::new(lanyard_bin())
         .args(["fetch", "x509", "--json", "--socket", endpoint])
+        .args(extra)
         .uid(uid)
         .gid(gid)
         .env_remove("SPIFFE_ENDPOINT_SOCKET")

@@ -194,8 +194,34 @@ impl Kubelet {
         Ok(Some(token.to_owned()))
     }
 
-    /// The TLS configuration, rebuilt when the CA file changes (a rotated service-account CA).
+    /// The TLS configuration, rebuilt only when the CA file changes (a rotated service-account CA):
+    /// a request costs one `stat` of the CA file.
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
+        // What identifies the trust anchors: the CA file's identity and change time (nothing when
+        // verification is skipped).
+        let (stamp, ca_path) = if self.config.skip_verify {
+            ((0, 0, 0, 0), None)
+        } else {
+            let Some(path) = &self.config.ca_path else {
+                return Err(Error::Ca {
+                    path: "(none)".into(),
+                    why:
+                        "HTTPS to the kubelet needs kubelet_ca_path (or skip_kubelet_verification)"
+                            .into(),
+                });
+            };
+            let meta = std::fs::metadata(path).map_err(|e| ca_error(path, e.to_string()))?;
+            (
+                (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec()),
+                Some(path),
+            )
+        };
+        let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_ref()
+            && c.stamp == stamp
+        {
+            return Ok(c.config.clone());
+        }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -203,55 +229,27 @@ impl Kubelet {
                 path: String::new(),
                 why: e.to_string(),
             })?;
-        if self.config.skip_verify {
-            let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = cache.as_ref() {
-                return Ok(c.config.clone());
+        let config = Arc::new(match ca_path {
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth(),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| ca_error(path, e.to_string()))?;
+                let mut roots = rustls::RootCertStore::empty();
+                use rustls::pki_types::pem::PemObject;
+                for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                    let der = der.map_err(|e| ca_error(path, format!("not PEM: {e}")))?;
+                    roots
+                        .add(der)
+                        .map_err(|e| ca_error(path, format!("not a CA certificate: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(ca_error(path, "no PEM certificates in the file".into()));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
             }
-            let config = Arc::new(
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-                    .with_no_client_auth(),
-            );
-            *cache = Some(TlsCache {
-                stamp: (0, 0, 0, 0),
-                config: config.clone(),
-            });
-            return Ok(config);
-        }
-        let Some(path) = &self.config.ca_path else {
-            return Err(Error::Ca {
-                path: "(none)".into(),
-                why: "HTTPS to the kubelet needs kubelet_ca_path (or skip_kubelet_verification)"
-                    .into(),
-            });
-        };
-        let bad = |why: String| Error::Ca {
-            path: path.display().to_string(),
-            why,
-        };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        let stamp = (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec());
-        let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.as_ref()
-            && c.stamp == stamp
-        {
-            return Ok(c.config.clone());
-        }
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-            let der = der.map_err(|e| bad(format!("not PEM: {e}")))?;
-            roots
-                .add(der)
-                .map_err(|e| bad(format!("not a CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("no PEM certificates in the file".into()));
-        }
-        let config = Arc::new(builder.with_root_certificates(roots).with_no_client_auth());
+        });
         *cache = Some(TlsCache {
             stamp,
             config: config.clone(),
@@ -262,6 +260,13 @@ impl Kubelet {
     /// The configured base URL.
     pub fn url(&self) -> &str {
         &self.config.url
+    }
+}
+
+fn ca_error(path: &std::path::Path, why: String) -> Error {
+    Error::Ca {
+        path: path.display().to_string(),
+        why,
     }
 }
 
