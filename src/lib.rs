@@ -1,5 +1,6 @@
 //! lanyard: a per-node SPIFFE agent that gives every process a short-lived identity bound to the
-//! exact process that asked. See `DESIGN.md` in the repository for the map.
+//! exact process that asked. See `docs/ARCHITECTURE.md` for the map and `docs/SPEC.md` for the
+//! SPIFFE rules (EP-2, X5-3, ...) the code cites.
 
 pub mod admin_api;
 pub mod app;

@@ -5,6 +5,7 @@
 //! of their own beyond what they last sent.
 
 pub mod exec_hub;
+pub mod h2_normalize;
 pub mod header;
 mod jwt;
 pub mod listener;

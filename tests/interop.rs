@@ -44,6 +44,57 @@ async fn spiffe_crate_x509_source_and_context() {
     );
     let bundles = client.fetch_x509_bundles().await.unwrap();
     assert!(bundles.get(&td).is_some());
+    record_interop(
+        "rust",
+        "sources",
+        &serde_json::json!({
+            "library": "spiffe (crates.io)",
+            "exercised": ["X509Source", "fetch_x509_context", "fetch_x509_bundles"],
+        }),
+    );
+    source.shutdown().await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn spiffe_crate_jwt_source_and_validation() {
+    let agent = TestAgent::start(&entry("/svc", euid())).await;
+    let source = spiffe::JwtSource::builder()
+        .endpoint(agent.endpoint())
+        .build()
+        .await
+        .expect("JwtSource connects");
+    let svid = source.fetch_jwt_svid(["db.example"]).await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/svc");
+    // Validated locally against the JWT bundle the source holds, then by the agent.
+    let parsed = spiffe::JwtSvid::parse_and_validate(svid.token(), &source, &["db.example"])
+        .expect("local validation against the source's bundle");
+    assert_eq!(parsed.spiffe_id().to_string(), "spiffe://example.org/svc");
+    assert!(
+        spiffe::JwtSvid::parse_and_validate(svid.token(), &source, &["other"]).is_err(),
+        "a wrong audience is refused"
+    );
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let validated = client
+        .validate_jwt_token("db.example", svid.token())
+        .await
+        .expect("ValidateJWTSVID");
+    assert_eq!(
+        validated.spiffe_id().to_string(),
+        "spiffe://example.org/svc"
+    );
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    assert!(client.fetch_jwt_bundles().await.unwrap().get(&td).is_some());
+    record_interop(
+        "rust",
+        "jwt",
+        &serde_json::json!({
+            "library": "spiffe (crates.io)",
+            "exercised": ["JwtSource", "JwtSvid::parse_and_validate", "validate_jwt_token", "fetch_jwt_bundles"],
+        }),
+    );
     source.shutdown().await;
     agent.shutdown().await;
 }
@@ -173,6 +224,14 @@ async fn spiffe_rustls_mtls_between_two_workloads() {
     assert!(
         !wrong_server.status.success(),
         "the client must refuse a server with an unexpected ID"
+    );
+    record_interop(
+        "rust",
+        "mtls",
+        &serde_json::json!({
+            "library": "spiffe-rustls (crates.io)",
+            "exercised": ["mtls_server", "mtls_client", "authorizer::exact"],
+        }),
     );
     source.shutdown().await;
     agent.shutdown().await;

@@ -8,12 +8,14 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 
+use super::h2_normalize::Normalizer;
 use crate::attest::Caller;
 
 /// Why the socket could not be bound.
@@ -81,10 +83,16 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener, BindE
 #[derive(Clone, Debug)]
 pub struct PeerInfo(pub Arc<Result<Caller, String>>);
 
-/// An accepted connection with its peer.
+/// An accepted connection with its peer. What the client sends reaches h2 through the
+/// [`Normalizer`], which drops the meaningless `:authority` every gRPC stack fills differently.
 pub struct PeerStream {
     inner: UnixStream,
     peer: PeerInfo,
+    normalizer: Normalizer,
+    /// Read from the socket, not yet consumed by the normaliser (a partial frame).
+    pending: BytesMut,
+    /// Normalised, not yet handed to h2.
+    ready: BytesMut,
 }
 
 impl PeerStream {
@@ -97,6 +105,9 @@ impl PeerStream {
         Self {
             inner,
             peer: PeerInfo(Arc::new(peer)),
+            normalizer: Normalizer::new(),
+            pending: BytesMut::new(),
+            ready: BytesMut::new(),
         }
     }
 }
@@ -110,11 +121,33 @@ impl Connected for PeerStream {
 
 impl AsyncRead for PeerStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.normalizer.is_closed() {
+                // Refused: h2 has its GOAWAY frame; now the connection reads as closed.
+                return Poll::Ready(Ok(()));
+            }
+            // The socket is read into h2's own buffer, used here as scratch space (no buffer of
+            // our own per connection); the bytes are moved out before anything is handed over.
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Ok(()));
+            }
+            this.pending.extend_from_slice(&buf.filled()[before..]);
+            buf.set_filled(before);
+            this.normalizer.feed(&mut this.pending, &mut this.ready);
+        }
     }
 }
 

@@ -229,6 +229,29 @@ pub async fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
     }
 }
 
+/// Where `tests/interop/setup.sh` prepares the client-matrix programs and where every interop run
+/// records what it exercised (`results/`), for `tests/interop/table.py`.
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("interop")
+}
+
+/// Records one interop run (library, version, what it exercised) for the README's client table.
+pub fn record_interop(language: &str, case: &str, report: &serde_json::Value) {
+    let dir = interop_dir().join("results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut record = report.clone();
+    record["language"] = language.into();
+    record["case"] = case.into();
+    std::fs::write(
+        dir.join(format!("{language}-{case}.json")),
+        record.to_string(),
+    )
+    .unwrap();
+}
+
 /// Stops a child process (SIGTERM, then SIGKILL after 5 s) if the test ends before it does.
 pub struct KillOnDrop(pub Option<std::process::Child>);
 

@@ -1,0 +1,292 @@
+//! The client matrix: the SPIFFE ecosystem's own libraries, in their own languages and with their
+//! default settings (only SPIFFE_ENDPOINT_SOCKET set), against a live agent.
+//!
+//! - Python: PyPI `spiffe` on grpcio (gRPC C core, which percent-encodes the socket path into
+//!   `:authority`);
+//! - Go: `github.com/spiffe/go-spiffe/v2` (grpc-go), including a watched rotation and mutual TLS
+//!   between two workloads of different uids;
+//! - Java: `io.spiffe:java-spiffe-core` (grpc-java on netty epoll).
+//!
+//! The programs live under `tests/interop/<language>/` and are prepared by `tests/interop/setup.sh`
+//! (venv, Go modules, Maven artifacts, all cached under the target directory). Each run writes what
+//! it exercised to `target/interop/results/`, from which `tests/interop/table.py` renders the
+//! README's "Clients known to work" table. A missing toolchain fails the run under `CI=true`;
+//! elsewhere it prints one loud SKIPPED line.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Prepares one client language once per test binary. False (after one loud SKIPPED line) when its
+/// toolchain is missing outside CI; under CI a missing toolchain or a failed setup fails the test.
+fn prepare(lang: &str, tools: &[&str], test: &str) -> bool {
+    static DONE: Mutex<Option<HashMap<String, Result<(), String>>>> = Mutex::new(None);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let map = done.get_or_insert_with(HashMap::new);
+    let result = map
+        .entry(lang.to_owned())
+        .or_insert_with(|| {
+            for tool in tools {
+                let found = Command::new("sh")
+                    .args(["-c", &format!("command -v {tool}")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !found {
+                    return Err(format!("needs {tool}"));
+                }
+            }
+            let out = Command::new("bash")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/interop/setup.sh"
+                ))
+                .arg(lang)
+                .env("LANYARD_INTEROP_DIR", interop_dir())
+                .output()
+                .map_err(|e| format!("cannot run setup.sh: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "setup.sh {lang} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone();
+    match result {
+        Ok(()) => true,
+        Err(why) if in_ci() => panic!("{test}: {why} (CI=true: a missing client fails the run)"),
+        Err(why) => {
+            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            false
+        }
+    }
+}
+
+fn entry(path: &str, uid: u32) -> String {
+    format!(
+        "[[entry]]\nspiffe_id = \"spiffe://example.org{path}\"\nselectors = [\"unix:uid:{uid}\"]\n"
+    )
+}
+
+/// How long one client program may take before the test fails (clients retry failed calls forever).
+const CLIENT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs a prepared client with only SPIFFE_ENDPOINT_SOCKET pointing at the agent; a client still
+/// running at the deadline is killed and what it printed is returned with a failed status.
+fn run(mut cmd: Command, agent: &TestAgent) -> Output {
+    let child = cmd
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = std::thread::spawn(move || {
+        let until = Instant::now() + CLIENT_DEADLINE;
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+            // SAFETY: kill(pid, 0) only probes whether our child still exists.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return;
+            }
+        }
+        eprintln!("client {pid} still running after {CLIENT_DEADLINE:?}: killing it");
+        // SAFETY: our own child, not yet reaped (wait_with_output below reaps it).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = deadline.join();
+    out
+}
+
+/// Checks a client's exit and its one JSON line, records it for the README table, returns it.
+fn accept(lang: &str, case: &str, out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{lang} {case} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!("{lang} {case}: no JSON line in {stdout}");
+        });
+    let report: serde_json::Value = serde_json::from_str(line).unwrap();
+    record_interop(lang, case, &report);
+    report
+}
+
+fn exercised(report: &serde_json::Value) -> Vec<&str> {
+    report["exercised"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_spiffe_library_with_default_options() {
+    if !prepare(
+        "python",
+        &["python3"],
+        "python_spiffe_library_with_default_options",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&entry("/python", euid())).await;
+    let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/python/client.py"
+    ))
+    .args(["spiffe://example.org/python", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("python", "sources", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "X509Source",
+            "JwtSource",
+            "fetch_x509_bundles",
+            "fetch_jwt_bundles",
+            "validate_jwt_svid"
+        ]
+    );
+    agent.shutdown().await;
+}
+
+fn go_bin() -> PathBuf {
+    interop_dir().join("bin/interop-go")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_sources_and_jwt_validation() {
+    if !prepare("go", &["go"], "go_spiffe_sources_and_jwt_validation") {
+        return;
+    }
+    let agent = TestAgent::start(&entry("/go", euid())).await;
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["sources", "spiffe://example.org/go", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("go", "sources", &out);
+    assert_eq!(report["validated"], "spiffe://example.org/go");
+    assert!(exercised(&report).contains(&"jwtsvid.ParseAndValidate"));
+    agent.shutdown().await;
+}
+
+/// go-spiffe's watcher sees a 1-minute SVID rotate on its open stream (at about half-life).
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_watch_follows_a_rotation() {
+    if !prepare("go", &["go"], "go_spiffe_watch_follows_a_rotation") {
+        return;
+    }
+    let cfg = format!("[svid]\nx509_ttl = \"1m\"\n{}", entry("/rotating", euid()));
+    let agent = TestAgent::start(&cfg).await;
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["watch", "spiffe://example.org/rotating", "2", "75"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("go", "watch", &out);
+    let serials = report["serials"].as_array().unwrap();
+    assert_eq!(serials.len(), 2, "two distinct SVIDs: {report}");
+    assert_ne!(serials[0], serials[1]);
+    agent.shutdown().await;
+}
+
+/// Two go-spiffe workloads of different uids complete mutual TLS with `spiffetls`, each
+/// authorizing the other's SPIFFE ID.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_mtls_between_two_uids() {
+    if !require_root("go_spiffe_mtls_between_two_uids")
+        || !prepare("go", &["go"], "go_spiffe_mtls_between_two_uids")
+    {
+        return;
+    }
+    let cfg = format!("{}{}", entry("/server", 0), entry("/client", 65534));
+    let agent = TestAgent::start(&cfg).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Command::new(go_bin())
+        .args(["mtls-server", &addr, "spiffe://example.org/client"])
+        .env_clear()
+        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(Some(server));
+    let stdout = server.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::task::block_in_place(|| lines.next());
+    assert_eq!(
+        first.and_then(Result::ok).as_deref(),
+        Some("listening"),
+        "server did not start"
+    );
+    let mut client = Command::new(go_bin());
+    client
+        .args(["mtls-client", &addr, "spiffe://example.org/server"])
+        .uid(65534)
+        .gid(65534);
+    let out = tokio::task::block_in_place(|| run(client, &agent));
+    let mut report = accept("go", "mtls", &out);
+    assert_eq!(
+        report["reply"],
+        "hello spiffe://example.org/client, you said ping\n"
+    );
+    let server_line = tokio::task::block_in_place(|| lines.next())
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let server: serde_json::Value = serde_json::from_str(&server_line)
+        .unwrap_or_else(|e| panic!("server report {server_line:?}: {e}"));
+    assert_eq!(server["peer"], "spiffe://example.org/client");
+    report["exercised"] = serde_json::json!(["spiffetls.Listen", "spiffetls.Dial"]);
+    record_interop("go", "mtls", &report);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn java_spiffe_sources_with_default_options() {
+    if !prepare(
+        "java",
+        &["java", "mvn"],
+        "java_spiffe_sources_with_default_options",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&entry("/java", euid())).await;
+    let classpath = std::fs::read_to_string(interop_dir().join("java.classpath")).unwrap();
+    let mut cmd = Command::new("java");
+    cmd.arg("-cp")
+        .arg(format!(
+            "{}:{}",
+            interop_dir().join("java/classes").display(),
+            classpath.trim()
+        ))
+        .args(["interop.Main", "spiffe://example.org/java", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("java", "sources", &out);
+    assert!(exercised(&report).contains(&"DefaultX509Source"));
+    assert!(exercised(&report).contains(&"DefaultJwtSource"));
+    agent.shutdown().await;
+}

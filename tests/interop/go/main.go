@@ -1,0 +1,234 @@
+// Command interop drives github.com/spiffe/go-spiffe/v2 against a live lanyard agent with the
+// library's default options: the agent is found through SPIFFE_ENDPOINT_SOCKET only.
+//
+//	interop sources ID AUDIENCE      X509Source, JWTSource, jwtsvid validation against the bundle
+//	interop watch ID N TIMEOUT       WatchX509Context until N distinct SVID serials were seen
+//	interop mtls-server ADDR PEER_ID spiffetls listener; answers one client, then exits
+//	interop mtls-client ADDR PEER_ID spiffetls dial; prints what the server answered
+//
+// Each prints one JSON line on success and exits 1 with the reason on failure.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "interop check failed: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func report(fields map[string]any) {
+	fields["library"] = "github.com/spiffe/go-spiffe/v2"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range info.Deps {
+			if dep.Path == "github.com/spiffe/go-spiffe/v2" {
+				fields["version"] = dep.Version
+			}
+		}
+	}
+	out, _ := json.Marshal(fields)
+	fmt.Println(string(out))
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fail("usage: interop sources|watch|mtls-server|mtls-client ...")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	switch os.Args[1] {
+	case "sources":
+		sources(ctx, os.Args[2], os.Args[3])
+	case "watch":
+		n, _ := strconv.Atoi(os.Args[3])
+		secs, _ := strconv.Atoi(os.Args[4])
+		watch(ctx, os.Args[2], n, time.Duration(secs)*time.Second)
+	case "mtls-server":
+		mtlsServer(ctx, os.Args[2], os.Args[3])
+	case "mtls-client":
+		mtlsClient(ctx, os.Args[2], os.Args[3])
+	default:
+		fail("unknown command %q", os.Args[1])
+	}
+}
+
+func sources(ctx context.Context, want, audience string) {
+	x509Source, err := workloadapi.NewX509Source(ctx)
+	if err != nil {
+		fail("NewX509Source: %v", err)
+	}
+	defer x509Source.Close()
+	svid, err := x509Source.GetX509SVID()
+	if err != nil {
+		fail("GetX509SVID: %v", err)
+	}
+	if svid.ID.String() != want {
+		fail("X509Source SVID %s, want %s", svid.ID, want)
+	}
+	// The chain verifies against the bundle the source holds, as a TLS peer would check it.
+	if _, _, err := x509svid.Verify(svid.Certificates, x509Source); err != nil {
+		fail("x509svid.Verify against the source's bundle: %v", err)
+	}
+
+	jwtSource, err := workloadapi.NewJWTSource(ctx)
+	if err != nil {
+		fail("NewJWTSource: %v", err)
+	}
+	defer jwtSource.Close()
+	token, err := jwtSource.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
+	if err != nil {
+		fail("FetchJWTSVID: %v", err)
+	}
+	if token.ID.String() != want {
+		fail("JWT-SVID subject %s, want %s", token.ID, want)
+	}
+	parsed, err := jwtsvid.ParseAndValidate(token.Marshal(), jwtSource, []string{audience})
+	if err != nil {
+		fail("jwtsvid.ParseAndValidate against the JWT bundle: %v", err)
+	}
+	if _, err := jwtsvid.ParseAndValidate(token.Marshal(), jwtSource, []string{"not-" + audience}); err == nil {
+		fail("a wrong audience was accepted")
+	}
+
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	defer client.Close()
+	validated, err := client.ValidateJWTSVID(ctx, token.Marshal(), audience)
+	if err != nil {
+		fail("ValidateJWTSVID: %v", err)
+	}
+	bundles, err := client.FetchX509Bundles(ctx)
+	if err != nil {
+		fail("FetchX509Bundles: %v", err)
+	}
+	if _, err := bundles.GetX509BundleForTrustDomain(svid.ID.TrustDomain()); err != nil {
+		fail("FetchX509Bundles lacks the own bundle: %v", err)
+	}
+	jwtBundles, err := client.FetchJWTBundles(ctx)
+	if err != nil {
+		fail("FetchJWTBundles: %v", err)
+	}
+	if _, err := jwtBundles.GetJWTBundleForTrustDomain(svid.ID.TrustDomain()); err != nil {
+		fail("FetchJWTBundles lacks the own bundle: %v", err)
+	}
+	report(map[string]any{
+		"spiffe_id": parsed.ID.String(),
+		"validated": validated.ID.String(),
+		"exercised": []string{"NewX509Source", "x509svid.Verify", "NewJWTSource", "jwtsvid.ParseAndValidate",
+			"ValidateJWTSVID", "FetchX509Bundles", "FetchJWTBundles"},
+	})
+}
+
+// watcher counts the distinct SVID serials it is shown.
+type watcher struct {
+	want    string
+	serials map[string]bool
+	order   []string
+	done    chan struct{}
+	n       int
+}
+
+func (w *watcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
+	svid := c.DefaultSVID()
+	if svid.ID.String() != w.want {
+		fail("watched SVID %s, want %s", svid.ID, w.want)
+	}
+	serial := svid.Certificates[0].SerialNumber.String()
+	if !w.serials[serial] {
+		w.serials[serial] = true
+		w.order = append(w.order, serial)
+		if len(w.order) == w.n {
+			close(w.done)
+		}
+	}
+}
+
+func (w *watcher) OnX509ContextWatchError(err error) {
+	fmt.Fprintf(os.Stderr, "watch error (the library retries): %v\n", err)
+}
+
+func watch(ctx context.Context, want string, n int, timeout time.Duration) {
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	defer client.Close()
+	w := &watcher{want: want, serials: map[string]bool{}, done: make(chan struct{}), n: n}
+	watchCtx, stop := context.WithTimeout(ctx, timeout)
+	defer stop()
+	go func() {
+		_ = client.WatchX509Context(watchCtx, w)
+	}()
+	select {
+	case <-w.done:
+	case <-watchCtx.Done():
+		fail("saw %d distinct SVIDs in %s, want %d", len(w.order), timeout, n)
+	}
+	report(map[string]any{"spiffe_id": want, "serials": w.order, "exercised": []string{"WatchX509Context"}})
+}
+
+func mtlsServer(ctx context.Context, addr, peer string) {
+	peerID := spiffeid.RequireFromString(peer)
+	listener, err := spiffetls.Listen(ctx, "tcp", addr, tlsconfig.AuthorizeID(peerID))
+	if err != nil {
+		fail("spiffetls.Listen: %v", err)
+	}
+	defer listener.Close()
+	fmt.Println("listening")
+	conn, err := listener.Accept()
+	if err != nil {
+		fail("accept: %v", err)
+	}
+	defer conn.Close()
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		fail("read: %v", err)
+	}
+	id, err := spiffetls.PeerIDFromConn(conn)
+	if err != nil {
+		fail("PeerIDFromConn: %v", err)
+	}
+	fmt.Fprintf(conn, "hello %s, you said %s", id, line)
+	report(map[string]any{"peer": id.String(), "exercised": []string{"spiffetls.Listen"}})
+}
+
+func mtlsClient(ctx context.Context, addr, peer string) {
+	peerID := spiffeid.RequireFromString(peer)
+	var conn net.Conn
+	var err error
+	for i := 0; i < 50; i++ {
+		conn, err = spiffetls.Dial(ctx, "tcp", addr, tlsconfig.AuthorizeID(peerID))
+		if err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		fail("spiffetls.Dial: %v", err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "ping\n")
+	reply, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		fail("read: %v", err)
+	}
+	report(map[string]any{"reply": reply, "exercised": []string{"spiffetls.Dial"}})
+}

@@ -1,0 +1,80 @@
+"""The official Python SPIFFE library (PyPI `spiffe`, on grpcio) against a live lanyard agent.
+
+Default options only: the library finds the agent through SPIFFE_ENDPOINT_SOCKET, as a user's
+program does. Usage: client.py EXPECTED_SPIFFE_ID AUDIENCE. Prints one JSON line naming what was
+exercised; any failure raises and exits non-zero.
+"""
+
+import json
+import sys
+from importlib.metadata import version
+
+from spiffe import JwtSource, JwtSvid, WorkloadApiClient, X509Source
+
+
+def check(cond, what):
+    if not cond:
+        raise SystemExit(f"interop check failed: {what}")
+
+
+def main():
+    want_id, audience = sys.argv[1], sys.argv[2]
+    done = []
+
+    with X509Source() as source:
+        svid = source.get_x509_context().default_svid
+        check(str(svid.spiffe_id) == want_id, f"X509Source SVID {svid.spiffe_id} != {want_id}")
+        td = svid.spiffe_id.trust_domain
+        bundle = source.get_bundle_for_trust_domain(td)
+        check(bundle is not None and bundle.x509_authorities, "X509Source has the own bundle")
+        # The leaf chains to a CA of the bundle (issuer name and signature).
+        leaf = svid.leaf
+        chain = svid.cert_chain
+        top = chain[-1]
+        check(
+            any(top.issuer == ca.subject and top.verify_directly_issued_by(ca) is None
+                for ca in bundle.x509_authorities),
+            "SVID chain verifies against the bundle",
+        )
+        check(leaf.public_key().public_numbers() == svid.private_key.public_key().public_numbers(),
+              "private key matches the leaf")
+        done.append("X509Source")
+
+    with JwtSource() as jwt_source:
+        token = jwt_source.fetch_svid(audience={audience})
+        check(str(token.spiffe_id) == want_id, f"JWT-SVID subject {token.spiffe_id}")
+        check(token.audience == {audience}, f"JWT-SVID audience {token.audience}")
+        jwt_bundle = jwt_source.get_bundle_for_trust_domain(token.spiffe_id.trust_domain)
+        check(jwt_bundle is not None and jwt_bundle.jwt_authorities, "JwtSource has the JWT bundle")
+        # Validated locally against the JWT bundle the source fetched.
+        local = JwtSvid.parse_and_validate(token.token, jwt_bundle, {audience})
+        check(str(local.spiffe_id) == want_id, "local validation gives the subject")
+        done.append("JwtSource")
+
+    with WorkloadApiClient() as client:
+        bundles = client.fetch_x509_bundles()
+        check(bundles.get_bundle_for_trust_domain(td) is not None, "fetch_x509_bundles has the own bundle")
+        done.append("fetch_x509_bundles")
+        jwt_bundles = client.fetch_jwt_bundles()
+        check(jwt_bundles.get_bundle_for_trust_domain(td) is not None, "fetch_jwt_bundles has the own bundle")
+        done.append("fetch_jwt_bundles")
+        svid2 = client.fetch_jwt_svid(audience={audience})
+        checked = client.validate_jwt_svid(svid2.token, audience)
+        check(str(checked.spiffe_id) == want_id, "validate_jwt_svid gives the subject")
+        try:
+            client.validate_jwt_svid(svid2.token, "not-" + audience)
+            raise SystemExit("interop check failed: a wrong audience was accepted")
+        except Exception as e:  # the library raises its own error type for a refused token
+            check("audience" in str(e).lower() or "invalid" in str(e).lower(), f"refusal names why: {e}")
+        done.append("validate_jwt_svid")
+
+    print(json.dumps({
+        "library": "spiffe (PyPI)",
+        "version": version("spiffe"),
+        "grpcio": version("grpcio"),
+        "exercised": done,
+    }))
+
+
+if __name__ == "__main__":
+    main()
