@@ -234,9 +234,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         tasks.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(Incoming::new(listener), async move {
-                    crate::shutdown::signalled(&mut shutdown).await;
-                })
+                .serve_with_incoming_shutdown(
+                    Incoming::new(listener, config.peer_pidfd),
+                    async move {
+                        crate::shutdown::signalled(&mut shutdown).await;
+                    },
+                )
                 .await;
             ("workload-api", result.map_err(|e| e.to_string()))
         });
@@ -247,9 +250,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         tasks.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(Incoming::new(admin_listener), async move {
-                    crate::shutdown::signalled(&mut shutdown).await;
-                })
+                .serve_with_incoming_shutdown(
+                    Incoming::new(admin_listener, config.peer_pidfd),
+                    async move {
+                        crate::shutdown::signalled(&mut shutdown).await;
+                    },
+                )
                 .await;
             ("admin-api", result.map_err(|e| e.to_string()))
         });

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Replaces `path` with `data`, mode exactly `mode` (umask does not apply).
@@ -53,10 +53,78 @@ pub fn write_owned(
     result
 }
 
-/// Creates `dir` (and parents) if missing and sets its mode exactly.
+/// Creates `dir` (parents as needed) with exactly `mode`, or adopts an existing one only if it is
+/// the agent's own: a real directory (not a symlink), owned by the agent's uid and writable by no
+/// one else. Anything else is refused with what is wrong and what to do: a directory another user
+/// created first (say a predictable `/tmp/lanyard-<uid>`) could hold keys of their choosing.
 pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    adopt_or_create_dir(dir, mode)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Like [`ensure_dir`], but an existing directory keeps its mode (it is only checked): for the
+/// socket directory, whose mode the operator may have chosen.
+pub fn adopt_or_create_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    check_owned(dir, true)
+}
+
+/// Refuses `path` unless it is owned by the agent's uid (or by root, when `ours_only` is false) and
+/// not writable by group or others, and is not a symlink.
+pub fn check_owned(path: &Path, ours_only: bool) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path)?;
+    let me = crate::sys::euid();
+    let refuse = |what: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} {what}; the agent only uses state it owns",
+                path.display()
+            ),
+        ))
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link: point the setting at the real path".into());
+    }
+    if meta.uid() != me && (ours_only || meta.uid() != 0) {
+        return refuse(format!(
+            "is owned by uid {}, not by the agent's uid {me}: remove it (or chown it to {me}) or choose another path",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "is writable by group or others (mode {:o}): chmod go-w it",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a key file that is not the agent's own or that others can read or write.
+pub fn check_key_file(path: &Path, ours_only: bool) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    check_owned(path, ours_only)?;
+    let mode = fs::symlink_metadata(path)?.mode();
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} holds a private key but is readable or writable by others (mode {:o}): chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub enum Error {
     Read(#[source] sys::Error),
     #[error("the caller (pid {pid}) exited during attestation")]
     Exited { pid: u32 },
+    /// The pinned process is no longer what connected: the connection is cut off for good.
+    #[error("the process (pid {pid}) changed its {what} since it connected")]
+    Changed { pid: u32, what: &'static str },
     /// The caller is in a pod the agent could not resolve (message names pod and container).
     #[error("{message}")]
     Kubernetes { message: String, retryable: bool },
@@ -51,7 +54,7 @@ pub fn attest_fast(
     caller: &Caller,
     attestors: &[Box<dyn Attestor>],
 ) -> Result<Option<(PinnedProcess, SelectorSet)>, Error> {
-    let pinned = PinnedProcess::pin(caller).map_err(pin_error)?;
+    let pinned = PinnedProcess::pin(caller)?;
     Ok(reattest_fast(&pinned, attestors)?.map(|s| (pinned, s)))
 }
 
@@ -67,7 +70,7 @@ pub fn reattest_fast(
             return Ok(None);
         }
     }
-    pinned.confirm().map_err(pin_error)?;
+    pinned.confirm()?;
     Ok(Some(selectors))
 }
 
@@ -80,15 +83,8 @@ pub fn reattest_blocking(
     for attestor in attestors {
         attestor.attest(pinned, &mut selectors)?;
     }
-    pinned.confirm().map_err(pin_error)?;
+    pinned.confirm()?;
     Ok(selectors)
-}
-
-fn pin_error(e: sys::Error) -> Error {
-    match e {
-        sys::Error::Exited { pid } => Error::Exited { pid },
-        e => Error::Pin(e),
-    }
 }
 
 /// Pins the caller and runs every attestor, then proves the process stayed alive throughout.
@@ -98,7 +94,7 @@ pub fn attest_blocking(
     caller: &Caller,
     attestors: &[Box<dyn Attestor>],
 ) -> Result<(PinnedProcess, SelectorSet), Error> {
-    let pinned = PinnedProcess::pin(caller).map_err(pin_error)?;
+    let pinned = PinnedProcess::pin(caller)?;
     let selectors = reattest_blocking(&pinned, attestors)?;
     Ok((pinned, selectors))
 }

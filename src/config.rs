@@ -67,6 +67,9 @@ pub struct Config {
     pub hash_max_bytes: u64,
     /// Follow exec events from the kernel (process connector) to re-attest callers at once.
     pub exec_events: bool,
+    /// Use the kernel's `SO_PEERPIDFD` to pin callers where it exists (Linux ≥ 6.5). `false` takes
+    /// the path of older kernels everywhere: pidfd opened by PID, start-time and sock_diag checks.
+    pub peer_pidfd: bool,
     pub max_streams: usize,
     /// Registration entries declared in the file, in file order.
     pub entries: Vec<Entry>,

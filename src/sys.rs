@@ -9,6 +9,7 @@ pub mod exec_events;
 pub mod peer;
 pub mod pidfd;
 pub mod proc;
+pub mod sock_diag;
 pub mod users;
 
 use std::io;
@@ -51,6 +52,24 @@ fn check(call: &'static str, ret: libc::c_int) -> Result<libc::c_int, Error> {
     } else {
         Ok(ret)
     }
+}
+
+/// The agent's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Runs `f` with the process umask set to `mask`, then restores it. For `bind()` of a Unix socket,
+/// whose file mode can only be chosen through the umask (a later path-based chmod would follow a
+/// symlink swapped in meanwhile; fchmod on a socket does not reach its file).
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask has no preconditions and cannot fail.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    out
 }
 
 /// `CLOCK_BOOTTIME` now, in nanoseconds: the clock `/proc/<pid>/stat` start times count on.

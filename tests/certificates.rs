@@ -198,6 +198,12 @@ async fn x5_upstream_mode_chain_is_leaf_plus_intermediate() {
     let key_path = dir.path().join("root.key");
     std::fs::write(&cert_path, pem_cert(&root)).unwrap();
     std::fs::write(&key_path, pem_block("PRIVATE KEY", &key.serialize_der())).unwrap();
+    // An operator's key file must be 0600 (the agent refuses one others can read).
+    std::fs::set_permissions(
+        &key_path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let cfg = format!(
         "[authority]\nmode = \"upstream\"\ncert_path = \"{}\"\nkey_path = \"{}\"\nintermediate_ttl = \"2h\"\n{}",
         cert_path.display(),

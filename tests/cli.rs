@@ -73,6 +73,40 @@ fn entry(path: &str, uid: u32) -> String {
     )
 }
 
+/// Values that once panicked the agent (or wrapped and pruned the whole inventory) exit 64 with
+/// the field named, before anything starts.
+#[test]
+fn huge_durations_and_counts_exit_64_naming_the_field() {
+    let dir = open_tempdir();
+    let path = dir.path().join("huge.toml");
+    for (text, field) in [
+        ("[authority]\nca_ttl = \"8000y\"\n", "authority.ca_ttl"),
+        (
+            "[authority]\njwt_key_ttl = \"500000000000y\"\n",
+            "authority.jwt_key_ttl",
+        ),
+        (
+            "[inventory]\nretention = \"300000000000y\"\n",
+            "inventory.retention",
+        ),
+        (
+            "[limits]\nmax_streams = 9223372036854775807\n",
+            "limits.max_streams",
+        ),
+        (
+            "[limits]\nmax_streams = 18446744073709551615\n",
+            "max_streams",
+        ),
+    ] {
+        std::fs::write(&path, config_text(dir.path(), text)).unwrap();
+        let out = lanyard(&["agent", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{text}: {err}");
+        assert!(err.contains(field), "{text}: {err}");
+        assert!(!err.contains("panicked"), "{text}: {err}");
+    }
+}
+
 #[test]
 fn invalid_config_reports_every_error_and_exits_64() {
     let dir = open_tempdir();

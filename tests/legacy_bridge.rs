@@ -591,6 +591,12 @@ async fn bundle_options_add_intermediates_and_federated_cas() {
         pem_block("PRIVATE KEY", &key.serialize_der()),
     )
     .unwrap();
+    // An operator's key file must be 0600 (the agent refuses one others can read).
+    std::fs::set_permissions(
+        dir.path().join("root.key"),
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let partner = lanyard::spiffe_id::TrustDomain::parse("partner.org").unwrap();
     let (_, partner_root) =
         lanyard::ca::mint::self_signed_root(&partner, std::time::SystemTime::now(), day).unwrap();

@@ -403,112 +403,6 @@ async fn killed_workload_is_withdrawn_as_process_exited() {
     agent.shutdown().await;
 }
 
-/// A forked child, killed and reaped when dropped (also when a test fails).
-struct ForkedChild {
-    pid: i32,
-}
-
-impl Drop for ForkedChild {
-    fn drop(&mut self) {
-        // SAFETY: killing and reaping our own child.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-        }
-    }
-}
-
-/// Forks a child that connects to `socket`, reports that it is connected, waits on a pipe, then
-/// execs `exe`. Returns the connected socket (whose peer is the child), the pipe's write end and the
-/// child. The child closes every other descriptor first, so it holds nothing of the test's.
-fn fork_connect_then_exec(socket: &Path, exe: &str, arg: &str) -> (i32, i32, ForkedChild) {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let exe_c = CString::new(exe).unwrap();
-    let arg0 = CString::new("child").unwrap();
-    let arg1 = CString::new(arg).unwrap();
-    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
-    // SAFETY: plain libc calls on values prepared before fork; the child only calls dup2,
-    // close_range, connect, write, read, execv and _exit, which are async-signal-safe.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-        let mut go = [0i32; 2];
-        let mut ready = [0i32; 2];
-        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
-        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (i, b) in socket.as_os_str().as_bytes().iter().enumerate() {
-            addr.sun_path[i] = *b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        let pid = libc::fork();
-        assert!(pid >= 0);
-        if pid == 0 {
-            // Keep only the socket (3) and our pipe ends (4: go, 5: ready); close the rest.
-            let keep = [fd, go[0], ready[1]];
-            for (i, k) in keep.iter().enumerate() {
-                libc::dup2(*k, 1000 + i as i32);
-            }
-            for i in 0..3 {
-                libc::dup2(1000 + i, 3 + i);
-            }
-            libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
-            if libc::connect(3, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
-                libc::_exit(1);
-            }
-            libc::write(5, b"r".as_ptr().cast(), 1);
-            let mut b = 0u8;
-            libc::read(4, (&mut b as *mut u8).cast(), 1);
-            libc::execv(exe_c.as_ptr(), argv.as_ptr());
-            libc::_exit(2);
-        }
-        let child = ForkedChild { pid };
-        libc::close(go[0]);
-        libc::close(ready[1]);
-        let mut b = 0u8;
-        assert_eq!(
-            libc::read(ready[0], (&mut b as *mut u8).cast(), 1),
-            1,
-            "the child connected"
-        );
-        libc::close(ready[0]);
-        (fd, go[1], child)
-    }
-}
-
-async fn client_over(
-    fd: i32,
-) -> lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel>
-{
-    use std::os::fd::FromRawFd;
-    use std::sync::{Arc, Mutex};
-    // SAFETY: `fd` is a connected socket this test owns.
-    let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
-    s.set_nonblocking(true).unwrap();
-    let slot = Arc::new(Mutex::new(Some(
-        tokio::net::UnixStream::from_std(s).unwrap(),
-    )));
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let s = slot.lock().unwrap().take();
-            async move {
-                s.map(hyper_util::rt::TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("used"))
-            }
-        }))
-        .await
-        .unwrap();
-    lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
-}
-
-fn with_header<T>(m: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(m);
-    r.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    r
-}
-
 /// Runs one exec scenario: a child running this test binary connects and receives the test-binary
 /// identity, then execs /bin/sleep. With exec events the kernel's notice re-attests it at once;
 /// without, the next push (the rotation of a 1-minute SVID) does.
@@ -529,7 +423,8 @@ async fn exec_scenario(
         ));
     }
     let agent = TestAgent::start(&cfg).await;
-    let (fd, go, child) = fork_connect_then_exec(&agent.socket, sleep.to_str().unwrap(), "120");
+    let (fd, go, child) =
+        fork_connect_then_exec(&agent.socket, None, &[sleep.to_str().unwrap(), "120"]);
     let mut c = client_over(fd).await;
     let mut s = c
         .fetch_x509svid(with_header(X509svidRequest {}))
@@ -564,15 +459,23 @@ async fn exec_into_an_unentitled_program_ends_the_stream_at_the_next_rotation() 
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
 
-/// After exec into a program that has an entry of its own, the stream carries that identity only
-/// (rotation-triggered re-attestation, exec events off).
+/// After exec into a program that has an entry of its own, the connection does not get that
+/// identity: it was opened by another program, so the stream ends (rotation-triggered
+/// re-attestation, exec events off). The new program gets its identity by connecting itself.
 #[tokio::test]
-async fn exec_into_an_entitled_program_gets_its_identity_at_the_next_rotation() {
-    let ids = exec_scenario(true, false).await.expect("a new message");
-    assert_eq!(ids, vec!["spiffe://example.org/sleeper"]);
+async fn exec_into_an_entitled_program_is_cut_off_not_followed() {
+    let status = exec_scenario(true, false)
+        .await
+        .expect_err("identity never follows an exec");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("changed its program"),
+        "{status:?}"
+    );
 }
 
-/// With the kernel's exec events (root), the change is immediate, long before the rotation.
+/// With the kernel's exec events (root), the cut-off is immediate, long before the rotation,
+/// whether or not the new program has an entry.
 #[tokio::test]
 async fn exec_event_re_attests_at_once() {
     if !require_root("exec_event_re_attests_at_once") {
@@ -589,8 +492,12 @@ async fn exec_event_re_attests_at_once() {
         "took {:?}: the exec event was not used",
         started.elapsed()
     );
-    let ids = exec_scenario(true, true).await.expect("a new message");
-    assert_eq!(ids, vec!["spiffe://example.org/sleeper"]);
+    let started = Instant::now();
+    let status = exec_scenario(true, true)
+        .await
+        .expect_err("identity never follows an exec");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 /// `kill -9` of the agent while many workloads fetch: after a restart every serial any client

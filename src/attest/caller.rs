@@ -1,18 +1,27 @@
-//! Who is on the other end of a connection, pinned so that a recycled PID can never stand in for it.
+//! Who is on the other end of a connection, pinned so that a recycled PID can never stand in for it,
+//! and the ceiling of what that connection can ever get.
 //!
-//! At accept the kernel gives the peer's credentials and, since Linux 6.5, a pidfd for the exact
-//! process that connected (`SO_PEERPIDFD`). Before any fact is read, [`PinnedProcess::pin`] opens
-//! `/proc/<pid>` and proves through the pidfd that the process is still the one that connected; facts
-//! are then read relative to that directory, and [`PinnedProcess::confirm`] proves the process was
-//! alive for the whole read.
+//! At accept the kernel gives the peer's credentials (`SO_PEERCRED`, taken at `connect()`) and, since
+//! Linux 6.5, a pidfd for the exact process that connected (`SO_PEERPIDFD`). The agent records then
+//! the [`Ceiling`]: those credentials (all of them, as `/proc` shows them, which must agree with
+//! `SO_PEERCRED`), the executable the process runs and its mount namespace. Whoever holds the socket
+//! can speak on it (fork, fd passing), so every later attestation on the connection is bounded by
+//! it: a pinned process whose credentials, program or mount namespace changed is cut off
+//! ([`Error::Changed`]) and must connect again to be attested as what it is now. Identity never
+//! *follows* a change (a setuid exec must not hand root's SVID to the child that kept the socket).
+//!
+//! Before any fact is read, [`PinnedProcess::pin`] opens `/proc/<pid>` and proves through the pidfd
+//! that the process is still the one that connected; facts are then read relative to that directory,
+//! and [`PinnedProcess::confirm`] proves the process was alive and unchanged for the whole read.
 
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use super::Error;
+use crate::sys;
 use crate::sys::peer::{self, PeerCred};
 use crate::sys::pidfd::Pidfd;
-use crate::sys::proc::ProcDir;
-use crate::sys::{self, Error};
+use crate::sys::proc::{Credentials, FileId, ProcDir};
 
 /// How the pidfd of a caller was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +33,18 @@ pub enum PidfdSource {
     PidOpenAtAccept,
 }
 
+/// What a connection may ever be attested as: the connecting process as the kernel saw it at
+/// connect (credentials) and as the agent saw it at accept (program, mount namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ceiling {
+    /// Every uid and gid and the supplementary groups; the effective ones equal `SO_PEERCRED`'s.
+    pub creds: Credentials,
+    /// The executable the process ran at accept.
+    pub exe: FileId,
+    /// Its mount namespace at accept.
+    pub mount_ns: FileId,
+}
+
 /// What was learned about a connection at accept.
 #[derive(Debug)]
 pub struct Caller {
@@ -31,9 +52,9 @@ pub struct Caller {
     pub cred: PeerCred,
     pidfd: Arc<Pidfd>,
     source: PidfdSource,
-    accepted_boottime_ns: u64,
+    ceiling: Arc<Ceiling>,
     /// The pidfs inode of the pidfd, looked up once per connection.
-    instance: std::sync::OnceLock<Option<u64>>,
+    instance: OnceLock<Option<u64>>,
 }
 
 /// A caller whose `/proc` directory is open and proven to belong to it.
@@ -45,24 +66,77 @@ pub struct PinnedProcess {
     /// With the PID, names this process among all that ever had the PID (the inventory's holder
     /// key): the pidfs inode where the kernel has pidfs, else the start time in clock ticks.
     pub instance: u64,
+    ceiling: Arc<Ceiling>,
 }
 
 impl Caller {
-    /// Reads the peer's credentials and pidfd from an accepted Unix socket.
+    /// Reads the peer's credentials and pidfd from an accepted Unix socket and records the ceiling.
     pub fn from_socket(fd: BorrowedFd<'_>) -> Result<Self, Error> {
+        Self::from_socket_with(fd, true)
+    }
+
+    /// Like [`Caller::from_socket`]; with `use_peer_pidfd` false the `SO_PEERPIDFD` answer is not
+    /// used even where the kernel has it, so the path of older kernels runs (and is tested) here.
+    pub fn from_socket_with(fd: BorrowedFd<'_>, use_peer_pidfd: bool) -> Result<Self, Error> {
         let accepted_boottime_ns = sys::boottime_ns();
-        let cred = peer::peer_cred(fd)?;
-        let (pidfd, source) = match peer::peer_pidfd(fd)? {
-            Some(fd) => (Pidfd::from_owned(fd), PidfdSource::Socket),
-            None => (Pidfd::open(cred.pid)?, PidfdSource::PidOpenAtAccept),
+        let cred = peer::peer_cred(fd).map_err(Error::Pin)?;
+        let pid = cred.pid;
+        let from_socket = if use_peer_pidfd {
+            peer::peer_pidfd(fd).map_err(Error::Pin)?
+        } else {
+            None
         };
+        let (pidfd, source) = match from_socket {
+            Some(fd) => (Pidfd::from_owned(fd), PidfdSource::Socket),
+            None => (
+                Pidfd::open(pid).map_err(pin_error)?,
+                PidfdSource::PidOpenAtAccept,
+            ),
+        };
+        let dir = ProcDir::open(pid).map_err(pin_error)?;
+        if source == PidfdSource::PidOpenAtAccept {
+            // Without SO_PEERPIDFD the pidfd was opened by PID, which a newcomer could hold. The
+            // process must be older than the accept and must hold the other end of this very
+            // connection: a newcomer that took the PID holds no such socket.
+            let start_ticks = dir.start_time_ticks().map_err(pin_error)?;
+            let started_ns =
+                start_ticks.saturating_mul(1_000_000_000 / sys::clock_ticks_per_second());
+            if started_ns > accepted_boottime_ns {
+                return Err(Error::Pin(sys::Error::PidReused { pid }));
+            }
+            if !sys::sock_diag::holds_peer_of(fd, &dir).map_err(Error::Pin)? {
+                return Err(Error::Pin(sys::Error::PidReused { pid }));
+            }
+        }
+        let creds = dir.credentials().map_err(pin_error)?;
+        let ceiling = Ceiling {
+            exe: dir.exe_id().map_err(pin_error)?,
+            mount_ns: dir.mount_ns().map_err(pin_error)?,
+            creds,
+        };
+        if pidfd.has_exited().map_err(pin_error)? {
+            return Err(Error::Exited { pid });
+        }
+        // SO_PEERCRED holds the effective ids at connect(); /proc what the process is now. A
+        // process that changed in between (a setuid exec right after connecting) gets nothing.
+        if ceiling.creds.effective_uid != cred.uid || ceiling.creds.effective_gid != cred.gid {
+            return Err(Error::Changed {
+                pid,
+                what: "credentials (its effective uid or gid differ from those it connected with)",
+            });
+        }
         Ok(Self {
             cred,
             pidfd: Arc::new(pidfd),
             source,
-            accepted_boottime_ns,
-            instance: std::sync::OnceLock::new(),
+            ceiling: Arc::new(ceiling),
+            instance: OnceLock::new(),
         })
+    }
+
+    /// What this connection can ever be attested as.
+    pub fn ceiling(&self) -> &Ceiling {
+        &self.ceiling
     }
 
     /// The pidfs inode of the caller's pidfd (see [`Pidfd::instance`]), computed once.
@@ -82,51 +156,91 @@ impl Caller {
 }
 
 impl PinnedProcess {
-    /// Opens the caller's `/proc` directory and proves it belongs to the caller.
+    /// Opens the caller's `/proc` directory and proves it belongs to the caller and is unchanged.
     ///
     /// The process was alive when it connected. If the pidfd shows it alive *after* the directory was
     /// opened, it was alive throughout, so its PID cannot have been reused in between and the
     /// directory is the caller's. Any check that cannot be made is an error: no identity, no guess.
     pub fn pin(caller: &Caller) -> Result<Self, Error> {
-        let pid = caller.cred.pid;
-        let dir = ProcDir::open(pid)?;
-        if caller.source == PidfdSource::PidOpenAtAccept {
-            // Without SO_PEERPIDFD the pidfd was opened by PID, which a newcomer could hold. A process
-            // that started after the connection was accepted cannot be the one that connected.
-            let start_ticks = dir.start_time_ticks()?;
-            let started_ns =
-                start_ticks.saturating_mul(1_000_000_000 / sys::clock_ticks_per_second());
-            if started_ns > caller.accepted_boottime_ns {
-                return Err(Error::PidReused { pid });
-            }
-        }
+        let dir = ProcDir::open(caller.cred.pid).map_err(pin_error)?;
         let pinned = Self {
             cred: caller.cred,
             pidfd: caller.pidfd.clone(),
             instance: match caller.instance() {
                 Some(ino) => ino,
-                None => dir.start_time_ticks()?,
+                None => dir.start_time_ticks().map_err(pin_error)?,
             },
             dir,
+            ceiling: caller.ceiling.clone(),
         };
         pinned.confirm()?;
         Ok(pinned)
     }
 
-    /// Proves the pinned process is still alive. Call after reading facts.
+    /// Proves the pinned process is still alive and still what it was at accept (same program, same
+    /// mount namespace). Call after reading facts.
     ///
     /// The pidfd and the PID in the peer credentials name the same kernel process (both were taken
-    /// from the socket, or the pidfd was opened by that PID and start-time checked), so "not exited"
-    /// is the whole proof; while it holds, the PID cannot have been reused.
+    /// from the socket, or the pidfd was opened by that PID and checked at accept), so "not exited"
+    /// proves the PID was not reused while the facts were read.
     pub fn confirm(&self) -> Result<(), Error> {
-        if self.pidfd.has_exited()? {
-            return Err(Error::Exited { pid: self.cred.pid });
+        let pid = self.cred.pid;
+        if self.dir.exe_id().map_err(pin_error)? != self.ceiling.exe {
+            return Err(Error::Changed {
+                pid,
+                what: "program (it exec'd another executable)",
+            });
+        }
+        if self.dir.mount_ns().map_err(pin_error)? != self.ceiling.mount_ns {
+            return Err(Error::Changed {
+                pid,
+                what: "mount namespace",
+            });
+        }
+        if self.pidfd.has_exited().map_err(pin_error)? {
+            return Err(Error::Exited { pid });
         }
         Ok(())
+    }
+
+    /// The process's credentials now, which must be exactly those it had at accept.
+    pub fn credentials(&self) -> Result<Credentials, Error> {
+        let creds = self.dir.credentials().map_err(pin_error)?;
+        if creds != self.ceiling.creds {
+            return Err(Error::Changed {
+                pid: self.cred.pid,
+                what: "credentials (uid, gid or groups)",
+            });
+        }
+        Ok(creds)
+    }
+
+    /// Whether the caller's paths mean what they mean to the agent: same mount namespace. Elsewhere
+    /// (a container, `unshare -m`) a path can name any file the caller mounted there.
+    pub fn shares_agent_mount_ns(&self) -> bool {
+        agent_mount_ns().is_some_and(|ns| ns == self.ceiling.mount_ns)
     }
 
     /// The caller's PID.
     pub fn pid(&self) -> u32 {
         self.cred.pid
+    }
+}
+
+/// The agent's own mount namespace, read once (`None` if it cannot be read: then no caller is
+/// taken to share it).
+fn agent_mount_ns() -> Option<FileId> {
+    static NS: OnceLock<Option<FileId>> = OnceLock::new();
+    *NS.get_or_init(|| {
+        ProcDir::open(std::process::id())
+            .and_then(|d| d.mount_ns())
+            .ok()
+    })
+}
+
+fn pin_error(e: sys::Error) -> Error {
+    match e {
+        sys::Error::Exited { pid } => Error::Exited { pid },
+        e => Error::Pin(e),
     }
 }

@@ -158,7 +158,8 @@ impl UnixAttestor {
         out: &mut SelectorSet,
         allow_slow: bool,
     ) -> Result<bool, Error> {
-        let creds = process.dir.credentials().map_err(read_error)?;
+        // Exactly the credentials the process connected with, or the connection is cut off.
+        let creds = process.credentials()?;
         let (user, group) = if allow_slow {
             (
                 self.users.get(creds.effective_uid, sys::users::user_name),
@@ -189,13 +190,18 @@ impl UnixAttestor {
         if let Some(name) = group {
             out.insert(Selector::UnixGroup(name));
         }
-        let path = process.dir.exe_path().map_err(read_error)?;
-        match path.to_str() {
-            Some(p) => out.insert(Selector::UnixPath(p.to_owned())),
-            None => tracing::debug!(
-                pid = process.pid(),
-                "executable path is not UTF-8; no unix:path selector"
-            ),
+        // A path names a file only in the mount namespace it is read in: in another one (a
+        // container, `unshare -m`) the caller may have mounted anything at `/usr/bin/app`. There
+        // only `unix:sha256`, read through the pinned `exe` link, says what runs.
+        if process.shares_agent_mount_ns() {
+            let path = process.dir.exe_path().map_err(read_error)?;
+            match path.to_str() {
+                Some(p) => out.insert(Selector::UnixPath(p.to_owned())),
+                None => tracing::debug!(
+                    pid = process.pid(),
+                    "executable path is not UTF-8; no unix:path selector"
+                ),
+            }
         }
         if let Some(hex) = sha256 {
             out.insert(Selector::UnixSha256(hex));

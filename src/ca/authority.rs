@@ -307,6 +307,11 @@ impl Upstream {
             path: cert_path.display().to_string(),
             why: e.to_string(),
         })?;
+        // An operator's key file: the agent's own or root's, and nobody else's to read or write.
+        crate::atomic_file::check_key_file(key_path, false).map_err(|source| Error::Io {
+            path: key_path.display().to_string(),
+            source,
+        })?;
         let key_pem = Zeroizing::new(std::fs::read(key_path).map_err(|source| Error::Io {
             path: key_path.display().to_string(),
             source,
@@ -414,6 +419,16 @@ fn check_trust_domain(path: &Path, cert: &[u8], td: &TrustDomain) -> Result<(), 
 
 /// Reads a combined certificate + key file; `None` if it does not exist.
 fn read_signer(path: &Path) -> Result<Option<Signer>, Error> {
+    match crate::atomic_file::check_key_file(path, true) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    }
     let data = match std::fs::read(path) {
         Ok(d) => Zeroizing::new(d),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -588,6 +603,12 @@ mod tests {
         let key_path = dir.path().join("root.key");
         std::fs::write(&cert_path, pem_cert(&cert)).unwrap();
         std::fs::write(&key_path, pem_block("PRIVATE KEY", &key.serialize_der())).unwrap();
+        // An operator's key file must be 0600 (the agent refuses one others can read).
+        std::fs::set_permissions(
+            &key_path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
         let clock = ManualClock::new(now);
         let cfg = AuthorityConfig::Upstream {
             cert_path: cert_path.clone(),

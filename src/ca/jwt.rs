@@ -449,6 +449,11 @@ impl JwtState {
             path: path.display().to_string(),
             source,
         };
+        match crate::atomic_file::check_key_file(&path, true) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
         let stored: Vec<StoredKey> = match std::fs::read(&path) {
             Ok(data) => {
                 let data = Zeroizing::new(data);

@@ -63,8 +63,8 @@ pub async fn run(args: Args) -> ExitCode {
     if let Some(dev) = &dev
         && let Err(e) = crate::atomic_file::ensure_dir(&dev.runtime_dir, 0o700)
     {
-        eprintln!("lanyard: cannot create {}: {e}", dev.runtime_dir.display());
-        return ExitCode::from(EXIT_CONFIG);
+        eprintln!("lanyard: cannot use {}: {e}", dev.runtime_dir.display());
+        return ExitCode::FAILURE;
     }
     let config = match args.load(dev.as_ref()) {
         Ok(c) => c,

@@ -82,6 +82,7 @@ pub struct RawSvid {
 pub struct RawAttestation {
     pub hash_max_bytes: Option<u64>,
     pub exec_events: Option<bool>,
+    pub peer_pidfd: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

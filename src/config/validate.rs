@@ -139,12 +139,12 @@ pub(super) fn validate(
         );
     }
     let jwt_cache_size = raw.limits.jwt_cache_size.unwrap_or(DEFAULT_JWT_CACHE_SIZE);
-    if jwt_cache_size == 0 {
-        errs.push(
-            "limits.jwt_cache_size",
-            "0 would disable the cache; use a positive number",
-        );
-    }
+    count(
+        &mut errs,
+        "limits.jwt_cache_size",
+        jwt_cache_size,
+        "disable the cache",
+    );
 
     let authority = authority(&mut errs, &raw);
     let signer_ttl = match &authority {
@@ -175,12 +175,12 @@ pub(super) fn validate(
         .hash_max_bytes
         .unwrap_or(crate::attest::unix::DEFAULT_HASH_MAX_BYTES);
     let max_streams = raw.limits.max_streams.unwrap_or(DEFAULT_MAX_STREAMS);
-    if max_streams == 0 {
-        errs.push(
-            "limits.max_streams",
-            "0 would refuse every workload; use a positive number",
-        );
-    }
+    count(
+        &mut errs,
+        "limits.max_streams",
+        max_streams,
+        "refuse every workload",
+    );
 
     // Federation first: entries may only federate with trust domains that have a bundle.
     let mut federation = Vec::new();
@@ -332,6 +332,7 @@ pub(super) fn validate(
         jwt_cache_size,
         hash_max_bytes,
         exec_events: raw.attestation.exec_events.unwrap_or(true),
+        peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
         max_streams,
         entries,
         federation,
@@ -350,6 +351,28 @@ fn absolute(errs: &mut Collector, field: &str, path: &std::path::Path) {
     }
 }
 
+/// The longest duration any setting may have (100 years of 365 days): every time computed from a
+/// setting stays far inside what certificates, SQLite and the clock can represent.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The largest count a limit may have (streams, cache entries): far beyond what a node serves, and
+/// far below what would overflow a semaphore or an allocation.
+pub const MAX_COUNT: usize = 1_000_000;
+
+/// Checks a count limit: positive and at most [`MAX_COUNT`].
+fn count(errs: &mut Collector, field: &str, value: usize, zero_means: &str) {
+    if value == 0 {
+        errs.push(
+            field,
+            format!("0 would {zero_means}; use a positive number"),
+        );
+    } else if value > MAX_COUNT {
+        errs.push(
+            field,
+            format!("{value} is more than the largest allowed, {MAX_COUNT}; use a smaller number"),
+        );
+    }
+}
+
 pub(super) fn duration(
     errs: &mut Collector,
     field: &str,
@@ -359,6 +382,16 @@ pub(super) fn duration(
     match text {
         None => default,
         Some(t) => match humantime::parse_duration(t) {
+            Ok(d) if d > MAX_DURATION => {
+                errs.push(
+                    field,
+                    format!(
+                        "{t:?} is longer than {}, the most any lanyard duration may be; use a shorter one",
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                );
+                default
+            }
             Ok(d) => d,
             Err(e) => {
                 errs.push(
@@ -677,6 +710,29 @@ mod tests {
     }
 
     /// Every error at once, each naming the field and the value (ID-5 for the ID).
+    /// Values that once panicked or wrapped: every one is refused, by field, with the bound.
+    #[test]
+    fn durations_and_counts_are_bounded() {
+        let text = "[authority]\nca_ttl = \"8000y\"\njwt_key_ttl = \"500000000000y\"\n\
+                    [inventory]\nretention = \"300000000000y\"\n\
+                    [limits]\nmax_streams = 9223372036854775807\njwt_cache_size = 2000000\n";
+        let errs = Config::from_toml(text).expect_err("bounded").to_string();
+        for field in [
+            "authority.ca_ttl",
+            "authority.jwt_key_ttl",
+            "inventory.retention",
+            "limits.max_streams",
+            "limits.jwt_cache_size",
+        ] {
+            assert!(errs.contains(field), "{field} not named in:\n{errs}");
+        }
+        assert!(
+            errs.contains("the most any lanyard duration may be"),
+            "{errs}"
+        );
+        assert!(errs.contains("1000000"), "{errs}");
+    }
+
     #[test]
     fn reports_every_error_at_once() {
         let err = Config::from_toml(

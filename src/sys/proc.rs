@@ -25,6 +25,17 @@ pub struct Credentials {
     pub effective_uid: u32,
     pub effective_gid: u32,
     pub supplementary_gids: Vec<u32>,
+    /// Real, effective, saved and filesystem uid (the `Uid:` line), to notice any change at all.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem gid (the `Gid:` line).
+    pub gids: [u32; 4],
+}
+
+/// Which file a path names: device and inode, as `stat` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 impl ProcDir {
@@ -111,6 +122,49 @@ impl ProcDir {
         self.open_file("exe")
     }
 
+    /// The file the process runs (`stat` through the `exe` link): changes when it execs another
+    /// program, whatever path that program had.
+    pub fn exe_id(&self) -> Result<FileId, Error> {
+        self.stat_at("exe")
+    }
+
+    /// The process's mount namespace (`ns/mnt`): the namespace in which its paths mean something.
+    pub fn mount_ns(&self) -> Result<FileId, Error> {
+        self.stat_at("ns/mnt")
+    }
+
+    /// Whether the process holds a descriptor of the socket with inode `ino` (its `fd` directory,
+    /// read through this directory handle, so it is the pinned process's and no newcomer's).
+    pub fn holds_socket(&self, ino: u64) -> Result<bool, Error> {
+        let want = format!("socket:[{ino}]");
+        let fds = format!("/proc/self/fd/{}/fd", self.dir.as_raw_fd());
+        let entries = std::fs::read_dir(&fds).map_err(|e| classify(self.pid, "fd", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| classify(self.pid, "fd", e))?;
+            if std::fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == want.as_str()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// `fstatat` below the directory, following the link (one system call).
+    fn stat_at(&self, name: &'static str) -> Result<FileId, Error> {
+        let cname = c_name(name);
+        // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir` is an open directory fd, `cname` a valid NUL-terminated string and `st`
+        // writable for one `stat`.
+        let ret = unsafe { libc::fstatat(self.dir.as_raw_fd(), cname.as_ptr(), &mut st, 0) };
+        if ret < 0 {
+            return Err(classify(self.pid, name, std::io::Error::last_os_error()));
+        }
+        Ok(FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
     /// Process start time in clock ticks since boot (field 22 of `stat`).
     pub fn start_time_ticks(&self) -> Result<u64, Error> {
         let text = self.read_to_string("stat")?;
@@ -125,6 +179,7 @@ fn c_name(name: &'static str) -> &'static CStr {
         "stat" => c"stat",
         "cgroup" => c"cgroup",
         "environ" => c"environ",
+        "ns/mnt" => c"ns/mnt",
         _ => c"",
     }
 }
@@ -151,14 +206,19 @@ fn parse_status(pid: u32, text: &str) -> Result<Credentials, Error> {
     // "Uid:\treal\teffective\tsaved\tfs"
     let uid = field("Uid:").ok_or_else(|| fmt("no Uid line"))?;
     let gid = field("Gid:").ok_or_else(|| fmt("no Gid line"))?;
-    let effective_uid = uid
-        .get(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| fmt("bad Uid line"))?;
-    let effective_gid = gid
-        .get(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| fmt("bad Gid line"))?;
+    let four = |v: &[&str], what| -> Result<[u32; 4], Error> {
+        let mut out = [0u32; 4];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = v
+                .get(i)
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| fmt(what))?;
+        }
+        Ok(out)
+    };
+    let uids = four(&uid, "bad Uid line")?;
+    let gids = four(&gid, "bad Gid line")?;
+    let (effective_uid, effective_gid) = (uids[1], gids[1]);
     let supplementary_gids = field("Groups:")
         .unwrap_or_default()
         .iter()
@@ -168,6 +228,8 @@ fn parse_status(pid: u32, text: &str) -> Result<Credentials, Error> {
         effective_uid,
         effective_gid,
         supplementary_gids,
+        uids,
+        gids,
     })
 }
 

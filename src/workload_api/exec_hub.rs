@@ -1,5 +1,5 @@
-//! Wakes the streams of a process when the kernel reports that it exec'd, so its entitlements follow
-//! the new program at once instead of at the next push.
+//! Wakes the streams of a process when the kernel reports that it exec'd, so they are cut off at once
+//! (the connection's ceiling no longer holds) instead of at the next push.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

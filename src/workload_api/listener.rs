@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,11 +43,11 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener, BindE
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        crate::atomic_file::ensure_dir(dir, dir_mode)
-            .map_err(|e| io_err("creating the directory of", e))?;
+    if let Some(dir) = path.parent() {
+        // Created with `dir_mode`, or adopted only if it is the agent's and nobody else can write
+        // in it (someone who can could replace the socket).
+        crate::atomic_file::adopt_or_create_dir(dir, dir_mode)
+            .map_err(|e| io_err("preparing the directory of", e))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -72,9 +72,9 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener, BindE
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("inspecting", e)),
     }
-    let listener = UnixListener::bind(path).map_err(|e| io_err("binding", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io_err("setting the mode of", e))?;
+    // The socket is created with its mode (through the umask), never chmod'ed by path afterwards.
+    let listener = crate::sys::with_umask(!mode & 0o777, || UnixListener::bind(path))
+        .map_err(|e| io_err("binding", e))?;
     Ok(listener)
 }
 
@@ -96,9 +96,10 @@ pub struct PeerStream {
 }
 
 impl PeerStream {
-    /// Records the peer of a freshly accepted connection.
-    pub fn new(inner: UnixStream) -> Self {
-        let peer = Caller::from_socket(inner.as_fd()).map_err(|e| e.to_string());
+    /// Records the peer of a freshly accepted connection (and the ceiling of what it can get);
+    /// `peer_pidfd` false takes the path of kernels without `SO_PEERPIDFD`.
+    pub fn new(inner: UnixStream, peer_pidfd: bool) -> Self {
+        let peer = Caller::from_socket_with(inner.as_fd(), peer_pidfd).map_err(|e| e.to_string());
         if let Err(e) = &peer {
             tracing::debug!(error = %e, "cannot identify the peer of a connection");
         }
@@ -185,14 +186,16 @@ impl AsyncWrite for PeerStream {
 /// logged and retried after a pause; they never end the server.
 pub struct Incoming {
     listener: UnixListener,
+    peer_pidfd: bool,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Incoming {
-    /// Accepts from `listener`.
-    pub fn new(listener: UnixListener) -> Self {
+    /// Accepts from `listener`; see [`PeerStream::new`] for `peer_pidfd`.
+    pub fn new(listener: UnixListener, peer_pidfd: bool) -> Self {
         Self {
             listener,
+            peer_pidfd,
             backoff: None,
         }
     }
@@ -209,7 +212,9 @@ impl tokio_stream::Stream for Incoming {
             self.backoff = None;
         }
         match self.listener.poll_accept(cx) {
-            Poll::Ready(Ok((stream, _))) => Poll::Ready(Some(Ok(PeerStream::new(stream)))),
+            Poll::Ready(Ok((stream, _))) => {
+                Poll::Ready(Some(Ok(PeerStream::new(stream, self.peer_pidfd))))
+            }
             Poll::Ready(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed; retrying in 100ms");
                 let mut sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100)));

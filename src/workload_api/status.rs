@@ -29,6 +29,20 @@ pub fn to_status(err: &Error) -> Status {
                 Status::permission_denied(msg)
             }
         }
+        Error::Attestation {
+            pid,
+            source: crate::attest::Error::Changed { what, .. },
+        } => {
+            tracing::warn!(
+                pid,
+                changed = what,
+                "denied: the connection's process changed since it connected"
+            );
+            Status::permission_denied(format!(
+                "no identity: the process that opened this connection changed its {what} since it connected; \
+                 a process that changes must connect again to be attested as what it is now"
+            ))
+        }
         Error::Attestation { pid, source } => {
             tracing::info!(pid, error = %source, "denied: attestation failed");
             Status::permission_denied(

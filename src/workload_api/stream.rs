@@ -178,12 +178,24 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     let _ = tx.send(Err(to_status(&e))).await;
                     return;
                 }
-                Err(Error::Attestation { .. }) => {
+                Err(Error::Attestation { source, .. })
+                    if !matches!(source, crate::attest::Error::Changed { .. }) =>
+                {
                     tracing::debug!(pid, "caller gone during re-attestation; stream closed");
                     return;
                 }
                 Err(e) => {
-                    if matches!(e, Error::EntitlementLost) {
+                    // Lost its entitlement, or the pinned process exec'd or changed credentials
+                    // (cut off, never followed): what it holds is withdrawn.
+                    let cut_off = matches!(
+                        e,
+                        Error::EntitlementLost
+                            | Error::Attestation {
+                                source: crate::attest::Error::Changed { .. },
+                                ..
+                            }
+                    );
+                    if cut_off {
                         self.ctx.inventory.withdraw(
                             self.attested.holder.holder,
                             Some(self.delivered_keys()),
@@ -200,8 +212,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         }
     }
 
-    /// Attests the pinned process again before a push: if it exec'd another program (or changed
-    /// credentials), its entitlements follow what it is now.
+    /// Attests the pinned process again before a push. A process that exec'd another program or
+    /// changed credentials fails here (`attest::Error::Changed`) and the stream ends; selectors may
+    /// still change otherwise (a pod's labels), and then entitlements are matched again.
     async fn reattest(&mut self) -> Result<(), Error> {
         let pinned = self.attested.pinned.clone();
         let attestors = self.ctx.attestors.clone();
@@ -221,7 +234,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             Err(source) => return Err(Error::Attestation { pid, source }),
         };
         if selectors != self.attested.selectors {
-            tracing::info!(pid, selectors = %selectors, "caller changed (exec or credentials); re-matching");
+            tracing::info!(pid, selectors = %selectors, "caller's selectors changed; re-matching");
             self.attested.holder.exe = exe_of(&selectors);
             self.attested.selectors = selectors;
             self.rematch().await?;

@@ -252,6 +252,128 @@ pub fn record_interop(language: &str, case: &str, report: &serde_json::Value) {
     .unwrap();
 }
 
+/// A tonic client over an already connected socket `fd` (one the test inherited or kept).
+pub async fn client_over(
+    fd: i32,
+) -> lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel>
+{
+    use std::os::fd::FromRawFd;
+    use std::sync::Mutex;
+    // SAFETY: `fd` is a connected socket this test owns.
+    let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    s.set_nonblocking(true).unwrap();
+    let slot = Arc::new(Mutex::new(Some(UnixStream::from_std(s).unwrap())));
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let s = slot.lock().unwrap().take();
+            async move {
+                s.map(TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("used"))
+            }
+        }))
+        .await
+        .unwrap();
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+/// A forked child, killed and reaped when dropped (also when a test fails).
+pub struct ForkedChild {
+    pub pid: i32,
+}
+
+impl Drop for ForkedChild {
+    fn drop(&mut self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Forks a child that (as `uid`, when given: gid and uid dropped before anything else) connects to
+/// `socket`, reports that it is connected, waits on a pipe, then execs `argv[0]` with `argv`.
+/// Returns the connected socket (whose peer is the child), the pipe's write end and the child. The
+/// child closes every other descriptor first, so it holds nothing of the test's; the program it
+/// execs reads its standard input from that pipe, which the test never writes again (so `su` waits
+/// for a password forever).
+pub fn fork_connect_then_exec(
+    socket: &Path,
+    uid: Option<u32>,
+    argv: &[&str],
+) -> (i32, i32, ForkedChild) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let exe_c = CString::new(argv[0]).unwrap();
+    let args: Vec<CString> = argv.iter().map(|a| CString::new(*a).unwrap()).collect();
+    let mut argv_c: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv_c.push(std::ptr::null());
+    // SAFETY: plain libc calls on values prepared before fork; the child only calls setgroups,
+    // setgid, setuid, dup2, close_range, connect, write, read, execv and _exit, which are
+    // async-signal-safe.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+        let mut go = [0i32; 2];
+        let mut ready = [0i32; 2];
+        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (i, b) in socket.as_os_str().as_bytes().iter().enumerate() {
+            addr.sun_path[i] = *b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        let pid = libc::fork();
+        assert!(pid >= 0);
+        if pid == 0 {
+            if let Some(uid) = uid
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                libc::_exit(3);
+            }
+            // Keep only the socket (3) and our pipe ends (4: go, 5: ready); close the rest.
+            let keep = [fd, go[0], ready[1]];
+            for (i, k) in keep.iter().enumerate() {
+                libc::dup2(*k, 1000 + i as i32);
+            }
+            for i in 0..3 {
+                libc::dup2(1000 + i, 3 + i);
+            }
+            libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
+            if libc::connect(3, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(1);
+            }
+            libc::write(5, b"r".as_ptr().cast(), 1);
+            let mut b = 0u8;
+            libc::read(4, (&mut b as *mut u8).cast(), 1);
+            libc::dup2(4, 0);
+            libc::execv(exe_c.as_ptr(), argv_c.as_ptr());
+            libc::_exit(2);
+        }
+        let child = ForkedChild { pid };
+        libc::close(go[0]);
+        libc::close(ready[1]);
+        let mut b = 0u8;
+        assert_eq!(
+            libc::read(ready[0], (&mut b as *mut u8).cast(), 1),
+            1,
+            "the child connected"
+        );
+        libc::close(ready[0]);
+        (fd, go[1], child)
+    }
+}
+
+/// A Workload API request with the security header.
+pub fn with_header<T>(m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    r
+}
+
 /// Stops a child process (SIGTERM, then SIGKILL after 5 s) if the test ends before it does.
 pub struct KillOnDrop(pub Option<std::process::Child>);
 

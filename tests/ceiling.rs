@@ -1,0 +1,272 @@
+//! A connection never carries more than its connecting process was at connect. Each test runs the
+//! attack for real against a live agent: an unprivileged process (uid 65534) connects, then the
+//! process that connected changes — a setuid exec of `su`, an exec of a program that has an entry of
+//! its own — while the socket stays with someone else (here the test, standing in for the forked
+//! child that inherited it). Whoever holds the socket must get nothing. Also: `unix:path` is not
+//! trusted in another mount namespace, and the path of kernels without `SO_PEERPIDFD` holds the same
+//! line.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use lanyard::proto::{JwtsvidRequest, X509svidRequest};
+use tonic::Code;
+
+const NOBODY: u32 = 65534;
+
+fn entry(path: &str, selector: &str) -> String {
+    format!("[[entry]]\nspiffe_id = \"spiffe://example.org{path}\"\nselectors = [\"{selector}\"]\n")
+}
+
+/// Waits until `pid` runs `exe` (its exec happened).
+fn wait_for_exe(pid: i32, exe: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if now.as_os_str() == exe {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never ran {exe} (runs {now:?})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lets the forked child exec, and waits until it did.
+fn let_it_exec(go: i32, pid: i32, exe: &str) {
+    // SAFETY: one byte into our own pipe lets the child exec.
+    assert_eq!(unsafe { libc::write(go, b"x".as_ptr().cast(), 1) }, 1);
+    wait_for_exe(pid, exe);
+}
+
+/// FetchX509SVID and FetchJWTSVID over the held socket: both must be refused, and no SVID of
+/// `forbidden` may come back.
+async fn holder_gets_nothing_on(
+    client: &mut lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+        tonic::transport::Channel,
+    >,
+    forbidden: &str,
+) {
+    match client.fetch_x509svid(with_header(X509svidRequest {})).await {
+        Ok(resp) => {
+            let mut stream = resp.into_inner();
+            let status = end_status(&mut stream, 10).await;
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        }
+        Err(status) => assert_eq!(status.code(), Code::PermissionDenied, "{status:?}"),
+    }
+    let jwt = client
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["db.example".into()],
+            spiffe_id: String::new(),
+        }))
+        .await;
+    match jwt {
+        Ok(resp) => panic!(
+            "the socket holder got JWT-SVIDs {:?} (must never get {forbidden})",
+            resp.into_inner()
+                .svids
+                .iter()
+                .map(|s| s.spiffe_id.clone())
+                .collect::<Vec<_>>()
+        ),
+        Err(status) => assert_eq!(status.code(), Code::PermissionDenied, "{status:?}"),
+    }
+}
+
+/// The reported attack: uid 65534 connects, the connecting process execs setuid-root `su` (which
+/// waits for a password nobody types), and the holder of the socket asks for SVIDs. Before the fix
+/// it received root's X.509-SVID with its key, and root's JWT-SVID.
+async fn setuid_exec_attack(extra_config: &str, call_before_exec: bool) {
+    let cfg = format!(
+        "{extra_config}{}{}",
+        entry("/root", "unix:uid:0"),
+        entry("/nobody", &format!("unix:uid:{NOBODY}"))
+    );
+    let agent = TestAgent::start(&cfg).await;
+    let (fd, go, child) =
+        fork_connect_then_exec(&agent.socket, Some(NOBODY), &["/usr/bin/su", "root"]);
+    let mut client = client_over(fd).await;
+    if call_before_exec {
+        // The agent has accepted (and recorded the ceiling) before the exec: uid 65534's identity.
+        let mut stream = client
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = next_within(&mut stream, 5).await;
+        assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/nobody");
+    }
+    // Without a call first, the exec usually happens before the agent accepts: then the
+    // credentials at connect (SO_PEERCRED) and those in /proc disagree at accept.
+    let_it_exec(go, child.pid, "/usr/bin/su");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap();
+    let euid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        euid.split_whitespace().nth(2) == Some("0"),
+        "su runs as root now: {euid}"
+    );
+    holder_gets_nothing_on(&mut client, "spiffe://example.org/root").await;
+    drop(child);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setuid_exec_after_connect_gives_the_socket_holder_nothing() {
+    if !require_root("setuid_exec_after_connect_gives_the_socket_holder_nothing") {
+        return;
+    }
+    setuid_exec_attack("", false).await;
+    setuid_exec_attack("", true).await;
+}
+
+/// The same attack on the path of kernels without `SO_PEERPIDFD` (pidfd opened by PID, start time
+/// and sock_diag checks), forced on this kernel by `attestation.peer_pidfd = false`.
+#[tokio::test(flavor = "multi_thread")]
+async fn setuid_exec_attack_fails_on_the_old_kernel_path_too() {
+    if !require_root("setuid_exec_attack_fails_on_the_old_kernel_path_too") {
+        return;
+    }
+    setuid_exec_attack("[attestation]\npeer_pidfd = false\n", false).await;
+    setuid_exec_attack("[attestation]\npeer_pidfd = false\n", true).await;
+}
+
+/// The old-kernel path still serves honest callers (sock_diag finds the caller holding its socket).
+#[tokio::test(flavor = "multi_thread")]
+async fn old_kernel_path_serves_a_process_that_holds_its_socket() {
+    if !require_root("old_kernel_path_serves_a_process_that_holds_its_socket") {
+        return;
+    }
+    let cfg = format!(
+        "[attestation]\npeer_pidfd = false\n{}",
+        entry("/nobody", &format!("unix:uid:{NOBODY}"))
+    );
+    let agent = TestAgent::start(&cfg).await;
+    let endpoint = agent.endpoint();
+    let out = tokio::task::spawn_blocking(move || fetch_as(NOBODY, NOBODY, &endpoint))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids_in(&out), ["spiffe://example.org/nobody"]);
+    agent.shutdown().await;
+}
+
+/// Exec of a program that has an entry of its own (`unix:path:/usr/bin/sleep`) after connecting:
+/// the holder of the socket does not get the sleeper's identity, on a new call or on an open
+/// stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_of_an_entitled_program_after_connect_gives_the_holder_nothing() {
+    if !require_root("exec_of_an_entitled_program_after_connect_gives_the_holder_nothing") {
+        return;
+    }
+    let sleep = std::fs::canonicalize("/usr/bin/sleep").unwrap();
+    let sleep = sleep.to_str().unwrap();
+    let cfg = entry("/sleeper", &format!("unix:path:{sleep}"));
+    let agent = TestAgent::start(&cfg).await;
+
+    // A new call after the exec. The first call (refused: uid 65534 has no entry) makes sure the
+    // agent accepted the connection, and so recorded its ceiling, before the exec. (An exec between
+    // connect() and accept() by a process of the same uid is not visible to the agent: the kernel
+    // records the credentials at connect, not the program; see README, "Threat model".)
+    let (fd, go, child) = fork_connect_then_exec(&agent.socket, Some(NOBODY), &[sleep, "60"]);
+    let mut client = client_over(fd).await;
+    let before = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect_err("uid 65534 running the test binary has no entry");
+    assert_eq!(before.code(), Code::PermissionDenied);
+    let_it_exec(go, child.pid, sleep);
+    holder_gets_nothing_on(&mut client, "spiffe://example.org/sleeper").await;
+    drop(child);
+    agent.shutdown().await;
+
+    // An open stream across the exec: entitled as uid 65534 before, cut off after.
+    let cfg = format!(
+        "{}{}",
+        entry("/sleeper", &format!("unix:path:{sleep}")),
+        entry("/nobody", &format!("unix:uid:{NOBODY}"))
+    );
+    let agent2 = TestAgent::start(&cfg).await;
+    let (fd, go, child) = fork_connect_then_exec(&agent2.socket, Some(NOBODY), &[sleep, "60"]);
+    let mut client = client_over(fd).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_within(&mut stream, 5).await;
+    assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/nobody");
+    let_it_exec(go, child.pid, sleep);
+    // Exec events (root) end the stream at once; without them the next push would.
+    let status = end_status(&mut stream, 10).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("changed its program"),
+        "{status:?}"
+    );
+    drop(child);
+    agent2.shutdown().await;
+}
+
+/// A program bind-mounted over `/usr/bin/sleep` in a private mount namespace (what any container
+/// can do) runs as "/usr/bin/sleep" there. It must not get the `unix:path:/usr/bin/sleep` identity;
+/// `unix:sha256` (read through the pinned exe link) still identifies what really runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_path_is_not_trusted_in_another_mount_namespace() {
+    if !require_root("unix_path_is_not_trusted_in_another_mount_namespace") {
+        return;
+    }
+    let sleep = std::fs::canonicalize("/usr/bin/sleep").unwrap();
+    let sleep = sleep.to_str().unwrap().to_owned();
+    let lanyard = lanyard_bin();
+    let digest = std::process::Command::new("sha256sum")
+        .arg(lanyard)
+        .output()
+        .unwrap();
+    let digest = String::from_utf8(digest.stdout).unwrap();
+    let digest = digest.split_whitespace().next().unwrap().to_owned();
+    let run_as_sleep = |agent: &TestAgent| {
+        let script = format!(
+            "mount --bind {lanyard} {sleep} && exec {sleep} fetch x509 --json --socket {}",
+            agent.endpoint()
+        );
+        std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .output()
+            .unwrap()
+    };
+
+    let agent = TestAgent::start(&entry("/sleeper", &format!("unix:path:{sleep}"))).await;
+    let out = tokio::task::block_in_place(|| run_as_sleep(&agent));
+    assert!(
+        !out.status.success(),
+        "an impostor at {sleep} got {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionDenied")
+            || String::from_utf8_lossy(&out.stderr).contains("no identity"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.shutdown().await;
+
+    let agent = TestAgent::start(&entry("/lanyard-binary", &format!("unix:sha256:{digest}"))).await;
+    let out = tokio::task::block_in_place(|| run_as_sleep(&agent));
+    assert!(
+        out.status.success(),
+        "unix:sha256 works in any mount namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids_in(&out), ["spiffe://example.org/lanyard-binary"]);
+    agent.shutdown().await;
+}
