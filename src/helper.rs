@@ -13,8 +13,12 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::StreamExt;
 
+mod pid_file;
+
 use crate::ca::bundle::{pem_block, pem_cert, split_der};
 use crate::proto::{JwtBundlesRequest, JwtsvidRequest, X509svidRequest, X509svidResponse};
+use crate::sys::pidfd::Pidfd;
+use pid_file::PidFile;
 
 /// What the helper does.
 #[derive(Debug, Clone)]
@@ -153,9 +157,13 @@ impl Health {
 /// Runs the helper until a signal stops it (or after the first write with `once`).
 pub async fn run(config: HelperConfig) -> Result<(), Error> {
     let config = &config;
-    std::fs::create_dir_all(&config.cert_dir).map_err(|source| Error::Write {
-        path: config.cert_dir.clone(),
-        source,
+    // The directory must be the helper's own: whoever else can write in it could swap the files
+    // between the helper's writes and the consumer's reads.
+    crate::atomic_file::adopt_or_create_dir(&config.cert_dir, 0o755).map_err(|source| {
+        Error::Write {
+            path: config.cert_dir.clone(),
+            source,
+        }
     })?;
     if config.once {
         let msg = first_message(&config.endpoint).await?;
@@ -191,15 +199,18 @@ pub async fn run(config: HelperConfig) -> Result<(), Error> {
             });
         }
     };
-    let mut child: Option<Child> = None;
+    let mut consumers = Consumers {
+        child: None,
+        pid_file: config.pid_file.clone().map(PidFile::new),
+    };
     let mut backoff = Duration::from_millis(500);
     let mut last_error: Option<String> = None;
     loop {
-        let session = follow(config, &mut child, &health);
+        let session = follow(config, &mut consumers, &health);
         let outcome = tokio::select! {
             r = session => r,
-            _ = term.recv() => return stop_child(child, libc::SIGTERM).await,
-            _ = int.recv() => return stop_child(child, libc::SIGINT).await,
+            _ = term.recv() => return stop_child(consumers.child, libc::SIGTERM).await,
+            _ = int.recv() => return stop_child(consumers.child, libc::SIGINT).await,
         };
         let why = match outcome {
             Ok(()) => "the agent closed the stream".to_owned(),
@@ -212,8 +223,8 @@ pub async fn run(config: HelperConfig) -> Result<(), Error> {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = term.recv() => return stop_child(child, libc::SIGTERM).await,
-            _ = int.recv() => return stop_child(child, libc::SIGINT).await,
+            _ = term.recv() => return stop_child(consumers.child, libc::SIGTERM).await,
+            _ = int.recv() => return stop_child(consumers.child, libc::SIGINT).await,
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
@@ -236,7 +247,7 @@ async fn first_message(endpoint: &str) -> Result<X509svidResponse, Error> {
 /// Follows one stream: writes every update, starts or signals the consumer.
 async fn follow(
     config: &HelperConfig,
-    child: &mut Option<Child>,
+    consumers: &mut Consumers,
     health: &Health,
 ) -> Result<(), Error> {
     let mut client = crate::client::connect(&config.endpoint).await?;
@@ -256,11 +267,11 @@ async fn follow(
                 tracing::info!(tokens = jwts.tokens.len(), "jwt files refreshed");
                 continue;
             }
-            status = wait_child(child), if child.is_some() => {
+            status = wait_child(&mut consumers.child), if consumers.child.is_some() => {
                 tracing::warn!(?status, "child exited; restarting it");
-                *child = None;
+                consumers.child = None;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                *child = Some(spawn_child(&config.cmd)?);
+                consumers.child = Some(spawn_child(&config.cmd)?);
                 continue;
             }
         };
@@ -277,7 +288,7 @@ async fn follow(
         write_jwts(config, &jwts)?;
         jwt_refresh = refresh_at(&jwts);
         tracing::info!(serial = written.serial, dir = %config.cert_dir.display(), "files written");
-        notify(config, child).await?;
+        notify(config, consumers).await?;
     }
 }
 
@@ -397,35 +408,37 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// After an update: start the child the first time, else signal it; signal the PID file's process;
+/// Who is told about updates: the child (pinned by a pidfd from the moment it is spawned) and the
+/// process of the pid file (pinned while the file is unchanged).
+struct Consumers {
+    child: Option<Supervised>,
+    pid_file: Option<PidFile>,
+}
+
+/// The helper's child and a pidfd on it: signals reach exactly this process, even after it exited
+/// and was reaped and its PID went to someone else.
+struct Supervised {
+    child: Child,
+    pidfd: Pidfd,
+}
+
+/// After an update: start the child the first time, else signal it; signal the pid file's process;
 /// run the reload command.
-async fn notify(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), Error> {
+async fn notify(config: &HelperConfig, consumers: &mut Consumers) -> Result<(), Error> {
     if !config.cmd.is_empty() {
-        match child {
-            None => *child = Some(spawn_child(&config.cmd)?),
+        match &consumers.child {
+            None => consumers.child = Some(spawn_child(&config.cmd)?),
             Some(c) => {
-                if let Some(pid) = c.id() {
-                    // SAFETY: kill with our own child's pid.
-                    unsafe { libc::kill(pid as i32, config.signal) };
+                if let Err(e) = c.pidfd.send_signal(config.signal) {
+                    tracing::warn!(error = %e, "cannot signal the child");
                 }
             }
         }
     }
-    if let Some(pid_file) = &config.pid_file {
-        // Re-read right before signalling, so a restarted process is the one signalled.
-        match std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-        {
-            Some(pid) if pid > 0 => {
-                // SAFETY: kill has no memory-safety preconditions.
-                if unsafe { libc::kill(pid, config.signal) } != 0 {
-                    tracing::warn!(pid, error = %std::io::Error::last_os_error(), "cannot signal the process in the pid file");
-                }
-            }
-            _ => {
-                tracing::warn!(path = %pid_file.display(), "pid file missing or unreadable; nothing signalled")
-            }
+    if let Some(pid_file) = &mut consumers.pid_file {
+        match pid_file.signal(config.signal) {
+            Ok(pid) => tracing::debug!(pid, "signalled the process in the pid file"),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
     if let Some((program, args)) = config.reload_cmd.split_first() {
@@ -438,36 +451,49 @@ async fn notify(config: &HelperConfig, child: &mut Option<Child>) -> Result<(), 
     Ok(())
 }
 
-fn spawn_child(cmd: &[String]) -> Result<Child, Error> {
+fn spawn_child(cmd: &[String]) -> Result<Supervised, Error> {
     let (program, args) = cmd.split_first().ok_or_else(|| Error::Spawn {
         cmd: String::new(),
         source: std::io::Error::other("empty command"),
     })?;
-    let child = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
         .spawn()
         .map_err(|source| Error::Spawn {
             cmd: program.clone(),
             source,
         })?;
+    // Not reaped before it is waited for, so the PID is still the child's here.
+    let pidfd = match child.id().map(Pidfd::open) {
+        Some(Ok(fd)) => fd,
+        other => {
+            let _ = child.start_kill();
+            let why = match other {
+                Some(Err(e)) => e.to_string(),
+                _ => "it exited at once".into(),
+            };
+            return Err(Error::Spawn {
+                cmd: program.clone(),
+                source: std::io::Error::other(format!("cannot pin the child with a pidfd: {why}")),
+            });
+        }
+    };
     tracing::info!(pid = child.id(), program, "child started");
-    Ok(child)
+    Ok(Supervised { child, pidfd })
 }
 
-async fn wait_child(child: &mut Option<Child>) -> Option<std::process::ExitStatus> {
+async fn wait_child(child: &mut Option<Supervised>) -> Option<std::process::ExitStatus> {
     match child {
-        Some(c) => c.wait().await.ok(),
+        Some(c) => c.child.wait().await.ok(),
         None => std::future::pending().await,
     }
 }
 
-async fn stop_child(child: Option<Child>, sig: i32) -> Result<(), Error> {
+async fn stop_child(child: Option<Supervised>, sig: i32) -> Result<(), Error> {
     if let Some(mut c) = child {
-        if let Some(pid) = c.id() {
-            // SAFETY: forwarding a signal to our own child.
-            unsafe { libc::kill(pid as i32, sig) };
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+        // An error: it has exited already.
+        let _ = c.pidfd.send_signal(sig);
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.child.wait()).await;
     }
     Ok(())
 }

@@ -92,3 +92,16 @@ pub fn clock_ticks_per_second() -> u64 {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as u64 } else { 100 }
 }
+
+/// Moves the calling thread (only it) into the cgroup namespace `ns` (an open `/proc/<pid>/ns/cgroup`).
+/// Needs `CAP_SYS_ADMIN`. Paths in `/proc/*/cgroup` and cgroup mount roots read afterwards by this
+/// thread are relative to that namespace's root.
+pub fn enter_cgroup_ns(ns: &std::fs::File) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `ns` is an open file descriptor for the duration of the call; setns only changes the
+    // calling thread's namespace.
+    check("setns(CLONE_NEWCGROUP)", unsafe {
+        libc::setns(ns.as_raw_fd(), libc::CLONE_NEWCGROUP)
+    })
+    .map(|_| ())
+}

@@ -471,3 +471,32 @@ fn jwt_commands() {
     signal(&agent, libc::SIGTERM);
     assert!(wait_exit(&mut agent, 10).success());
 }
+
+#[test]
+fn bad_kubelet_cgroup_roots_exit_64_naming_the_root() {
+    let dir = open_tempdir();
+    let path = dir.path().join("roots.toml");
+    for (roots, field, says) in [
+        ("[]", "kubernetes.cgroup_roots", "empty"),
+        (
+            "[\"kubepods\"]",
+            "kubernetes.cgroup_roots[0]",
+            "not an absolute",
+        ),
+        (
+            "[\"/kubepods\", \"/a/../b\"]",
+            "kubernetes.cgroup_roots[1]",
+            "\"..\"",
+        ),
+        ("[\"/\"]", "kubernetes.cgroup_roots[0]", "whole hierarchy"),
+    ] {
+        let text = format!(
+            "[kubernetes]\nkubelet_url = \"http://127.0.0.1:10255\"\ncgroup_roots = {roots}\n"
+        );
+        std::fs::write(&path, config_text(dir.path(), &text)).unwrap();
+        let out = lanyard(&["agent", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{roots}: {err}");
+        assert!(err.contains(field) && err.contains(says), "{roots}: {err}");
+    }
+}

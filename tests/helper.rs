@@ -212,3 +212,143 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
     assert_eq!(read("terms").lines().count(), 1, "SIGTERM forwarded");
     agent.shutdown().await;
 }
+
+/// Sets `path`'s modification time to `secs_ago` seconds before now.
+fn age_file(path: &std::path::Path, secs_ago: i64) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let t = libc::timespec {
+        tv_sec: now.tv_sec - secs_ago,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid path and two valid timespecs.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) },
+        0
+    );
+}
+
+/// `--pid-file` (issue 11): the helper signals only a process the file vouches for — a file root or
+/// the helper's uid wrote, not writable by others, naming a process that started before the file
+/// was written (else the PID was reused) — through a pidfd, and re-reads the file only when it
+/// changes. Each refusal is logged with what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_file_signals_only_a_process_the_file_vouches_for() {
+    if !require_root("pid_file_signals_only_a_process_the_file_vouches_for") {
+        return;
+    }
+    let agent = TestAgent::start("").await;
+    let mut admin = lanyard::client::connect_admin(&agent.running().admin_socket_path)
+        .await
+        .unwrap();
+    let spec = |ttl: &str| EntrySpec {
+        spiffe_id: "spiffe://example.org/legacy".into(),
+        selectors: vec![format!("unix:uid:{}", euid())],
+        x509_ttl: ttl.into(),
+        ..EntrySpec::default()
+    };
+    let entry = admin
+        .create_entry(CreateEntryRequest {
+            spec: Some(spec("30m")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let work = agent.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let dir = agent.dir.path().join("certs");
+    let target = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "trap 'echo hup >> {w}/hups' HUP; while :; do sleep 0.05; done",
+                w = work.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    let target_pid = target.id();
+    let _target = KillOnDrop(Some(target));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pid_file = work.join("target.pid");
+    std::fs::write(&pid_file, format!("{target_pid}\n")).unwrap();
+    std::fs::set_permissions(&pid_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = work.join("helper.log");
+    let helper = Command::new(lanyard_bin())
+        .args([
+            "helper",
+            "--socket",
+            &agent.endpoint(),
+            "--cert-dir",
+            dir.to_str().unwrap(),
+            "--signal",
+            "HUP",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _helper = KillOnDrop(Some(helper));
+    let read = |f: &str| std::fs::read_to_string(work.join(f)).unwrap_or_default();
+    let hups = || read("hups").lines().count();
+    wait_until("the first SIGHUP", 10, || hups() == 1).await;
+
+    let mut ttl = 31;
+    let mut update = async || {
+        let before = std::fs::read_to_string(dir.join("ready")).unwrap_or_default();
+        admin
+            .update_entry(UpdateEntryRequest {
+                id: entry.id.clone(),
+                spec: Some(spec(&format!("{ttl}m"))),
+            })
+            .await
+            .unwrap();
+        ttl += 1;
+        wait_until("new files", 10, || {
+            std::fs::read_to_string(dir.join("ready")).unwrap_or_default() != before
+        })
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    // Writable by others: anyone could aim the signal.
+    std::fs::set_permissions(&pid_file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    update().await;
+    assert_eq!(hups(), 1);
+    assert!(
+        read("helper.log").contains("writable by group or others"),
+        "{}",
+        read("helper.log")
+    );
+    // Owned by another user.
+    std::fs::set_permissions(&pid_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&pid_file, Some(65534), Some(65534)).unwrap();
+    update().await;
+    assert_eq!(hups(), 1);
+    assert!(
+        read("helper.log").contains("owned by uid 65534"),
+        "{}",
+        read("helper.log")
+    );
+    // Written before its process started: the PID the file meant was reused.
+    std::os::unix::fs::chown(&pid_file, Some(0), Some(0)).unwrap();
+    age_file(&pid_file, 3600);
+    update().await;
+    assert_eq!(hups(), 1);
+    assert!(
+        read("helper.log").contains("the PID was reused"),
+        "{}",
+        read("helper.log")
+    );
+    // A file that vouches for its process again: signalled.
+    age_file(&pid_file, 0);
+    update().await;
+    assert_eq!(hups(), 2);
+    // Unchanged file: the pinned process keeps getting the signal without a re-read.
+    update().await;
+    assert_eq!(hups(), 3);
+    agent.shutdown().await;
+}

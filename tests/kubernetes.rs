@@ -722,3 +722,313 @@ fn deploy_manifests_validate_against_the_kubernetes_schemas() {
     }
     assert!(out.status.success(), "manifests do not validate:\n{text}");
 }
+
+/// What a child does before it execs `lanyard fetch`: as root, join `first` and optionally enter a
+/// new cgroup namespace; then become `uid`, make `mkdirs` (in order) and join `then`.
+#[derive(Default)]
+struct Placement {
+    first: Option<PathBuf>,
+    new_cgroup_ns: bool,
+    uid: Option<u32>,
+    mkdirs: Vec<PathBuf>,
+    then: Option<PathBuf>,
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+impl Placement {
+    fn apply(&self, cmd: &mut Command) {
+        let first = self.first.as_ref().map(|p| cstr(&p.join("cgroup.procs")));
+        let then = self.then.as_ref().map(|p| cstr(&p.join("cgroup.procs")));
+        let mkdirs: Vec<CString> = self.mkdirs.iter().map(|p| cstr(p)).collect();
+        let (uid, unshare) = (self.uid, self.new_cgroup_ns);
+        // SAFETY: only async-signal-safe calls (open, write, close, unshare, setgroups, setgid,
+        // setuid, mkdir) on values prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let join = |procs: &CString| -> std::io::Result<()> {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 { Err(err) } else { Ok(()) }
+                };
+                if let Some(p) = &first {
+                    join(p)?;
+                }
+                if unshare && libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(uid) = uid
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for d in &mkdirs {
+                    if libc::mkdir(d.as_ptr(), 0o755) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(p) = &then {
+                    join(p)?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+async fn fetch_placed(placement: Placement, endpoint: &str) -> Output {
+    let endpoint = endpoint.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(lanyard_bin());
+        cmd.args(["fetch", "x509", "--json", "--socket", &endpoint])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET");
+        placement.apply(&mut cmd);
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A cgroup directory handed to `uid` as systemd delegates one (the directory and its
+/// `cgroup.procs`/`cgroup.threads`/`cgroup.subtree_control` owned by the delegatee). Removed on drop,
+/// children first.
+struct Delegated {
+    dir: PathBuf,
+}
+
+impl Delegated {
+    fn create(parent: &Path, name: &str, uid: u32) -> Self {
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+        ] {
+            let p = if f.is_empty() {
+                dir.clone()
+            } else {
+                dir.join(f)
+            };
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        Self { dir }
+    }
+}
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        // Deepest first: every cgroup below, then the delegated one.
+        let mut dirs = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// The kubelet's names for a pod's cgroups below `base` (systemd names on v2, cgroupfs on v1).
+fn pod_dirs(base: &Path, v2: bool, pod_uid: &str, container_id: &str) -> Vec<PathBuf> {
+    let parts: Vec<String> = if v2 {
+        vec![
+            "kubepods.slice".into(),
+            "kubepods-burstable.slice".into(),
+            format!("kubepods-burstable-pod{}.slice", pod_uid.replace('-', "_")),
+            format!("cri-containerd-{container_id}.scope"),
+        ]
+    } else {
+        vec![
+            "kubepods".into(),
+            "burstable".into(),
+            format!("pod{pod_uid}"),
+            container_id.into(),
+        ]
+    };
+    let mut dir = base.to_owned();
+    parts
+        .into_iter()
+        .map(|p| {
+            dir.push(p);
+            dir.clone()
+        })
+        .collect()
+}
+
+const NOBODY: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/nobody"
+selectors = ["unix:uid:65534"]
+"#;
+
+/// The attack of issue 11: uid 65534, with a delegated cgroup subtree (as systemd gives every user
+/// session), names cgroups exactly like a pod's — once outside the kubelet's root, once inside it in
+/// a pod directory delegated to it — and a kubelet that knows that pod. Neither is a pod: the caller
+/// keeps its unix identity, gets no template identity, and the kubelet is never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_named_cgroups_outside_the_kubelet_root_or_not_roots_are_not_pods() {
+    let test = "pod_named_cgroups_outside_the_kubelet_root_or_not_roots_are_not_pods";
+    // PodCgroup::create skips loudly where cgroups cannot be made; its pod is the kubelet's.
+    let Some(real) = PodCgroup::create(test) else {
+        return;
+    };
+    let (hier, v2) = cgroup_hierarchy().unwrap();
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
+    // The kubelet lists the attacker's pod and container IDs (as it would a real pod's).
+    let fake = PodCgroup {
+        pod_uid: format!(
+            "{}-{}-{}-{}-{}",
+            random_hex(8),
+            random_hex(4),
+            random_hex(4),
+            random_hex(4),
+            random_hex(12)
+        ),
+        container_id: random_hex(64),
+        created: Vec::new(),
+        leaf: PathBuf::new(),
+    };
+    kubelet.serve(Answer::Pods(pod_list(&fake, "shop", "cart", true)));
+    let agent = TestAgent::start(&format!("{}{TEMPLATE}{NOBODY}", kubelet.config(""))).await;
+
+    // 1. A delegated user subtree outside the kubelet root.
+    let user = Delegated::create(&hier, &format!("lanyard-user-{}", random_hex(8)), 65534);
+    let dirs = pod_dirs(&user.dir, v2, &fake.pod_uid, &fake.container_id);
+    let leaf = dirs.last().unwrap().clone();
+    let out = fetch_placed(
+        Placement {
+            first: Some(user.dir.clone()),
+            uid: Some(65534),
+            mkdirs: dirs,
+            then: Some(leaf),
+            ..Default::default()
+        },
+        &agent.endpoint(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ids_in(&out), ["spiffe://example.org/nobody"]);
+
+    // 2. Under the kubelet root, in a pod directory delegated to the attacker: its own container
+    // cgroup is not root's.
+    let pod_parent = real.leaf.parent().unwrap().parent().unwrap();
+    let pod_name = pod_dirs(Path::new("/"), v2, &fake.pod_uid, &fake.container_id)[2]
+        .file_name()
+        .unwrap()
+        .to_owned();
+    let pod_dir = Delegated::create(pod_parent, pod_name.to_str().unwrap(), 65534);
+    let leaf = pod_dir.dir.join(
+        pod_dirs(Path::new("/"), v2, &fake.pod_uid, &fake.container_id)[3]
+            .file_name()
+            .unwrap(),
+    );
+    // The attacker's process starts in its user subtree; the common ancestor of both is the
+    // hierarchy root, so root moves it (as a misconfigured delegation would let it).
+    let out = fetch_placed(
+        Placement {
+            first: Some(pod_dir.dir.clone()),
+            uid: Some(65534),
+            mkdirs: vec![leaf.clone()],
+            then: Some(leaf),
+            ..Default::default()
+        },
+        &agent.endpoint(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ids_in(&out), ["spiffe://example.org/nobody"]);
+    assert_eq!(kubelet.requests(), 0, "the agent never asked the kubelet");
+
+    // The real pod still is one.
+    kubelet.serve(Answer::Pods(pod_list(&real, "shop", "cart", true)));
+    let out = fetch_in(&real.leaf, &agent.endpoint(), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ids_in(&out).last().unwrap(),
+        "spiffe://example.org/ns/shop/sa/cart"
+    );
+    drop(pod_dir);
+    drop(user);
+    agent.shutdown().await;
+}
+
+/// An agent in its own cgroup namespace (as in a Kubernetes pod on cgroup v2) sees other pods'
+/// cgroups as `/../...`; it enters the configured host namespace once at start to learn where it
+/// sits, and resolves them. Without that (host_cgroup_namespace = ""), such paths are not pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_a_cgroup_namespace_resolves_pods_through_the_host_namespace() {
+    let test = "an_agent_in_a_cgroup_namespace_resolves_pods_through_the_host_namespace";
+    let Some(cg) = PodCgroup::create(test) else {
+        return;
+    };
+    let (hier, _) = cgroup_hierarchy().unwrap();
+    let agent_cg = Delegated::create(&hier, &format!("lanyard-agent-{}", random_hex(8)), 0);
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    for (host_ns, want) in [
+        (
+            format!("/proc/{}/ns/cgroup", std::process::id()),
+            vec![
+                "spiffe://example.org/shop/server",
+                "spiffe://example.org/host-root",
+                "spiffe://example.org/ns/shop/sa/cart",
+            ],
+        ),
+        (String::new(), vec!["spiffe://example.org/host-root"]),
+    ] {
+        let run = tempfile::tempdir().unwrap();
+        let config = run.path().join("lanyard.toml");
+        std::fs::write(
+            &config,
+            config_text(
+                run.path(),
+                &format!(
+                    "{}{TEMPLATE}",
+                    kubelet.config(&format!("host_cgroup_namespace = \"{host_ns}\""))
+                ),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(lanyard_bin());
+        cmd.args(["agent", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        Placement {
+            first: Some(agent_cg.dir.clone()),
+            new_cgroup_ns: true,
+            ..Default::default()
+        }
+        .apply(&mut cmd);
+        let child = KillOnDrop(Some(cmd.spawn().unwrap()));
+        let socket = run.path().join("workload.sock");
+        wait_until("the agent's socket", 20, || socket.exists()).await;
+        let out = fetch_in(&cg.leaf, &format!("unix://{}", socket.display()), &[]).await;
+        assert!(out.status.success(), "{host_ns:?}: {}", stderr(&out));
+        assert_eq!(ids_in(&out), want, "host_cgroup_namespace = {host_ns:?}");
+        drop(child);
+    }
+    drop(agent_cg);
+}

@@ -29,18 +29,32 @@ pub struct KubernetesConfig {
     pub kubelet: KubeletConfig,
     pub snapshot_ttl: Duration,
     pub container_wait: Duration,
+    /// The kubelet's cgroup roots: pods are recognised only below them.
+    pub cgroup_roots: Vec<cgroup::Root>,
+    /// The cgroup namespace paths are made absolute in (`None`: read them as the agent sees them).
+    pub host_cgroup_ns: Option<std::path::PathBuf>,
 }
 
 /// Attests pods through cgroups and the kubelet.
 pub struct K8sAttestor {
     cache: Arc<PodCache>,
     runtime: tokio::runtime::Handle,
+    roots: Vec<cgroup::Root>,
+    view: cgroup::View,
 }
 
 impl K8sAttestor {
     /// Must be called inside the agent's runtime: slow lookups run on it from the blocking pool.
     pub fn new(config: &KubernetesConfig) -> Result<Self, kubelet::Error> {
         let kubelet = Kubelet::new(config.kubelet.clone())?;
+        let (view, problem) = cgroup::View::load(config.host_cgroup_ns.as_deref());
+        if let Some(e) = problem {
+            tracing::warn!(
+                "{e}; cgroup paths are read as this agent's cgroup namespace shows them, and pods \
+                 outside it are not recognised (run with hostPID and CAP_SYS_ADMIN, or set \
+                 kubernetes.host_cgroup_namespace)"
+            );
+        }
         if config.kubelet.skip_verify {
             tracing::warn!(url = %config.kubelet.url, "kubelet certificate NOT verified (skip_kubelet_verification)");
         }
@@ -51,6 +65,8 @@ impl K8sAttestor {
                 config.container_wait,
             )),
             runtime: tokio::runtime::Handle::current(),
+            roots: config.cgroup_roots.clone(),
+            view,
         })
     }
 
@@ -61,7 +77,7 @@ impl K8sAttestor {
 
     fn locate(&self, process: &PinnedProcess) -> Result<Option<cgroup::Location>, Error> {
         let text = process.dir.read_to_string("cgroup").map_err(read_error)?;
-        cgroup::locate(&text).map_err(|e| Error::Kubernetes {
+        cgroup::locate(&text, &self.roots, &self.view).map_err(|e| Error::Kubernetes {
             message: format!("pid {}: {e}", process.pid()),
             retryable: false,
         })

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::DEFAULT_HEALTH_ADDR;
 use super::raw::{RawEntry, RawHealth, RawKubernetes};
 use super::validate::{Collector, duration, entry};
+use crate::attest::k8s::cgroup::{DEFAULT_HOST_CGROUP_NS, Root};
 use crate::attest::k8s::{
     DEFAULT_CONTAINER_WAIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SNAPSHOT_TTL, KubeletConfig,
     KubernetesConfig,
@@ -127,10 +128,49 @@ pub(super) fn kubernetes(
             "longer than 1m would serve stale pod facts (labels); use a few seconds",
         );
     }
+    let cgroup_roots = match &k.cgroup_roots {
+        None => Root::defaults(),
+        Some(list) if list.is_empty() => {
+            errs.push(
+                "kubernetes.cgroup_roots",
+                format!(
+                    "empty: no process could be in a pod; leave it out for the defaults {:?}",
+                    crate::attest::k8s::cgroup::DEFAULT_ROOTS
+                ),
+            );
+            Vec::new()
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                Root::parse(r)
+                    .map_err(|e| errs.push(format!("kubernetes.cgroup_roots[{i}]"), e))
+                    .ok()
+            })
+            .collect(),
+    };
+    let host_cgroup_ns = match &k.host_cgroup_namespace {
+        None => Some(PathBuf::from(DEFAULT_HOST_CGROUP_NS)),
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) if p.is_relative() => {
+            errs.push(
+                "kubernetes.host_cgroup_namespace",
+                format!(
+                    "{} is relative; such as \"{DEFAULT_HOST_CGROUP_NS}\", or \"\" to read cgroup paths as the agent's namespace shows them",
+                    p.display()
+                ),
+            );
+            None
+        }
+        Some(p) => Some(p.clone()),
+    };
     Some(KubernetesConfig {
         kubelet,
         snapshot_ttl,
         container_wait,
+        cgroup_roots,
+        host_cgroup_ns,
     })
 }
 

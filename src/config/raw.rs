@@ -57,6 +57,8 @@ pub struct RawKubernetes {
     pub snapshot_ttl: Option<String>,
     pub container_wait: Option<String>,
     pub request_timeout: Option<String>,
+    pub cgroup_roots: Option<Vec<String>>,
+    pub host_cgroup_namespace: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

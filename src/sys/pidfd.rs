@@ -25,6 +25,22 @@ impl Pidfd {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// `pidfd_send_signal`: signals exactly this process; `Err` (ESRCH) once it has exited, whatever
+    /// now has its PID.
+    pub fn send_signal(&self, sig: i32) -> Result<(), Error> {
+        // SAFETY: an open pidfd, a signal number, no siginfo, no flags.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        check("pidfd_send_signal", ret as libc::c_int).map(|_| ())
+    }
+
     /// True once the process has exited (it may still be a zombie). Never blocks.
     pub fn has_exited(&self) -> Result<bool, Error> {
         let mut pfd = libc::pollfd {
