@@ -32,7 +32,7 @@ fn main() {
     println!(
         "lanyard benchmarks ({} cores)",
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(0)
     );
     mint_throughput();
@@ -85,7 +85,10 @@ fn k8s_lookup_cost() {
             at: mount.path().to_owned(),
         }],
     };
-    let roots = cgroup::Root::defaults();
+    let roots: Vec<cgroup::Root> = lanyard::config::DEFAULT_CGROUP_ROOTS
+        .iter()
+        .map(|r| cgroup::Root::parse(r).unwrap())
+        .collect();
     let mut samples = Vec::with_capacity(20_000);
     for _ in 0..20_000 {
         let t = Instant::now();

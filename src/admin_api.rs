@@ -19,7 +19,7 @@ use crate::workload_api::listener::PeerInfo;
 
 /// What the admin API reads and changes.
 #[derive(Clone)]
-pub struct AdminApi {
+pub(crate) struct AdminApi {
     pub registry: Arc<Registry>,
     pub inventory: Inventory,
     pub trust_domain: String,
@@ -33,7 +33,7 @@ pub struct AdminApi {
 
 impl AdminApi {
     /// The tonic service.
-    pub fn into_server(self) -> AdminServer<Self> {
+    pub(crate) fn into_server(self) -> AdminServer<Self> {
         AdminServer::new(self)
     }
 }
@@ -98,12 +98,20 @@ fn to_proto(e: &crate::registry::Entry) -> Entry {
         origin: e.origin.as_str().into(),
         spec: Some(EntrySpec {
             spiffe_id: e.spiffe_id.to_string(),
-            selectors: e.selectors.iter().map(|s| s.to_string()).collect(),
+            selectors: e
+                .selectors
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             x509_ttl: ttl(e.x509_ttl),
             jwt_ttl: ttl(e.jwt_ttl),
             hint: e.hint.clone(),
             dns_names: e.dns_names.clone(),
-            federates_with: e.federates_with.iter().map(|t| t.to_string()).collect(),
+            federates_with: e
+                .federates_with
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             jwt_audiences: e.jwt_audiences.clone(),
         }),
     }
@@ -239,10 +247,10 @@ impl Admin for AdminApi {
         let ca = self.ca.borrow().clone();
         let mut chain_pem = String::new();
         for c in ca.signer.chain() {
-            chain_pem.push_str(&crate::ca::bundle::pem_cert(c));
+            chain_pem.push_str(&crate::encoding::pem_cert(c));
         }
         if ca.signer.chain().is_empty() {
-            chain_pem.push_str(&crate::ca::bundle::pem_cert(ca.signer.cert()));
+            chain_pem.push_str(&crate::encoding::pem_cert(ca.signer.cert()));
         }
         let (declared, managed) = self.registry.counts();
         let live = self

@@ -172,8 +172,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         inventory: inventory.clone(),
         trust_domain: config.trust_domain.to_string(),
         authority_mode: match config.authority {
-            crate::config::AuthorityConfig::SelfSigned { .. } => "self-signed",
-            crate::config::AuthorityConfig::Upstream { .. } => "upstream",
+            crate::ca::AuthorityConfig::SelfSigned { .. } => "self-signed",
+            crate::ca::AuthorityConfig::Upstream { .. } => "upstream",
         },
         ca: ca_rx.clone(),
         issuer: issuer_handle.clone(),
@@ -422,7 +422,7 @@ impl Running {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, path = %path.display(), "cannot remove socket")
+                    tracing::warn!(error = %e, path = %path.display(), "cannot remove socket");
                 }
             }
         }

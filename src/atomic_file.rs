@@ -7,12 +7,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Replaces `path` with `data`, mode exactly `mode` (umask does not apply).
-pub fn write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     write_owned(path, data, mode, None)
 }
 
 /// Like [`write`], and with `owner` (uid, gid) set on the file before it takes the path's place.
-pub fn write_owned(
+pub(crate) fn write_owned(
     path: &Path,
     data: &[u8],
     mode: u32,
@@ -57,14 +57,14 @@ pub fn write_owned(
 /// the agent's own: a real directory (not a symlink), owned by the agent's uid and writable by no
 /// one else. Anything else is refused with what is wrong and what to do: a directory another user
 /// created first (say a predictable `/tmp/lanyard-<uid>`) could hold keys of their choosing.
-pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     adopt_or_create_dir(dir, mode)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
 /// Like [`ensure_dir`], but an existing directory keeps its mode (it is only checked): for the
 /// socket directory, whose mode the operator may have chosen.
-pub fn adopt_or_create_dir(dir: &Path, mode: u32) -> io::Result<()> {
+pub(crate) fn adopt_or_create_dir(dir: &Path, mode: u32) -> io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
     }
@@ -78,7 +78,7 @@ pub fn adopt_or_create_dir(dir: &Path, mode: u32) -> io::Result<()> {
 
 /// Refuses `path` unless it is owned by the agent's uid (or by root, when `ours_only` is false) and
 /// not writable by group or others, and is not a symlink.
-pub fn check_owned(path: &Path, ours_only: bool) -> io::Result<()> {
+pub(crate) fn check_owned(path: &Path, ours_only: bool) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::symlink_metadata(path)?;
     let me = crate::sys::euid();
@@ -110,7 +110,7 @@ pub fn check_owned(path: &Path, ours_only: bool) -> io::Result<()> {
 }
 
 /// Refuses a key file that is not the agent's own or that others can read or write.
-pub fn check_key_file(path: &Path, ours_only: bool) -> io::Result<()> {
+pub(crate) fn check_key_file(path: &Path, ours_only: bool) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     check_owned(path, ours_only)?;
     let mode = fs::symlink_metadata(path)?.mode();

@@ -8,11 +8,32 @@ pub mod bundle;
 pub mod jwt;
 pub mod mint;
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use authority::Authority;
 pub use bundle::X509Bundle;
+pub use jwt::MAX_JWT_TTL;
 pub use mint::{Signer, SvidRequest, X509Svid};
+
+/// The shortest X.509-SVID lifetime accepted.
+pub const MIN_X509_TTL: Duration = Duration::from_secs(60);
+/// The shortest JWT-SVID lifetime accepted.
+pub const MIN_JWT_TTL: Duration = Duration::from_secs(30);
+
+/// Where the signing authority comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorityConfig {
+    /// A root generated once and kept in the data directory.
+    SelfSigned { ca_ttl: Duration },
+    /// A root certificate and key from files; the agent mints and rotates its own intermediate.
+    Upstream {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        intermediate_ttl: Duration,
+    },
+}
 
 /// Errors of the signing authority.
 #[derive(Debug, thiserror::Error)]

@@ -9,11 +9,12 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::ca::{AuthorityConfig, MIN_JWT_TTL, MIN_X509_TTL};
+pub use crate::fields::{Errors, FieldError};
 use crate::registry::Entry;
 use crate::spiffe_id::TrustDomain;
 
 pub use raw::{RawConfig, RawEntry, toml_error};
-pub(crate) use validate::{valid_dns_name, validate_entry};
 
 /// Trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
@@ -25,8 +26,6 @@ pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/run/lanyard/admin/admin.sock";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/lanyard";
 /// X.509-SVID lifetime when neither the entry nor `[svid]` sets one.
 pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
-/// The shortest X.509-SVID lifetime accepted.
-pub const MIN_X509_TTL: Duration = Duration::from_secs(60);
 /// Lifetime of a self-signed root.
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Lifetime of the intermediate the agent mints under an upstream root.
@@ -35,10 +34,25 @@ pub const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 /// Health endpoint address when none is configured: loopback only.
 pub const DEFAULT_HEALTH_ADDR: &str = "127.0.0.1:8788";
+/// Default age up to which a pod list is reused without asking the kubelet again.
+pub const DEFAULT_SNAPSHOT_TTL: Duration = Duration::from_secs(2);
+/// Default time a container missing from the pod list is waited for.
+pub const DEFAULT_CONTAINER_WAIT: Duration = Duration::from_secs(5);
+/// Default limit of one kubelet request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kubelet cgroup roots recognised when none are configured: cgroupfs driver, systemd driver,
+/// and kind's nested `cgroupRoot: /kubelet` under both.
+pub const DEFAULT_CGROUP_ROOTS: &[&str] = &[
+    "/kubepods",
+    "/kubepods.slice",
+    "/kubelet/kubepods",
+    "/kubelet.slice/kubelet-kubepods.slice",
+];
+/// The cgroup namespace that cgroup paths are made absolute in, by default: that of PID 1 (the
+/// host's, when the agent runs with `hostPID`).
+pub const DEFAULT_HOST_CGROUP_NS: &str = "/proc/1/ns/cgroup";
 /// JWT-SVID lifetime when neither the entry nor `[svid]` sets one.
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
-/// The shortest JWT-SVID lifetime accepted.
-pub const MIN_JWT_TTL: Duration = Duration::from_secs(30);
 /// How long one JWT signing key signs before the next takes over.
 pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Cached JWT-SVIDs (least recently used are dropped beyond this).
@@ -82,19 +96,6 @@ pub struct Config {
     pub health_addr: Option<std::net::SocketAddr>,
 }
 
-/// Where the signing authority comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthorityConfig {
-    /// A root generated once and kept in the data directory.
-    SelfSigned { ca_ttl: Duration },
-    /// A root certificate and key from files; the agent mints and rotates its own intermediate.
-    Upstream {
-        cert_path: PathBuf,
-        key_path: PathBuf,
-        intermediate_ttl: Duration,
-    },
-}
-
 /// A federated trust domain and the files its bundles are read from (at least one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Federation {
@@ -123,32 +124,6 @@ pub struct DevMode {
     pub runtime_dir: PathBuf,
     pub uid: u32,
     pub user_name: String,
-}
-
-/// One configuration problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Where: `trust_domain`, `entry[2].spiffe_id`, `--socket`.
-    pub field: String,
-    /// What is wrong and what to do, naming the value.
-    pub message: String,
-}
-
-/// Everything wrong with a configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", render(.0))]
-pub struct Errors(pub Vec<FieldError>);
-
-fn render(errors: &[FieldError]) -> String {
-    let mut out = format!(
-        "invalid configuration ({} problem{}):",
-        errors.len(),
-        if errors.len() == 1 { "" } else { "s" }
-    );
-    for e in errors {
-        out.push_str(&format!("\n  {}: {}", e.field, e.message));
-    }
-    out
 }
 
 impl Config {

@@ -15,14 +15,14 @@ use tokio_stream::StreamExt;
 
 mod pid_file;
 
-use crate::ca::bundle::{pem_block, pem_cert, split_der};
+use crate::encoding::{pem_block, pem_cert, split_der};
 use crate::proto::{JwtBundlesRequest, JwtsvidRequest, X509svidRequest, X509svidResponse};
 use crate::sys::pidfd::Pidfd;
 use pid_file::PidFile;
 
 /// What the helper does.
 #[derive(Debug, Clone)]
-pub struct HelperConfig {
+pub(crate) struct HelperConfig {
     pub endpoint: String,
     pub cert_dir: PathBuf,
     /// Write the files once and exit (init containers).
@@ -52,7 +52,7 @@ pub struct HelperConfig {
 
 /// What a write produced.
 #[derive(Debug, Clone)]
-pub struct Written {
+pub(crate) struct Written {
     /// Serial of the leaf, hex.
     pub serial: String,
     /// When the written SVID expires.
@@ -61,7 +61,7 @@ pub struct Written {
 
 /// Why the helper stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error(transparent)]
     Client(#[from] crate::client::Error),
     #[error("the agent refused: {0}")]
@@ -87,7 +87,7 @@ pub enum Error {
 /// intermediates), `svid_combined.pem` (0600, when asked) and `bundle.pem` (0644), then `ready`
 /// (ID and serial) last. Every file is replaced by one rename after an fsync, with its mode set on
 /// every write.
-pub fn write_files(
+pub(crate) fn write_files(
     dir: &Path,
     msg: &X509svidResponse,
     config: &HelperConfig,
@@ -155,7 +155,7 @@ impl Health {
 }
 
 /// Runs the helper until a signal stops it (or after the first write with `once`).
-pub async fn run(config: HelperConfig) -> Result<(), Error> {
+pub(crate) async fn run(config: HelperConfig) -> Result<(), Error> {
     let config = &config;
     // The directory must be the helper's own: whoever else can write in it could swap the files
     // between the helper's writes and the consumer's reads.
@@ -357,7 +357,7 @@ fn write_jwts(config: &HelperConfig, jwts: &Jwts) -> Result<(), Error> {
 }
 
 /// `jwt_<audience>.token`, with anything but letters, digits, '.', '-' and '_' replaced by '_'.
-pub fn jwt_file_name(audience: &str) -> String {
+pub(crate) fn jwt_file_name(audience: &str) -> String {
     let safe: String = audience
         .chars()
         .map(|c| {
@@ -396,7 +396,7 @@ fn token_times(token: &str) -> Option<(u64, u64)> {
     let exp = v.get("exp")?.as_u64()?;
     let iat = v
         .get("iat")
-        .and_then(|i| i.as_u64())
+        .and_then(serde_json::Value::as_u64)
         .unwrap_or(exp.saturating_sub(300));
     Some((iat, exp))
 }

@@ -22,7 +22,7 @@ use crate::clock::SharedClock;
 use crate::sys::pidfd::{ExitWatch, Pidfd};
 
 /// Default retention of inventory rows.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often old rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The most operations written in one transaction.
@@ -155,7 +155,7 @@ struct Shared {
 type Holdings = HashMap<(Kind, String), String>;
 
 /// Called with the SPIFFE IDs of the X.509-SVIDs a process held when it exits.
-pub type ExitHook = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+pub(crate) type ExitHook = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 enum Op {
     Record {

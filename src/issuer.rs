@@ -7,7 +7,7 @@
 //! - Dropped at its rotation time when nobody holds it any more.
 //! - Minting runs on the blocking pool, never on the async workers.
 
-pub mod jwt;
+pub(crate) mod jwt;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +63,7 @@ pub struct Stats {
 }
 
 /// The issuer task.
-pub struct Issuer {
+pub(crate) struct Issuer {
     rx: mpsc::Receiver<Command>,
     published: Published,
     ca: watch::Receiver<Arc<CaSnapshot>>,
@@ -94,7 +94,10 @@ struct Slot {
 
 impl Issuer {
     /// A new issuer signing with whatever `ca` publishes.
-    pub fn new(ca: watch::Receiver<Arc<CaSnapshot>>, clock: SharedClock) -> (Self, IssuerHandle) {
+    pub(crate) fn new(
+        ca: watch::Receiver<Arc<CaSnapshot>>,
+        clock: SharedClock,
+    ) -> (Self, IssuerHandle) {
         let (tx, rx) = mpsc::channel(1024);
         let stats = Arc::new(Stats::default());
         let published = Published::default();
@@ -120,7 +123,7 @@ impl Issuer {
     }
 
     /// Runs until `shutdown` fires or every handle is gone.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
             tokio::select! {
@@ -338,7 +341,9 @@ impl IssuerHandle {
 }
 
 /// Waits until the subscribed SVID is minted (or failed).
-pub async fn wait_ready(rx: &mut watch::Receiver<SvidState>) -> Result<Arc<X509Svid>, Error> {
+pub(crate) async fn wait_ready(
+    rx: &mut watch::Receiver<SvidState>,
+) -> Result<Arc<X509Svid>, Error> {
     let state = rx
         .wait_for(|s| !matches!(s, SvidState::Pending))
         .await
@@ -371,8 +376,8 @@ async fn sleep_until(at: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::ca::Authority;
+    use crate::ca::AuthorityConfig;
     use crate::clock::TokioClock;
-    use crate::config::AuthorityConfig;
     use crate::spiffe_id::{SpiffeId, TrustDomain};
     use std::time::SystemTime;
 

@@ -2,6 +2,7 @@
 //!
 //! Matching is a pure function of (selectors, entries); the entry store and reloads live around it.
 
+pub mod entry;
 pub mod manager;
 pub mod store;
 pub mod template;
@@ -15,6 +16,7 @@ use crate::ca::bundle::X509Bundle;
 use crate::ca::jwt::Jwks;
 use crate::selector::{Selector, SelectorSet};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+pub use entry::{RawEntry, valid_dns_name, validate_entry};
 pub use template::{RenderError, Template};
 
 /// A stable entry identifier.
@@ -108,7 +110,7 @@ impl EntryId {
             ctx.update(b"\n");
             ctx.update(s.to_string().as_bytes());
         }
-        let hex = crate::attest::unix::to_hex(ctx.finish().as_ref());
+        let hex = crate::encoding::hex(ctx.finish().as_ref());
         Self(format!("decl-{}", &hex[..16]))
     }
 
@@ -118,7 +120,7 @@ impl EntryId {
         if aws_lc_rs::rand::fill(&mut b).is_err() {
             b.iter_mut().for_each(|x| *x = fastrand::u8(..));
         }
-        Self(format!("ent-{}", crate::attest::unix::to_hex(&b)))
+        Self(format!("ent-{}", crate::encoding::hex(&b)))
     }
 
     /// Wraps an ID read back from storage or a client.

@@ -3,7 +3,7 @@
 use tokio::sync::watch;
 
 /// Resolves once shutdown has been signalled (or its sender is gone).
-pub async fn signalled(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn signalled(rx: &mut watch::Receiver<bool>) {
     // The guard returned by wait_for is dropped here, so callers never hold it across an await.
     let _ = rx.wait_for(|s| *s).await;
 }

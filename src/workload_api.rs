@@ -4,13 +4,13 @@
 //! matched against the policy, and then it is answered from the issuer's cache. Streams hold no state
 //! of their own beyond what they last sent.
 
-pub mod exec_hub;
-pub mod h2_normalize;
-pub mod header;
+pub(crate) mod exec_hub;
+pub(crate) mod h2_normalize;
+pub(crate) mod header;
 mod jwt;
-pub mod listener;
-pub mod service;
-pub mod status;
+pub(crate) mod listener;
+pub(crate) mod service;
+pub(crate) mod status;
 mod stream;
 
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::spiffe_id::TrustDomain;
 
 /// Why a Workload API call did not get what it asked for; [`status::to_status`] maps each to a code.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     #[error("caller not identified: {0}")]
@@ -61,7 +61,7 @@ pub enum Error {
 
 /// What the Workload API service needs from the rest of the agent.
 #[derive(Clone)]
-pub struct Context {
+pub(crate) struct Context {
     pub trust_domain: TrustDomain,
     pub attestors: Arc<Vec<Box<dyn Attestor>>>,
     pub policy: watch::Receiver<Arc<Policy>>,

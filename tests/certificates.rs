@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use lanyard::ca::bundle::{pem_block, pem_cert, split_der};
+use lanyard::encoding::{pem_block, pem_cert, split_der};
 use lanyard::proto::*;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;

@@ -33,7 +33,9 @@ fn in_ci() -> bool {
 /// toolchain is missing outside CI; under CI a missing toolchain or a failed setup fails the test.
 fn prepare(lang: &str, tools: &[&str], test: &str) -> bool {
     static DONE: Mutex<Option<HashMap<String, Result<(), String>>>> = Mutex::new(None);
-    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut done = DONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let map = done.get_or_insert_with(HashMap::new);
     let result = map
         .entry(lang.to_owned())

@@ -125,7 +125,9 @@ fn once_against_a_stopped_agent_fails_clearly_and_writes_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to the agent"), "{err}");
-    let written = std::fs::read_dir(&certs).map(|d| d.count()).unwrap_or(0);
+    let written = std::fs::read_dir(&certs)
+        .map(std::iter::Iterator::count)
+        .unwrap_or(0);
     assert_eq!(written, 0, "nothing written");
 }
 

@@ -109,7 +109,7 @@ async fn validate(
         svid: token.into(),
     })
     .await
-    .map(|r| r.into_inner())
+    .map(tonic::Response::into_inner)
 }
 
 async fn fetch(
@@ -119,11 +119,14 @@ async fn fetch(
 ) -> Result<JwtsvidResponse, tonic::Status> {
     let mut c = agent.client().await;
     c.fetch_jwtsvid(JwtsvidRequest {
-        audience: audiences.iter().map(|a| a.to_string()).collect(),
+        audience: audiences
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
         spiffe_id: id.into(),
     })
     .await
-    .map(|r| r.into_inner())
+    .map(tonic::Response::into_inner)
 }
 
 fn decode(part: &str) -> serde_json::Value {

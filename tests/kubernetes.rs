@@ -285,7 +285,7 @@ fn fetch_in_cgroup(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
 
 async fn fetch_in(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
     let (cgroup, endpoint) = (cgroup.to_owned(), endpoint.to_owned());
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = args.iter().map(std::string::ToString::to_string).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         fetch_in_cgroup(&cgroup, &endpoint, &args)

@@ -54,7 +54,7 @@ impl Forcer {
             spiffe_id: spiffe_id.into(),
             selectors: vec![selector],
             x509_ttl: ttl.into(),
-            dns_names: dns.iter().map(|s| s.to_string()).collect(),
+            dns_names: dns.iter().map(std::string::ToString::to_string).collect(),
             ..EntrySpec::default()
         };
         let id = admin
@@ -579,7 +579,7 @@ async fn settings_file_and_ready_endpoint() {
 /// the SVID's intermediate (upstream mode), `--bundle-federated` the federated trust domains' CAs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_options_add_intermediates_and_federated_cas() {
-    use lanyard::ca::bundle::{pem_block, pem_cert};
+    use lanyard::encoding::{pem_block, pem_cert};
     let dir = open_tempdir();
     let day = Duration::from_secs(86400);
     let td = lanyard::spiffe_id::TrustDomain::parse("example.org").unwrap();

@@ -51,7 +51,10 @@ fn entry(path: &str, selector: &str) -> String {
 fn spec(path: &str, selectors: &[&str]) -> EntrySpec {
     EntrySpec {
         spiffe_id: format!("spiffe://example.org{path}"),
-        selectors: selectors.iter().map(|s| s.to_string()).collect(),
+        selectors: selectors
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
         ..EntrySpec::default()
     }
 }

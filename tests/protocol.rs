@@ -309,7 +309,7 @@ async fn tb1_tb2_federated_bundles_only_where_entries_federate() {
     )
     .unwrap();
     let bundle_path = dir.path().join("partner.pem");
-    std::fs::write(&bundle_path, lanyard::ca::bundle::pem_cert(&partner_root)).unwrap();
+    std::fs::write(&bundle_path, lanyard::encoding::pem_cert(&partner_root)).unwrap();
     let fed = format!(
         "[[federation]]\ntrust_domain = \"partner.org\"\nbundle_path = \"{}\"\n",
         bundle_path.display()

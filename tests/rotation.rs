@@ -7,7 +7,7 @@ mod common;
 use std::time::SystemTime;
 
 use common::*;
-use lanyard::ca::bundle::split_der;
+use lanyard::encoding::split_der;
 use lanyard::proto::X509svidRequest;
 
 fn facts(der: &[u8]) -> (String, i64) {

@@ -16,13 +16,6 @@ use super::{Attestor, Error, PinnedProcess, read_error};
 use crate::selector::SelectorSet;
 pub use kubelet::{Kubelet, KubeletConfig, PodCache};
 
-/// Default age up to which a pod list is reused without asking the kubelet again.
-pub const DEFAULT_SNAPSHOT_TTL: Duration = Duration::from_secs(2);
-/// Default time a container missing from the pod list is waited for.
-pub const DEFAULT_CONTAINER_WAIT: Duration = Duration::from_secs(5);
-/// Default limit of one kubelet request.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// `[kubernetes]` settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {

@@ -125,7 +125,7 @@ impl UnixAttestor {
             }
             ctx.update(&buf[..n]);
         }
-        let hex = to_hex(ctx.finish().as_ref());
+        let hex = crate::encoding::hex(ctx.finish().as_ref());
         if let Ok(mut cache) = self.hashes.lock() {
             if cache.len() >= HASH_CACHE_CAPACITY {
                 cache.clear();
@@ -231,17 +231,6 @@ impl Attestor for UnixAttestor {
     }
 }
 
-/// Lowercase hex, as `sha256sum` prints.
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +250,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert!(set.contains_all(&[Selector::UnixPath(exe.to_str().unwrap().into())]));
         let bytes = std::fs::read(&exe).unwrap();
-        let want = to_hex(digest::digest(&digest::SHA256, &bytes).as_ref());
+        let want = crate::encoding::hex(digest::digest(&digest::SHA256, &bytes).as_ref());
         assert!(set.contains_all(&[Selector::UnixSha256(want)]));
     }
 

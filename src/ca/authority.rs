@@ -17,12 +17,13 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::bundle::{X509Bundle, pem_block, pem_cert};
+use super::bundle::X509Bundle;
 use super::jwt::JwtState;
 use super::mint::{self, Signer, cert_facts};
 use super::{CaSnapshot, Error};
+use crate::ca::AuthorityConfig;
 use crate::clock::SharedClock;
-use crate::config::AuthorityConfig;
+use crate::encoding::{pem_block, pem_cert};
 use crate::spiffe_id::TrustDomain;
 
 /// The signing authority of one trust domain.
@@ -441,7 +442,7 @@ fn read_signer(path: &Path) -> Result<Option<Signer>, Error> {
     };
     let cert = CertificateDer::pem_slice_iter(&data)
         .next()
-        .and_then(|c| c.ok())
+        .and_then(std::result::Result::ok)
         .ok_or_else(|| Error::BadFile {
             path: path.display().to_string(),
             why: "no CERTIFICATE block".into(),
@@ -469,7 +470,7 @@ fn write_signer(path: &Path, key: &KeyPair, cert: &CertificateDer<'_>) -> Result
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     match std::fs::read(path) {
         Ok(data) => Ok(CertificateDer::pem_slice_iter(&data)
-            .filter_map(|c| c.ok())
+            .filter_map(std::result::Result::ok)
             .collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(source) => Err(Error::Io {

@@ -133,7 +133,7 @@ impl JwtKey {
         let mut jti_bytes = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti_bytes)
             .map_err(|_| Error::BadCertificate("random source failed".into()))?;
-        let jti = crate::attest::unix::to_hex(&jti_bytes);
+        let jti = crate::encoding::hex(&jti_bytes);
         let aud = match audiences {
             [one] => serde_json::Value::String(one.clone()),
             many => serde_json::Value::from(many.to_vec()),
@@ -387,12 +387,12 @@ pub fn validate(
     validation.validate_nbf = false;
     let now_s = unix_seconds(now);
     let leeway = VALIDATION_LEEWAY.as_secs();
-    match payload.get("exp").and_then(|e| e.as_u64()) {
+    match payload.get("exp").and_then(serde_json::Value::as_u64) {
         Some(exp) if exp + leeway < now_s => return Err(Invalid::Verification("expired".into())),
         Some(_) => {}
         None => return Err(Invalid::Verification("no numeric exp claim".into())),
     }
-    if let Some(nbf) = payload.get("nbf").and_then(|n| n.as_u64())
+    if let Some(nbf) = payload.get("nbf").and_then(serde_json::Value::as_u64)
         && nbf > now_s + leeway
     {
         return Err(Invalid::Verification("not valid yet (nbf)".into()));

@@ -180,7 +180,7 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
         chain,
         chain_der,
         key_pkcs8: Zeroizing::new(key.serialize_der()),
-        serial: crate::attest::unix::to_hex(&serial),
+        serial: crate::encoding::hex(&serial),
         // rcgen writes whole seconds.
         not_before: truncate_to_seconds(not_before),
         not_after: truncate_to_seconds(not_after),
@@ -255,7 +255,7 @@ fn random_serial() -> [u8; 16] {
     let mut serial = [0u8; 16];
     // aws-lc's RNG; fall back to a non-cryptographic source only for uniqueness, never for keys.
     if aws_lc_rs::rand::fill(&mut serial).is_err() {
-        for b in serial.iter_mut() {
+        for b in &mut serial {
             *b = fastrand::u8(..);
         }
     }
@@ -286,6 +286,6 @@ pub fn cert_facts(cert: &[u8]) -> Result<(SystemTime, SystemTime, String), Error
     Ok((
         to_system(&v.not_before),
         to_system(&v.not_after),
-        crate::attest::unix::to_hex(parsed.raw_serial()),
+        crate::encoding::hex(parsed.raw_serial()),
     ))
 }

@@ -13,7 +13,7 @@ use crate::config::{Config, DevMode, Overrides};
 
 /// Flags of `lanyard agent`. Flags win over the environment, which wins over the file.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Configuration file (TOML). Without it the embedded defaults apply.
     #[arg(long, short = 'c', env = "LANYARD_CONFIG")]
     config: Option<PathBuf>,
@@ -58,7 +58,7 @@ impl Args {
 }
 
 /// Runs the agent until a signal stops it.
-pub async fn run(args: Args) -> ExitCode {
+pub(super) async fn run(args: Args) -> ExitCode {
     let dev = args.dev.then(DevMode::for_current_user);
     if let Some(dev) = &dev
         && let Err(e) = crate::atomic_file::ensure_dir(&dev.runtime_dir, 0o700)
@@ -73,16 +73,13 @@ pub async fn run(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (mut hup, mut term, mut int) = match (
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
-        _ => {
-            eprintln!("lanyard: cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
+    ) else {
+        eprintln!("lanyard: cannot install signal handlers");
+        return ExitCode::FAILURE;
     };
     let endpoint = config.endpoint_socket();
     let dev_ids: Vec<String> = if dev.is_some() {

@@ -10,7 +10,7 @@ use crate::proto::admin::{
 
 /// Where the admin API is.
 #[derive(Debug, clap::Args)]
-pub struct AdminSocket {
+pub(super) struct AdminSocket {
     /// Admin socket path. Default: /run/lanyard/admin/admin.sock, else (if only that exists) your
     /// `lanyard agent --dev` admin socket.
     #[arg(long = "admin-socket", env = "LANYARD_ADMIN_SOCKET_PATH")]
@@ -19,14 +19,14 @@ pub struct AdminSocket {
 
 impl AdminSocket {
     /// Connects to the admin API.
-    pub async fn connect(&self) -> anyhow::Result<client::AdminClient> {
+    pub(super) async fn connect(&self) -> anyhow::Result<client::AdminClient> {
         let path = client::resolve_admin_socket(self.path.as_deref());
         Ok(client::connect_admin(&path).await?)
     }
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Create a managed entry.
     Create(CreateArgs),
     /// List entries (declared ones from lanyard.toml first, then managed ones).
@@ -41,7 +41,7 @@ pub enum Command {
 
 /// Entry fields as flags.
 #[derive(Debug, Default, clap::Args)]
-pub struct SpecArgs {
+pub(super) struct SpecArgs {
     /// The SPIFFE ID processes matching this entry get.
     #[arg(long)]
     spiffe_id: Option<String>,
@@ -69,7 +69,7 @@ pub struct SpecArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CreateArgs {
+pub(super) struct CreateArgs {
     #[command(flatten)]
     admin: AdminSocket,
     #[command(flatten)]
@@ -80,7 +80,7 @@ pub struct CreateArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct UpdateArgs {
+pub(super) struct UpdateArgs {
     #[command(flatten)]
     admin: AdminSocket,
     /// The entry's ID.
@@ -93,7 +93,7 @@ pub struct UpdateArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ListArgs {
+pub(super) struct ListArgs {
     #[command(flatten)]
     admin: AdminSocket,
     /// Only entries with this selector.
@@ -108,7 +108,7 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct IdArgs {
+pub(super) struct IdArgs {
     #[command(flatten)]
     admin: AdminSocket,
     /// The entry's ID.
@@ -118,7 +118,7 @@ pub struct IdArgs {
     json: bool,
 }
 
-pub async fn run(cmd: Command) -> anyhow::Result<()> {
+pub(super) async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Create(a) => {
             let mut c = a.admin.connect().await?;
@@ -281,6 +281,6 @@ fn print_one(e: &Entry, json: bool) {
 }
 
 /// An admin API refusal as a user-facing error.
-pub fn refused(status: tonic::Status) -> anyhow::Error {
+pub(super) fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }

@@ -14,7 +14,7 @@ use crate::proto::{X509BundlesRequest, X509svidRequest};
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Fetch this process's X.509-SVIDs.
     X509(X509Args),
     /// Fetch the X.509 trust bundles this process may see.
@@ -26,7 +26,7 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct JwtArgs {
+pub(super) struct JwtArgs {
     #[command(flatten)]
     endpoint: Endpoint,
     /// Audience the token is for (repeat for several).
@@ -42,7 +42,7 @@ pub struct JwtArgs {
 
 /// Where the agent is.
 #[derive(Debug, clap::Args)]
-pub struct Endpoint {
+pub(super) struct Endpoint {
     /// Agent endpoint: unix:///path or /path. Default: $SPIFFE_ENDPOINT_SOCKET, else
     /// /run/lanyard/workload.sock, else (if only that exists) your `lanyard agent --dev` socket.
     #[arg(long)]
@@ -51,13 +51,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The `--socket` value, if given.
-    pub fn socket(&self) -> Option<&str> {
+    pub(super) fn socket(&self) -> Option<&str> {
         self.socket.as_deref()
     }
 }
 
 #[derive(Debug, clap::Args)]
-pub struct X509Args {
+pub(super) struct X509Args {
     #[command(flatten)]
     endpoint: Endpoint,
     /// Write the default SVID as svid.pem (chain), svid_key.pem (0600) and bundle.pem into DIR;
@@ -70,7 +70,7 @@ pub struct X509Args {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BundlesArgs {
+pub(super) struct BundlesArgs {
     #[command(flatten)]
     endpoint: Endpoint,
     /// Write each bundle as <trust-domain>.pem into DIR.
@@ -81,7 +81,7 @@ pub struct BundlesArgs {
     json: bool,
 }
 
-pub async fn run(cmd: Command) -> anyhow::Result<()> {
+pub(super) async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::X509(args) => x509(args).await,
         Command::Bundles(args) => bundles(args).await,
@@ -254,7 +254,7 @@ async fn bundles(args: BundlesArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::json!({ "bundles": out }));
     } else {
         for (td, der) in &tds {
-            let n = crate::ca::bundle::split_der(der)
+            let n = crate::encoding::split_der(der)
                 .map(|c| c.len())
                 .unwrap_or(0);
             println!("{td}: {n} CA certificate(s)");
@@ -264,7 +264,7 @@ async fn bundles(args: BundlesArgs) -> anyhow::Result<()> {
 }
 
 /// The first message of a stream, or a clear error if none comes in time.
-pub async fn first_message<S, M>(stream: &mut S) -> anyhow::Result<M>
+pub(super) async fn first_message<S, M>(stream: &mut S) -> anyhow::Result<M>
 where
     S: tokio_stream::Stream<Item = Result<M, tonic::Status>> + Unpin,
 {
@@ -276,7 +276,7 @@ where
 }
 
 /// A status from the agent as a user-facing error.
-pub fn describe(status: tonic::Status) -> anyhow::Error {
+pub(super) fn describe(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "the agent refused: {} ({:?})",
         status.message(),

@@ -10,7 +10,7 @@ use crate::client;
 use crate::proto::X509BundlesRequest;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     endpoint: Endpoint,
     /// Give up after this long, such as 5s.
@@ -18,7 +18,7 @@ pub struct Args {
     timeout: Duration,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub(super) async fn run(args: Args) -> anyhow::Result<()> {
     let endpoint = client::resolve_endpoint(args.endpoint.socket());
     let check = async {
         let mut client = client::connect(&endpoint).await?;
@@ -39,7 +39,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             bail!("the agent answered with no bundle");
         }
         for (td, der) in &msg.bundles {
-            let certs = crate::ca::bundle::split_der(der)
+            let certs = crate::encoding::split_der(der)
                 .filter(|c| !c.is_empty())
                 .with_context(|| format!("the bundle of {td} is empty or not DER certificates"))?;
             for cert in &certs {

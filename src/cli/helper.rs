@@ -11,7 +11,7 @@ use super::EXIT_CONFIG;
 use crate::helper::{self, HelperConfig};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Settings file (TOML) with the same names as the flags (socket, cert_dir, once, cmd, args,
     /// signal, pid_file, reload_cmd, jwt_audiences, owner, combined, bundle_federated,
     /// bundle_intermediates, health_address). A flag given wins over the file; a yes/no flag can only
@@ -92,7 +92,7 @@ struct RawHelper {
     health_address: Option<String>,
 }
 
-pub async fn run(args: Args) -> ExitCode {
+pub(super) async fn run(args: Args) -> ExitCode {
     let config = match resolve(args) {
         Ok(c) => c,
         Err(problems) => {
@@ -170,7 +170,7 @@ fn resolve(args: Args) -> Result<HelperConfig, Vec<String>> {
             .map(|program| std::iter::once(program).chain(file.args.clone()).collect())
             .unwrap_or_default(),
     };
-    if cmd.first().is_some_and(|p| p.is_empty()) {
+    if cmd.first().is_some_and(std::string::String::is_empty) {
         problems.push("cmd: empty program name".to_owned());
     }
     let once = args.once || file.once.unwrap_or(false);

@@ -7,7 +7,7 @@ use super::output::rfc3339;
 use crate::proto::admin::ListCredentialsRequest;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     admin: AdminSocket,
     /// Only credentials held right now (not withdrawn, not expired).
@@ -27,7 +27,7 @@ pub struct Args {
     json: bool,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub(super) async fn run(args: Args) -> anyhow::Result<()> {
     let mut c = args.admin.connect().await?;
     let since = args
         .since

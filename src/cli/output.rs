@@ -6,13 +6,13 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::ca::bundle::{pem_block, pem_cert, split_der};
 use crate::ca::mint::cert_facts;
+use crate::encoding::{pem_block, pem_cert, split_der};
 use crate::proto::X509svid;
 
 /// What is printed about one X.509-SVID (never its key).
 #[derive(Debug, Serialize)]
-pub struct SvidSummary {
+pub(super) struct SvidSummary {
     pub spiffe_id: String,
     pub hint: String,
     pub serial: String,
@@ -23,7 +23,7 @@ pub struct SvidSummary {
 }
 
 /// Summarises an SVID from the wire.
-pub fn summarize(svid: &X509svid) -> anyhow::Result<SvidSummary> {
+pub(super) fn summarize(svid: &X509svid) -> anyhow::Result<SvidSummary> {
     let chain = split_der(&svid.x509_svid).context("the SVID chain is not DER certificates")?;
     let leaf = chain.first().context("the SVID chain is empty")?;
     let (not_before, not_after, serial) = cert_facts(leaf)?;
@@ -40,19 +40,19 @@ pub fn summarize(svid: &X509svid) -> anyhow::Result<SvidSummary> {
 }
 
 /// RFC 3339 UTC, whole seconds.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// PEM text of concatenated DER certificates.
-pub fn pem_chain(der: &[u8]) -> anyhow::Result<String> {
+pub(super) fn pem_chain(der: &[u8]) -> anyhow::Result<String> {
     let certs = split_der(der).context("not DER certificates")?;
     Ok(certs.iter().map(|c| pem_cert(c)).collect())
 }
 
 /// Writes one SVID as PEM files in `dir`: key first (0600), then certificate chain and bundle (0644),
 /// each replaced atomically, so a reader never pairs a new certificate with an old key.
-pub fn write_svid_files(dir: &Path, suffix: &str, svid: &X509svid) -> anyhow::Result<()> {
+pub(super) fn write_svid_files(dir: &Path, suffix: &str, svid: &X509svid) -> anyhow::Result<()> {
     let key = zeroize::Zeroizing::new(pem_block("PRIVATE KEY", &svid.x509_svid_key));
     let key_path = dir.join(format!("svid_key{suffix}.pem"));
     crate::atomic_file::write(&key_path, key.as_bytes(), 0o600)
@@ -66,6 +66,6 @@ pub fn write_svid_files(dir: &Path, suffix: &str, svid: &X509svid) -> anyhow::Re
 }
 
 /// A file name for a trust domain's bundle: `spiffe://partner.org` → `partner.org.pem`.
-pub fn bundle_file_name(trust_domain_id: &str) -> String {
+pub(super) fn bundle_file_name(trust_domain_id: &str) -> String {
     format!("{}.pem", trust_domain_id.trim_start_matches("spiffe://"))
 }

@@ -5,13 +5,13 @@ use crate::client;
 use crate::proto::ValidateJwtsvidRequest;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Validate a JWT-SVID for an audience; exits non-zero with the reason when it is not valid.
     Jwt(JwtArgs),
 }
 
 #[derive(Debug, clap::Args)]
-pub struct JwtArgs {
+pub(super) struct JwtArgs {
     #[command(flatten)]
     endpoint: Endpoint,
     /// The audience this service expects in the token.
@@ -24,7 +24,7 @@ pub struct JwtArgs {
     json: bool,
 }
 
-pub async fn run(cmd: Command) -> anyhow::Result<()> {
+pub(super) async fn run(cmd: Command) -> anyhow::Result<()> {
     let Command::Jwt(args) = cmd;
     let token = if args.token == "-" {
         let mut t = String::new();

@@ -10,12 +10,12 @@ use crate::client;
 use crate::proto::X509svidRequest;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     endpoint: Endpoint,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub(super) async fn run(args: Args) -> anyhow::Result<()> {
     let endpoint = client::resolve_endpoint(args.endpoint_socket());
     let mut client = client::connect(&endpoint).await?;
     let mut stream = client

@@ -6,21 +6,24 @@ use std::time::Duration;
 
 use super::DEFAULT_HEALTH_ADDR;
 use super::raw::{RawEntry, RawHealth, RawKubernetes};
-use super::validate::{Collector, duration, entry};
-use crate::attest::k8s::cgroup::{DEFAULT_HOST_CGROUP_NS, Root};
-use crate::attest::k8s::{
-    DEFAULT_CONTAINER_WAIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SNAPSHOT_TTL, KubeletConfig,
-    KubernetesConfig,
+use super::{
+    DEFAULT_CGROUP_ROOTS, DEFAULT_CONTAINER_WAIT, DEFAULT_HOST_CGROUP_NS, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SNAPSHOT_TTL,
 };
+use crate::attest::k8s::cgroup::Root;
+use crate::attest::k8s::{KubeletConfig, KubernetesConfig};
+use crate::fields::{Collector, duration};
 use crate::registry::EntryId;
+use crate::registry::entry::entry;
 use crate::registry::template::{Pattern, Template};
 use crate::spiffe_id::TrustDomain;
 
 /// Where a pod's service account token and cluster CA are mounted.
-pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-pub const DEFAULT_KUBELET_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+pub(super) const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub(super) const DEFAULT_KUBELET_CA_PATH: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// The environment variable the DaemonSet fills from `spec.nodeName` (downward API).
-pub const DEFAULT_NODE_NAME_ENV: &str = "NODE_NAME";
+pub(super) const DEFAULT_NODE_NAME_ENV: &str = "NODE_NAME";
 
 pub(super) fn health(
     errs: &mut Collector,
@@ -129,13 +132,15 @@ pub(super) fn kubernetes(
         );
     }
     let cgroup_roots = match &k.cgroup_roots {
-        None => Root::defaults(),
+        None => DEFAULT_CGROUP_ROOTS
+            .iter()
+            .filter_map(|r| Root::parse(r).ok())
+            .collect(),
         Some(list) if list.is_empty() => {
             errs.push(
                 "kubernetes.cgroup_roots",
                 format!(
-                    "empty: no process could be in a pod; leave it out for the defaults {:?}",
-                    crate::attest::k8s::cgroup::DEFAULT_ROOTS
+                    "empty: no process could be in a pod; leave it out for the defaults {DEFAULT_CGROUP_ROOTS:?}"
                 ),
             );
             Vec::new()
@@ -241,7 +246,7 @@ pub(super) fn templates(
         out.push(Template {
             id: EntryId::from_string(format!(
                 "tmpl-{}",
-                &crate::attest::unix::to_hex(digest.as_ref())[..16]
+                &crate::encoding::hex(digest.as_ref())[..16]
             )),
             spiffe_id: pattern,
             selectors: if t.selectors.is_empty() {

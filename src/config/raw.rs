@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{Errors, FieldError};
+pub use crate::registry::RawEntry;
 
 /// `lanyard.toml` as written. Every field is optional; unknown fields are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -98,23 +99,6 @@ pub struct RawInventory {
 pub struct RawLimits {
     pub max_streams: Option<usize>,
     pub jwt_cache_size: Option<usize>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEntry {
-    pub spiffe_id: Option<String>,
-    #[serde(default)]
-    pub selectors: Vec<String>,
-    pub x509_ttl: Option<String>,
-    pub jwt_ttl: Option<String>,
-    #[serde(default)]
-    pub jwt_audiences: Vec<String>,
-    pub hint: Option<String>,
-    #[serde(default)]
-    pub dns_names: Vec<String>,
-    #[serde(default)]
-    pub federates_with: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

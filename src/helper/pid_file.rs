@@ -47,14 +47,14 @@ struct Pinned {
 }
 
 /// A pid file and the process it named when last read.
-pub struct PidFile {
+pub(super) struct PidFile {
     path: PathBuf,
     euid: u32,
     pinned: Option<Pinned>,
 }
 
 impl PidFile {
-    pub fn new(path: PathBuf) -> Self {
+    pub(super) fn new(path: PathBuf) -> Self {
         Self {
             path,
             euid: crate::sys::euid(),
@@ -63,7 +63,7 @@ impl PidFile {
     }
 
     /// Sends `sig` to the process the file names; the PID signalled, or why nothing was.
-    pub fn signal(&mut self, sig: i32) -> Result<u32, String> {
+    pub(super) fn signal(&mut self, sig: i32) -> Result<u32, String> {
         let meta = std::fs::symlink_metadata(&self.path)
             .map_err(|e| format!("pid file {}: {e}", self.path.display()))?;
         let stamp = Stamp::of(&meta);

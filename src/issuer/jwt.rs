@@ -121,7 +121,7 @@ impl JwtCache {
             rx
         };
         let outcome = rx
-            .wait_for(|o| o.is_some())
+            .wait_for(std::option::Option::is_some)
             .await
             .map_err(|_| Error::Stopped)?
             .clone();
@@ -203,7 +203,7 @@ impl JwtCache {
                 self.shared.wake.notify_one();
             }
             Err(why) => {
-                tracing::error!(spiffe_id = %req.spiffe_id, error = %why, "jwt-svid signing failed")
+                tracing::error!(spiffe_id = %req.spiffe_id, error = %why, "jwt-svid signing failed");
             }
         }
     }
@@ -304,8 +304,8 @@ async fn sleep_until(at: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::ca::Authority;
+    use crate::ca::AuthorityConfig;
     use crate::clock::TokioClock;
-    use crate::config::AuthorityConfig;
     use crate::spiffe_id::TrustDomain;
 
     fn setup(capacity: usize) -> (tempfile::TempDir, JwtCache, SharedClock) {

@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::entry::{RawEntry, validate_entry};
 use super::store::{self, EntryStore};
 use super::{Entry, EntryId, FederatedBundle, Origin, Policy, Template};
-use crate::config::{FieldError, RawEntry};
+use crate::fields::FieldError;
 use crate::spiffe_id::TrustDomain;
 
 /// Why an entry operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}", crate::config::Errors(.0.clone()))]
+    #[error("{}", crate::fields::Errors(.0.clone()))]
     Invalid(Vec<FieldError>),
     #[error("no entry with ID {0:?}")]
     NotFound(String),
@@ -178,8 +179,7 @@ impl Inner {
 
     fn validate(&self, spec: &RawEntry) -> Result<Entry, Error> {
         let federated: HashSet<TrustDomain> = self.federation.keys().cloned().collect();
-        crate::config::validate_entry("entry", spec, &self.trust_domain, &federated)
-            .map_err(Error::Invalid)
+        validate_entry("entry", spec, &self.trust_domain, &federated).map_err(Error::Invalid)
     }
 
     fn check_managed(&self, id: &str) -> Result<(), Error> {

@@ -135,12 +135,18 @@ fn row(e: &Entry) -> [rusqlite::types::Value; 9] {
     [
         Value::Text(e.id.to_string()),
         Value::Text(e.spiffe_id.to_string()),
-        Value::Text(json(e.selectors.iter().map(|s| s.to_string()))),
+        Value::Text(json(
+            e.selectors.iter().map(std::string::ToString::to_string),
+        )),
         secs(e.x509_ttl),
         secs(e.jwt_ttl),
         Value::Text(e.hint.clone()),
         Value::Text(json(e.dns_names.iter().cloned())),
-        Value::Text(json(e.federates_with.iter().map(|t| t.to_string()))),
+        Value::Text(json(
+            e.federates_with
+                .iter()
+                .map(std::string::ToString::to_string),
+        )),
         Value::Text(json(e.jwt_audiences.iter().cloned())),
     ]
 }

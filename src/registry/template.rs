@@ -207,7 +207,7 @@ impl Template {
                 self.spiffe_id.as_str()
             ));
         }
-        if let Some(bad) = dns.iter().find(|n| !crate::config::valid_dns_name(n)) {
+        if let Some(bad) = dns.iter().find(|n| !super::entry::valid_dns_name(n)) {
             return fail(format!(
                 "template {:?} rendered DNS name {bad:?}, which is not a valid DNS name",
                 self.spiffe_id.as_str()

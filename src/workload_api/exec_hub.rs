@@ -10,13 +10,13 @@ use crate::sys::exec_events::ExecEvents;
 
 /// Streams interested in exec events, by PID.
 #[derive(Default)]
-pub struct ExecHub {
+pub(crate) struct ExecHub {
     map: Mutex<HashMap<u32, Vec<Weak<Notify>>>>,
 }
 
 impl ExecHub {
     /// A notifier that fires when `pid` execs (kept alive by the caller; dropped when it stops caring).
-    pub fn register(&self, pid: u32) -> Arc<Notify> {
+    pub(crate) fn register(&self, pid: u32) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
         if let Ok(mut map) = self.map.lock() {
             if map.len() > 4096 {
@@ -58,7 +58,7 @@ impl ExecHub {
 
     /// Reads exec events until `shutdown`. Without the process connector (no CAP_NET_ADMIN) it logs
     /// once and returns: streams are then re-attested before each push only.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let events = match ExecEvents::subscribe() {
             Ok(e) => e,
             Err(e) => {

@@ -34,7 +34,7 @@ pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest header block accepted, encoded (all fragments together) and decoded (names, values
 /// and 32 bytes a field, as SETTINGS_MAX_HEADER_LIST_SIZE counts). Workload API requests carry a few
 /// hundred bytes; gRPC clients send at most 8–16 KiB of metadata by default.
-pub const MAX_HEADER_BLOCK: usize = 32 * 1024;
+pub(crate) const MAX_HEADER_BLOCK: usize = 32 * 1024;
 /// The largest frame h2 accepts unless told otherwise (SETTINGS_MAX_FRAME_SIZE default); re-encoded
 /// blocks are cut into HEADERS + CONTINUATION frames of at most this size.
 const MAX_FRAME: usize = 16_384;
@@ -52,7 +52,7 @@ const PRIORITY: u8 = 0x20;
 
 /// Why a connection's input was refused (only logged: the peer sees h2's GOAWAY).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("header block does not decode: {0}")]
     Hpack(String),
     #[error("header block over {MAX_HEADER_BLOCK} bytes")]
@@ -99,7 +99,7 @@ struct OpenBlock {
 
 /// The per-connection normaliser. Feed it what the socket delivered; it appends to `out` what h2
 /// should read.
-pub struct Normalizer {
+pub(crate) struct Normalizer {
     state: State,
     decoder: Decoder<'static>,
     open: Option<OpenBlock>,
@@ -115,7 +115,7 @@ impl Default for Normalizer {
 
 impl Normalizer {
     /// A normaliser at the start of a connection.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut decoder = Decoder::new();
         decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Self {
@@ -128,17 +128,17 @@ impl Normalizer {
     }
 
     /// Whether the connection was refused: after the refusal frame, h2 must read end-of-stream.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
 
     /// Why the connection was refused, once it was.
-    pub fn refusal(&self) -> Option<&Error> {
+    pub(crate) fn refusal(&self) -> Option<&Error> {
         self.refused.as_ref()
     }
 
     /// Consumes what it can of `input` (the rest waits for more bytes) and appends to `out`.
-    pub fn feed(&mut self, input: &mut BytesMut, out: &mut BytesMut) {
+    pub(crate) fn feed(&mut self, input: &mut BytesMut, out: &mut BytesMut) {
         while !input.is_empty() {
             match self.state {
                 State::Closed => {

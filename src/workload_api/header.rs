@@ -4,10 +4,10 @@
 use tonic::{Request, Status};
 
 /// The security header's name.
-pub const HEADER: &str = "workload.spiffe.io";
+pub(crate) const HEADER: &str = "workload.spiffe.io";
 
 /// A tonic interceptor enforcing EP-2 on every RPC of the service.
-pub fn check(req: Request<()>) -> Result<Request<()>, Status> {
+pub(crate) fn check(req: Request<()>) -> Result<Request<()>, Status> {
     let mut values = req.metadata().get_all(HEADER).iter();
     match (values.next(), values.next()) {
         (Some(v), None) if v.as_bytes() == b"true" => Ok(req),

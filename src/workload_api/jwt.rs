@@ -19,7 +19,7 @@ pub(super) struct JwtAsk {
 
 /// EP-6 and the `spiffe_id` field: checked before anything else about the caller.
 pub(super) fn check_request(req: &JwtsvidRequest) -> Result<JwtAsk, Error> {
-    if req.audience.is_empty() || req.audience.iter().any(|a| a.is_empty()) {
+    if req.audience.is_empty() || req.audience.iter().any(std::string::String::is_empty) {
         return Err(Error::InvalidArgument(
             "audience is required: name at least one non-empty audience (EP-6)".into(),
         ));

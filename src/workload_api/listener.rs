@@ -37,7 +37,7 @@ pub enum BindError {
 
 /// Binds a Unix socket at `path` with mode `mode`, creating the parent directory with `dir_mode` if
 /// it is missing. A stale socket file is replaced only when nothing answers on it.
-pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener, BindError> {
+pub(crate) fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener, BindError> {
     let io_err = |what, source| BindError::Io {
         what,
         path: path.to_owned(),
@@ -81,11 +81,11 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener, BindE
 /// The connection info every request carries: the caller as recorded at accept, or why it could not
 /// be recorded (then the caller gets no identity).
 #[derive(Clone, Debug)]
-pub struct PeerInfo(pub Arc<Result<Caller, String>>);
+pub(crate) struct PeerInfo(pub Arc<Result<Caller, String>>);
 
 /// An accepted connection with its peer. What the client sends reaches h2 through the
 /// [`Normalizer`], which drops the meaningless `:authority` every gRPC stack fills differently.
-pub struct PeerStream {
+pub(crate) struct PeerStream {
     inner: UnixStream,
     peer: PeerInfo,
     normalizer: Normalizer,
@@ -98,7 +98,7 @@ pub struct PeerStream {
 impl PeerStream {
     /// Records the peer of a freshly accepted connection (and the ceiling of what it can get);
     /// `peer_pidfd` false takes the path of kernels without `SO_PEERPIDFD`.
-    pub fn new(inner: UnixStream, peer_pidfd: bool) -> Self {
+    pub(crate) fn new(inner: UnixStream, peer_pidfd: bool) -> Self {
         let peer = Caller::from_socket_with(inner.as_fd(), peer_pidfd).map_err(|e| e.to_string());
         if let Err(e) = &peer {
             tracing::debug!(error = %e, "cannot identify the peer of a connection");
@@ -148,6 +148,13 @@ impl AsyncRead for PeerStream {
             this.pending.extend_from_slice(&buf.filled()[before..]);
             buf.set_filled(before);
             this.normalizer.feed(&mut this.pending, &mut this.ready);
+            if let Some(why) = this
+                .normalizer
+                .refusal()
+                .filter(|_| this.normalizer.is_closed())
+            {
+                tracing::debug!(error = %why, "HTTP/2 input refused; the connection ends with GOAWAY");
+            }
         }
     }
 }
@@ -184,7 +191,7 @@ impl AsyncWrite for PeerStream {
 
 /// The stream of accepted connections. Accept errors (such as running out of file descriptors) are
 /// logged and retried after a pause; they never end the server.
-pub struct Incoming {
+pub(crate) struct Incoming {
     listener: UnixListener,
     peer_pidfd: bool,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -192,7 +199,7 @@ pub struct Incoming {
 
 impl Incoming {
     /// Accepts from `listener`; see [`PeerStream::new`] for `peer_pidfd`.
-    pub fn new(listener: UnixListener, peer_pidfd: bool) -> Self {
+    pub(crate) fn new(listener: UnixListener, peer_pidfd: bool) -> Self {
         Self {
             listener,
             peer_pidfd,

@@ -19,24 +19,24 @@ type BoxStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send + 'stati
 
 /// The Workload API service.
 #[derive(Clone)]
-pub struct WorkloadApi {
+pub(crate) struct WorkloadApi {
     ctx: Context,
 }
 
 /// The service wrapped in the EP-2 header check, ready to add to a tonic server.
-pub type Server = InterceptedService<
+pub(crate) type Server = InterceptedService<
     SpiffeWorkloadApiServer<WorkloadApi>,
     fn(Request<()>) -> Result<Request<()>, Status>,
 >;
 
 impl WorkloadApi {
     /// A service over `ctx`.
-    pub fn new(ctx: Context) -> Self {
+    pub(crate) fn new(ctx: Context) -> Self {
         Self { ctx }
     }
 
     /// The service behind the security-header check (which runs first on every RPC).
-    pub fn into_server(self) -> Server {
+    pub(crate) fn into_server(self) -> Server {
         SpiffeWorkloadApiServer::with_interceptor(
             self,
             header::check as fn(Request<()>) -> Result<Request<()>, Status>,

@@ -6,7 +6,7 @@ use tonic::Status;
 use super::Error;
 
 /// Maps a Workload API error to the status the caller sees.
-pub fn to_status(err: &Error) -> Status {
+pub(crate) fn to_status(err: &Error) -> Status {
     match err {
         // EP-2, EP-6.
         Error::InvalidArgument(msg) => Status::invalid_argument(msg.clone()),

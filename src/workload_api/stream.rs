@@ -34,7 +34,7 @@ pub(super) struct Attested {
 
 impl Attested {
     /// Builds the inventory's view of the caller from what attestation found.
-    pub fn new(pinned: PinnedProcess, selectors: SelectorSet) -> Self {
+    pub(super) fn new(pinned: PinnedProcess, selectors: SelectorSet) -> Self {
         let uid = selectors
             .iter()
             .find_map(|s| match s {
@@ -101,7 +101,7 @@ pub(super) struct Watcher<M> {
 
 impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     /// Matches the caller, subscribes to its SVIDs (when `with_svids`) and renders the first message.
-    pub async fn open(
+    pub(super) async fn open(
         ctx: Context,
         attested: Attested,
         render: Render<M>,
@@ -139,7 +139,11 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     }
 
     /// Follows changes until the caller leaves, loses its entitlement, or the agent stops.
-    pub async fn run(mut self, tx: mpsc::Sender<Result<M, Status>>, _permit: OwnedSemaphorePermit) {
+    pub(super) async fn run(
+        mut self,
+        tx: mpsc::Sender<Result<M, Status>>,
+        _permit: OwnedSemaphorePermit,
+    ) {
         // No exit watch of its own: when the caller exits its connection closes (caught by
         // `tx.closed()`), the inventory's per-process watch withdraws its credentials, and a connection
         // handed to another process is caught by the re-attestation before the next push.

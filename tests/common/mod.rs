@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
 /// A running agent with its own socket and data directory.
-pub struct TestAgent {
+pub(crate) struct TestAgent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub running: Option<Running>,
@@ -24,7 +24,7 @@ pub struct TestAgent {
 
 /// Config text with the socket and data dir placed in `dir` and the health endpoint on a free
 /// loopback port, followed by `extra`.
-pub fn config_text(dir: &Path, extra: &str) -> String {
+pub(crate) fn config_text(dir: &Path, extra: &str) -> String {
     format!(
         "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"127.0.0.1:0\" }}\n{extra}",
         dir.join("workload.sock").display(),
@@ -35,7 +35,7 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
 
 /// A temp dir that other uids can traverse (tempfile makes them 0700), so child processes under
 /// other uids can reach the socket.
-pub fn open_tempdir() -> tempfile::TempDir {
+pub(crate) fn open_tempdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("lanyard-test")
         .tempdir()
@@ -46,7 +46,7 @@ pub fn open_tempdir() -> tempfile::TempDir {
 
 impl TestAgent {
     /// Starts an agent in this process with `extra` config (entries, TTLs...).
-    pub async fn start(extra: &str) -> Self {
+    pub(crate) async fn start(extra: &str) -> Self {
         let dir = open_tempdir();
         let config = Config::from_toml(&config_text(dir.path(), extra)).expect("test config");
         let running = app::start(config, Arc::new(SystemClock))
@@ -60,22 +60,22 @@ impl TestAgent {
     }
 
     /// `unix:///...` for SPIFFE_ENDPOINT_SOCKET.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
     /// A client that sends the security header (like every real client).
-    pub async fn client(&self) -> lanyard::client::WorkloadClient {
+    pub(crate) async fn client(&self) -> lanyard::client::WorkloadClient {
         lanyard::client::connect(&self.endpoint()).await.unwrap()
     }
 
     /// A raw tonic client that sends no header unless the test adds one.
-    pub async fn raw_client(&self) -> SpiffeWorkloadApiClient<Channel> {
+    pub(crate) async fn raw_client(&self) -> SpiffeWorkloadApiClient<Channel> {
         SpiffeWorkloadApiClient::new(raw_channel(&self.socket).await)
     }
 
     /// Replaces the policy with the entries of `extra` config text (as SIGHUP does with the file).
-    pub fn reload(&mut self, extra: &str) {
+    pub(crate) fn reload(&mut self, extra: &str) {
         let config =
             Config::from_toml(&config_text(self.dir.path(), extra)).expect("reload config");
         self.running
@@ -85,11 +85,11 @@ impl TestAgent {
             .expect("reload");
     }
 
-    pub fn running(&self) -> &Running {
+    pub(crate) fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }
 
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
@@ -97,7 +97,7 @@ impl TestAgent {
 }
 
 /// A tonic channel over the Unix socket at `path`.
-pub async fn raw_channel(path: &Path) -> Channel {
+pub(crate) async fn raw_channel(path: &Path) -> Channel {
     let path = path.to_owned();
     Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -109,14 +109,14 @@ pub async fn raw_channel(path: &Path) -> Channel {
 }
 
 /// The effective uid of the test process.
-pub fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
 
 /// True if the test may run children under other uids. Outside CI a non-root run skips loudly;
 /// in CI (CI=true, run as root) a non-root run is a failure, never a silent pass.
-pub fn require_root(test: &str) -> bool {
+pub(crate) fn require_root(test: &str) -> bool {
     if euid() == 0 {
         return true;
     }
@@ -130,17 +130,17 @@ pub fn require_root(test: &str) -> bool {
 }
 
 /// The lanyard binary under test.
-pub fn lanyard_bin() -> &'static str {
+pub(crate) fn lanyard_bin() -> &'static str {
     env!("CARGO_BIN_EXE_lanyard")
 }
 
 /// Runs `lanyard fetch x509 --json` as `uid` against `endpoint`.
-pub fn fetch_as(uid: u32, gid: u32, endpoint: &str) -> Output {
+pub(crate) fn fetch_as(uid: u32, gid: u32, endpoint: &str) -> Output {
     fetch_as_with(uid, gid, endpoint, &[])
 }
 
 /// Runs `lanyard fetch x509 --json` plus `extra` (such as `--write DIR`) as `uid` against `endpoint`.
-pub fn fetch_as_with(uid: u32, gid: u32, endpoint: &str, extra: &[&str]) -> Output {
+pub(crate) fn fetch_as_with(uid: u32, gid: u32, endpoint: &str, extra: &[&str]) -> Output {
     use std::os::unix::process::CommandExt;
     Command::new(lanyard_bin())
         .args(["fetch", "x509", "--json", "--socket", endpoint])
@@ -153,7 +153,7 @@ pub fn fetch_as_with(uid: u32, gid: u32, endpoint: &str, extra: &[&str]) -> Outp
 }
 
 /// The SPIFFE IDs in `lanyard fetch x509 --json` output.
-pub fn ids_in(output: &Output) -> Vec<String> {
+pub(crate) fn ids_in(output: &Output) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}); stdout={} stderr={}",
@@ -170,7 +170,7 @@ pub fn ids_in(output: &Output) -> Vec<String> {
 }
 
 /// Waits for a stream's next message, failing the test after `secs`.
-pub async fn next_within<S, T>(stream: &mut S, secs: u64) -> T
+pub(crate) async fn next_within<S, T>(stream: &mut S, secs: u64) -> T
 where
     S: tokio_stream::Stream<Item = Result<T, tonic::Status>> + Unpin,
 {
@@ -183,7 +183,7 @@ where
 }
 
 /// Asserts that a stream sends nothing for `ms` milliseconds.
-pub async fn assert_quiet<S, T: std::fmt::Debug>(stream: &mut S, ms: u64)
+pub(crate) async fn assert_quiet<S, T: std::fmt::Debug>(stream: &mut S, ms: u64)
 where
     S: tokio_stream::Stream<Item = Result<T, tonic::Status>> + Unpin,
 {
@@ -194,7 +194,7 @@ where
 }
 
 /// Waits for the stream to end with an error status.
-pub async fn end_status<S, T: std::fmt::Debug>(stream: &mut S, secs: u64) -> tonic::Status
+pub(crate) async fn end_status<S, T: std::fmt::Debug>(stream: &mut S, secs: u64) -> tonic::Status
 where
     S: tokio_stream::Stream<Item = Result<T, tonic::Status>> + Unpin,
 {
@@ -212,13 +212,13 @@ where
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for a test's own listener).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
 /// Waits (without blocking the runtime that serves an in-process agent) until `f` holds.
-pub async fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
+pub(crate) async fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(
@@ -231,7 +231,7 @@ pub async fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
 
 /// Where `tests/interop/setup.sh` prepares the client-matrix programs and where every interop run
 /// records what it exercised (`results/`), for `tests/interop/table.py`.
-pub fn interop_dir() -> PathBuf {
+pub(crate) fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
@@ -239,7 +239,7 @@ pub fn interop_dir() -> PathBuf {
 }
 
 /// Records one interop run (library, version, what it exercised) for the README's client table.
-pub fn record_interop(language: &str, case: &str, report: &serde_json::Value) {
+pub(crate) fn record_interop(language: &str, case: &str, report: &serde_json::Value) {
     let dir = interop_dir().join("results");
     std::fs::create_dir_all(&dir).unwrap();
     let mut record = report.clone();
@@ -253,7 +253,7 @@ pub fn record_interop(language: &str, case: &str, report: &serde_json::Value) {
 }
 
 /// A tonic client over an already connected socket `fd` (one the test inherited or kept).
-pub async fn client_over(
+pub(crate) async fn client_over(
     fd: i32,
 ) -> lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel>
 {
@@ -277,7 +277,7 @@ pub async fn client_over(
 }
 
 /// A forked child, killed and reaped when dropped (also when a test fails).
-pub struct ForkedChild {
+pub(crate) struct ForkedChild {
     pub pid: i32,
 }
 
@@ -297,7 +297,7 @@ impl Drop for ForkedChild {
 /// child closes every other descriptor first, so it holds nothing of the test's; the program it
 /// execs reads its standard input from that pipe, which the test never writes again (so `su` waits
 /// for a password forever).
-pub fn fork_connect_then_exec(
+pub(crate) fn fork_connect_then_exec(
     socket: &Path,
     uid: Option<u32>,
     argv: &[&str],
@@ -367,7 +367,7 @@ pub fn fork_connect_then_exec(
 }
 
 /// A Workload API request with the security header.
-pub fn with_header<T>(m: T) -> tonic::Request<T> {
+pub(crate) fn with_header<T>(m: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(m);
     r.metadata_mut()
         .insert("workload.spiffe.io", "true".parse().unwrap());
@@ -375,7 +375,7 @@ pub fn with_header<T>(m: T) -> tonic::Request<T> {
 }
 
 /// Stops a child process (SIGTERM, then SIGKILL after 5 s) if the test ends before it does.
-pub struct KillOnDrop(pub Option<std::process::Child>);
+pub(crate) struct KillOnDrop(pub Option<std::process::Child>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

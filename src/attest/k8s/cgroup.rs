@@ -31,19 +31,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// The kubelet cgroup roots recognised when none are configured: cgroupfs driver, systemd driver,
-/// and kind's nested `cgroupRoot: /kubelet` under both.
-pub const DEFAULT_ROOTS: &[&str] = &[
-    "/kubepods",
-    "/kubepods.slice",
-    "/kubelet/kubepods",
-    "/kubelet.slice/kubelet-kubepods.slice",
-];
-
-/// The cgroup namespace that cgroup paths are made absolute in, by default: that of PID 1 (the
-/// host's, when the agent runs with `hostPID`).
-pub const DEFAULT_HOST_CGROUP_NS: &str = "/proc/1/ns/cgroup";
-
 /// Where a process sits, as far as its cgroups say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -95,14 +82,6 @@ impl Root {
             ));
         }
         Ok(Self(parts))
-    }
-
-    /// The defaults ([`DEFAULT_ROOTS`]).
-    pub fn defaults() -> Vec<Self> {
-        DEFAULT_ROOTS
-            .iter()
-            .filter_map(|r| Self::parse(r).ok())
-            .collect()
     }
 
     /// The rest of `path` below this root, and the root's last component, if `path` is under it.
@@ -529,9 +508,22 @@ mod tests {
         })
     }
 
+    /// The agent's default roots (as config's `DEFAULT_CGROUP_ROOTS`).
+    fn defaults() -> Vec<Root> {
+        [
+            "/kubepods",
+            "/kubepods.slice",
+            "/kubelet/kubepods",
+            "/kubelet.slice/kubelet-kubepods.slice",
+        ]
+        .iter()
+        .map(|r| Root::parse(r).unwrap())
+        .collect()
+    }
+
     fn path(p: &str) -> Result<Option<Location>, Error> {
         let parts: Vec<String> = components(p).map(str::to_owned).collect();
-        locate_path(&parts, &Root::defaults())
+        locate_path(&parts, &defaults())
     }
 
     #[test]
@@ -644,7 +636,7 @@ mod tests {
             abs.join("/"),
             format!("kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope")
         );
-        assert_eq!(locate_path(&abs, &Root::defaults()), Ok(at(Some(UID))));
+        assert_eq!(locate_path(&abs, &defaults()), Ok(at(Some(UID))));
         // Above the host's root, or a hierarchy the view does not know: unresolvable.
         assert_eq!(view.absolute(&Hierarchy::Unified, "/../../../../x"), None);
         assert_eq!(
@@ -730,7 +722,7 @@ mod tests {
             ns_roots: HashMap::new(),
             mounts,
         };
-        let roots = Root::defaults();
+        let roots = defaults();
         let text = format!("4:pids:/kubepods/pod{UID}/{CID}\n3:memory:/\n0::/\n");
         let got = locate(&text, &roots, &view).unwrap();
         if crate::sys::euid() != 0 {
@@ -773,12 +765,12 @@ mod tests {
             "\u{0}:\u{0}:\u{0}",
             "::",
         ] {
-            let err = locate(text, &Root::defaults(), &view).unwrap_err();
+            let err = locate(text, &defaults(), &view).unwrap_err();
             assert!(
                 matches!(err, Error::Malformed { line_no: 1, .. }),
                 "{text:?}: {err}"
             );
         }
-        assert_eq!(locate("", &Root::defaults(), &view), Ok(None));
+        assert_eq!(locate("", &defaults(), &view), Ok(None));
     }
 }

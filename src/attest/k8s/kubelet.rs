@@ -216,7 +216,10 @@ impl Kubelet {
                 Some(path),
             )
         };
-        let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = cache.as_ref()
             && c.stamp == stamp
         {

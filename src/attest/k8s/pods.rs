@@ -224,7 +224,7 @@ mod tests {
         };
         let text: Vec<String> = selectors(pod, status)
             .iter()
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect();
         for want in [
             "k8s:ns:shop",
