@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::admin_api::AdminApi;
@@ -20,6 +20,7 @@ use crate::config::{Config, FieldError};
 use crate::inventory::{Inventory, Reason};
 use crate::issuer::jwt::JwtCache;
 use crate::issuer::{Issuer, IssuerHandle};
+use crate::lifecycle::{Exited, Lifecycle};
 use crate::registry::manager::{Declared, Registry};
 use crate::registry::{Entry, FederatedBundle};
 use crate::workload_api::listener::{self, Incoming};
@@ -72,6 +73,9 @@ pub struct Running {
     issuer: IssuerHandle,
     jwt: JwtCache,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
+    /// Fires when the inventory's writer thread ends (supervised apart from `tasks`: it must
+    /// outlive them, to record the withdrawals of shutdown).
+    writer: oneshot::Receiver<()>,
 }
 
 /// Starts the agent: authority, issuer, Workload API on `config.socket_path`.
@@ -131,19 +135,56 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
                 .map_err(|e| Error::Internal(e.to_string()))??,
         )
     };
-    let inventory = Inventory::open(&db, clock.clone(), config.inventory_retention)?;
+    let (inventory, writer) = Inventory::open(&db, clock.clone(), config.inventory_retention)?;
+    // The inventory's writer thread, supervised: if it ever stops before shutdown, the agent stops
+    // (no credential may be delivered unrecorded).
+    // On a thread of its own, not the blocking pool: a blocking task that never ends would also
+    // stop paused test time from advancing. `stopped` fires when the thread ends, even by a panic.
+    let writer = {
+        let (tx, stopped) = oneshot::channel::<()>();
+        struct Notify(Option<oneshot::Sender<()>>);
+        impl Drop for Notify {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        std::thread::Builder::new()
+            .name("lanyard-inventory".into())
+            .spawn(move || {
+                let _notify = Notify(Some(tx));
+                writer.run();
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the inventory writer: {e}")))?;
+        stopped
+    };
+    let (lifecycle, mut exits) = Lifecycle::new();
     let policy_rx = registry.subscribe();
     let ca_rx = authority.subscribe();
     let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
     let jwt_cache = JwtCache::new(ca_rx.clone(), clock.clone(), config.jwt_cache_size);
     {
-        // When a holder exits, SVIDs that no open stream holds leave the cache at once.
-        let issuer = issuer_handle.clone();
-        inventory.set_exit_hook(Arc::new(move |ids: Vec<String>| {
-            for id in ids {
-                issuer.release_id(id);
+        // When a holder exits: its credentials are withdrawn, and SVIDs no open stream holds leave
+        // the cache at once.
+        let (inventory, issuer) = (inventory.clone(), issuer_handle.clone());
+        let mut shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = crate::shutdown::signalled(&mut shutdown) => break,
+                    exit = exits.recv() => match exit {
+                        Some(Exited { holder }) => {
+                            for id in inventory.holder_exited(holder) {
+                                issuer.release_id(id);
+                            }
+                        }
+                        None => break,
+                    },
+                }
             }
-        }));
+            ("lifecycle", Ok(()))
+        });
     }
 
     let mut attestors: Vec<Box<dyn Attestor>> =
@@ -162,6 +203,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         issuer: issuer_handle.clone(),
         jwt: jwt_cache.clone(),
         inventory: inventory.clone(),
+        lifecycle: lifecycle.clone(),
         exec: exec_hub.clone(),
         clock: clock.clone(),
         shutdown: shutdown_rx.clone(),
@@ -273,6 +315,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         issuer: issuer_handle,
         jwt: jwt_cache,
         tasks,
+        writer,
     })
 }
 
@@ -385,7 +428,16 @@ impl Running {
 
     /// Waits until a supervised task stops. Before shutdown that is a failure, and the agent stops.
     pub async fn wait_for_failure(&mut self) -> Error {
-        match self.tasks.join_next().await {
+        let done = tokio::select! {
+            done = self.tasks.join_next() => done,
+            _ = &mut self.writer => {
+                return Error::TaskFailed {
+                    task: "inventory-writer",
+                    why: "stopped; no credential can be recorded".into(),
+                };
+            }
+        };
+        match done {
             Some(Ok((task, Ok(())))) => Error::TaskFailed {
                 task,
                 why: "ended".into(),
@@ -416,6 +468,13 @@ impl Running {
         }
         if let Err(e) = self.inventory.withdraw_all(Reason::AgentStopped).await {
             tracing::error!(error = %e, "cannot mark held credentials withdrawn");
+        }
+        self.inventory.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the inventory writer did not stop within the grace period");
         }
         for path in [&self.socket_path, &self.admin_socket_path] {
             match std::fs::remove_file(path) {

@@ -70,3 +70,54 @@ impl Clock for ManualClock {
 
 /// A shared clock.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// Sleeps until `at`, or forever when there is nothing to wait for (a `select!` arm with no timer).
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Retry delays: exponential from `first` to `cap`, each drawn from the upper half of its step so
+/// many retriers do not synchronise. `failures` counts from 1.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) first: Duration,
+    pub(crate) cap: Duration,
+}
+
+impl Backoff {
+    /// The delay before the retry after `failures` consecutive failures.
+    pub(crate) fn delay(self, failures: u32) -> Duration {
+        let step = self
+            .first
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(self.cap);
+        step.mul_f64(0.5 + 0.5 * fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_the_cap_with_jitter() {
+        let b = Backoff {
+            first: Duration::from_secs(1),
+            cap: Duration::from_secs(30),
+        };
+        for (failures, step) in [(1, 1), (2, 2), (3, 4), (5, 16), (6, 30), (40, 30)] {
+            for _ in 0..50 {
+                let d = b.delay(failures);
+                let step = Duration::from_secs(step);
+                assert!(d >= step / 2 && d <= step, "{failures}: {d:?}");
+            }
+        }
+        assert!(
+            b.delay(0) <= Duration::from_secs(1),
+            "0 failures: the first step"
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! overridden by environment and flags. Every problem is reported at once, each naming the field
 //! and the value.
 
+mod authority;
+mod federation;
 mod kubernetes;
 mod raw;
 mod validate;

@@ -203,9 +203,14 @@ pub(crate) async fn run(config: HelperConfig) -> Result<(), Error> {
         child: None,
         pid_file: config.pid_file.clone().map(PidFile::new),
     };
-    let mut backoff = Duration::from_millis(500);
+    let backoff = crate::clock::Backoff {
+        first: Duration::from_millis(500),
+        cap: Duration::from_secs(30),
+    };
+    let mut failures = 0u32;
     let mut last_error: Option<String> = None;
     loop {
+        let started = tokio::time::Instant::now();
         let session = follow(config, &mut consumers, &health);
         let outcome = tokio::select! {
             r = session => r,
@@ -216,17 +221,23 @@ pub(crate) async fn run(config: HelperConfig) -> Result<(), Error> {
             Ok(()) => "the agent closed the stream".to_owned(),
             Err(e) => e.to_string(),
         };
-        // Log once per state change, then quietly retry.
-        if last_error.as_deref() != Some(why.as_str()) {
+        // Log once per state change (WARN), then quietly (DEBUG) retry.
+        if last_error.as_deref() == Some(why.as_str()) {
+            tracing::debug!(error = %why, "still cannot follow the agent; retrying");
+        } else {
             tracing::warn!(error = %why, "lost the agent; keeping the last good files and retrying");
             last_error = Some(why);
         }
+        // A session that ran for a while was a success: start the backoff over.
+        if started.elapsed() > Duration::from_secs(60) {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.delay(failures)) => {}
             _ = term.recv() => return stop_child(consumers.child, libc::SIGTERM).await,
             _ = int.recv() => return stop_child(consumers.child, libc::SIGINT).await,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -260,7 +271,7 @@ async fn follow(
     loop {
         let next = tokio::select! {
             m = stream.next() => m,
-            _ = sleep_until(jwt_refresh), if jwt_refresh.is_some() => {
+            _ = crate::clock::sleep_until(jwt_refresh), if jwt_refresh.is_some() => {
                 let jwts = fetch_jwts(config).await?;
                 write_jwts(config, &jwts)?;
                 jwt_refresh = refresh_at(&jwts);
@@ -399,13 +410,6 @@ fn token_times(token: &str) -> Option<(u64, u64)> {
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(exp.saturating_sub(300));
     Some((iat, exp))
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Who is told about updates: the child (pinned by a pidfd from the moment it is spawned) and the

@@ -6,6 +6,11 @@
 //! - Re-minted at a jittered 45–55 % of its lifetime and pushed to every subscriber.
 //! - Dropped at its rotation time when nobody holds it any more.
 //! - Minting runs on the blocking pool, never on the async workers.
+//! - A failed rotation keeps the current SVID while it is valid and retries with jittered
+//!   exponential backoff ([`RETRY`]), never later than its expiry; once it has expired it is never
+//!   published again: subscribers see `Failed` (streams end with `Unavailable`) and the retries go
+//!   on while anyone holds it. A success resets the backoff. The first failure of a kind is logged at
+//!   WARN, repeats at DEBUG until the error changes or a mint succeeds.
 
 pub(crate) mod jwt;
 
@@ -19,7 +24,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::ca::{CaSnapshot, SvidRequest, X509Svid, mint};
-use crate::clock::SharedClock;
+use crate::clock::{Backoff, SharedClock};
+
+/// Retry delays of a failed rotation (capped further by the SVID's expiry).
+const RETRY: Backoff = Backoff {
+    first: Duration::from_secs(1),
+    cap: Duration::from_secs(30),
+};
 
 /// The state of one cached SVID, as subscribers see it.
 #[derive(Clone, Debug)]
@@ -90,6 +101,10 @@ struct Slot {
     tx: watch::Sender<SvidState>,
     minting: bool,
     timer: Option<(Instant, u64)>,
+    /// Consecutive failed mints (0 after a success).
+    failures: u32,
+    /// The last failure's message, to log a repeat quietly.
+    last_error: Option<Arc<str>>,
 }
 
 impl Issuer {
@@ -148,7 +163,7 @@ impl Issuer {
                     Ok((req, result)) => self.minted(req, result),
                     Err(e) => tracing::error!(error = %e, "mint task failed"),
                 },
-                _ = sleep_until(next_timer), if next_timer.is_some() => self.rotate_due(),
+                _ = crate::clock::sleep_until(next_timer), if next_timer.is_some() => self.rotate_due(),
             }
         }
     }
@@ -158,6 +173,8 @@ impl Issuer {
             tx: watch::Sender::new(SvidState::Pending),
             minting: false,
             timer: None,
+            failures: 0,
+            last_error: None,
         });
         let retry = matches!(*slot.tx.borrow(), SvidState::Failed(_));
         if retry {
@@ -224,6 +241,15 @@ impl Issuer {
             Ok(svid) => {
                 self.stats.minted.fetch_add(1, Ordering::Relaxed);
                 let rotate_in = rotation_delay(&svid, self.clock.now());
+                if slot.failures > 0 {
+                    tracing::info!(
+                        spiffe_id = %svid.spiffe_id,
+                        failures = slot.failures,
+                        "svid minted again after failures"
+                    );
+                }
+                slot.failures = 0;
+                slot.last_error = None;
                 tracing::debug!(
                     spiffe_id = %svid.spiffe_id,
                     serial = %svid.serial,
@@ -237,15 +263,51 @@ impl Issuer {
                 self.schedule(&req, rotate_in);
             }
             Err(e) => {
-                let had_svid = matches!(*slot.tx.borrow(), SvidState::Ready(_));
-                if had_svid {
-                    // Subscribers keep the current, still valid SVID; try again soon.
-                    tracing::error!(spiffe_id = %req.spiffe_id, error = %e, "svid rotation failed; retrying in 10s");
-                    self.schedule(&req, Duration::from_secs(10));
+                let message: Arc<str> = e.to_string().into();
+                let repeat = slot.last_error.as_deref() == Some(&*message);
+                slot.failures = slot.failures.saturating_add(1);
+                slot.last_error = Some(message.clone());
+                let failures = slot.failures;
+                let current = match &*slot.tx.borrow() {
+                    SvidState::Ready(svid) => Some(svid.clone()),
+                    _ => None,
+                };
+                let left = current.as_ref().map(|svid| {
+                    svid.not_after
+                        .duration_since(self.clock.now())
+                        .unwrap_or_default()
+                });
+                let what = match left {
+                    // Subscribers keep the current SVID while it is valid; retry before it expires.
+                    Some(left) if !left.is_zero() => {
+                        let retry_in = RETRY.delay(failures).min(left);
+                        self.schedule(&req, retry_in);
+                        "svid rotation failed; keeping the current one while it is valid and retrying"
+                    }
+                    // Expired (or never minted): nothing valid to publish. Retry while held.
+                    Some(_) => {
+                        slot.tx.send_replace(SvidState::Failed(
+                            format!("the SVID expired and minting a new one fails: {message}")
+                                .into(),
+                        ));
+                        if let Ok(mut index) = self.published.write() {
+                            index.remove(&req);
+                        }
+                        self.schedule(&req, RETRY.delay(failures));
+                        "svid expired and re-minting fails; callers get Unavailable, retrying"
+                    }
+                    // Never minted, or failing since it expired: retried while anyone holds it
+                    // (an unheld slot is dropped when the timer fires).
+                    None => {
+                        slot.tx.send_replace(SvidState::Failed(message.clone()));
+                        self.schedule(&req, RETRY.delay(failures));
+                        "svid mint failed; retrying while it is wanted"
+                    }
+                };
+                if repeat {
+                    tracing::debug!(spiffe_id = %req.spiffe_id, error = %message, failures, "{what}");
                 } else {
-                    tracing::error!(spiffe_id = %req.spiffe_id, error = %e, "svid mint failed");
-                    slot.tx
-                        .send_replace(SvidState::Failed(e.to_string().into()));
+                    tracing::warn!(spiffe_id = %req.spiffe_id, error = %message, failures, "{what}");
                 }
             }
         }
@@ -365,13 +427,6 @@ fn rotation_delay(svid: &X509Svid, now: std::time::SystemTime) -> Duration {
     at.duration_since(now).unwrap_or(Duration::ZERO)
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +523,80 @@ mod tests {
             handle.stats().minted.load(Ordering::Relaxed),
             1,
             "not re-minted for nobody"
+        );
+    }
+
+    /// A rotation that keeps failing: the current SVID is kept while valid, retried with backoff
+    /// never later than its expiry, never published once expired (subscribers see `Failed`), and a
+    /// success afterwards publishes a fresh one and resets the backoff.
+    #[tokio::test(start_paused = true)]
+    async fn an_svid_is_never_published_past_its_expiry() {
+        let (_dir, authority, clock) = setup();
+        let good = authority.subscribe().borrow().clone();
+        // A second authority whose CA expires in 100 s: it cannot sign for long.
+        let dir = tempfile::tempdir().unwrap();
+        let short = Authority::load(
+            &AuthorityConfig::SelfSigned {
+                ca_ttl: Duration::from_secs(100),
+            },
+            &TrustDomain::parse("example.org").unwrap(),
+            dir.path(),
+            Duration::from_secs(86400),
+            clock.clone(),
+        )
+        .unwrap();
+        let expired = short.subscribe().borrow().clone();
+        let (ca_tx, ca_rx) = watch::channel(good.clone());
+        let (issuer, handle) = Issuer::new(ca_rx, clock.clone());
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(issuer.run(shutdown));
+        let mut rx = handle.subscribe(req("/x", 600)).await.unwrap();
+        let first = wait_ready(&mut rx).await.unwrap();
+        ca_tx.send_replace(expired);
+        // Every state seen until well past the first SVID's expiry.
+        let mut failed_at = None;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+            let now = clock.now();
+            match &*rx.borrow_and_update() {
+                SvidState::Ready(svid) => {
+                    assert!(svid.not_after > now, "an expired SVID was published");
+                    assert_eq!(svid.serial, first.serial, "nothing new could be minted");
+                }
+                SvidState::Failed(why) => {
+                    assert!(now >= first.not_after, "failed while still valid");
+                    assert!(why.contains("expired"), "{why}");
+                    failed_at.get_or_insert(now);
+                }
+                SvidState::Pending => {}
+            }
+        }
+        let failed_at = failed_at.expect("subscribers were told the SVID is gone");
+        assert!(
+            failed_at.duration_since(first.not_after).unwrap() < Duration::from_secs(2),
+            "told at expiry, not later"
+        );
+        let minted_before = handle.stats().minted.load(Ordering::Relaxed);
+        // The CA recovers: the next retry (within the 30 s cap) publishes a fresh SVID.
+        ca_tx.send_replace(good);
+        let fresh = tokio::time::timeout(Duration::from_secs(31), async {
+            loop {
+                rx.changed().await.unwrap();
+                if let SvidState::Ready(svid) = &*rx.borrow_and_update() {
+                    return svid.clone();
+                }
+            }
+        })
+        .await
+        .expect("re-minted once the CA works again");
+        assert!(fresh.not_after > clock.now());
+        assert_eq!(
+            handle.stats().minted.load(Ordering::Relaxed),
+            minted_before + 1
         );
     }
 }

@@ -70,6 +70,8 @@ pub(crate) struct Context {
     pub jwt: crate::issuer::jwt::JwtCache,
     /// Where every delivery is recorded before it is made.
     pub inventory: crate::inventory::Inventory,
+    /// Watches every holder for exit once it was given something.
+    pub lifecycle: crate::lifecycle::Lifecycle,
     /// Exec notifications from the kernel.
     pub exec: Arc<exec_hub::ExecHub>,
     /// Wall clock for validity checks.

@@ -155,7 +155,8 @@ fn every_rule_id_cited_in_the_code_resolves_in_the_docs() {
         .filter(|id| {
             id.split_once('-').is_some_and(|(p, n)| {
                 (2..=3).contains(&p.len())
-                    && p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    && p.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
                     && !n.is_empty()
                     && n.bytes().all(|b| b.is_ascii_digit())
             })
@@ -166,7 +167,10 @@ fn every_rule_id_cited_in_the_code_resolves_in_the_docs() {
         .iter()
         .filter_map(|id| id.split_once('-').map(|(p, _)| p))
         .collect();
-    assert!(families.len() >= 5, "SPEC.md defines rule families: {families:?}");
+    assert!(
+        families.len() >= 5,
+        "SPEC.md defines rule families: {families:?}"
+    );
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
     let mut missing = BTreeSet::new();

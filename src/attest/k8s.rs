@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod kubelet;
+pub mod pod_cache;
 pub mod pods;
 
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use super::{Attestor, Error, PinnedProcess, read_error};
 use crate::selector::SelectorSet;
-pub use kubelet::{Kubelet, KubeletConfig, PodCache};
+pub use kubelet::{Kubelet, KubeletConfig};
+pub use pod_cache::PodCache;
 
 /// `[kubernetes]` settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +79,8 @@ impl K8sAttestor {
     }
 }
 
-fn lookup_error(e: kubelet::LookupError) -> Error {
-    let retryable = !matches!(e, kubelet::LookupError::Ambiguous { .. });
+fn lookup_error(e: pod_cache::LookupError) -> Error {
+    let retryable = !matches!(e, pod_cache::LookupError::Ambiguous { .. });
     Error::Kubernetes {
         message: e.to_string(),
         retryable,

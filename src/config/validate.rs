@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use super::authority::authority;
+use super::federation::federation;
 use super::raw::RawConfig;
 use super::*;
 use crate::fields::{Collector, count, duration};
@@ -175,59 +177,7 @@ pub(super) fn validate(
     );
 
     // Federation first: entries may only federate with trust domains that have a bundle.
-    let mut federation = Vec::new();
-    let mut fed_names = HashSet::new();
-    for (i, f) in raw.federation.iter().enumerate() {
-        let field = |name: &str| format!("federation[{i}].{name}");
-        let td = match f.trust_domain.as_deref() {
-            None => {
-                errs.push(
-                    field("trust_domain"),
-                    "missing; name the federated trust domain",
-                );
-                None
-            }
-            Some(text) => match TrustDomain::parse(text) {
-                Ok(td) if Some(&td) == trust_domain.as_ref() => {
-                    errs.push(
-                        field("trust_domain"),
-                        format!("{text:?} is this agent's own trust domain; federation is with other trust domains"),
-                    );
-                    None
-                }
-                Ok(td) if !fed_names.insert(td.clone()) => {
-                    errs.push(field("trust_domain"), format!("{text:?} is listed twice"));
-                    None
-                }
-                Ok(td) => Some(td),
-                Err(e) => {
-                    errs.push(
-                        field("trust_domain"),
-                        format!("invalid trust domain {text:?}: {e}"),
-                    );
-                    None
-                }
-            },
-        };
-        if f.bundle_path.is_none() && f.jwks_path.is_none() {
-            errs.push(
-                field("bundle_path"),
-                "missing; give bundle_path (PEM CA certificates) and/or jwks_path (JWT keys, JSON)",
-            );
-        }
-        for (name, p) in [("bundle_path", &f.bundle_path), ("jwks_path", &f.jwks_path)] {
-            if let Some(p) = p {
-                absolute(&mut errs, &field(name), p);
-            }
-        }
-        if let Some(trust_domain) = td {
-            federation.push(Federation {
-                trust_domain,
-                bundle_path: f.bundle_path.clone(),
-                jwks_path: f.jwks_path.clone(),
-            });
-        }
-    }
+    let (federation, fed_names) = federation(&mut errs, &raw.federation, trust_domain.as_ref());
 
     let mut entries = Vec::new();
     let mut seen = HashSet::new();
@@ -334,94 +284,12 @@ pub(super) fn validate(
     })
 }
 
-fn absolute(errs: &mut Collector, field: &str, path: &std::path::Path) {
+pub(super) fn absolute(errs: &mut Collector, field: &str, path: &std::path::Path) {
     if !path.is_absolute() {
         errs.push(
             field,
             format!("{:?} is not an absolute path", path.display().to_string()),
         );
-    }
-}
-
-fn authority(errs: &mut Collector, raw: &RawConfig) -> Option<AuthorityConfig> {
-    let a = &raw.authority;
-    match a.mode.as_deref().unwrap_or("self-signed") {
-        "self-signed" => {
-            for (set, name) in [
-                (a.cert_path.is_some(), "authority.cert_path"),
-                (a.key_path.is_some(), "authority.key_path"),
-                (a.intermediate_ttl.is_some(), "authority.intermediate_ttl"),
-            ] {
-                if set {
-                    errs.push(
-                        name,
-                        "only used with mode = \"upstream\"; remove it or set the mode",
-                    );
-                }
-            }
-            let ca_ttl = duration(
-                errs,
-                "authority.ca_ttl",
-                a.ca_ttl.as_deref(),
-                DEFAULT_CA_TTL,
-            );
-            if ca_ttl < Duration::from_secs(3600) {
-                errs.push(
-                    "authority.ca_ttl",
-                    format!(
-                        "{} is too short for a root; use at least 1h",
-                        humantime::format_duration(ca_ttl)
-                    ),
-                );
-            }
-            Some(AuthorityConfig::SelfSigned { ca_ttl })
-        }
-        "upstream" => {
-            if a.ca_ttl.is_some() {
-                errs.push("authority.ca_ttl", "only used with mode = \"self-signed\"; the upstream root's own validity applies");
-            }
-            let cert_path = a.cert_path.clone();
-            let key_path = a.key_path.clone();
-            if cert_path.is_none() {
-                errs.push(
-                    "authority.cert_path",
-                    "missing; upstream mode needs the root certificate (PEM)",
-                );
-            }
-            if key_path.is_none() {
-                errs.push(
-                    "authority.key_path",
-                    "missing; upstream mode needs the root's private key (PEM, PKCS#8)",
-                );
-            }
-            let intermediate_ttl = duration(
-                errs,
-                "authority.intermediate_ttl",
-                a.intermediate_ttl.as_deref(),
-                DEFAULT_INTERMEDIATE_TTL,
-            );
-            if intermediate_ttl < Duration::from_secs(600) {
-                errs.push(
-                    "authority.intermediate_ttl",
-                    format!(
-                        "{} is too short; use at least 10m",
-                        humantime::format_duration(intermediate_ttl)
-                    ),
-                );
-            }
-            Some(AuthorityConfig::Upstream {
-                cert_path: cert_path?,
-                key_path: key_path?,
-                intermediate_ttl,
-            })
-        }
-        other => {
-            errs.push(
-                "authority.mode",
-                format!("unknown mode {other:?}; use \"self-signed\" or \"upstream\""),
-            );
-            None
-        }
     }
 }
 

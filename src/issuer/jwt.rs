@@ -240,7 +240,7 @@ impl JwtCache {
             tokio::select! {
                 _ = crate::shutdown::signalled(&mut shutdown) => return,
                 _ = self.shared.wake.notified() => continue,
-                _ = sleep_until(next), if next.is_some() => self.refresh_due(),
+                _ = crate::clock::sleep_until(next), if next.is_some() => self.refresh_due(),
             }
         }
     }
@@ -291,13 +291,6 @@ fn more_than_half_left(jwt: &JwtSvid, now: SystemTime) -> bool {
         .unwrap_or_default();
     let left = jwt.expires_at.duration_since(now).unwrap_or_default();
     left > life / 2
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 pub enum Error {
     #[error("entry database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Db(#[from] crate::db::Error),
     #[error("entry database holds an unreadable entry {id}: {why}")]
     Corrupt { id: String, why: String },
 }
@@ -26,24 +28,7 @@ pub struct EntryStore {
 impl EntryStore {
     /// Opens (creating if needed) the database at `path`. Writes are durable when they return.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let conn = Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS entries (
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                 id TEXT NOT NULL UNIQUE,
-                 spiffe_id TEXT NOT NULL,
-                 selectors TEXT NOT NULL,
-                 x509_ttl INTEGER,
-                 jwt_ttl INTEGER,
-                 hint TEXT NOT NULL,
-                 dns_names TEXT NOT NULL,
-                 federates_with TEXT NOT NULL,
-                 jwt_audiences TEXT NOT NULL
-             );",
-        )?;
+        let conn = crate::db::open(path)?;
         Ok(Self { conn })
     }
 

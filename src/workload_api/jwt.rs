@@ -112,6 +112,7 @@ pub(super) async fn fetch(
         .record(&attested.holder, &deliveries)
         .await
         .map_err(Error::Inventory)?;
+    ctx.lifecycle.watch(&attested.holder);
     Ok(out)
 }
 

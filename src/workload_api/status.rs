@@ -62,7 +62,8 @@ pub(crate) fn to_status(err: &Error) -> Status {
         Error::Overloaded => Status::unavailable("the agent is at its stream limit; retry later"),
         Error::ShuttingDown => Status::unavailable("the agent is shutting down; reconnect"),
         Error::Issuer(e) => {
-            tracing::error!(error = %e, "svid not available");
+            // The issuer logs the cause (once at WARN); each caller only hears it is retryable.
+            tracing::debug!(error = %e, "svid not available");
             Status::unavailable("the agent could not issue an SVID right now; retry")
         }
         Error::NotEntitled(id) => {

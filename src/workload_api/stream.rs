@@ -162,7 +162,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     Ok(()) => Ok(()),
                     Err(_) => Err(Error::ShuttingDown),
                 },
-                Some(_) = self.updates.next(), if !self.updates.is_empty() => Ok(()),
+                Some(_) = self.updates.next(), if !self.updates.is_empty() => self.check_svids(),
                 // The caller exec'd: re-attested below before anything is sent.
                 _ = exec.notified() => Ok(()),
             };
@@ -284,13 +284,19 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     Some(rx) => rx,
                     None => self.ctx.issuer.subscribe(req.clone()).await?,
                 };
-                let ready = matches!(*rx.borrow(), SvidState::Ready(_));
+                let ready = matches!(&*rx.borrow(), SvidState::Ready(svid) if self.valid_now(svid));
                 if ready {
                     subs.push((req, rx));
                     continue;
                 }
                 match tokio::time::timeout(MINT_DEADLINE, issuer::wait_ready(&mut rx)).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(svid)) if self.valid_now(&svid) => {}
+                    Ok(Ok(_)) => {
+                        return Err(issuer::Error::MintFailed(
+                            format!("the SVID for {} has expired", req.spiffe_id).into(),
+                        )
+                        .into());
+                    }
                     Ok(Err(e)) => return Err(e.into()),
                     Err(_) => return Err(issuer::Error::MintFailed("mint timed out".into()).into()),
                 }
@@ -307,6 +313,31 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             }
         }
         self.identities = identities;
+        Ok(())
+    }
+
+    /// Whether `svid` may be delivered now: never once it has expired.
+    fn valid_now(&self, svid: &X509Svid) -> bool {
+        svid.not_after > self.ctx.clock.now()
+    }
+
+    /// After an SVID update: a subscription that failed (or holds an expired SVID) ends the stream
+    /// with `Unavailable`; an expired SVID is never sent.
+    fn check_svids(&self) -> Result<(), Error> {
+        for (req, rx) in &self.subs {
+            match &*rx.borrow() {
+                SvidState::Failed(why) => {
+                    return Err(issuer::Error::MintFailed(why.clone()).into());
+                }
+                SvidState::Ready(svid) if !self.valid_now(svid) => {
+                    return Err(issuer::Error::MintFailed(
+                        format!("the SVID for {} has expired", req.spiffe_id).into(),
+                    )
+                    .into());
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -376,6 +407,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             .record(&self.attested.holder, &deliveries)
             .await
             .map_err(Error::Inventory)?;
+        if !deliveries.is_empty() {
+            self.ctx.lifecycle.watch(&self.attested.holder);
+        }
         let mut superseded = Vec::new();
         let mut removed = Vec::new();
         for (id, serial) in &self.delivered {

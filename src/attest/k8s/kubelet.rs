@@ -1,15 +1,9 @@
 //! The kubelet client: `GET <kubelet>/pods`, over TLS with the service account token (or plain HTTP
-//! to a read-only port), and the shared pod-list snapshot that concurrent attestations wait on.
-//!
-//! Unlike a poll of the whole list per attestation, one request is in flight at a time and every
-//! attestation that arrives meanwhile shares its answer; an answer younger than the snapshot TTL is
-//! reused outright. A container not in the list yet is looked for in fresh snapshots until a short,
-//! configured deadline.
+//! to a read-only port). The shared pod-list snapshot that attestations wait on is `pod_cache.rs`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,20 +11,11 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-use super::cgroup::Location;
-use super::pods::{Found, PodList, selectors};
-use crate::selector::Selector;
+use super::pods::PodList;
 
 /// Largest `/pods` answer accepted.
 const MAX_BODY: usize = 64 * 1024 * 1024;
-/// How long to wait between fresh snapshots while a container is missing.
-const POLL: Duration = Duration::from_millis(250);
-/// While the kubelet cannot be asked, a container found in the last good pod list (younger than
-/// this) keeps its facts: a container ID never moves to another pod, so only label changes can be
-/// missed meanwhile. Containers the agent has not seen in a good list get the kubelet's error.
-pub const MAX_STALE: Duration = Duration::from_secs(300);
 
 /// Where and how to reach the kubelet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +63,7 @@ struct TlsCache {
 
 /// A kubelet endpoint.
 pub struct Kubelet {
-    config: KubeletConfig,
+    pub(super) config: KubeletConfig,
     https: bool,
     host: String,
     port: u16,
@@ -335,189 +320,6 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Why a container could not be resolved to selectors.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LookupError {
-    #[error(transparent)]
-    Kubelet(#[from] Error),
-    #[error(
-        "container {container} of pod {pod} is not in the kubelet's pod list after {waited:?}; it may still be starting (retry), or it is not a Kubernetes container"
-    )]
-    NotFound {
-        pod: String,
-        container: String,
-        waited: Duration,
-    },
-    #[error("container {container} appears in several pods ({pods}); refusing to guess")]
-    Ambiguous { container: String, pods: String },
-}
-
-struct Snapshot {
-    /// When the request that produced it was sent.
-    requested: Instant,
-    pods: PodList,
-}
-
-enum Last {
-    Ok(Arc<Snapshot>),
-    Err { requested: Instant, error: Error },
-}
-
-/// The shared pod-list snapshot.
-pub struct PodCache {
-    kubelet: Kubelet,
-    /// Snapshots younger than this are reused.
-    ttl: Duration,
-    /// How long a missing container is waited for.
-    wait: Duration,
-    /// Held while a request is in flight, so concurrent lookups share it.
-    last: tokio::sync::Mutex<Option<Last>>,
-    /// The latest good snapshot, for lookups that must not wait.
-    latest: RwLock<Option<Arc<Snapshot>>>,
-    requests: AtomicU64,
-}
-
-impl PodCache {
-    pub fn new(kubelet: Kubelet, ttl: Duration, wait: Duration) -> Self {
-        Self {
-            kubelet,
-            ttl,
-            wait,
-            last: tokio::sync::Mutex::new(None),
-            latest: RwLock::new(None),
-            requests: AtomicU64::new(0),
-        }
-    }
-
-    /// Requests sent to the kubelet so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// The selectors of `location` from a fresh snapshot, without waiting; `None` when a request is
-    /// needed.
-    pub fn cached(&self, location: &Location) -> Option<Result<Vec<Selector>, LookupError>> {
-        let latest = self.latest.read().ok()?.clone()?;
-        if latest.requested.elapsed() >= self.ttl {
-            return None;
-        }
-        match latest.pods.find(location) {
-            Found::Container(pod, status) => Some(Ok(selectors(pod, status))),
-            Found::Ambiguous(pods) => Some(Err(ambiguous(location, pods))),
-            Found::Missing => None,
-        }
-    }
-
-    /// The selectors of `location`, waiting for fresh snapshots up to the configured deadline while
-    /// the container is missing. When the kubelet cannot be asked, the last good pod list serves
-    /// containers it lists, up to [`MAX_STALE`].
-    pub async fn lookup(&self, location: &Location) -> Result<Vec<Selector>, LookupError> {
-        let error = match self.lookup_fresh(location).await {
-            Err(LookupError::Kubelet(e)) => e,
-            other => return other,
-        };
-        let latest = self.latest.read().ok().and_then(|l| l.clone());
-        if let Some(latest) = latest
-            && latest.requested.elapsed() < MAX_STALE
-            && let Found::Container(pod, status) = latest.pods.find(location)
-        {
-            tracing::warn!(
-                container = %location.container_id,
-                age = ?latest.requested.elapsed(),
-                %error,
-                "kubelet unavailable; using the pod facts of its last good answer for this container"
-            );
-            return Ok(selectors(pod, status));
-        }
-        Err(LookupError::Kubelet(error))
-    }
-
-    async fn lookup_fresh(&self, location: &Location) -> Result<Vec<Selector>, LookupError> {
-        let start = Instant::now();
-        let deadline = start + self.wait;
-        let mut since = start.checked_sub(self.ttl).unwrap_or(start);
-        loop {
-            let snapshot =
-                match tokio::time::timeout_at(deadline + POLL, self.snapshot_since(since)).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(LookupError::Kubelet(Error::Unreachable {
-                            url: self.kubelet.url().to_owned(),
-                            why: format!("no answer within {:?}", self.wait + POLL),
-                        }));
-                    }
-                };
-            match snapshot.pods.find(location) {
-                Found::Container(pod, status) => return Ok(selectors(pod, status)),
-                Found::Ambiguous(pods) => return Err(ambiguous(location, pods)),
-                Found::Missing => {}
-            }
-            if Instant::now() + POLL > deadline {
-                return Err(LookupError::NotFound {
-                    pod: location
-                        .pod_uid
-                        .clone()
-                        .unwrap_or_else(|| "(unknown: cgroup namespace)".into()),
-                    container: location.container_id.clone(),
-                    waited: start.elapsed(),
-                });
-            }
-            tokio::time::sleep(POLL).await;
-            since = Instant::now();
-        }
-    }
-
-    /// A snapshot requested at or after `since`: the last one if it qualifies (or the error it
-    /// ended in), else a new request. One request at a time; waiters share its answer.
-    async fn snapshot_since(&self, since: Instant) -> Result<Arc<Snapshot>, Error> {
-        let mut last = self.last.lock().await;
-        match &*last {
-            Some(Last::Ok(s)) if s.requested >= since => return Ok(s.clone()),
-            Some(Last::Err { requested, error }) if *requested >= since => {
-                return Err(error.clone());
-            }
-            _ => {}
-        }
-        let requested = Instant::now();
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let result =
-            match tokio::time::timeout(self.kubelet.config.request_timeout, self.kubelet.pods())
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(Error::Unreachable {
-                    url: self.kubelet.url().to_owned(),
-                    why: format!("no answer within {:?}", self.kubelet.config.request_timeout),
-                }),
-            };
-        match result {
-            Ok(pods) => {
-                let snapshot = Arc::new(Snapshot { requested, pods });
-                *last = Some(Last::Ok(snapshot.clone()));
-                if let Ok(mut latest) = self.latest.write() {
-                    *latest = Some(snapshot.clone());
-                }
-                Ok(snapshot)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "kubelet pod list unavailable");
-                *last = Some(Last::Err {
-                    requested,
-                    error: error.clone(),
-                });
-                Err(error)
-            }
-        }
-    }
-}
-
-fn ambiguous(location: &Location, pods: Vec<String>) -> LookupError {
-    LookupError::Ambiguous {
-        container: location.container_id.clone(),
-        pods: pods.join(", "),
     }
 }
 

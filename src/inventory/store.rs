@@ -1,0 +1,251 @@
+//! The inventory's durable side: one writer thread owns the database connection, gathers every
+//! queued operation into one transaction (synchronous=FULL: durable at commit) and answers the
+//! callers of that batch. The thread is started and supervised by `app` ([`Writer::run`]).
+
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+use super::{Delivery, Error, Filter, Holder, HolderInfo, Kind, Reason, Record};
+
+/// How often old rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The most operations written in one transaction.
+const MAX_BATCH: usize = 512;
+
+pub(super) enum Op {
+    /// Stop after everything queued before it is written.
+    Stop,
+    Record {
+        holder: HolderInfo,
+        rows: Vec<Delivery>,
+        at: i64,
+        done: oneshot::Sender<Result<(), Error>>,
+    },
+    Withdraw {
+        holder: Holder,
+        which: Option<Vec<(Kind, String)>>,
+        reason: Reason,
+        at: i64,
+    },
+    WithdrawAll {
+        reason: Reason,
+        at: i64,
+        done: oneshot::Sender<Result<(), Error>>,
+    },
+    Query {
+        filter: Filter,
+        now: i64,
+        reply: oneshot::Sender<Result<Vec<Record>, Error>>,
+    },
+}
+
+/// The writer: run it on a thread of its own (it blocks).
+pub(crate) struct Writer {
+    conn: Connection,
+    rx: std_mpsc::Receiver<Op>,
+    retention: Duration,
+}
+
+impl Writer {
+    pub(super) fn new(conn: Connection, rx: std_mpsc::Receiver<Op>, retention: Duration) -> Self {
+        Self {
+            conn,
+            rx,
+            retention,
+        }
+    }
+
+    /// Writes until [`super::Inventory::close`] or every handle is gone.
+    pub(crate) fn run(self) {
+        writer(self.conn, self.rx, self.retention);
+    }
+}
+
+pub(super) fn secs(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(super) fn prune(conn: &Connection, now: i64, retention: Duration) -> Result<(), Error> {
+    let before = now - retention.as_secs() as i64;
+    let n = conn.execute(
+        "DELETE FROM credentials WHERE delivered_at < ?1 AND (withdrawn_at IS NOT NULL OR not_after < ?2)",
+        params![before, now],
+    )?;
+    if n > 0 {
+        tracing::info!(rows = n, "pruned inventory rows past retention");
+    }
+    Ok(())
+}
+
+/// The writer thread: gathers every queued operation into one transaction, commits (durable), then
+/// answers the callers of that batch.
+fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Op>, retention: Duration) {
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        let first = match rx.recv_timeout(PRUNE_EVERY) {
+            Ok(Op::Stop) => return,
+            Ok(op) => op,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = prune(&conn, secs(SystemTime::now()), retention) {
+                    tracing::error!(error = %e, "inventory prune failed");
+                }
+                last_prune = std::time::Instant::now();
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        let mut stop = false;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Op::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&mut conn, &batch).map_err(Error::from);
+        for op in batch {
+            match op {
+                Op::Record { done, .. } | Op::WithdrawAll { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+                Op::Query { filter, now, reply } => {
+                    let _ = reply.send(query(&conn, &filter, now).map_err(Error::from));
+                }
+                Op::Withdraw { .. } | Op::Stop => {}
+            }
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "inventory write failed; the credentials of this batch were not delivered");
+        }
+        if last_prune.elapsed() > PRUNE_EVERY {
+            let _ = prune(&conn, secs(SystemTime::now()), retention);
+            last_prune = std::time::Instant::now();
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn apply(conn: &mut Connection, batch: &[Op]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    for op in batch {
+        match op {
+            Op::Record {
+                holder, rows, at, ..
+            } => {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO credentials (kind, serial, spiffe_id, entry_id, pid, pid_instance, uid, exe,
+                         issued_at, not_after, delivered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for d in rows {
+                    stmt.execute(params![
+                        d.kind.as_str(),
+                        d.serial,
+                        d.spiffe_id,
+                        d.entry_id,
+                        holder.holder.pid,
+                        holder.holder.instance as i64,
+                        holder.uid,
+                        holder.exe,
+                        secs(d.issued_at),
+                        secs(d.not_after),
+                        at,
+                    ])?;
+                }
+            }
+            Op::Withdraw {
+                holder,
+                which,
+                reason,
+                at,
+            } => match which {
+                None => {
+                    tx.execute(
+                        "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
+                         WHERE pid = ?3 AND pid_instance = ?4 AND withdrawn_at IS NULL",
+                        params![at, reason.as_str(), holder.pid, holder.instance as i64],
+                    )?;
+                }
+                Some(keys) => {
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
+                         WHERE pid = ?3 AND pid_instance = ?4 AND kind = ?5 AND serial = ?6 AND withdrawn_at IS NULL",
+                    )?;
+                    for (kind, serial) in keys {
+                        stmt.execute(params![
+                            at,
+                            reason.as_str(),
+                            holder.pid,
+                            holder.instance as i64,
+                            kind.as_str(),
+                            serial
+                        ])?;
+                    }
+                }
+            },
+            Op::WithdrawAll { reason, at, .. } => {
+                tx.execute(
+                    "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2 WHERE withdrawn_at IS NULL",
+                    params![at, reason.as_str()],
+                )?;
+            }
+            Op::Query { .. } | Op::Stop => {}
+        }
+    }
+    tx.commit()
+}
+
+pub(super) fn query(
+    conn: &Connection,
+    f: &Filter,
+    now: i64,
+) -> Result<Vec<Record>, rusqlite::Error> {
+    let mut sql = String::from(
+        "SELECT kind, serial, spiffe_id, entry_id, pid, uid, exe, issued_at, not_after, delivered_at,
+                withdrawn_at, withdraw_reason FROM credentials WHERE 1=1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if f.live {
+        sql.push_str(" AND withdrawn_at IS NULL AND not_after > ?");
+        args.push(now.into());
+    }
+    if let Some(id) = &f.spiffe_id {
+        sql.push_str(" AND spiffe_id = ?");
+        args.push(id.clone().into());
+    }
+    if let Some(since) = f.since {
+        sql.push_str(" AND delivered_at >= ?");
+        args.push(since.into());
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push(i64::from(f.limit.unwrap_or(1000)).into());
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok(Record {
+            kind: r.get(0)?,
+            serial: r.get(1)?,
+            spiffe_id: r.get(2)?,
+            entry_id: r.get(3)?,
+            pid: r.get(4)?,
+            uid: r.get(5)?,
+            executable: r.get(6)?,
+            issued_at: r.get(7)?,
+            not_after: r.get(8)?,
+            delivered_at: r.get(9)?,
+            withdrawn_at: r.get(10)?,
+            withdraw_reason: r.get(11)?,
+        })
+    })?;
+    rows.collect()
+}
