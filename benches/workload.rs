@@ -272,7 +272,7 @@ fn entry(id: &str, uid: u32) -> Entry {
 
 async fn fetch_latency() {
     let dir = tempfile::tempdir().unwrap();
-    let uid = lanyard::sys::users::effective_uid();
+    let uid = lanyard::sys::euid();
     let cfg = Config::from_toml(&format!(
         "socket_path = \"{}\"\ndata_dir = \"{}\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n",
         dir.path().join("workload.sock").display(),
@@ -341,7 +341,7 @@ async fn fetch_latency() {
 async fn jwt_numbers(client: &mut lanyard::client::WorkloadClient, agent: &lanyard::app::Running) {
     agent.set_entries(vec![entry(
         "spiffe://example.org/bench",
-        lanyard::sys::users::effective_uid(),
+        lanyard::sys::euid(),
     )]);
     tokio::task::yield_now().await;
     let fetch = |aud: String| {
@@ -425,7 +425,7 @@ async fn lifecycle_numbers(
     endpoint: &str,
 ) {
     use lanyard::proto::admin::*;
-    let uid = lanyard::sys::users::effective_uid();
+    let uid = lanyard::sys::euid();
     agent.set_entries(vec![entry("spiffe://example.org/bench", uid)]);
     tokio::task::yield_now().await;
     let mut admin = lanyard::client::connect_admin(&agent.admin_socket_path)

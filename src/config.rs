@@ -57,6 +57,8 @@ pub const DEFAULT_HOST_CGROUP_NS: &str = "/proc/1/ns/cgroup";
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 /// How long one JWT signing key signs before the next takes over.
 pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long inventory rows are kept.
+pub const DEFAULT_INVENTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Cached JWT-SVIDs (least recently used are dropped beyond this).
 pub const DEFAULT_JWT_CACHE_SIZE: usize = 10_000;
 
@@ -158,7 +160,7 @@ impl Config {
 impl DevMode {
     /// Dev mode for the invoking user: `$XDG_RUNTIME_DIR/lanyard`, or `/tmp/lanyard-<uid>`.
     pub fn for_current_user() -> Self {
-        let uid = crate::sys::users::effective_uid();
+        let uid = crate::sys::euid();
         let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_absolute() && p.is_dir())

@@ -26,9 +26,6 @@ use crate::sys::pidfd::Pidfd;
 pub(crate) use store::Writer;
 use store::{Op, secs};
 
-/// Default retention of inventory rows.
-pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// Errors of the inventory.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -319,6 +316,8 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
 
+    const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
     fn holder(pidfd: Arc<Pidfd>, pid: u32) -> HolderInfo {
         HolderInfo {
             holder: Holder { pid, instance: 1 },
@@ -343,7 +342,7 @@ mod tests {
     async fn records_once_per_holder_withdraws_on_exit_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("inv.db");
-        let (inv, writer) = Inventory::open(&db, Arc::new(SystemClock), DEFAULT_RETENTION).unwrap();
+        let (inv, writer) = Inventory::open(&db, Arc::new(SystemClock), RETENTION).unwrap();
         let writer = std::thread::spawn(move || writer.run());
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -401,8 +400,7 @@ mod tests {
         writer.join().unwrap();
         drop(inv);
 
-        let (again, writer) =
-            Inventory::open(&db, Arc::new(SystemClock), DEFAULT_RETENTION).unwrap();
+        let (again, writer) = Inventory::open(&db, Arc::new(SystemClock), RETENTION).unwrap();
         std::thread::spawn(move || writer.run());
         assert_eq!(
             again.query(Filter::default()).await.unwrap().len(),

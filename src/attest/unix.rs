@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(caller.cred.pid, std::process::id());
         let attestors: Vec<Box<dyn Attestor>> = vec![Box::new(UnixAttestor::new(u64::MAX))];
         let (_, set) = attest_blocking(&caller, &attestors).unwrap();
-        let uid = sys::users::effective_uid();
+        let uid = sys::euid();
         assert!(set.contains_all(&[Selector::UnixUid(uid)]));
         let exe = std::env::current_exe().unwrap();
         assert!(set.contains_all(&[Selector::UnixPath(exe.to_str().unwrap().into())]));

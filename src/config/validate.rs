@@ -91,7 +91,7 @@ pub(super) fn validate(
         &mut errs,
         "inventory.retention",
         raw.inventory.retention.as_deref(),
-        crate::inventory::DEFAULT_RETENTION,
+        DEFAULT_INVENTORY_RETENTION,
     );
     let default_data = dev
         .map(|d| d.runtime_dir.join("data"))

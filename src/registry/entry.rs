@@ -12,6 +12,19 @@ use crate::fields::{Collector, FieldError, duration};
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
+impl Entry {
+    /// An entry from its text form, validated as the file's `[[entry]]` is (the admin API's
+    /// entries come through here too); `at` names it in messages.
+    pub fn from_raw(
+        at: &str,
+        raw: &RawEntry,
+        own: &TrustDomain,
+        federated: &HashSet<TrustDomain>,
+    ) -> Result<Entry, Vec<FieldError>> {
+        validate_entry(at, raw, own, federated)
+    }
+}
+
 /// An entry as written, before validation.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::entry::{RawEntry, validate_entry};
+use super::entry::RawEntry;
 use super::store::{self, EntryStore};
 use super::{Entry, EntryId, FederatedBundle, Origin, Policy, Template};
 use crate::fields::FieldError;
@@ -179,7 +179,7 @@ impl Inner {
 
     fn validate(&self, spec: &RawEntry) -> Result<Entry, Error> {
         let federated: HashSet<TrustDomain> = self.federation.keys().cloned().collect();
-        validate_entry("entry", spec, &self.trust_domain, &federated).map_err(Error::Invalid)
+        Entry::from_raw("entry", spec, &self.trust_domain, &federated).map_err(Error::Invalid)
     }
 
     fn check_managed(&self, id: &str) -> Result<(), Error> {

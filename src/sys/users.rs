@@ -6,74 +6,54 @@ use std::ffi::CStr;
 
 /// The name of user `uid`, `None` if the system knows no such user.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: an all-zero passwd is a valid out-parameter.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the sizes given; the strings pwd points at live in `buf`.
-        let ret = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if ret == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if ret != 0 || result.is_null() || pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: pw_name points at a NUL-terminated string inside `buf`, alive for this scope.
-        return Some(
-            unsafe { CStr::from_ptr(pwd.pw_name) }
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
+    lookup(
+        // SAFETY (for lookup): every pointer is valid for the sizes given.
+        |pwd: &mut libc::passwd, buf, result| unsafe {
+            libc::getpwuid_r(uid, pwd, buf.as_mut_ptr().cast(), buf.len(), result)
+        },
+        |pwd| pwd.pw_name,
+    )
 }
 
 /// The name of group `gid`, `None` if the system knows no such group.
 pub fn group_name(gid: u32) -> Option<String> {
+    lookup(
+        // SAFETY (for lookup): every pointer is valid for the sizes given.
+        |grp: &mut libc::group, buf, result| unsafe {
+            libc::getgrgid_r(gid, grp, buf.as_mut_ptr().cast(), buf.len(), result)
+        },
+        |grp| grp.gr_name,
+    )
+}
+
+/// The `get*_r` pattern once: call with a buffer, grow it on `ERANGE` (up to 1 MiB), and read the
+/// name the record points at (inside the buffer).
+fn lookup<T>(
+    mut call: impl FnMut(&mut T, &mut [u8], &mut *mut T) -> libc::c_int,
+    name: impl Fn(&T) -> *const libc::c_char,
+) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     loop {
-        // SAFETY: an all-zero group is a valid out-parameter.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the sizes given; the strings grp points at live in `buf`.
-        let ret = unsafe {
-            libc::getgrgid_r(
-                gid,
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        // SAFETY: the libc records (passwd, group) are plain C structs; all-zero is a valid
+        // out-parameter.
+        let mut record: T = unsafe { std::mem::zeroed() };
+        let mut result: *mut T = std::ptr::null_mut();
+        let ret = call(&mut record, &mut buf, &mut result);
         if ret == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 2, 0);
             continue;
         }
-        if ret != 0 || result.is_null() || grp.gr_name.is_null() {
+        let ptr = name(&record);
+        if ret != 0 || result.is_null() || ptr.is_null() {
             return None;
         }
-        // SAFETY: gr_name points at a NUL-terminated string inside `buf`, alive for this scope.
+        // SAFETY: the name is a NUL-terminated string inside `buf`, alive for this scope.
         return Some(
-            unsafe { CStr::from_ptr(grp.gr_name) }
+            unsafe { CStr::from_ptr(ptr) }
                 .to_string_lossy()
                 .into_owned(),
         );
     }
-}
-
-/// The effective uid of this process.
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]
