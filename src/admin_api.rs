@@ -42,7 +42,7 @@ impl AdminApi {
 /// holds even if someone loosens the mode).
 fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
     let me = crate::sys::euid();
-    match req.extensions().get::<PeerInfo>().map(|p| &*p.0) {
+    match req.extensions().get::<PeerInfo>().map(|p| &*p.caller) {
         Some(Ok(caller)) if caller.cred.uid == 0 || caller.cred.uid == me => Ok(()),
         Some(Ok(caller)) => {
             tracing::warn!(

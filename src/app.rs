@@ -84,6 +84,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     let mut tasks = JoinSet::new();
     // Health first, so probes see "live, not ready" while the authority loads.
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probes: Arc<std::sync::OnceLock<Probes>> = Arc::default();
     let health_addr = match config.health_addr {
         None => None,
         Some(addr) => {
@@ -91,6 +92,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
             let bound = listener.local_addr().ok();
             let check: crate::health::ReadyCheck = {
                 let (ready, socket) = (ready.clone(), config.socket_path.clone());
+                let probes = probes.clone();
                 Arc::new(move || {
                     if !ready.load(std::sync::atomic::Ordering::Acquire) {
                         return Err("starting: authority or socket not ready yet".into());
@@ -98,7 +100,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
                     if !socket.exists() {
                         return Err(format!("the socket {} is gone", socket.display()));
                     }
-                    Ok(())
+                    match probes.get() {
+                        Some(p) => p.check(),
+                        None => Ok(()),
+                    }
                 })
             };
             let shutdown = shutdown_rx.clone();
@@ -163,7 +168,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     let policy_rx = registry.subscribe();
     let ca_rx = authority.subscribe();
     let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
-    let jwt_cache = JwtCache::new(ca_rx.clone(), clock.clone(), config.jwt_cache_size);
+    let jwt_cache = JwtCache::new(
+        ca_rx.clone(),
+        clock.clone(),
+        config.jwt_cache_size,
+        config.jwt_cache_bytes,
+    );
     {
         // When a holder exits: its credentials are withdrawn, and SVIDs no open stream holds leave
         // the cache at once.
@@ -193,7 +203,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         attestors.push(Box::new(K8sAttestor::new(k8s)?));
         tracing::info!(kubelet = %k8s.kubelet.url, "kubernetes attestation on");
     }
-    let streams = Arc::new(Semaphore::new(config.max_streams));
+    let streams = Arc::new(Semaphore::new(config.limits.max_streams));
+    let shares = crate::limits::Shares::new(config.limits.clone());
+    let nofile = fd_budget(&config.limits);
+    let _ = probes.set(Probes {
+        inventory: inventory.clone(),
+        shares: shares.clone(),
+        nofile,
+    });
     let exec_hub = Arc::new(crate::workload_api::exec_hub::ExecHub::default());
     let ctx = crate::workload_api::Context {
         trust_domain: config.trust_domain.clone(),
@@ -208,6 +225,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         clock: clock.clone(),
         shutdown: shutdown_rx.clone(),
         streams: streams.clone(),
+        shares: shares.clone(),
     };
     let admin = AdminApi {
         registry: registry.clone(),
@@ -221,7 +239,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         issuer: issuer_handle.clone(),
         jwt: jwt_cache.clone(),
         streams,
-        max_streams: config.max_streams,
+        max_streams: config.limits.max_streams,
     };
     // The admin socket first: its directory is private (0700) and the socket 0600.
     let admin_listener = listener::bind(&config.admin_socket_path, 0o600, 0o700)?;
@@ -273,11 +291,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     {
         let mut shutdown = shutdown_rx.clone();
         let service = WorkloadApi::new(ctx).into_server();
+        let max_concurrent_streams = config.limits.max_concurrent_streams;
+        let shares = shares.clone();
         tasks.spawn(async move {
             let result = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(max_concurrent_streams))
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    Incoming::new(listener, config.peer_pidfd),
+                    Incoming::new(listener, config.peer_pidfd, Some(shares)),
                     async move {
                         crate::shutdown::signalled(&mut shutdown).await;
                     },
@@ -293,7 +314,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
             let result = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    Incoming::new(admin_listener, config.peer_pidfd),
+                    Incoming::new(admin_listener, config.peer_pidfd, None),
                     async move {
                         crate::shutdown::signalled(&mut shutdown).await;
                     },
@@ -487,6 +508,63 @@ impl Running {
         }
         tracing::info!("agent stopped");
     }
+}
+
+/// What `/ready` looks at once the agent runs: the inventory can write, and no resource is above
+/// 90 % of its limit.
+struct Probes {
+    inventory: Inventory,
+    shares: crate::limits::Shares,
+    nofile: u64,
+}
+
+impl Probes {
+    fn check(&self) -> Result<(), String> {
+        if let Some(e) = self.inventory.write_error() {
+            return Err(format!(
+                "the inventory cannot write ({e}): new credentials are refused; credentials already delivered keep being served"
+            ));
+        }
+        let limits = self.shares.config();
+        let (connections, streams) = self.shares.open();
+        let fds = crate::sys::open_fds() as u64;
+        for (what, used, limit) in [
+            (
+                "connections",
+                connections as u64,
+                limits.max_connections as u64,
+            ),
+            ("streams", streams as u64, limits.max_streams as u64),
+            ("file descriptors", fds, self.nofile),
+        ] {
+            if limit > 0 && used * 10 > limit * 9 {
+                return Err(format!("{what} above 90 % of the limit: {used} of {limit}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Raises the open-files limit as far as allowed and warns when the configured limits could need
+/// more file descriptors than that (each connection: a socket and a pidfd; each stream: a `/proc`
+/// directory). Returns the limit in force.
+fn fd_budget(limits: &crate::limits::LimitsConfig) -> u64 {
+    let nofile = match crate::sys::raise_nofile() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            return 0;
+        }
+    };
+    let need = (limits.max_connections as u64) * 2 + limits.max_streams as u64 + 256;
+    if nofile < need {
+        tracing::warn!(
+            nofile,
+            need,
+            "the open-files limit is below what limits.max_connections and limits.max_streams can use; raise LimitNOFILE (systemd) or lower the limits"
+        );
+    }
+    nofile
 }
 
 /// Stops a running agent from another task.

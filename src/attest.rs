@@ -46,6 +46,25 @@ pub trait Attestor: Send + Sync + 'static {
     ) -> Result<bool, Error> {
         Ok(false)
     }
+
+    /// Slow work that can be awaited instead of blocked on (a kubelet request): started before
+    /// [`Attestor::attest`] runs on the blocking pool, so that call finds its answer cached and no
+    /// blocking thread waits on the network. The default has none.
+    fn prefetch(&self, _process: &PinnedProcess) -> Option<Prefetch> {
+        None
+    }
+}
+
+/// Async work an attestor can do ahead of its blocking part.
+pub type Prefetch = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs every attestor's [`Attestor::prefetch`] for `pinned`, on the async runtime.
+pub async fn prefetch(pinned: &PinnedProcess, attestors: &[Box<dyn Attestor>]) {
+    for attestor in attestors {
+        if let Some(work) = attestor.prefetch(pinned) {
+            work.await;
+        }
+    }
 }
 
 /// Pins the caller and attests it with cached, non-blocking work only. `Ok(None)` when an attestor

@@ -5,6 +5,7 @@
 mod authority;
 mod federation;
 mod kubernetes;
+mod limits;
 mod raw;
 mod validate;
 
@@ -59,6 +60,22 @@ pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_JWT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long inventory rows are kept.
 pub const DEFAULT_INVENTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Open connections, all uids together.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Open connections of one uid: 1,500 from one uid never starve another.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
+/// A connection that opens no stream within this is closed.
+pub const DEFAULT_CONNECTION_IDLE: Duration = Duration::from_secs(10);
+/// HTTP/2 `MAX_CONCURRENT_STREAMS` per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: usize = 100;
+/// Open streams of one uid.
+pub const DEFAULT_MAX_STREAMS_PER_UID: usize = 1000;
+/// New credentials per second and uid (first X.509 mints, JWT cache misses).
+pub const DEFAULT_NEW_CREDENTIALS_PER_SECOND: f64 = 50.0;
+/// New credentials one uid may get at once.
+pub const DEFAULT_NEW_CREDENTIALS_BURST: usize = 200;
+/// Bytes the JWT-SVID cache may hold (tokens and audiences).
+pub const DEFAULT_JWT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Cached JWT-SVIDs (least recently used are dropped beyond this).
 pub const DEFAULT_JWT_CACHE_SIZE: usize = 10_000;
 
@@ -88,7 +105,10 @@ pub struct Config {
     /// Use the kernel's `SO_PEERPIDFD` to pin callers where it exists (Linux ≥ 6.5). `false` takes
     /// the path of older kernels everywhere: pidfd opened by PID, start-time and sock_diag checks.
     pub peer_pidfd: bool,
-    pub max_streams: usize,
+    /// Fair shares and caps (`[limits]`).
+    pub limits: crate::limits::LimitsConfig,
+    /// Bound of the JWT-SVID cache in bytes (tokens and their audiences).
+    pub jwt_cache_bytes: usize,
     /// Registration entries declared in the file, in file order.
     pub entries: Vec<Entry>,
     pub federation: Vec<Federation>,

@@ -60,6 +60,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS credentials_held ON credentials(pid, pid_instance) WHERE withdrawn_at IS NULL;
      CREATE INDEX IF NOT EXISTS credentials_delivered ON credentials(delivered_at);
      CREATE INDEX IF NOT EXISTS credentials_spiffe_id ON credentials(spiffe_id);",
+    // 2: rows by holder, for compacting each holder's finished rows.
+    "CREATE INDEX IF NOT EXISTS credentials_holder ON credentials(pid, pid_instance, id);",
 ];
 
 /// The schema version this binary writes.

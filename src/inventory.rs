@@ -145,8 +145,19 @@ struct Shared {
     tx: Mutex<std_mpsc::Sender<Op>>,
     /// Per holder: what it holds, and for which SPIFFE ID.
     held: Mutex<HashMap<Holder, Holdings>>,
+    /// Deliveries whose rows are being written: a concurrent delivery of the same credential to
+    /// the same holder waits for that commit instead of writing a second row. Locked after `held`.
+    pending: Mutex<HashMap<(Holder, Kind, String), Commit>>,
+    /// The last commit's error, until a commit succeeds (a full disk, for `/ready`).
+    write_error: Mutex<Option<String>>,
     clock: SharedClock,
 }
+
+/// Credentials remembered per holder for de-duplication.
+const MAX_HELD_PER_HOLDER: usize = 10_000;
+
+/// The outcome of one commit, for whoever waits on it (`None` until it is known).
+type Commit = tokio::sync::watch::Receiver<Option<Result<(), Error>>>;
 
 /// What one holder holds: (kind, serial) → SPIFFE ID.
 type Holdings = HashMap<(Kind, String), String>;
@@ -172,6 +183,8 @@ impl Inventory {
             shared: Arc::new(Shared {
                 tx: Mutex::new(tx),
                 held: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                write_error: Mutex::new(None),
                 clock,
             }),
         };
@@ -195,40 +208,102 @@ impl Inventory {
     /// Records `deliveries` to `holder`; returns once they are durable. Credentials this holder was
     /// already recorded with cost nothing. The caller has the holder watched for exit (`lifecycle`).
     pub async fn record(&self, holder: &HolderInfo, deliveries: &[Delivery]) -> Result<(), Error> {
-        let fresh = {
+        let who = holder.holder;
+        let (tx, _) = tokio::sync::watch::channel(None);
+        let (fresh, others) = {
             let held = self.shared.held.lock().map_err(|_| Error::Stopped)?;
-            let known = held.get(&holder.holder);
-            let fresh: Vec<Delivery> = deliveries
-                .iter()
-                .filter(|d| !known.is_some_and(|k| k.contains_key(&(d.kind, d.serial.clone()))))
-                .cloned()
-                .collect();
-            fresh
+            let mut pending = self.shared.pending.lock().map_err(|_| Error::Stopped)?;
+            let known = held.get(&who);
+            let mut fresh = Vec::new();
+            let mut others: Vec<Commit> = Vec::new();
+            for d in deliveries {
+                let key = (who, d.kind, d.serial.clone());
+                if known.is_some_and(|k| k.contains_key(&(d.kind, d.serial.clone()))) {
+                    continue;
+                }
+                match pending.get(&key) {
+                    Some(commit) => others.push(commit.clone()),
+                    None => {
+                        pending.insert(key, tx.subscribe());
+                        fresh.push(d.clone());
+                    }
+                }
+            }
+            (fresh, others)
         };
-        if fresh.is_empty() {
-            return Ok(());
+        let mine = if fresh.is_empty() {
+            Ok(())
+        } else {
+            let keys: Vec<((Kind, String), String)> = fresh
+                .iter()
+                .map(|d| ((d.kind, d.serial.clone()), d.spiffe_id.clone()))
+                .collect();
+            let result = self.commit(holder, fresh).await;
+            // Whatever happened, the keys leave `pending`; on success they are held.
+            if let (Ok(mut held), Ok(mut pending)) =
+                (self.shared.held.lock(), self.shared.pending.lock())
+            {
+                for ((kind, serial), _) in &keys {
+                    pending.remove(&(who, *kind, serial.clone()));
+                }
+                if result.is_ok() {
+                    let holdings = held.entry(who).or_default();
+                    holdings.extend(keys);
+                    // Bounded per holder: JWT keys beyond the cap are forgotten (a repeat delivery
+                    // of a forgotten token writes one more row; X.509 keys are few and kept).
+                    if holdings.len() > MAX_HELD_PER_HOLDER {
+                        let excess = holdings.len() - MAX_HELD_PER_HOLDER;
+                        let drop: Vec<(Kind, String)> = holdings
+                            .keys()
+                            .filter(|(k, _)| *k == Kind::Jwt)
+                            .take(excess)
+                            .cloned()
+                            .collect();
+                        for k in drop {
+                            holdings.remove(&k);
+                        }
+                    }
+                }
+            }
+            tx.send_replace(Some(result.clone()));
+            result
+        };
+        // Rows another delivery is writing: delivered only once that commit is durable.
+        for mut commit in others {
+            let outcome = commit
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| Error::Stopped)?
+                .clone();
+            outcome.unwrap_or(Err(Error::Stopped))?;
         }
-        let keys: Vec<((Kind, String), String)> = fresh
-            .iter()
-            .map(|d| ((d.kind, d.serial.clone()), d.spiffe_id.clone()))
-            .collect();
+        mine
+    }
+
+    /// Writes `rows` for `holder` and waits until they are durable.
+    async fn commit(&self, holder: &HolderInfo, rows: Vec<Delivery>) -> Result<(), Error> {
         let (done, wait) = oneshot::channel();
         self.send(Op::Record {
             holder: holder.clone(),
-            rows: fresh,
+            rows,
             at: secs(self.shared.clock.now()),
             done,
         })?;
         // Waited for on the blocking pool, so tokio knows work is in flight (with paused time in
         // tests the clock must not jump ahead while a commit is pending).
-        tokio::task::spawn_blocking(move || wait.blocking_recv())
+        let result = tokio::task::spawn_blocking(move || wait.blocking_recv())
             .await
             .map_err(|_| Error::Stopped)?
-            .map_err(|_| Error::Stopped)??;
-        if let Ok(mut held) = self.shared.held.lock() {
-            held.entry(holder.holder).or_default().extend(keys);
+            .map_err(|_| Error::Stopped)?;
+        if let Ok(mut last) = self.shared.write_error.lock() {
+            *last = result.as_ref().err().map(ToString::to_string);
         }
-        Ok(())
+        result
+    }
+
+    /// Why the last write failed, while no write has succeeded since.
+    pub(crate) fn write_error(&self) -> Option<String> {
+        self.shared.write_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Withdraws some (or, with `None`, all) credentials of a holder. Returns at once; the write joins
@@ -407,5 +482,26 @@ mod tests {
             2,
             "durable across reopen"
         );
+    }
+
+    /// Many first deliveries of one credential to one holder at once: one row, and every caller
+    /// returns only once that row is durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_deliveries_write_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inv, writer) =
+            Inventory::open(&dir.path().join("inv.db"), Arc::new(SystemClock), RETENTION).unwrap();
+        std::thread::spawn(move || writer.run());
+        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
+        let h = holder(pidfd, std::process::id());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (inv, h) = (inv.clone(), h.clone());
+            tasks.spawn(async move { inv.record(&h, &[delivery("same")]).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(inv.query(Filter::default()).await.unwrap().len(), 1);
     }
 }

@@ -384,6 +384,13 @@ impl IssuerHandle {
         rx.await.map_err(|_| Error::Stopped)
     }
 
+    /// Whether a ready SVID for `req` is cached (subscribing to it mints nothing).
+    pub fn is_published(&self, req: &SvidRequest) -> bool {
+        self.published
+            .read()
+            .is_ok_and(|index| index.contains_key(req))
+    }
+
     /// Tells the issuer a subscriber let go of `req` (after dropping its receiver), so an SVID nobody
     /// holds leaves the cache at once. Best effort: a full queue leaves it to the rotation timer.
     pub fn release(&self, req: SvidRequest) {

@@ -26,6 +26,7 @@ mod helper;
 mod inventory;
 mod issuer;
 mod lifecycle;
+pub mod limits;
 pub mod proto;
 pub mod registry;
 pub mod selector;

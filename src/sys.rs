@@ -60,16 +60,31 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Runs `f` with the process umask set to `mask`, then restores it. For `bind()` of a Unix socket,
-/// whose file mode can only be chosen through the umask (a later path-based chmod would follow a
-/// symlink swapped in meanwhile; fchmod on a socket does not reach its file).
-pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
-    // SAFETY: umask has no preconditions and cannot fail.
-    let old = unsafe { libc::umask(mask as libc::mode_t) };
-    let out = f();
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    out
+/// Runs `f` with the umask `mask` on a short-lived thread that has its own filesystem context
+/// (`unshare(CLONE_FS)`), so no other thread of the process ever sees that umask. For `bind()` of a
+/// Unix socket, whose file mode can only be chosen through the umask (a later path-based chmod
+/// would follow a symlink swapped in meanwhile; fchmod on a socket does not reach its file).
+pub fn with_private_umask<T: Send + 'static>(
+    mask: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    let thread = std::thread::Builder::new()
+        .name("umask".into())
+        .spawn(move || -> Result<T, Error> {
+            // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask from the others.
+            check("unshare(CLONE_FS)", unsafe { libc::unshare(libc::CLONE_FS) })?;
+            // SAFETY: umask has no preconditions and cannot fail; it affects this thread only now.
+            unsafe { libc::umask(mask as libc::mode_t) };
+            Ok(f())
+        })
+        .map_err(|source| Error::Syscall {
+            call: "spawning a thread",
+            source,
+        })?;
+    thread.join().map_err(|_| Error::Syscall {
+        call: "thread",
+        source: io::Error::other("the umask thread panicked"),
+    })?
 }
 
 /// `CLOCK_BOOTTIME` now, in nanoseconds: the clock `/proc/<pid>/stat` start times count on.
@@ -104,4 +119,32 @@ pub fn enter_cgroup_ns(ns: &std::fs::File) -> Result<(), Error> {
         libc::setns(ns.as_raw_fd(), libc::CLONE_NEWCGROUP)
     })
     .map(|_| ())
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile() -> Result<u64, Error> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-parameter.
+    check("getrlimit(RLIMIT_NOFILE)", unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim)
+    })?;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit with cur <= max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(raised.rlim_cur);
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// File descriptors this process has open (entries of `/proc/self/fd`).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }

@@ -43,6 +43,8 @@ pub(crate) enum Error {
     EntitlementLost,
     #[error("stream limit reached")]
     Overloaded,
+    #[error(transparent)]
+    Limit(#[from] crate::limits::Refusal),
     #[error("shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -79,4 +81,6 @@ pub(crate) struct Context {
     pub shutdown: watch::Receiver<bool>,
     /// One permit per open stream (EP-5: beyond the limit, Unavailable).
     pub streams: Arc<Semaphore>,
+    /// Each uid's share of connections, streams and new credentials.
+    pub shares: crate::limits::Shares,
 }

@@ -48,3 +48,46 @@ fn the_default_address_is_loopback_and_bad_ones_are_named() {
         "{err}"
     );
 }
+
+/// `/ready` reports pressure: open connections above 90 % of `limits.max_connections` make it fail,
+/// naming the resource; when they close it is ready again.
+#[tokio::test]
+async fn ready_reports_connection_pressure() {
+    let agent =
+        TestAgent::start("[limits]\nmax_connections = 10\nmax_connections_per_uid = 10\n").await;
+    let addr = agent.running().health_addr.expect("health endpoint on");
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(
+            tokio::net::UnixStream::connect(&agent.socket)
+                .await
+                .unwrap(),
+        );
+    }
+    let socket = agent.socket.clone();
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (code, b) = probe(addr, "/ready").await.unwrap();
+        body = b;
+        if code == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(body.contains("connections above 90 %"), "{body}");
+    drop(held);
+    let mut ok = false;
+    for _ in 0..100 {
+        if probe(addr, "/ready").await.unwrap().0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        ok,
+        "ready again once the connections closed ({})",
+        socket.display()
+    );
+    agent.shutdown().await;
+}

@@ -10,12 +10,18 @@ pub mod kubelet;
 pub mod pod_cache;
 pub mod pods;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{Attestor, Error, PinnedProcess, read_error};
 use crate::selector::SelectorSet;
 pub use kubelet::{Kubelet, KubeletConfig};
+
+/// The outcome of one pod lookup.
+type Lookup = Result<Vec<crate::selector::Selector>, pod_cache::LookupError>;
+/// How long a prefetched answer waits for the blocking part of the same attestation.
+const PREFETCH_FRESH: Duration = Duration::from_secs(2);
 pub use pod_cache::PodCache;
 
 /// `[kubernetes]` settings, validated.
@@ -33,6 +39,8 @@ pub struct KubernetesConfig {
 /// Attests pods through cgroups and the kubelet.
 pub struct K8sAttestor {
     cache: Arc<PodCache>,
+    /// Answers of [`Attestor::prefetch`], picked up by the blocking part right after.
+    prefetched: Arc<Mutex<HashMap<cgroup::Location, (Instant, Lookup)>>>,
     runtime: tokio::runtime::Handle,
     roots: Vec<cgroup::Root>,
     view: cgroup::View,
@@ -60,6 +68,7 @@ impl K8sAttestor {
                 config.container_wait,
             )),
             runtime: tokio::runtime::Handle::current(),
+            prefetched: Arc::default(),
             roots: config.cgroup_roots.clone(),
             view,
         })
@@ -96,12 +105,39 @@ impl Attestor for K8sAttestor {
         let Some(location) = self.locate(process)? else {
             return Ok(());
         };
-        let selectors = self
-            .runtime
-            .block_on(self.cache.lookup(&location))
-            .map_err(lookup_error)?;
+        let prefetched = self
+            .prefetched
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&location).cloned())
+            .filter(|(at, _)| at.elapsed() < PREFETCH_FRESH);
+        let selectors = match prefetched {
+            Some((_, answer)) => answer,
+            // Not prefetched (a caller that skipped it): wait here.
+            None => self.runtime.block_on(self.cache.lookup(&location)),
+        }
+        .map_err(lookup_error)?;
         out.extend(selectors);
         Ok(())
+    }
+
+    fn prefetch(&self, process: &PinnedProcess) -> Option<super::Prefetch> {
+        let location = self.locate(process).ok()??;
+        if self.cache.cached(&location).is_some() {
+            return None;
+        }
+        let (cache, prefetched) = (self.cache.clone(), self.prefetched.clone());
+        // The kubelet request and the wait for a late container happen here, awaited on the
+        // runtime: the blocking attestation afterwards picks up this answer.
+        Some(Box::pin(async move {
+            let answer = cache.lookup(&location).await;
+            if let Ok(mut p) = prefetched.lock() {
+                if p.len() > 4096 {
+                    p.retain(|_, (at, _)| at.elapsed() < PREFETCH_FRESH);
+                }
+                p.insert(location, (Instant::now(), answer));
+            }
+        }))
     }
 
     fn attest_cached(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<bool, Error> {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
@@ -25,6 +25,12 @@ const NAME_CACHE_TTL: Duration = Duration::from_secs(30);
 pub struct UnixAttestor {
     hash_max_bytes: u64,
     hashes: Mutex<HashMap<(u64, u64), CachedHash>>,
+    /// Files being hashed now: callers of the same file wait for that one read (single flight).
+    hashing: Mutex<HashMap<(u64, u64), Arc<Flight>>>,
+    /// At most [`MAX_CONCURRENT_HASHES`] files are read at once, whoever asks.
+    gate: (Mutex<usize>, Condvar),
+    /// Files read and hashed since start.
+    hashed: std::sync::atomic::AtomicU64,
     users: NameCache,
     groups: NameCache,
 }
@@ -56,6 +62,17 @@ impl NameCache {
     }
 }
 
+/// Files hashed at the same time, at most: hashing is the one CPU-heavy part of attestation, and
+/// callers with many big executables must not take every core.
+const MAX_CONCURRENT_HASHES: usize = 2;
+
+/// One hashing in progress; done when the leader has finished (whatever the outcome).
+#[derive(Default)]
+struct Flight {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
 /// A hash, valid while the file's identity and change stamps are the same.
 #[derive(Clone)]
 struct CachedHash {
@@ -71,6 +88,9 @@ impl UnixAttestor {
         Self {
             hash_max_bytes,
             hashes: Mutex::new(HashMap::new()),
+            hashing: Mutex::new(HashMap::new()),
+            gate: (Mutex::new(0), Condvar::new()),
+            hashed: std::sync::atomic::AtomicU64::new(0),
             users: NameCache::default(),
             groups: NameCache::default(),
         }
@@ -110,6 +130,86 @@ impl UnixAttestor {
         if !allow_slow {
             return Ok(Hash::NeedsWork);
         }
+        // Single flight per file: wait for a hashing of it already under way, then use its result
+        // if it matches this file's stamps (it was the same content).
+        loop {
+            let (flight, leader) = {
+                let Ok(mut hashing) = self.hashing.lock() else {
+                    break;
+                };
+                match hashing.get(&key) {
+                    Some(f) => (f.clone(), false),
+                    None => {
+                        let f = Arc::new(Flight::default());
+                        hashing.insert(key, f.clone());
+                        (f, true)
+                    }
+                }
+            };
+            if leader {
+                let result = self.hash_file(process, &mut file, key, &stamp);
+                if let Ok(mut hashing) = self.hashing.lock() {
+                    hashing.remove(&key);
+                }
+                if let Ok(mut done) = flight.done.lock() {
+                    *done = true;
+                }
+                flight.cv.notify_all();
+                return result;
+            }
+            if let Ok(done) = flight.done.lock() {
+                drop(flight.cv.wait_while(done, |d| !*d));
+            }
+            if let Some(hit) = self.lookup(key, &stamp) {
+                return Ok(Hash::Known(hit));
+            }
+            // The other hashing saw another version of the file (or failed): try again.
+        }
+        self.hash_file(process, &mut file, key, &stamp)
+    }
+
+    /// Reads and hashes the executable (at most [`MAX_CONCURRENT_HASHES`] at once) and caches it.
+    fn hash_file(
+        &self,
+        process: &PinnedProcess,
+        file: &mut std::fs::File,
+        key: (u64, u64),
+        stamp: &CachedHash,
+    ) -> Result<Hash, Error> {
+        let (count, cv) = &self.gate;
+        if let Ok(n) = count.lock()
+            && let Ok(mut n) = cv.wait_while(n, |n| *n >= MAX_CONCURRENT_HASHES)
+        {
+            *n += 1;
+        }
+        let result = self.read_hash(process, file);
+        self.hashed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut n) = count.lock() {
+            *n = n.saturating_sub(1);
+        }
+        cv.notify_one();
+        let hex = result?;
+        if let Ok(mut cache) = self.hashes.lock() {
+            if cache.len() >= HASH_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(
+                key,
+                CachedHash {
+                    hex: hex.clone(),
+                    ..stamp.clone()
+                },
+            );
+        }
+        Ok(Hash::Known(hex))
+    }
+
+    fn read_hash(
+        &self,
+        process: &PinnedProcess,
+        file: &mut std::fs::File,
+    ) -> Result<String, Error> {
         let mut ctx = digest::Context::new(&digest::SHA256);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -125,20 +225,7 @@ impl UnixAttestor {
             }
             ctx.update(&buf[..n]);
         }
-        let hex = crate::encoding::hex(ctx.finish().as_ref());
-        if let Ok(mut cache) = self.hashes.lock() {
-            if cache.len() >= HASH_CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(
-                key,
-                CachedHash {
-                    hex: hex.clone(),
-                    ..stamp
-                },
-            );
-        }
-        Ok(Hash::Known(hex))
+        Ok(crate::encoding::hex(ctx.finish().as_ref()))
     }
 
     fn lookup(&self, key: (u64, u64), stamp: &CachedHash) -> Option<String> {
@@ -279,5 +366,31 @@ mod tests {
         let attestors: Vec<Box<dyn Attestor>> = vec![Box::new(UnixAttestor::new(16))];
         let (_, set) = attest_blocking(&caller, &attestors).unwrap();
         assert!(!set.iter().any(|s| matches!(s, Selector::UnixSha256(_))));
+    }
+
+    /// Many callers of one executable at once: one read of the file; the others wait for it.
+    #[test]
+    fn concurrent_hashing_of_one_file_reads_it_once() {
+        let attestor = Arc::new(UnixAttestor::new(u64::MAX));
+        let (a, _b) = UnixStream::pair().unwrap();
+        let caller = Arc::new(Caller::from_socket(a.as_fd()).unwrap());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (attestor, caller) = (attestor.clone(), caller.clone());
+                std::thread::spawn(move || {
+                    let pinned = crate::attest::PinnedProcess::pin(&caller).unwrap();
+                    let mut set = SelectorSet::new();
+                    attestor.attest(&pinned, &mut set).unwrap();
+                    set
+                })
+            })
+            .collect();
+        let sets: Vec<SelectorSet> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(sets.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(
+            attestor.hashed.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one read of the executable for 16 concurrent callers"
+        );
     }
 }

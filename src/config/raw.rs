@@ -98,7 +98,15 @@ pub struct RawInventory {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_streams: Option<usize>,
+    pub max_streams_per_uid: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_uid: Option<usize>,
+    pub connection_idle: Option<String>,
+    pub max_concurrent_streams: Option<usize>,
+    pub new_credentials_per_second: Option<f64>,
+    pub new_credentials_burst: Option<usize>,
     pub jwt_cache_size: Option<usize>,
+    pub jwt_cache_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::authority::authority;
 use super::federation::federation;
+use super::limits::limits;
 use super::raw::RawConfig;
 use super::*;
 use crate::fields::{Collector, count, duration};
@@ -168,13 +169,17 @@ pub(super) fn validate(
         .attestation
         .hash_max_bytes
         .unwrap_or(crate::attest::unix::DEFAULT_HASH_MAX_BYTES);
-    let max_streams = raw.limits.max_streams.unwrap_or(DEFAULT_MAX_STREAMS);
-    count(
-        &mut errs,
-        "limits.max_streams",
-        max_streams,
-        "refuse every workload",
-    );
+    let limits = limits(&mut errs, &raw.limits);
+    let jwt_cache_bytes = raw
+        .limits
+        .jwt_cache_bytes
+        .unwrap_or(DEFAULT_JWT_CACHE_BYTES);
+    if jwt_cache_bytes < 64 * 1024 {
+        errs.push(
+            "limits.jwt_cache_bytes",
+            format!("{jwt_cache_bytes} is too small to cache anything useful; use at least 65536"),
+        );
+    }
 
     // Federation first: entries may only federate with trust domains that have a bundle.
     let (federation, fed_names) = federation(&mut errs, &raw.federation, trust_domain.as_ref());
@@ -275,7 +280,8 @@ pub(super) fn validate(
         hash_max_bytes,
         exec_events: raw.attestation.exec_events.unwrap_or(true),
         peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
-        max_streams,
+        limits,
+        jwt_cache_bytes,
         entries,
         federation,
         templates,

@@ -14,6 +14,9 @@ use super::{Delivery, Error, Filter, Holder, HolderInfo, Kind, Reason, Record};
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The most operations written in one transaction.
 const MAX_BATCH: usize = 512;
+/// Finished rows (withdrawn or expired) kept per holder; older ones are compacted away, so one
+/// process asking for a new audience per call cannot grow the database without bound.
+pub(super) const MAX_FINISHED_ROWS_PER_HOLDER: i64 = 10_000;
 
 pub(super) enum Op {
     /// Stop after everything queued before it is written.
@@ -163,6 +166,19 @@ fn apply(conn: &mut Connection, batch: &[Op]) -> Result<(), rusqlite::Error> {
                         at,
                     ])?;
                 }
+                tx.prepare_cached(
+                    "DELETE FROM credentials WHERE id IN (
+                         SELECT id FROM credentials
+                         WHERE pid = ?1 AND pid_instance = ?2
+                           AND (withdrawn_at IS NOT NULL OR not_after < ?3)
+                         ORDER BY id DESC LIMIT -1 OFFSET ?4)",
+                )?
+                .execute(params![
+                    holder.holder.pid,
+                    holder.holder.instance as i64,
+                    at,
+                    MAX_FINISHED_ROWS_PER_HOLDER
+                ])?;
             }
             Op::Withdraw {
                 holder,

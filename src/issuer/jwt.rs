@@ -58,6 +58,8 @@ struct Shared {
     ca: watch::Receiver<Arc<CaSnapshot>>,
     clock: SharedClock,
     capacity: usize,
+    /// Bytes the cached tokens and their keys may take together.
+    max_bytes: usize,
     signed: AtomicU64,
     wake: Notify,
 }
@@ -67,6 +69,24 @@ struct State {
     slots: HashMap<JwtRequest, Slot>,
     refresh: BTreeMap<(Instant, u64), JwtRequest>,
     seq: u64,
+    /// Sum of every slot's `bytes`.
+    bytes: usize,
+}
+
+impl State {
+    fn remove(&mut self, req: &JwtRequest) {
+        if let Some(slot) = self.slots.remove(req) {
+            self.bytes = self.bytes.saturating_sub(slot.bytes);
+            if let Some(key) = slot.refresh_at {
+                self.refresh.remove(&key);
+            }
+        }
+    }
+}
+
+/// What a slot costs before it holds a token: its key and bookkeeping.
+fn key_bytes(req: &JwtRequest) -> usize {
+    req.spiffe_id.as_str().len() + req.audiences.iter().map(|a| a.len() + 24).sum::<usize>() + 160
 }
 
 struct Slot {
@@ -74,17 +94,26 @@ struct Slot {
     pending: Option<watch::Receiver<Outcome>>,
     last_used: Instant,
     refresh_at: Option<(Instant, u64)>,
+    /// What this slot takes: key, bookkeeping and the current token.
+    bytes: usize,
 }
 
 impl JwtCache {
-    /// A cache of at most `capacity` tokens, signing with whatever `ca` publishes.
-    pub fn new(ca: watch::Receiver<Arc<CaSnapshot>>, clock: SharedClock, capacity: usize) -> Self {
+    /// A cache of at most `capacity` tokens taking at most `max_bytes`, signing with whatever `ca`
+    /// publishes.
+    pub fn new(
+        ca: watch::Receiver<Arc<CaSnapshot>>,
+        clock: SharedClock,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 ca,
                 clock,
                 capacity: capacity.max(1),
+                max_bytes,
                 signed: AtomicU64::new(0),
                 wake: Notify::new(),
             }),
@@ -96,16 +125,37 @@ impl JwtCache {
         self.shared.signed.load(Ordering::Relaxed)
     }
 
+    /// Whether `get(req)` would be served without signing (a cached token with more than half its
+    /// life left, or a signing already under way).
+    pub fn is_fresh(&self, req: &JwtRequest) -> bool {
+        let now = self.shared.clock.now();
+        self.shared.state.lock().is_ok_and(|state| {
+            state.slots.get(req).is_some_and(|slot| {
+                slot.pending.is_some()
+                    || slot
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| more_than_half_left(c, now))
+            })
+        })
+    }
+
     /// A token for `req`: the cached one while more than half its life remains, else a new one.
     pub async fn get(&self, req: JwtRequest) -> Result<Arc<JwtSvid>, Error> {
         let mut rx = {
             let mut state = self.shared.state.lock().map_err(|_| Error::Stopped)?;
             let now = self.shared.clock.now();
-            let slot = state.slots.entry(req.clone()).or_insert_with(|| Slot {
-                current: None,
-                pending: None,
-                last_used: Instant::now(),
-                refresh_at: None,
+            let state = &mut *state;
+            let slot = state.slots.entry(req.clone()).or_insert_with(|| {
+                let bytes = key_bytes(&req);
+                state.bytes += bytes;
+                Slot {
+                    current: None,
+                    pending: None,
+                    last_used: Instant::now(),
+                    refresh_at: None,
+                    bytes,
+                }
             });
             slot.last_used = Instant::now();
             if let Some(current) = &slot.current
@@ -115,9 +165,9 @@ impl JwtCache {
             }
             let rx = match &slot.pending {
                 Some(rx) => rx.clone(),
-                None => self.start_signing(&mut state, req.clone()),
+                None => self.start_signing(state, req.clone()),
             };
-            self.evict_over_capacity(&mut state);
+            self.evict_over_capacity(state);
             rx
         };
         let outcome = rx
@@ -179,6 +229,10 @@ impl JwtCache {
         slot.pending = None;
         match outcome {
             Ok(jwt) => {
+                let token = |j: &JwtSvid| j.token.len() + j.jti.len() + j.kid.len();
+                let old = slot.current.as_deref().map_or(0, token);
+                slot.bytes = slot.bytes - old + token(jwt);
+                state.bytes = state.bytes - old + token(jwt);
                 slot.current = Some(jwt.clone());
                 // Refresh at 40 % of the life, so the new token is there before the old one passes
                 // half-life (when `get` stops handing it out).
@@ -209,7 +263,7 @@ impl JwtCache {
     }
 
     fn evict_over_capacity(&self, state: &mut State) {
-        while state.slots.len() > self.shared.capacity {
+        while state.slots.len() > self.shared.capacity || state.bytes > self.shared.max_bytes {
             let Some(oldest) = state
                 .slots
                 .iter()
@@ -219,11 +273,7 @@ impl JwtCache {
             else {
                 return;
             };
-            if let Some(slot) = state.slots.remove(&oldest)
-                && let Some(key) = slot.refresh_at
-            {
-                state.refresh.remove(&key);
-            }
+            state.remove(&oldest);
         }
     }
 
@@ -268,7 +318,7 @@ impl JwtCache {
             if in_use {
                 self.start_signing(&mut state, req);
             } else {
-                state.slots.remove(&req);
+                state.remove(&req);
             }
         }
     }
@@ -316,7 +366,7 @@ mod tests {
             clock.clone(),
         )
         .unwrap();
-        let cache = JwtCache::new(a.subscribe(), clock.clone(), capacity);
+        let cache = JwtCache::new(a.subscribe(), clock.clone(), capacity, usize::MAX);
         std::mem::forget(a);
         (dir, cache, clock)
     }

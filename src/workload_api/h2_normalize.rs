@@ -105,6 +105,9 @@ pub(crate) struct Normalizer {
     open: Option<OpenBlock>,
     block: Vec<u8>,
     refused: Option<Error>,
+    /// Header blocks passed to h2 (requests, and trailers): a connection with none has opened no
+    /// stream yet.
+    blocks: u64,
 }
 
 impl Default for Normalizer {
@@ -124,7 +127,13 @@ impl Normalizer {
             open: None,
             block: Vec::new(),
             refused: None,
+            blocks: 0,
         }
+    }
+
+    /// Whether the client has sent any request yet.
+    pub(crate) fn has_requests(&self) -> bool {
+        self.blocks > 0
     }
 
     /// Whether the connection was refused: after the refusal frame, h2 must read end-of-stream.
@@ -291,6 +300,7 @@ impl Normalizer {
         let Some(open) = self.open.take() else {
             return Err(Error::StrayContinuation);
         };
+        self.blocks += 1;
         let mut fields = Vec::with_capacity(self.block.len() + 64);
         let mut listed = 0usize;
         let mut over = false;

@@ -7,6 +7,7 @@ use super::{Context, Error};
 use crate::ca::jwt::Jwks;
 use crate::inventory::{Delivery, Kind};
 use crate::issuer::jwt::JwtRequest;
+use crate::limits::{MAX_AUDIENCE_BYTES, MAX_AUDIENCES};
 use crate::proto::{JwtBundlesResponse, Jwtsvid, JwtsvidRequest};
 use crate::registry::{self, Identity};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
@@ -24,6 +25,7 @@ pub(super) fn check_request(req: &JwtsvidRequest) -> Result<JwtAsk, Error> {
             "audience is required: name at least one non-empty audience (EP-6)".into(),
         ));
     }
+    check_audiences(&req.audience)?;
     let spiffe_id = if req.spiffe_id.is_empty() {
         None
     } else {
@@ -38,6 +40,24 @@ pub(super) fn check_request(req: &JwtsvidRequest) -> Result<JwtAsk, Error> {
         audiences,
         spiffe_id,
     })
+}
+
+/// Bounded audiences: at most [`MAX_AUDIENCES`], each at most [`MAX_AUDIENCE_BYTES`] bytes.
+pub(super) fn check_audiences(audiences: &[String]) -> Result<(), Error> {
+    if audiences.len() > MAX_AUDIENCES {
+        return Err(Error::InvalidArgument(format!(
+            "{} audiences; at most {MAX_AUDIENCES} may be asked for at once",
+            audiences.len()
+        )));
+    }
+    if let Some(a) = audiences.iter().find(|a| a.len() > MAX_AUDIENCE_BYTES) {
+        return Err(Error::InvalidArgument(format!(
+            "an audience of {} bytes (starting {:?}); audiences are at most {MAX_AUDIENCE_BYTES} bytes",
+            a.len(),
+            a.chars().take(32).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 /// One JWT-SVID per entitled identity (default first), or the one asked for.
@@ -85,14 +105,16 @@ pub(super) async fn fetch(
     let mut out = Vec::with_capacity(allowed.len());
     let mut deliveries = Vec::with_capacity(allowed.len());
     for identity in allowed {
-        let jwt = ctx
-            .jwt
-            .get(JwtRequest {
-                spiffe_id: identity.spiffe_id.clone(),
-                audiences: ask.audiences.clone(),
-                ttl: identity.jwt_ttl,
-            })
-            .await?;
+        let req = JwtRequest {
+            spiffe_id: identity.spiffe_id.clone(),
+            audiences: ask.audiences.clone(),
+            ttl: identity.jwt_ttl,
+        };
+        // A token that must be signed is a new credential: it counts against the caller's rate.
+        if !ctx.jwt.is_fresh(&req) {
+            ctx.shares.new_credential(attested.uid())?;
+        }
+        let jwt = ctx.jwt.get(req).await?;
         deliveries.push(Delivery {
             kind: Kind::Jwt,
             serial: jwt.jti.clone(),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,6 +18,7 @@ use tonic::transport::server::Connected;
 
 use super::h2_normalize::Normalizer;
 use crate::attest::Caller;
+use crate::limits::{AnswerSlot, ConnectionSlot, Refusal, Shares};
 
 /// Why the socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +75,31 @@ pub(crate) fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<UnixListener
         Err(e) => return Err(io_err("inspecting", e)),
     }
     // The socket is created with its mode (through the umask), never chmod'ed by path afterwards.
-    let listener = crate::sys::with_umask(!mode & 0o777, || UnixListener::bind(path))
+    // (The umask applies only on a thread of its own: other threads keep creating files with theirs.)
+    let owned = path.to_owned();
+    let listener = crate::sys::with_private_umask(!mode & 0o777, move || {
+        std::os::unix::net::UnixListener::bind(owned)
+    })
+    .map_err(|e| io_err("binding", io::Error::other(e.to_string())))?
+    .map_err(|e| io_err("binding", e))?;
+    listener
+        .set_nonblocking(true)
         .map_err(|e| io_err("binding", e))?;
+    let listener = UnixListener::from_std(listener).map_err(|e| io_err("binding", e))?;
     Ok(listener)
 }
 
 /// The connection info every request carries: the caller as recorded at accept, or why it could not
-/// be recorded (then the caller gets no identity).
+/// be recorded (then the caller gets no identity); and whether the connection is over a limit (then
+/// every request on it is refused with that).
 #[derive(Clone, Debug)]
-pub(crate) struct PeerInfo(pub Arc<Result<Caller, String>>);
+pub(crate) struct PeerInfo {
+    pub(crate) caller: Arc<Result<Caller, String>>,
+    pub(crate) refused: Option<Arc<Refusal>>,
+}
+
+/// How long a connection over a limit is kept, to answer its first request with the refusal.
+const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
 /// An accepted connection with its peer. What the client sends reaches h2 through the
 /// [`Normalizer`], which drops the meaningless `:authority` every gRPC stack fills differently.
@@ -93,23 +111,80 @@ pub(crate) struct PeerStream {
     pending: BytesMut,
     /// Normalised, not yet handed to h2.
     ready: BytesMut,
+    /// Closes the connection if it has opened no stream by then (or, over a limit, at all).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Over a limit: closed at the deadline even with streams open.
+    hard_deadline: bool,
+    /// This connection's place in its uid's share (given back when the connection is dropped).
+    _slot: Option<ConnectionSlot>,
+    /// Over a limit: the place in the few refused connections answered before closing.
+    _answering: Option<AnswerSlot>,
 }
 
 impl PeerStream {
     /// Records the peer of a freshly accepted connection (and the ceiling of what it can get);
-    /// `peer_pidfd` false takes the path of kernels without `SO_PEERPIDFD`.
-    pub(crate) fn new(inner: UnixStream, peer_pidfd: bool) -> Self {
-        let peer = Caller::from_socket_with(inner.as_fd(), peer_pidfd).map_err(|e| e.to_string());
-        if let Err(e) = &peer {
+    /// `peer_pidfd` false takes the path of kernels without `SO_PEERPIDFD`. With `shares`, the
+    /// connection takes a place in its uid's share first (only the cheap `SO_PEERCRED` read comes
+    /// before that); a connection over a limit is answered with the refusal and closed soon.
+    pub(crate) fn new(inner: UnixStream, peer_pidfd: bool, shares: Option<&Shares>) -> Self {
+        let mut slot = None;
+        let mut refused = None;
+        let mut answering = None;
+        if let Some(shares) = shares {
+            // A peer whose credentials cannot be read counts under a uid no process has.
+            let uid = crate::sys::peer::peer_cred(inner.as_fd()).map_or(u32::MAX, |c| c.uid);
+            match shares.connect(uid) {
+                Ok(s) => slot = Some(s),
+                Err(r) => {
+                    tracing::debug!(uid, limit = %r, "connection over its share");
+                    refused = Some(Arc::new(r));
+                    answering = shares.answer_refusal();
+                }
+            }
+        }
+        let caller = if refused.is_some() {
+            Err("the connection is over a limit".to_owned())
+        } else {
+            Caller::from_socket_with(inner.as_fd(), peer_pidfd).map_err(|e| e.to_string())
+        };
+        if let Err(e) = &caller
+            && refused.is_none()
+        {
             tracing::debug!(error = %e, "cannot identify the peer of a connection");
         }
+        let (deadline, hard_deadline) = match (&refused, shares) {
+            // Answered with the refusal for a moment, or (too many refused at once) closed now.
+            (Some(_), _) if answering.is_some() => (Some(REFUSED_GRACE), true),
+            (Some(_), _) => (Some(Duration::ZERO), true),
+            (None, Some(s)) => (Some(s.config().connection_idle), false),
+            (None, None) => (None, false),
+        };
         Self {
             inner,
-            peer: PeerInfo(Arc::new(peer)),
+            peer: PeerInfo {
+                caller: Arc::new(caller),
+                refused,
+            },
             normalizer: Normalizer::new(),
             pending: BytesMut::new(),
             ready: BytesMut::new(),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
+            hard_deadline,
+            _slot: slot,
+            _answering: answering,
         }
+    }
+
+    /// Whether the connection is past its deadline: then it reads as closed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.deadline.as_mut() else {
+            return false;
+        };
+        if !self.hard_deadline && self.normalizer.has_requests() {
+            self.deadline = None;
+            return false;
+        }
+        deadline.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -128,6 +203,10 @@ impl AsyncRead for PeerStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.expired(cx) {
+                // No stream opened in time (or over a limit): h2 sees the end of the connection.
+                return Poll::Ready(Ok(()));
+            }
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..n]);
@@ -194,15 +273,17 @@ impl AsyncWrite for PeerStream {
 pub(crate) struct Incoming {
     listener: UnixListener,
     peer_pidfd: bool,
+    shares: Option<Shares>,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Incoming {
-    /// Accepts from `listener`; see [`PeerStream::new`] for `peer_pidfd`.
-    pub(crate) fn new(listener: UnixListener, peer_pidfd: bool) -> Self {
+    /// Accepts from `listener`; see [`PeerStream::new`] for `peer_pidfd` and `shares`.
+    pub(crate) fn new(listener: UnixListener, peer_pidfd: bool, shares: Option<Shares>) -> Self {
         Self {
             listener,
             peer_pidfd,
+            shares,
             backoff: None,
         }
     }
@@ -220,7 +301,8 @@ impl tokio_stream::Stream for Incoming {
         }
         match self.listener.poll_accept(cx) {
             Poll::Ready(Ok((stream, _))) => {
-                Poll::Ready(Some(Ok(PeerStream::new(stream, self.peer_pidfd))))
+                let shares = self.shares.as_ref();
+                Poll::Ready(Some(Ok(PeerStream::new(stream, self.peer_pidfd, shares))))
             }
             Poll::Ready(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed; retrying in 100ms");

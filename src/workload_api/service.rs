@@ -49,7 +49,10 @@ impl WorkloadApi {
             .extensions()
             .get::<PeerInfo>()
             .ok_or_else(|| Error::NoPeer("the connection carries no peer information".into()))?;
-        let peer = peer.0.clone();
+        if let Some(refusal) = &peer.refused {
+            return Err(Error::Limit((**refusal).clone()));
+        }
+        let peer = peer.caller.clone();
         let pid = match &*peer {
             Ok(caller) => caller.cred.pid,
             Err(why) => return Err(Error::NoPeer(why.clone())),
@@ -63,9 +66,16 @@ impl WorkloadApi {
                 Err(source) => return Err(Error::Attestation { pid, source }),
             }
         }
-        let result = tokio::task::spawn_blocking(move || match &*peer {
-            Ok(caller) => crate::attest::attest_blocking(caller, &attestors),
-            Err(why) => Err(crate::attest::Error::Task(why.clone())),
+        let caller = match &*peer {
+            Ok(caller) => caller,
+            Err(why) => return Err(Error::NoPeer(why.clone())),
+        };
+        let pinned = crate::attest::PinnedProcess::pin(caller)
+            .map_err(|source| Error::Attestation { pid, source })?;
+        // Network waits (the kubelet) are awaited here, not on a blocking thread.
+        crate::attest::prefetch(&pinned, &attestors).await;
+        let result = tokio::task::spawn_blocking(move || {
+            crate::attest::reattest_blocking(&pinned, &attestors).map(|s| (pinned, s))
         })
         .await
         .map_err(|e| Error::Attestation {
@@ -91,12 +101,19 @@ impl WorkloadApi {
             return Err(to_status(&Error::ShuttingDown));
         }
         let attested = self.attest(req).await.map_err(|e| to_status(&e))?;
+        // The agent-wide cap first (EP-5: Unavailable), then the caller's own share.
         let permit = self
             .ctx
             .streams
             .clone()
             .try_acquire_owned()
             .map_err(|_| to_status(&Error::Overloaded))?;
+        let share = self
+            .ctx
+            .shares
+            .stream(attested.uid())
+            .map_err(|r| to_status(&Error::Limit(r)))?;
+        let permit = (permit, share);
         let (watcher, first) = Watcher::open(self.ctx.clone(), attested, render, with_svids)
             .await
             .map_err(|e| to_status(&e))?;
@@ -159,6 +176,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(to_status(&Error::InvalidArgument(
                 "audience and svid are both required (EP-6)".into(),
             )));
+        }
+        super::jwt::check_audiences(std::slice::from_ref(&req.audience))
+            .map_err(|e| to_status(&e))?;
+        if req.svid.len() > crate::limits::MAX_JWT_BYTES {
+            return Err(to_status(&Error::InvalidArgument(format!(
+                "a JWT of {} bytes; JWT-SVIDs are at most {} bytes",
+                req.svid.len(),
+                crate::limits::MAX_JWT_BYTES
+            ))));
         }
         let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
         let policy = self.ctx.policy.borrow().clone();

@@ -33,6 +33,11 @@ pub(super) struct Attested {
 }
 
 impl Attested {
+    /// The caller's uid (bounded by the connection's ceiling: the uid it connected as).
+    pub(super) fn uid(&self) -> u32 {
+        self.holder.uid
+    }
+
     /// Builds the inventory's view of the caller from what attestation found.
     pub(super) fn new(pinned: PinnedProcess, selectors: SelectorSet) -> Self {
         let uid = selectors
@@ -142,7 +147,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     pub(super) async fn run(
         mut self,
         tx: mpsc::Sender<Result<M, Status>>,
-        _permit: OwnedSemaphorePermit,
+        _permit: (OwnedSemaphorePermit, crate::limits::StreamSlot),
     ) {
         // No exit watch of its own: when the caller exits its connection closes (caught by
         // `tx.closed()`), the inventory's per-process watch withdraws its credentials, and a connection
@@ -226,8 +231,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         let fast = crate::attest::reattest_fast(&pinned, &attestors);
         let selectors = match fast {
             Ok(Some(s)) => s,
-            Ok(None) => tokio::task::spawn_blocking(move || {
-                crate::attest::reattest_blocking(&pinned, &attestors)
+            Ok(None) => tokio::task::spawn_blocking({
+                crate::attest::prefetch(&pinned, &attestors).await;
+                move || crate::attest::reattest_blocking(&pinned, &attestors)
             })
             .await
             .map_err(|e| Error::Attestation {
@@ -282,7 +288,13 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 };
                 let mut rx = match old.remove(&req) {
                     Some(rx) => rx,
-                    None => self.ctx.issuer.subscribe(req.clone()).await?,
+                    None => {
+                        // Not cached: a first mint, a new credential (the caller's rate applies).
+                        if !self.ctx.issuer.is_published(&req) {
+                            self.ctx.shares.new_credential(self.attested.uid())?;
+                        }
+                        self.ctx.issuer.subscribe(req.clone()).await?
+                    }
                 };
                 let ready = matches!(&*rx.borrow(), SvidState::Ready(svid) if self.valid_now(svid));
                 if ready {

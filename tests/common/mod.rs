@@ -394,3 +394,59 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Prepares one client language once per test binary. False (after one loud SKIPPED line) when its
+/// toolchain is missing outside CI; under CI a missing toolchain or a failed setup fails the test.
+pub(crate) fn prepare(lang: &str, tools: &[&str], test: &str) -> bool {
+    type Prepared = std::collections::HashMap<String, Result<(), String>>;
+    static DONE: std::sync::Mutex<Option<Prepared>> = std::sync::Mutex::new(None);
+    let mut done = DONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = done.get_or_insert_with(std::collections::HashMap::new);
+    let result = map
+        .entry(lang.to_owned())
+        .or_insert_with(|| {
+            for tool in tools {
+                let found = Command::new("sh")
+                    .args(["-c", &format!("command -v {tool}")])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !found {
+                    return Err(format!("needs {tool}"));
+                }
+            }
+            let out = Command::new("bash")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/interop/setup.sh"
+                ))
+                .arg(lang)
+                .env("LANYARD_INTEROP_DIR", interop_dir())
+                .output()
+                .map_err(|e| format!("cannot run setup.sh: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "setup.sh {lang} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone();
+    match result {
+        Ok(()) => true,
+        Err(why) if in_ci() => panic!("{test}: {why} (CI=true: a missing client fails the run)"),
+        Err(why) => {
+            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            false
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Fair shares: no local user can take what the agent has for everyone.
+//!
+//! Counted per uid (the `SO_PEERCRED` uid of the connection, which a caller cannot change): open
+//! connections, open streams, and new credentials (a token bucket on first X.509 mints and JWT cache
+//! misses). Agent-wide caps sit above the shares. A caller over *its share* is refused with
+//! `ResourceExhausted` naming the limit; an agent over an agent-wide cap sheds load with
+//! `Unavailable` (EP-5). Connections that open no stream within `connection_idle` are closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The most audiences one JWT-SVID request may name.
+pub const MAX_AUDIENCES: usize = 16;
+/// The longest audience accepted, in bytes.
+pub const MAX_AUDIENCE_BYTES: usize = 256;
+/// The longest JWT accepted for validation, in bytes.
+pub const MAX_JWT_BYTES: usize = 16 * 1024;
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Open connections, all uids together.
+    pub max_connections: usize,
+    /// Open connections of one uid.
+    pub max_connections_per_uid: usize,
+    /// A connection that has opened no stream by then is closed.
+    pub connection_idle: Duration,
+    /// HTTP/2 `MAX_CONCURRENT_STREAMS` of each connection.
+    pub max_concurrent_streams: u32,
+    /// Open Workload API streams, all uids together (EP-5).
+    pub max_streams: usize,
+    /// Open streams of one uid.
+    pub max_streams_per_uid: usize,
+    /// New credentials (first mints, JWT cache misses) per second and uid, refilled continuously.
+    pub new_credentials_per_second: f64,
+    /// How many new credentials one uid may get at once before the rate applies.
+    pub new_credentials_burst: u32,
+}
+
+/// Which share a caller is over.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "uid {uid} has {limit} open connections, its share (limits.max_connections_per_uid); close idle connections"
+    )]
+    ConnectionsPerUid { uid: u32, limit: usize },
+    #[error("the agent has {limit} open connections (limits.max_connections); retry later")]
+    Connections { limit: usize },
+    #[error(
+        "uid {uid} has {limit} open streams, its share (limits.max_streams_per_uid); close streams it does not read"
+    )]
+    StreamsPerUid { uid: u32, limit: usize },
+    #[error(
+        "uid {uid} asks for new credentials faster than its share ({rate}/s, burst {burst}: limits.new_credentials_per_second); retry later"
+    )]
+    NewCredentials { uid: u32, rate: f64, burst: u32 },
+}
+
+impl Refusal {
+    /// Whether the caller is over its own share (`ResourceExhausted`) rather than the agent over a
+    /// cap for everyone (`Unavailable`).
+    pub fn is_share(&self) -> bool {
+        !matches!(self, Refusal::Connections { .. })
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+impl Counts {
+    fn take(&mut self, uid: u32) {
+        self.total += 1;
+        *self.per_uid.entry(uid).or_default() += 1;
+    }
+
+    fn give_back(&mut self, uid: u32) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_uid.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+    }
+
+    fn of(&self, uid: u32) -> usize {
+        self.per_uid.get(&uid).copied().unwrap_or(0)
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The shares of the running agent. Cloning shares them.
+#[derive(Clone)]
+pub struct Shares {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LimitsConfig,
+    connections: Mutex<Counts>,
+    streams: Mutex<Counts>,
+    buckets: Mutex<HashMap<u32, Bucket>>,
+    /// Refused connections kept open for a moment to answer with the refusal.
+    answering: std::sync::atomic::AtomicUsize,
+}
+
+/// Refused connections answered at once, at most; beyond, a refused connection is closed unanswered
+/// (its file descriptor must not outlive the accept by more than a moment).
+const MAX_ANSWERING: usize = 64;
+
+/// Held while a refused connection is kept to answer with its refusal.
+pub struct AnswerSlot {
+    inner: Arc<Inner>,
+}
+
+impl Drop for AnswerSlot {
+    fn drop(&mut self) {
+        self.inner
+            .answering
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Held while a connection is open; gives its place back when dropped.
+pub struct ConnectionSlot {
+    inner: Arc<Inner>,
+    uid: u32,
+}
+
+/// Held while a stream is open; gives its place back when dropped.
+pub struct StreamSlot {
+    inner: Arc<Inner>,
+    uid: u32,
+}
+
+impl Shares {
+    pub fn new(config: LimitsConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                connections: Mutex::default(),
+                streams: Mutex::default(),
+                buckets: Mutex::default(),
+                answering: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &LimitsConfig {
+        &self.inner.config
+    }
+
+    /// A place for a new connection of `uid`.
+    pub fn connect(&self, uid: u32) -> Result<ConnectionSlot, Refusal> {
+        let c = &self.inner.config;
+        let mut counts = self
+            .inner
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counts.of(uid) >= c.max_connections_per_uid {
+            return Err(Refusal::ConnectionsPerUid {
+                uid,
+                limit: c.max_connections_per_uid,
+            });
+        }
+        if counts.total >= c.max_connections {
+            return Err(Refusal::Connections {
+                limit: c.max_connections,
+            });
+        }
+        counts.take(uid);
+        Ok(ConnectionSlot {
+            inner: self.inner.clone(),
+            uid,
+        })
+    }
+
+    /// A place for a new stream of `uid` (the agent-wide stream cap is a semaphore beside this).
+    pub fn stream(&self, uid: u32) -> Result<StreamSlot, Refusal> {
+        let limit = self.inner.config.max_streams_per_uid;
+        let mut counts = self
+            .inner
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counts.of(uid) >= limit {
+            return Err(Refusal::StreamsPerUid { uid, limit });
+        }
+        counts.take(uid);
+        Ok(StreamSlot {
+            inner: self.inner.clone(),
+            uid,
+        })
+    }
+
+    /// A place to keep a refused connection open long enough to answer it, if one is free.
+    pub fn answer_refusal(&self) -> Option<AnswerSlot> {
+        use std::sync::atomic::Ordering;
+        let taken = self.inner.answering.fetch_add(1, Ordering::Relaxed);
+        let slot = AnswerSlot {
+            inner: self.inner.clone(),
+        };
+        (taken < MAX_ANSWERING).then_some(slot)
+    }
+
+    /// One new credential for `uid`, if its bucket has a token.
+    pub fn new_credential(&self, uid: u32) -> Result<(), Refusal> {
+        let c = &self.inner.config;
+        let now = Instant::now();
+        let mut buckets = self
+            .inner
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let burst = f64::from(c.new_credentials_burst);
+        let refill = |b: &Bucket| {
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * c.new_credentials_per_second)
+                .min(burst)
+        };
+        // Full buckets carry no information: forget them so the map stays small.
+        if buckets.len() > 4096 {
+            buckets.retain(|_, b| refill(b) < burst);
+        }
+        let bucket = buckets.entry(uid).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        bucket.tokens = refill(bucket);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            return Err(Refusal::NewCredentials {
+                uid,
+                rate: c.new_credentials_per_second,
+                burst: c.new_credentials_burst,
+            });
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// (open connections, open streams), for `/ready` and the admin API.
+    pub fn open(&self) -> (usize, usize) {
+        let n = |m: &Mutex<Counts>| {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .total
+        };
+        (n(&self.inner.connections), n(&self.inner.streams))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .give_back(self.uid);
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .give_back(self.uid);
+    }
+}
+
+impl std::fmt::Debug for StreamSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamSlot(uid {})", self.uid)
+    }
+}
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnectionSlot(uid {})", self.uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LimitsConfig {
+        LimitsConfig {
+            max_connections: 5,
+            max_connections_per_uid: 3,
+            connection_idle: Duration::from_secs(10),
+            max_concurrent_streams: 100,
+            max_streams: 100,
+            max_streams_per_uid: 2,
+            new_credentials_per_second: 10.0,
+            new_credentials_burst: 3,
+        }
+    }
+
+    #[test]
+    fn one_uid_cannot_take_another_uids_share() {
+        let shares = Shares::new(config());
+        let mine: Vec<_> = (0..3).map(|_| shares.connect(65534).unwrap()).collect();
+        assert_eq!(
+            shares.connect(65534).unwrap_err(),
+            Refusal::ConnectionsPerUid {
+                uid: 65534,
+                limit: 3
+            }
+        );
+        let root: Vec<_> = (0..2).map(|_| shares.connect(0).unwrap()).collect();
+        let err = shares.connect(1000).unwrap_err();
+        assert_eq!(err, Refusal::Connections { limit: 5 });
+        assert!(!err.is_share());
+        drop(mine);
+        assert_eq!(shares.open().0, 2);
+        shares.connect(1000).unwrap();
+        drop(root);
+
+        let s: Vec<_> = (0..2).map(|_| shares.stream(7).unwrap()).collect();
+        assert!(shares.stream(7).unwrap_err().is_share());
+        shares.stream(8).unwrap();
+        drop(s);
+        shares.stream(7).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_credentials_are_rate_limited_per_uid() {
+        let shares = Shares::new(config());
+        for _ in 0..3 {
+            shares.new_credential(1).unwrap();
+        }
+        let err = shares.new_credential(1).unwrap_err();
+        assert!(err.to_string().contains("10/s"), "{err}");
+        shares.new_credential(2).unwrap();
+        tokio::time::advance(Duration::from_millis(110)).await;
+        shares.new_credential(1).unwrap();
+        assert!(shares.new_credential(1).is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! Abuse suite: an unprivileged local user (uid 65534) attacks a real agent — a separate `lanyard
+//! agent` process on its default limits — while a well-behaved root workload keeps fetching. Each
+//! test asserts the victim's fetch *succeeds* (generous timeout: not a latency test) and that the
+//! agent's memory and file descriptors stay bounded. The attacker is Python on grpcio
+//! (`tests/abuse/attacker.py`, the interop venv); latencies under attack are printed, not asserted.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ENTRIES: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/root"
+selectors = ["unix:uid:0"]
+
+[[entry]]
+spiffe_id = "spiffe://example.org/nobody"
+selectors = ["unix:uid:65534"]
+"#;
+
+/// The agent as users run it: its own process, default limits.
+struct Agent {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: KillOnDrop,
+}
+
+impl Agent {
+    async fn start(extra: &str) -> Self {
+        let dir = open_tempdir();
+        let config = dir.path().join("lanyard.toml");
+        std::fs::write(
+            &config,
+            config_text(dir.path(), &format!("{ENTRIES}{extra}")),
+        )
+        .unwrap();
+        let child = Command::new(lanyard_bin())
+            .args(["agent", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = dir.path().join("workload.sock");
+        let s = socket.clone();
+        wait_until("the agent's socket", 20, move || s.exists()).await;
+        Self {
+            _dir: dir,
+            socket,
+            child: KillOnDrop(Some(child)),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.as_ref().unwrap().id()
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Resident memory in MB.
+    fn rss_mb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(Iterator::count)
+            .unwrap_or(0)
+    }
+
+    /// The root workload: `lanyard fetch x509` must succeed; returns how long it took.
+    async fn victim(&self) -> Duration {
+        let endpoint = self.endpoint();
+        let start = Instant::now();
+        let out = tokio::task::spawn_blocking(move || fetch_as(0, 0, &endpoint))
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "the root workload's fetch failed under attack: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(ids_in(&out), ["spiffe://example.org/root"]);
+        assert!(took < Duration::from_secs(30), "victim took {took:?}");
+        took
+    }
+}
+
+/// A running attacker: its report, and its stdin (closing it ends the attack).
+struct Attack {
+    report: serde_json::Value,
+    stdin: Option<ChildStdin>,
+    child: KillOnDrop,
+}
+
+impl Attack {
+    /// Runs `attacker.py SOCKET MODE ARGS` as uid 65534 and waits for its report.
+    fn start(python: &Attacker, socket: &Path, mode: &str, args: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(&python.interpreter)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/abuse/attacker.py"
+            ))
+            .arg(socket)
+            .arg(mode)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .env("GRPC_VERBOSITY", "NONE")
+            .env("PYTHONPATH", &python.site)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("attacker {mode} reported {line:?}: {e}"));
+        eprintln!("attack {mode}: {report}");
+        Self {
+            report,
+            stdin,
+            child: KillOnDrop(Some(child)),
+        }
+    }
+
+    /// Ends the attack: stdin closes (the attacker exits), then it is signalled for good measure.
+    fn stop(mut self) {
+        drop(self.stdin.take());
+        drop(self.child);
+    }
+}
+
+/// A Python uid 65534 can run, with the interop venv's packages (grpcio and the SPIFFE library's
+/// generated stubs): the venv's own interpreter may live under a private home directory, so the
+/// system's `/usr/bin/python3` (same minor version) runs with the venv's `site-packages`. `None`
+/// after a loud SKIPPED line where it cannot be prepared (outside CI).
+fn python(test: &str) -> Option<Attacker> {
+    if !require_root(test) || !prepare("python", &["python3"], test) {
+        return None;
+    }
+    let lib = interop_dir().join("venv/lib");
+    let site = std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|mut d| d.find_map(Result::ok))
+        .map(|e| e.path().join("site-packages"));
+    let interpreter = PathBuf::from("/usr/bin/python3");
+    match site {
+        Some(site) if site.is_dir() && interpreter.exists() => Some(Attacker { interpreter, site }),
+        _ if in_ci() => panic!(
+            "{test}: no /usr/bin/python3 or venv site-packages under {}",
+            lib.display()
+        ),
+        _ => {
+            eprintln!("\n*** SKIPPED {test}: no /usr/bin/python3 or venv site-packages ***\n");
+            None
+        }
+    }
+}
+
+/// How to run the attacker.
+struct Attacker {
+    interpreter: PathBuf,
+    site: PathBuf,
+}
+
+/// The temp dir and socket must be reachable for uid 65534.
+fn open_to_all(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn report_latency(attack: &str, took: Duration) {
+    println!("abuse: victim FetchX509SVID during {attack}: {took:?}");
+}
+
+/// 1,500 idle connections (preface, then nothing) from one uid: its share (512, a socket and a pidfd
+/// each) holds, the rest are refused (at most 64 answered, the others closed at once); the agent keeps fds for the victim, and the idle ones are closed after
+/// `connection_idle` (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_flood_does_not_starve_another_uid() {
+    let Some(py) = python("idle_connection_flood_does_not_starve_another_uid") else {
+        return;
+    };
+    let agent = Agent::start("").await;
+    open_to_all(agent.socket.parent().unwrap());
+    let before = agent.fds();
+    let attack = Attack::start(&py, &agent.socket, "idle", &["1500"]);
+    report_latency("1500 idle connections", agent.victim().await);
+    let fds = agent.fds();
+    assert!(
+        fds < before + 2 * 512 + 64 + 16,
+        "the agent holds {fds} fds (was {before}): more than one uid's share"
+    );
+    // Past the idle timeout every idle connection is closed, whether or not the attacker holds on.
+    let pid = agent.pid();
+    let fd_count = move || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(Iterator::count)
+            .unwrap_or(0)
+    };
+    wait_until("idle connections closed", 20, move || {
+        fd_count() < before + 32
+    })
+    .await;
+    report_latency("after the idle timeout", agent.victim().await);
+    assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
+    attack.stop();
+}
+
+/// Streams nobody reads: one connection gets at most 100 at once (HTTP/2 MAX_CONCURRENT_STREAMS),
+/// one uid at most its share (1000) across connections, refused with ResourceExhausted naming the
+/// limit; the victim still gets its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_stream_flood_is_held_to_the_uids_share() {
+    let Some(py) = python("unread_stream_flood_is_held_to_the_uids_share") else {
+        return;
+    };
+    let agent = Agent::start("").await;
+    open_to_all(agent.socket.parent().unwrap());
+    let attack = Attack::start(&py, &agent.socket, "streams", &["12", "100"]);
+    let codes = &attack.report["codes"];
+    let refused = codes["RESOURCE_EXHAUSTED"].as_u64().unwrap_or(0);
+    assert!(
+        refused >= 150,
+        "streams beyond the uid's share are refused: {}",
+        attack.report
+    );
+    let sample = attack.report["sample"].as_str().unwrap_or("");
+    assert!(
+        sample.contains("limits.max_streams_per_uid"),
+        "the refusal names the limit: {sample:?}"
+    );
+    report_latency("1200 unread streams", agent.victim().await);
+    assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
+    attack.stop();
+}
+
+/// New credentials as fast as one uid can ask (a new audience per call): its token bucket refuses
+/// the excess with ResourceExhausted naming the limit; other uids are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_credential_flood_is_rate_limited_per_uid() {
+    let Some(py) = python("new_credential_flood_is_rate_limited_per_uid") else {
+        return;
+    };
+    let agent = Agent::start("").await;
+    open_to_all(agent.socket.parent().unwrap());
+    let attack = Attack::start(&py, &agent.socket, "jwt", &["600"]);
+    let codes = &attack.report["codes"];
+    let ok = codes["OK"].as_u64().unwrap_or(0);
+    let refused = codes["RESOURCE_EXHAUSTED"].as_u64().unwrap_or(0);
+    assert!(ok >= 200, "the burst is served: {}", attack.report);
+    assert!(refused > 0, "the excess is refused: {}", attack.report);
+    let sample = attack.report["sample"].as_str().unwrap_or("");
+    assert!(
+        sample.contains("limits.new_credentials_per_second"),
+        "{sample:?}"
+    );
+    report_latency("a new-credential flood", agent.victim().await);
+    attack.stop();
+}
+
+/// Oversized audiences and tokens are refused before anything is signed or cached
+/// (InvalidArgument), and memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_audiences_are_refused_and_memory_stays_bounded() {
+    let Some(py) = python("oversized_audiences_are_refused_and_memory_stays_bounded") else {
+        return;
+    };
+    let agent = Agent::start("").await;
+    open_to_all(agent.socket.parent().unwrap());
+    let attack = Attack::start(&py, &agent.socket, "audiences", &[]);
+    let r = &attack.report;
+    assert_eq!(r["one_mib"], "INVALID_ARGUMENT", "{r}");
+    assert_eq!(r["seventeen"], "INVALID_ARGUMENT", "{r}");
+    assert_eq!(r["big_jwt"], "INVALID_ARGUMENT", "{r}");
+    assert!(
+        r["one_mib_details"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at most 256 bytes"),
+        "{r}"
+    );
+    report_latency("oversized audiences", agent.victim().await);
+    assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
+    attack.stop();
+}
+
+/// A well-behaved client is unaffected by the limits: 50 sequential fetches on one connection and
+/// 50 connections of its own, well inside every share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_leave_ordinary_use_alone() {
+    if !require_root("the_limits_leave_ordinary_use_alone") {
+        return;
+    }
+    let agent = Agent::start("").await;
+    for _ in 0..5 {
+        agent.victim().await;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(lanyard::client::connect(&agent.endpoint()).await.unwrap());
+    }
+    for c in &mut clients {
+        let mut s = c
+            .fetch_x509svid(lanyard::proto::X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let first = next_within(&mut s, 10).await;
+        assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/root");
+    }
+}

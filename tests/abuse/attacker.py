@@ -1,0 +1,147 @@
+"""An unprivileged local user attacking the agent (tests/abuse.rs runs it as uid 65534).
+
+Usage: attacker.py SOCKET MODE [ARGS]. Each mode prints one JSON line when its attack is in place,
+then holds it until stdin closes (so the test can measure the agent and run a victim meanwhile).
+
+  idle N              N connections that send the HTTP/2 preface and then nothing
+  streams CH PER      CH channels, PER FetchX509SVID streams each, never read
+  jwt N               N FetchJWTSVID calls, each for a new audience (new credentials)
+  audiences           oversized audience requests (1 MiB audience, 17 audiences, 64 KiB JWT)
+"""
+
+import json
+import resource
+import socket
+import sys
+import time
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADER = [("workload.spiffe.io", "true")]
+
+
+def hold(report):
+    print(json.dumps(report), flush=True)
+    sys.stdin.read()
+
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def strings(field, values):
+    """Protobuf encoding of a repeated (or single) string field."""
+    out = b""
+    for v in values:
+        data = v.encode()
+        out += bytes([(field << 3) | 2]) + varint(len(data)) + data
+    return out
+
+
+class Api:
+    """The Workload API over grpcio with hand-encoded requests (no generated code: the SPIFFE
+    library's package pulls in modules the system interpreter cannot load)."""
+
+    def __init__(self, path):
+        import grpc
+
+        self.grpc = grpc
+        # A connection of its own per channel (grpcio shares connections between channels otherwise).
+        self.channel = grpc.insecure_channel(
+            "unix://" + path, options=[("grpc.use_local_subchannel_pool", 1)])
+        ident = lambda b: b
+        self.x509 = self.channel.unary_stream(
+            "/SpiffeWorkloadAPI/FetchX509SVID", request_serializer=ident, response_deserializer=ident)
+        self.jwt = self.channel.unary_unary(
+            "/SpiffeWorkloadAPI/FetchJWTSVID", request_serializer=ident, response_deserializer=ident)
+        self.validate = self.channel.unary_unary(
+            "/SpiffeWorkloadAPI/ValidateJWTSVID", request_serializer=ident, response_deserializer=ident)
+
+
+def idle(path, n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    socks, failed = [], 0
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            s.sendall(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # preface + empty SETTINGS
+            socks.append(s)
+        except OSError:
+            failed += 1
+            s.close()
+    hold({"opened": len(socks), "failed": failed})
+
+
+def streams(path, channels, per):
+    calls = []
+    apis = []
+    for _ in range(channels):
+        api = Api(path)
+        apis.append(api)
+        for _ in range(per):
+            calls.append(api.x509(b"", metadata=HEADER))
+    time.sleep(3)
+    refused = [c for c in calls if c.done()]
+    codes = {}
+    sample = ""
+    for c in refused:
+        code = c.code().name
+        codes[code] = codes.get(code, 0) + 1
+        if code == "RESOURCE_EXHAUSTED":
+            sample = c.details()
+    hold({"started": len(calls), "ended": len(refused), "codes": codes, "sample": sample})
+
+
+def jwt(path, n):
+    api = Api(path)
+    codes, sample = {}, ""
+    for i in range(n):
+        try:
+            api.jwt(strings(1, [f"aud-{i}-{time.time_ns()}"]), metadata=HEADER)
+            code = "OK"
+        except api.grpc.RpcError as e:
+            code = e.code().name
+            if code == "RESOURCE_EXHAUSTED":
+                sample = e.details()
+        codes[code] = codes.get(code, 0) + 1
+    hold({"codes": codes, "sample": sample})
+
+
+def audiences(path):
+    api = Api(path)
+    out = {}
+    cases = {
+        "one_mib": strings(1, ["a" * (1 << 20)]),
+        "seventeen": strings(1, [f"a{i}" for i in range(17)]),
+    }
+    for name, req in cases.items():
+        for _ in range(20):
+            try:
+                api.jwt(req, metadata=HEADER)
+                out[name] = "OK"
+            except api.grpc.RpcError as e:
+                out[name] = e.code().name
+                out[name + "_details"] = e.details()[:200]
+    try:
+        api.validate(strings(1, ["a"]) + strings(2, ["x" * (64 << 10)]), metadata=HEADER)
+        out["big_jwt"] = "OK"
+    except api.grpc.RpcError as e:
+        out["big_jwt"] = e.code().name
+    hold(out)
+
+
+def main():
+    path, mode, args = sys.argv[1], sys.argv[2], [int(a) for a in sys.argv[3:]]
+    {"idle": idle, "streams": streams, "jwt": jwt, "audiences": audiences}[mode](path, *args)
+
+
+if __name__ == "__main__":
+    main()
