@@ -72,7 +72,9 @@ pub fn with_private_umask<T: Send + 'static>(
         .name("umask".into())
         .spawn(move || -> Result<T, Error> {
             // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask from the others.
-            check("unshare(CLONE_FS)", unsafe { libc::unshare(libc::CLONE_FS) })?;
+            check("unshare(CLONE_FS)", unsafe {
+                libc::unshare(libc::CLONE_FS)
+            })?;
             // SAFETY: umask has no preconditions and cannot fail; it affects this thread only now.
             unsafe { libc::umask(mask as libc::mode_t) };
             Ok(f())

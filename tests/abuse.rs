@@ -328,3 +328,108 @@ async fn the_limits_leave_ordinary_use_alone() {
         assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/root");
     }
 }
+
+/// A full disk: the data directory on a 2 MiB tmpfs, filled up. A new credential cannot be
+/// recorded, so it is not delivered (`Unavailable`); `/ready` fails naming the inventory; a
+/// credential already recorded for the same process keeps being served; freeing space recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_credentials_and_keeps_serving_recorded_ones() {
+    if !require_root("a_full_disk_refuses_new_credentials_and_keeps_serving_recorded_ones") {
+        return;
+    }
+    let dir = open_tempdir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(!in_ci(), "CI=true: cannot mount a tmpfs as root");
+        eprintln!("\n*** SKIPPED a_full_disk_...: cannot mount a tmpfs ***\n");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    let config = lanyard::config::Config::from_toml(&format!(
+        "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"127.0.0.1:0\" }}\n{ENTRIES}",
+        dir.path().join("workload.sock").display(),
+        dir.path().join("admin/admin.sock").display(),
+        data.display()
+    ))
+    .unwrap();
+    let running = lanyard::app::start(config, std::sync::Arc::new(lanyard::clock::SystemClock))
+        .await
+        .unwrap();
+    let health = running.health_addr.unwrap();
+    let endpoint = format!("unix://{}", running.socket_path.display());
+    // Recorded before the disk fills: this connection's X.509-SVID.
+    let mut client = lanyard::client::connect(&endpoint).await.unwrap();
+    let first = client
+        .fetch_jwtsvid(lanyard::proto::JwtsvidRequest {
+            audience: vec!["before".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.svids.len(), 1);
+    // Fill the disk.
+    let filler = data.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    // A new credential (a new audience) cannot be recorded: refused, retryable.
+    let mut refused = None;
+    for i in 0..20 {
+        match client
+            .fetch_jwtsvid(lanyard::proto::JwtsvidRequest {
+                audience: vec![format!("after-{i}")],
+                spiffe_id: String::new(),
+            })
+            .await
+        {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            Ok(_) => continue, // the WAL may still have had room for a few
+        }
+    }
+    let status = refused.expect("a new credential is refused once nothing can be written");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let (code, body) = lanyard::health::probe(health, "/ready").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("inventory cannot write"), "{body}");
+    // The token recorded before is served again (nothing new to record).
+    let again = client
+        .fetch_jwtsvid(lanyard::proto::JwtsvidRequest {
+            audience: vec!["before".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.svids[0].svid, first.svids[0].svid);
+    // Space again: new credentials flow, and /ready recovers after the next write.
+    std::fs::remove_file(&filler).unwrap();
+    client
+        .fetch_jwtsvid(lanyard::proto::JwtsvidRequest {
+            audience: vec!["recovered".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        lanyard::health::probe(health, "/ready").await.unwrap().0,
+        200
+    );
+    running.shutdown().await;
+}
