@@ -107,8 +107,23 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
                 })
             };
             let shutdown = shutdown_rx.clone();
+            let metrics: crate::health::MetricsText = {
+                let probes = probes.clone();
+                Arc::new(move || {
+                    let m = crate::metrics::metrics();
+                    // Gauges of live state are read at scrape time.
+                    if let Some(p) = probes.get() {
+                        let (connections, streams) = p.shares.open();
+                        m.connections_open
+                            .set(i64::try_from(connections).unwrap_or(i64::MAX));
+                        m.streams_open
+                            .set(i64::try_from(streams).unwrap_or(i64::MAX));
+                    }
+                    m.render()
+                })
+            };
             tasks.spawn(async move {
-                crate::health::serve(listener, check, shutdown).await;
+                crate::health::serve(listener, check, Some(metrics), shutdown).await;
                 ("health", Ok(()))
             });
             bound
@@ -140,7 +155,16 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
                 .map_err(|e| Error::Internal(e.to_string()))??,
         )
     };
-    let (inventory, writer) = Inventory::open(&db, clock.clone(), config.inventory_retention)?;
+    let audit =
+        match &config.audit {
+            Some(a) => Some(crate::audit::Audit::open(a).map_err(|e| {
+                Error::Internal(format!("cannot open the audit stream ({a:?}): {e}"))
+            })?),
+            None => None,
+        };
+    crate::metrics::metrics().set_spiffe_id_labels(config.metrics_spiffe_id_labels);
+    let (inventory, writer) =
+        Inventory::open(&db, clock.clone(), config.inventory_retention, audit)?;
     // The inventory's writer thread, supervised: if it ever stops before shutdown, the agent stops
     // (no credential may be delivered unrecorded).
     // On a thread of its own, not the blocking pool: a blocking task that never ends would also

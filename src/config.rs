@@ -2,6 +2,7 @@
 //! overridden by environment and flags. Every problem is reported at once, each naming the field
 //! and the value.
 
+mod audit;
 mod authority;
 mod federation;
 mod kubernetes;
@@ -76,6 +77,10 @@ pub const DEFAULT_NEW_CREDENTIALS_PER_SECOND: f64 = 50.0;
 pub const DEFAULT_NEW_CREDENTIALS_BURST: usize = 200;
 /// Bytes the JWT-SVID cache may hold (tokens and audiences).
 pub const DEFAULT_JWT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Audit file size before it is rotated.
+pub const DEFAULT_AUDIT_MAX_BYTES: usize = 100 * 1024 * 1024;
+/// Rotated audit files kept.
+pub const DEFAULT_AUDIT_KEEP: usize = 5;
 /// Cached JWT-SVIDs (least recently used are dropped beyond this).
 pub const DEFAULT_JWT_CACHE_SIZE: usize = 10_000;
 
@@ -116,6 +121,10 @@ pub struct Config {
     pub templates: Vec<crate::registry::Template>,
     /// Pod attestation through cgroups and the kubelet (`[kubernetes]`); `None` when off.
     pub kubernetes: Option<crate::attest::k8s::KubernetesConfig>,
+    /// The audit stream (`[audit]`); `None` when off.
+    pub audit: Option<crate::audit::AuditConfig>,
+    /// SPIFFE IDs as metric labels, for at most this many distinct IDs (0: never).
+    pub metrics_spiffe_id_labels: usize,
     /// Where `/live` and `/ready` are served (`[health] address`); `None` when off.
     pub health_addr: Option<std::net::SocketAddr>,
 }

@@ -20,6 +20,9 @@ use tokio::sync::watch;
 /// Whether the component is ready; `Err` carries the reason a probe reports.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// Renders `/metrics` (OpenMetrics text), where the component exports metrics.
+pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// How long one probe connection may take in all.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -38,8 +41,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
-/// Serves `/live` and `/ready` until shutdown.
-pub async fn serve(listener: TcpListener, ready: ReadyCheck, mut shutdown: watch::Receiver<bool>) {
+/// Serves `/live`, `/ready` and (with `metrics`) `/metrics` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    ready: ReadyCheck,
+    metrics: Option<MetricsText>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -52,11 +60,11 @@ pub async fn serve(listener: TcpListener, ready: ReadyCheck, mut shutdown: watch
             },
             _ = crate::shutdown::signalled(&mut shutdown) => return,
         };
-        let ready = ready.clone();
+        let (ready, metrics) = (ready.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let ready = ready.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &ready)) }
+                let (ready, metrics) = (ready.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(answer(&req, &ready, metrics.as_ref())) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
@@ -66,7 +74,11 @@ pub async fn serve(listener: TcpListener, ready: ReadyCheck, mut shutdown: watch
     }
 }
 
-fn answer(req: &Request<Incoming>, ready: &ReadyCheck) -> Response<Full<Bytes>> {
+fn answer(
+    req: &Request<Incoming>,
+    ready: &ReadyCheck,
+    metrics: Option<&MetricsText>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: String| {
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
@@ -88,6 +100,16 @@ fn answer(req: &Request<Incoming>, ready: &ReadyCheck) -> Response<Full<Bytes>> 
                 format!("not ready: {why}\n"),
             ),
         },
+        "/metrics" if metrics.is_some() => {
+            let mut resp = reply(StatusCode::OK, metrics.map(|m| m()).unwrap_or_default());
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
         _ => reply(StatusCode::NOT_FOUND, "try /live or /ready\n".into()),
     }
 }
@@ -141,7 +163,7 @@ mod tests {
             })
         };
         let (tx, rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, check, rx));
+        let server = tokio::spawn(serve(listener, check, None, rx));
         assert_eq!(probe(addr, "/live").await.unwrap().0, 200);
         let (code, body) = probe(addr, "/ready").await.unwrap();
         assert_eq!(code, 503);

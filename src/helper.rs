@@ -184,6 +184,7 @@ pub(crate) async fn run(config: HelperConfig) -> Result<(), Error> {
         tokio::spawn(crate::health::serve(
             listener,
             std::sync::Arc::new(move || h.check()),
+            None,
             health_rx,
         ));
     }

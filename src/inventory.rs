@@ -105,6 +105,8 @@ pub struct Delivery {
     pub entry_id: String,
     pub issued_at: SystemTime,
     pub not_after: SystemTime,
+    /// Delivered in place of an older serial of the same identity (a rotation), for the audit.
+    pub rotation: bool,
 }
 
 /// A row of the inventory.
@@ -170,6 +172,7 @@ impl Inventory {
         path: &Path,
         clock: SharedClock,
         retention: Duration,
+        audit: Option<crate::audit::Audit>,
     ) -> Result<(Self, Writer), Error> {
         let conn = crate::db::open(path).map_err(|e| Error::Sql(e.to_string()))?;
         let now = secs(clock.now());
@@ -188,7 +191,7 @@ impl Inventory {
                 clock,
             }),
         };
-        Ok((inventory, Writer::new(conn, rx, retention)))
+        Ok((inventory, Writer::new(conn, rx, retention, audit)))
     }
 
     /// Asks the writer to stop once everything queued so far is written.
@@ -291,10 +294,18 @@ impl Inventory {
         })?;
         // Waited for on the blocking pool, so tokio knows work is in flight (with paused time in
         // tests the clock must not jump ahead while a commit is pending).
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || wait.blocking_recv())
             .await
             .map_err(|_| Error::Stopped)?
             .map_err(|_| Error::Stopped)?;
+        let m = crate::metrics::metrics();
+        m.inventory_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.count(
+            &m.inventory_writes,
+            if result.is_ok() { "ok" } else { "error" },
+        );
         if let Ok(mut last) = self.shared.write_error.lock() {
             *last = result.as_ref().err().map(ToString::to_string);
         }
@@ -410,6 +421,7 @@ mod tests {
             entry_id: "e".into(),
             issued_at: SystemTime::now(),
             not_after: SystemTime::now() + Duration::from_secs(3600),
+            rotation: false,
         }
     }
 
@@ -417,7 +429,7 @@ mod tests {
     async fn records_once_per_holder_withdraws_on_exit_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("inv.db");
-        let (inv, writer) = Inventory::open(&db, Arc::new(SystemClock), RETENTION).unwrap();
+        let (inv, writer) = Inventory::open(&db, Arc::new(SystemClock), RETENTION, None).unwrap();
         let writer = std::thread::spawn(move || writer.run());
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -475,7 +487,7 @@ mod tests {
         writer.join().unwrap();
         drop(inv);
 
-        let (again, writer) = Inventory::open(&db, Arc::new(SystemClock), RETENTION).unwrap();
+        let (again, writer) = Inventory::open(&db, Arc::new(SystemClock), RETENTION, None).unwrap();
         std::thread::spawn(move || writer.run());
         assert_eq!(
             again.query(Filter::default()).await.unwrap().len(),
@@ -489,8 +501,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_first_deliveries_write_one_row() {
         let dir = tempfile::tempdir().unwrap();
-        let (inv, writer) =
-            Inventory::open(&dir.path().join("inv.db"), Arc::new(SystemClock), RETENTION).unwrap();
+        let (inv, writer) = Inventory::open(
+            &dir.path().join("inv.db"),
+            Arc::new(SystemClock),
+            RETENTION,
+            None,
+        )
+        .unwrap();
         std::thread::spawn(move || writer.run());
         let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
         let h = holder(pidfd, std::process::id());

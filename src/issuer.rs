@@ -240,6 +240,8 @@ impl Issuer {
         match result {
             Ok(svid) => {
                 self.stats.minted.fetch_add(1, Ordering::Relaxed);
+                let rotation = matches!(*slot.tx.borrow(), SvidState::Ready(_));
+                crate::metrics::metrics().mint("x509", if rotation { "rotation" } else { "first" });
                 let rotate_in = rotation_delay(&svid, self.clock.now());
                 if slot.failures > 0 {
                     tracing::info!(
@@ -263,6 +265,7 @@ impl Issuer {
                 self.schedule(&req, rotate_in);
             }
             Err(e) => {
+                crate::metrics::metrics().mint("x509", "failed");
                 let message: Arc<str> = e.to_string().into();
                 let repeat = slot.last_error.as_deref() == Some(&*message);
                 slot.failures = slot.failures.saturating_add(1);

@@ -60,6 +60,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The setting that refused (a metric label).
+    pub fn limit(&self) -> &'static str {
+        match self {
+            Refusal::ConnectionsPerUid { .. } => "max_connections_per_uid",
+            Refusal::Connections { .. } => "max_connections",
+            Refusal::StreamsPerUid { .. } => "max_streams_per_uid",
+            Refusal::NewCredentials { .. } => "new_credentials_per_second",
+        }
+    }
+
     /// Whether the caller is over its own share (`ResourceExhausted`) rather than the agent over a
     /// cap for everyone (`Unavailable`).
     pub fn is_share(&self) -> bool {
@@ -131,6 +141,12 @@ impl Drop for AnswerSlot {
     }
 }
 
+/// Counts a refusal (a metric by limit) and returns it.
+fn refuse(r: Refusal) -> Refusal {
+    crate::metrics::metrics().refused(r.limit());
+    r
+}
+
 /// Held while a connection is open; gives its place back when dropped.
 pub struct ConnectionSlot {
     inner: Arc<Inner>,
@@ -169,15 +185,15 @@ impl Shares {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if counts.of(uid) >= c.max_connections_per_uid {
-            return Err(Refusal::ConnectionsPerUid {
+            return Err(refuse(Refusal::ConnectionsPerUid {
                 uid,
                 limit: c.max_connections_per_uid,
-            });
+            }));
         }
         if counts.total >= c.max_connections {
-            return Err(Refusal::Connections {
+            return Err(refuse(Refusal::Connections {
                 limit: c.max_connections,
-            });
+            }));
         }
         counts.take(uid);
         Ok(ConnectionSlot {
@@ -195,7 +211,7 @@ impl Shares {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if counts.of(uid) >= limit {
-            return Err(Refusal::StreamsPerUid { uid, limit });
+            return Err(refuse(Refusal::StreamsPerUid { uid, limit }));
         }
         counts.take(uid);
         Ok(StreamSlot {
@@ -239,11 +255,11 @@ impl Shares {
         bucket.tokens = refill(bucket);
         bucket.at = now;
         if bucket.tokens < 1.0 {
-            return Err(Refusal::NewCredentials {
+            return Err(refuse(Refusal::NewCredentials {
                 uid,
                 rate: c.new_credentials_per_second,
                 burst: c.new_credentials_burst,
-            });
+            }));
         }
         bucket.tokens -= 1.0;
         Ok(())

@@ -500,3 +500,28 @@ fn bad_kubelet_cgroup_roots_exit_64_naming_the_root() {
         assert!(err.contains(field) && err.contains(says), "{roots}: {err}");
     }
 }
+
+#[test]
+fn bad_audit_and_metrics_settings_exit_64_naming_the_field() {
+    let dir = open_tempdir();
+    let path = dir.path().join("audit.toml");
+    for (text, field) in [
+        ("[audit]\n", "audit.path"),
+        ("[audit]\npath = \"relative.jsonl\"\n", "audit.path"),
+        ("[audit]\npath = \"stdout\"\nkeep = 3\n", "audit.keep"),
+        (
+            "[audit]\npath = \"/var/log/lanyard/a.jsonl\"\nmax_bytes = 10\n",
+            "audit.max_bytes",
+        ),
+        (
+            "[metrics]\nspiffe_id_labels = 1000000\n",
+            "metrics.spiffe_id_labels",
+        ),
+    ] {
+        std::fs::write(&path, config_text(dir.path(), text)).unwrap();
+        let out = lanyard(&["agent", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{text}: {err}");
+        assert!(err.contains(field), "{text}: {err}");
+    }
+}

@@ -17,7 +17,10 @@ async fn live_and_ready_follow_the_agent_state() {
         probe(addr, "/ready").await.unwrap(),
         (200, "ready\n".into())
     );
-    assert_eq!(probe(addr, "/metrics").await.unwrap().0, 404);
+    let (code, metrics) = probe(addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("lanyard_build_info"), "{metrics}");
+    assert_eq!(probe(addr, "/nope").await.unwrap().0, 404);
 
     std::fs::remove_file(&agent.socket).unwrap();
     let (code, body) = probe(addr, "/ready").await.unwrap();

@@ -36,6 +36,24 @@ pub struct RawConfig {
     pub kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     pub health: RawHealth,
+    pub audit: Option<RawAudit>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `"stdout"` or an absolute file path.
+    pub path: Option<String>,
+    pub max_bytes: Option<usize>,
+    pub keep: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub spiffe_id_labels: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use super::audit::{audit, metrics};
 use super::authority::authority;
 use super::federation::federation;
 use super::limits::limits;
@@ -282,6 +283,8 @@ pub(super) fn validate(
         peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
         limits,
         jwt_cache_bytes,
+        audit: audit(&mut errs, raw.audit.as_ref()),
+        metrics_spiffe_id_labels: metrics(&mut errs, &raw.metrics),
         entries,
         federation,
         templates,

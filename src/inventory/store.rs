@@ -9,9 +9,12 @@ use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use super::{Delivery, Error, Filter, Holder, HolderInfo, Kind, Reason, Record};
+use crate::audit::{Audit, Line};
 
 /// How often old rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the row count (a metric) is refreshed, at most.
+const COUNT_EVERY: Duration = Duration::from_secs(30);
 /// The most operations written in one transaction.
 const MAX_BATCH: usize = 512;
 /// Finished rows (withdrawn or expired) kept per holder; older ones are compacted away, so one
@@ -50,20 +53,39 @@ pub(crate) struct Writer {
     conn: Connection,
     rx: std_mpsc::Receiver<Op>,
     retention: Duration,
+    audit: Option<Audit>,
+}
+
+/// A row a withdrawal changed, for the audit stream.
+struct Withdrawn {
+    kind: String,
+    serial: String,
+    spiffe_id: String,
+    entry_id: String,
+    pid: u32,
+    uid: u32,
+    exe: String,
+    reason: &'static str,
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, rx: std_mpsc::Receiver<Op>, retention: Duration) -> Self {
+    pub(super) fn new(
+        conn: Connection,
+        rx: std_mpsc::Receiver<Op>,
+        retention: Duration,
+        audit: Option<Audit>,
+    ) -> Self {
         Self {
             conn,
             rx,
             retention,
+            audit,
         }
     }
 
     /// Writes until [`super::Inventory::close`] or every handle is gone.
     pub(crate) fn run(self) {
-        writer(self.conn, self.rx, self.retention);
+        writer(self.conn, self.rx, self.retention, self.audit);
     }
 }
 
@@ -87,8 +109,15 @@ pub(super) fn prune(conn: &Connection, now: i64, retention: Duration) -> Result<
 
 /// The writer thread: gathers every queued operation into one transaction, commits (durable), then
 /// answers the callers of that batch.
-fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Op>, retention: Duration) {
+fn writer(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<Op>,
+    retention: Duration,
+    mut audit: Option<Audit>,
+) {
     let mut last_prune = std::time::Instant::now();
+    // Counted soon after start, then at most every COUNT_EVERY.
+    let mut last_count = std::time::Instant::now() - COUNT_EVERY * 2;
     loop {
         let first = match rx.recv_timeout(PRUNE_EVERY) {
             Ok(Op::Stop) => return,
@@ -114,7 +143,12 @@ fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Op>, retention: Duration)
                 Err(_) => break,
             }
         }
-        let result = apply(&mut conn, &batch).map_err(Error::from);
+        let mut withdrawn = Vec::new();
+        let result = apply(&mut conn, &batch, &mut withdrawn).map_err(Error::from);
+        // After the commit: the audit names only what the inventory holds.
+        if let (Ok(()), Some(audit)) = (&result, audit.as_mut()) {
+            write_audit(audit, &batch, &withdrawn);
+        }
         for op in batch {
             match op {
                 Op::Record { done, .. } | Op::WithdrawAll { done, .. } => {
@@ -129,6 +163,14 @@ fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Op>, retention: Duration)
         if let Err(e) = &result {
             tracing::error!(error = %e, "inventory write failed; the credentials of this batch were not delivered");
         }
+        if last_count.elapsed() > COUNT_EVERY {
+            if let Ok(n) = conn.query_row("SELECT count(*) FROM credentials", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+                crate::metrics::metrics().inventory_rows.set(n);
+            }
+            last_count = std::time::Instant::now();
+        }
         if last_prune.elapsed() > PRUNE_EVERY {
             let _ = prune(&conn, secs(SystemTime::now()), retention);
             last_prune = std::time::Instant::now();
@@ -139,7 +181,73 @@ fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Op>, retention: Duration)
     }
 }
 
-fn apply(conn: &mut Connection, batch: &[Op]) -> Result<(), rusqlite::Error> {
+/// One audit line per delivered row and per withdrawn row of a committed batch.
+fn write_audit(audit: &mut Audit, batch: &[Op], withdrawn: &[Withdrawn]) {
+    let time = crate::audit::timestamp(SystemTime::now());
+    for op in batch {
+        if let Op::Record { holder, rows, .. } = op {
+            for d in rows {
+                audit.write(&Line {
+                    time: time.clone(),
+                    event: if d.rotation { "rotated" } else { "issued" },
+                    kind: d.kind.as_str(),
+                    spiffe_id: &d.spiffe_id,
+                    serial: &d.serial,
+                    entry: &d.entry_id,
+                    pid: holder.holder.pid,
+                    uid: holder.uid,
+                    executable: &holder.exe,
+                    reason: None,
+                });
+            }
+        }
+    }
+    for w in withdrawn {
+        audit.write(&Line {
+            time: time.clone(),
+            event: "withdrawn",
+            kind: &w.kind,
+            spiffe_id: &w.spiffe_id,
+            serial: &w.serial,
+            entry: &w.entry_id,
+            pid: w.pid,
+            uid: w.uid,
+            executable: &w.exe,
+            reason: Some(w.reason),
+        });
+    }
+}
+
+/// Runs an UPDATE … RETURNING of withdrawn rows, collecting them for the audit.
+fn withdraw_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    reason: Reason,
+    out: &mut Vec<Withdrawn>,
+) -> Result<(), rusqlite::Error> {
+    let rows = stmt.query_map(params, |r| {
+        Ok(Withdrawn {
+            kind: r.get(0)?,
+            serial: r.get(1)?,
+            spiffe_id: r.get(2)?,
+            entry_id: r.get(3)?,
+            pid: r.get(4)?,
+            uid: r.get(5)?,
+            exe: r.get(6)?,
+            reason: reason.as_str(),
+        })
+    })?;
+    for row in rows {
+        out.push(row?);
+    }
+    Ok(())
+}
+
+fn apply(
+    conn: &mut Connection,
+    batch: &[Op],
+    withdrawn: &mut Vec<Withdrawn>,
+) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction()?;
     for op in batch {
         match op {
@@ -187,34 +295,44 @@ fn apply(conn: &mut Connection, batch: &[Op]) -> Result<(), rusqlite::Error> {
                 at,
             } => match which {
                 None => {
-                    tx.execute(
+                    let mut stmt = tx.prepare_cached(
                         "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
-                         WHERE pid = ?3 AND pid_instance = ?4 AND withdrawn_at IS NULL",
+                         WHERE pid = ?3 AND pid_instance = ?4 AND withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe",
+                    )?;
+                    withdraw_rows(
+                        &mut stmt,
                         params![at, reason.as_str(), holder.pid, holder.instance as i64],
+                        *reason,
+                        withdrawn,
                     )?;
                 }
                 Some(keys) => {
                     let mut stmt = tx.prepare_cached(
                         "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
-                         WHERE pid = ?3 AND pid_instance = ?4 AND kind = ?5 AND serial = ?6 AND withdrawn_at IS NULL",
+                         WHERE pid = ?3 AND pid_instance = ?4 AND kind = ?5 AND serial = ?6 AND withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe",
                     )?;
                     for (kind, serial) in keys {
-                        stmt.execute(params![
-                            at,
-                            reason.as_str(),
-                            holder.pid,
-                            holder.instance as i64,
-                            kind.as_str(),
-                            serial
-                        ])?;
+                        withdraw_rows(
+                            &mut stmt,
+                            params![
+                                at,
+                                reason.as_str(),
+                                holder.pid,
+                                holder.instance as i64,
+                                kind.as_str(),
+                                serial
+                            ],
+                            *reason,
+                            withdrawn,
+                        )?;
                     }
                 }
             },
             Op::WithdrawAll { reason, at, .. } => {
-                tx.execute(
-                    "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2 WHERE withdrawn_at IS NULL",
-                    params![at, reason.as_str()],
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2 WHERE withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe",
                 )?;
+                withdraw_rows(&mut stmt, params![at, reason.as_str()], *reason, withdrawn)?;
             }
             Op::Query { .. } | Op::Stop => {}
         }

@@ -227,6 +227,15 @@ impl JwtCache {
             return;
         };
         slot.pending = None;
+        let rotation = slot.current.is_some();
+        crate::metrics::metrics().mint(
+            "jwt",
+            match outcome {
+                Ok(_) if rotation => "rotation",
+                Ok(_) => "first",
+                Err(_) => "failed",
+            },
+        );
         match outcome {
             Ok(jwt) => {
                 let token = |j: &JwtSvid| j.token.len() + j.jti.len() + j.kid.len();

@@ -122,7 +122,9 @@ pub(super) async fn fetch(
             entry_id: identity.entry_id.to_string(),
             issued_at: jwt.issued_at,
             not_after: jwt.expires_at,
+            rotation: false,
         });
+        crate::metrics::metrics().delivered(identity.spiffe_id.as_str());
         out.push(Jwtsvid {
             spiffe_id: identity.spiffe_id.to_string(),
             svid: jwt.token.clone(),

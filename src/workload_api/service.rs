@@ -43,8 +43,28 @@ impl WorkloadApi {
         )
     }
 
-    /// Pins and attests the caller of `req` on the blocking pool.
+    /// Pins and attests the caller of `req` (counted by outcome).
     async fn attest<T>(&self, req: &Request<T>) -> Result<Attested, Error> {
+        let result = self.attest_caller(req).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Error::Limit(_)) => "over_limit",
+            Err(Error::NoPeer(_)) => "no_peer",
+            Err(Error::Attestation { source, .. }) => match source {
+                crate::attest::Error::Exited { .. } => "exited",
+                crate::attest::Error::Changed { .. } => "changed",
+                crate::attest::Error::Kubernetes { .. } => "kubernetes",
+                _ => "error",
+            },
+            Err(_) => "error",
+        };
+        let m = crate::metrics::metrics();
+        m.count(&m.attestations, outcome);
+        result
+    }
+
+    /// Pins and attests the caller of `req` on the blocking pool.
+    async fn attest_caller<T>(&self, req: &Request<T>) -> Result<Attested, Error> {
         let peer = req
             .extensions()
             .get::<PeerInfo>()
@@ -137,92 +157,135 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        self.open_stream(&request, render_svids, true).await
+        let start = std::time::Instant::now();
+        let result = async move { self.open_stream(&request, render_svids, true).await }.await;
+        observed("FetchX509SVID", start, result)
     }
 
     async fn fetch_x509_bundles(
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        self.open_stream(&request, render_bundles, false).await
+        let start = std::time::Instant::now();
+        let result = async move { self.open_stream(&request, render_bundles, false).await }.await;
+        observed("FetchX509Bundles", start, result)
     }
 
     async fn fetch_jwtsvid(
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let ask = super::jwt::check_request(request.get_ref()).map_err(|e| to_status(&e))?;
-        let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
-        let svids = super::jwt::fetch(&self.ctx, &attested, ask)
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(JwtsvidResponse { svids }))
+        let start = std::time::Instant::now();
+        let result = async move {
+            let ask = super::jwt::check_request(request.get_ref()).map_err(|e| to_status(&e))?;
+            let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
+            let svids = super::jwt::fetch(&self.ctx, &attested, ask)
+                .await
+                .map_err(|e| to_status(&e))?;
+            Ok(Response::new(JwtsvidResponse { svids }))
+        }
+        .await;
+        observed("FetchJWTSVID", start, result)
     }
 
     async fn fetch_jwt_bundles(
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.open_stream(&request, super::jwt::render_bundles, false)
-            .await
+        let start = std::time::Instant::now();
+        let result = async move {
+            self.open_stream(&request, super::jwt::render_bundles, false)
+                .await
+        }
+        .await;
+        observed("FetchJWTBundles", start, result)
     }
 
     async fn validate_jwtsvid(
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        let req = request.get_ref();
-        if req.audience.is_empty() || req.svid.is_empty() {
-            return Err(to_status(&Error::InvalidArgument(
-                "audience and svid are both required (EP-6)".into(),
-            )));
+        let start = std::time::Instant::now();
+        let result = async move {
+            let req = request.get_ref();
+            if req.audience.is_empty() || req.svid.is_empty() {
+                return Err(to_status(&Error::InvalidArgument(
+                    "audience and svid are both required (EP-6)".into(),
+                )));
+            }
+            super::jwt::check_audiences(std::slice::from_ref(&req.audience))
+                .map_err(|e| to_status(&e))?;
+            if req.svid.len() > crate::limits::MAX_JWT_BYTES {
+                return Err(to_status(&Error::InvalidArgument(format!(
+                    "a JWT of {} bytes; JWT-SVIDs are at most {} bytes",
+                    req.svid.len(),
+                    crate::limits::MAX_JWT_BYTES
+                ))));
+            }
+            let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
+            let policy = self.ctx.policy.borrow().clone();
+            let identities = crate::registry::match_identities(&attested.selectors, &policy);
+            if identities.is_empty() {
+                return Err(to_status(&Error::NoIdentity {
+                    pid: attested.pinned.pid(),
+                    selectors: attested.selectors,
+                }));
+            }
+            let bundles = super::jwt::validation_bundles(&self.ctx, &identities);
+            let now = self.ctx.clock.now();
+            let (spiffe_id, claims) =
+                crate::ca::jwt::validate(&req.svid, &req.audience, &bundles, now).map_err(|e| {
+                    tracing::debug!(reason = %e, "jwt-svid rejected");
+                    to_status(&Error::InvalidJwt(e))
+                })?;
+            Ok(Response::new(ValidateJwtsvidResponse {
+                spiffe_id: spiffe_id.to_string(),
+                claims: Some(super::jwt::to_struct(claims)),
+            }))
         }
-        super::jwt::check_audiences(std::slice::from_ref(&req.audience))
-            .map_err(|e| to_status(&e))?;
-        if req.svid.len() > crate::limits::MAX_JWT_BYTES {
-            return Err(to_status(&Error::InvalidArgument(format!(
-                "a JWT of {} bytes; JWT-SVIDs are at most {} bytes",
-                req.svid.len(),
-                crate::limits::MAX_JWT_BYTES
-            ))));
-        }
-        let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
-        let policy = self.ctx.policy.borrow().clone();
-        let identities = crate::registry::match_identities(&attested.selectors, &policy);
-        if identities.is_empty() {
-            return Err(to_status(&Error::NoIdentity {
-                pid: attested.pinned.pid(),
-                selectors: attested.selectors,
-            }));
-        }
-        let bundles = super::jwt::validation_bundles(&self.ctx, &identities);
-        let now = self.ctx.clock.now();
-        let (spiffe_id, claims) = crate::ca::jwt::validate(&req.svid, &req.audience, &bundles, now)
-            .map_err(|e| {
-                tracing::debug!(reason = %e, "jwt-svid rejected");
-                to_status(&Error::InvalidJwt(e))
-            })?;
-        Ok(Response::new(ValidateJwtsvidResponse {
-            spiffe_id: spiffe_id.to_string(),
-            claims: Some(super::jwt::to_struct(claims)),
-        }))
+        .await;
+        observed("ValidateJWTSVID", start, result)
     }
 
     async fn fetch_witsvid(
         &self,
         _request: Request<WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        Err(to_status(&Error::Unimplemented(
-            "FetchWITSVID (WIT-SVID profile)",
-        )))
+        let start = std::time::Instant::now();
+        let result = async move {
+            Err(to_status(&Error::Unimplemented(
+                "FetchWITSVID (WIT-SVID profile)",
+            )))
+        }
+        .await;
+        observed("FetchWITSVID", start, result)
     }
 
     async fn fetch_wit_bundles(
         &self,
         _request: Request<WitBundlesRequest>,
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        Err(to_status(&Error::Unimplemented(
-            "FetchWITBundles (WIT-SVID profile)",
-        )))
+        let start = std::time::Instant::now();
+        let result = async move {
+            Err(to_status(&Error::Unimplemented(
+                "FetchWITBundles (WIT-SVID profile)",
+            )))
+        }
+        .await;
+        observed("FetchWITBundles", start, result)
     }
+}
+
+/// Counts one call (method, gRPC code) and its latency.
+fn observed<T>(
+    method: &'static str,
+    start: std::time::Instant,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    crate::metrics::metrics().rpc(method, code, start.elapsed());
+    result
 }

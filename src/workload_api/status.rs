@@ -59,10 +59,14 @@ pub(crate) fn to_status(err: &Error) -> Status {
             Status::permission_denied("no identity: this process is no longer entitled to any SVID")
         }
         // EP-5: retryable.
-        Error::Overloaded => Status::unavailable("the agent is at its stream limit; retry later"),
+        Error::Overloaded => {
+            crate::metrics::metrics().refused("max_streams");
+            Status::unavailable("the agent is at its stream limit; retry later")
+        }
         // Over the caller's own share: its doing, named; over an agent-wide cap: EP-5.
         Error::Limit(r) if r.is_share() => Status::resource_exhausted(r.to_string()),
         Error::Limit(r) => Status::unavailable(r.to_string()),
+
         Error::ShuttingDown => Status::unavailable("the agent is shutting down; reconnect"),
         Error::Issuer(e) => {
             // The issuer logs the cause (once at WARN); each caller only hears it is retryable.

@@ -403,7 +403,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         for (identity, svid) in self.identities.iter().zip(&svids) {
             let Some(svid) = svid else { continue };
             now_delivered.insert(identity.spiffe_id.to_string(), svid.serial.clone());
-            if self.delivered.get(identity.spiffe_id.as_str()) != Some(&svid.serial) {
+            let before = self.delivered.get(identity.spiffe_id.as_str());
+            if before != Some(&svid.serial) {
+                crate::metrics::metrics().delivered(identity.spiffe_id.as_str());
                 deliveries.push(Delivery {
                     kind: Kind::X509,
                     serial: svid.serial.clone(),
@@ -411,6 +413,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     entry_id: identity.entry_id.to_string(),
                     issued_at: svid.not_before,
                     not_after: svid.not_after,
+                    rotation: before.is_some(),
                 });
             }
         }

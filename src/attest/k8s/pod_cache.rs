@@ -178,6 +178,12 @@ impl PodCache {
                     why: format!("no answer within {:?}", self.kubelet.config.request_timeout),
                 }),
             };
+        let m = crate::metrics::metrics();
+        m.kubelet_seconds.observe(requested.elapsed().as_secs_f64());
+        m.count(
+            &m.kubelet_requests,
+            if result.is_ok() { "ok" } else { "error" },
+        );
         match result {
             Ok(pods) => {
                 let snapshot = Arc::new(Snapshot { requested, pods });

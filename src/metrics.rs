@@ -1,0 +1,361 @@
+//! Prometheus metrics (`/metrics` on the health listener, OpenMetrics text).
+//!
+//! One registry per process (`metrics()`), written to by the modules that see the events and
+//! encoded on each scrape. Label values are bounded sets (methods, gRPC codes, outcomes, limits);
+//! no PID, audience or path is ever a label. SPIFFE IDs become labels only when the operator opts in
+//! (`[metrics] spiffe_id_labels = N`), for at most N distinct IDs (the rest count as `other`).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rpc {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Method {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Mint {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Limit {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Event {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Id {
+    pub spiffe_id: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latencies from 25 µs to about 1.6 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 17))
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<Rpc, Counter>,
+    pub request_seconds: Histograms<Method>,
+    pub connections_open: Gauge,
+    pub streams_open: Gauge,
+    pub svid_mints: Family<Mint, Counter>,
+    pub attestations: Family<Outcome, Counter>,
+    pub kubelet_requests: Family<Outcome, Counter>,
+    pub kubelet_seconds: Histogram,
+    pub inventory_writes: Family<Outcome, Counter>,
+    pub inventory_commit_seconds: Histogram,
+    pub inventory_rows: Gauge,
+    pub limit_refusals: Family<Limit, Counter>,
+    pub audit_events: Family<Event, Counter>,
+    pub svids_by_id: Family<Id, Counter>,
+    id_cap: AtomicUsize,
+    ids_seen: Mutex<HashSet<String>>,
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency),
+            connections_open: Gauge::default(),
+            streams_open: Gauge::default(),
+            svid_mints: Family::default(),
+            attestations: Family::default(),
+            kubelet_requests: Family::default(),
+            kubelet_seconds: latency(),
+            inventory_writes: Family::default(),
+            inventory_commit_seconds: latency(),
+            inventory_rows: Gauge::default(),
+            limit_refusals: Family::default(),
+            audit_events: Family::default(),
+            svids_by_id: Family::default(),
+            id_cap: AtomicUsize::new(0),
+            ids_seen: Mutex::new(HashSet::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "lanyard_build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register(
+            "lanyard_workload_api_requests",
+            "Workload API calls by method and gRPC status code (streams: at open)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "lanyard_workload_api_request_duration_seconds",
+            "Time to the answer (streams: to the first message), by method",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "lanyard_connections_open",
+            "Open Workload API connections",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "lanyard_streams_open",
+            "Open Workload API streams",
+            m.streams_open.clone(),
+        );
+        registry.register(
+            "lanyard_svid_mints",
+            "SVIDs signed, by kind (x509, jwt) and outcome (first, rotation, failed)",
+            m.svid_mints.clone(),
+        );
+        registry.register(
+            "lanyard_attestations",
+            "Caller attestations by outcome (ok, or why no identity)",
+            m.attestations.clone(),
+        );
+        registry.register(
+            "lanyard_kubelet_requests",
+            "Pod list requests to the kubelet by outcome",
+            m.kubelet_requests.clone(),
+        );
+        registry.register(
+            "lanyard_kubelet_request_duration_seconds",
+            "Kubelet pod list request latency",
+            m.kubelet_seconds.clone(),
+        );
+        registry.register(
+            "lanyard_inventory_writes",
+            "Inventory commits by outcome",
+            m.inventory_writes.clone(),
+        );
+        registry.register(
+            "lanyard_inventory_commit_duration_seconds",
+            "Inventory commit latency (write and fsync)",
+            m.inventory_commit_seconds.clone(),
+        );
+        registry.register(
+            "lanyard_inventory_rows",
+            "Rows in the inventory",
+            m.inventory_rows.clone(),
+        );
+        registry.register(
+            "lanyard_limit_refusals",
+            "Requests and connections refused by a limit, by limit",
+            m.limit_refusals.clone(),
+        );
+        registry.register(
+            "lanyard_audit_events",
+            "Audit events written, by event",
+            m.audit_events.clone(),
+        );
+        registry.register(
+            "lanyard_svids_by_spiffe_id",
+            "Credentials delivered per SPIFFE ID (only with [metrics] spiffe_id_labels)",
+            m.svids_by_id.clone(),
+        );
+        // Known series start at zero, so dashboards and rate() see them before the first event.
+        for method in [
+            "FetchX509SVID",
+            "FetchX509Bundles",
+            "FetchJWTSVID",
+            "FetchJWTBundles",
+            "ValidateJWTSVID",
+        ] {
+            let _ = m.requests.get_or_create(&Rpc {
+                method: method.to_owned(),
+                code: "Ok".to_owned(),
+            });
+            let _ = m.request_seconds.get_or_create(&Method {
+                method: method.to_owned(),
+            });
+        }
+        for kind in ["x509", "jwt"] {
+            for outcome in ["first", "rotation", "failed"] {
+                let _ = m.svid_mints.get_or_create(&Mint {
+                    kind: kind.to_owned(),
+                    outcome: outcome.to_owned(),
+                });
+            }
+        }
+        let zero = |family: &Family<Outcome, Counter>, outcomes: &[&str]| {
+            for o in outcomes {
+                let _ = family.get_or_create(&Outcome {
+                    outcome: (*o).to_owned(),
+                });
+            }
+        };
+        zero(
+            &m.attestations,
+            &[
+                "ok",
+                "no_peer",
+                "exited",
+                "changed",
+                "kubernetes",
+                "over_limit",
+                "error",
+            ],
+        );
+        zero(&m.kubelet_requests, &["ok", "error"]);
+        zero(&m.inventory_writes, &["ok", "error"]);
+        for limit in [
+            "max_connections",
+            "max_connections_per_uid",
+            "max_streams",
+            "max_streams_per_uid",
+            "new_credentials_per_second",
+        ] {
+            let _ = m.limit_refusals.get_or_create(&Limit {
+                limit: limit.to_owned(),
+            });
+        }
+        for event in ["issued", "rotated", "withdrawn"] {
+            let _ = m.audit_events.get_or_create(&Event {
+                event: event.to_owned(),
+            });
+        }
+        Self { registry, ..m }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// One Workload API call.
+    pub fn rpc(&self, method: &str, code: tonic::Code, took: Duration) {
+        self.requests
+            .get_or_create(&Rpc {
+                method: method.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&Method {
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn count(&self, family: &Family<Outcome, Counter>, outcome: &str) {
+        family
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn mint(&self, kind: &str, outcome: &str) {
+        self.svid_mints
+            .get_or_create(&Mint {
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, limit: &str) {
+        self.limit_refusals
+            .get_or_create(&Limit {
+                limit: limit.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Opts in to SPIFFE IDs as labels, for at most `cap` distinct IDs (0: off).
+    pub fn set_spiffe_id_labels(&self, cap: usize) {
+        self.id_cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// One credential delivered for `spiffe_id` (counted only when opted in).
+    pub fn delivered(&self, spiffe_id: &str) {
+        let cap = self.id_cap.load(Ordering::Relaxed);
+        if cap == 0 {
+            return;
+        }
+        let label = match self.ids_seen.lock() {
+            Ok(seen) if seen.contains(spiffe_id) => spiffe_id.to_owned(),
+            Ok(mut seen) if seen.len() < cap => {
+                seen.insert(spiffe_id.to_owned());
+                spiffe_id.to_owned()
+            }
+            _ => "other".to_owned(),
+        };
+        self.svids_by_id
+            .get_or_create(&Id { spiffe_id: label })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_openmetrics_with_bounded_labels() {
+        let m = Metrics::new();
+        m.rpc("FetchX509SVID", tonic::Code::Ok, Duration::from_micros(120));
+        m.mint("x509", "first");
+        m.set_spiffe_id_labels(2);
+        for id in [
+            "spiffe://td/a",
+            "spiffe://td/b",
+            "spiffe://td/c",
+            "spiffe://td/a",
+        ] {
+            m.delivered(id);
+        }
+        let text = m.render();
+        assert!(text.contains("lanyard_build_info{version="), "{text}");
+        assert!(
+            text.contains(
+                r#"lanyard_workload_api_requests_total{method="FetchX509SVID",code="Ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("lanyard_workload_api_request_duration_seconds_bucket"));
+        assert!(
+            text.contains(r#"lanyard_svids_by_spiffe_id_total{spiffe_id="other"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"lanyard_svids_by_spiffe_id_total{spiffe_id="spiffe://td/a"} 2"#));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
