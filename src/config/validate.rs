@@ -257,6 +257,8 @@ pub(super) fn validate(
         }
     }
 
+    let audit = audit(&mut errs, raw.audit.as_ref());
+    let metrics_spiffe_id_labels = metrics(&mut errs, &raw.metrics);
     if !errs.0.is_empty() {
         return Err(Errors(errs.0));
     }
@@ -283,8 +285,8 @@ pub(super) fn validate(
         peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
         limits,
         jwt_cache_bytes,
-        audit: audit(&mut errs, raw.audit.as_ref()),
-        metrics_spiffe_id_labels: metrics(&mut errs, &raw.metrics),
+        audit,
+        metrics_spiffe_id_labels,
         entries,
         federation,
         templates,
