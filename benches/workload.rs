@@ -6,21 +6,20 @@
 //!   Unix socket in the same process, so the ratio can be quoted.
 
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use lanyard::ca::mint::{self, SvidRequest};
 use lanyard::clock::SystemClock;
 use lanyard::config::Config;
-use lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use lanyard::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use lanyard::proto::*;
 use lanyard::registry::{Entry, EntryId};
 use lanyard::selector::Selector;
 use lanyard::spiffe_id::{SpiffeId, TrustDomain};
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use tokio_stream::StreamExt;
+
+#[path = "support/floor.rs"]
+mod floor;
 
 const ITERATIONS: usize = 5000;
 
@@ -151,64 +150,6 @@ fn mint_throughput() {
         "mint: {rate:.0} X.509-SVIDs/s on one core ({:.1} us each)",
         1e6 / rate
     );
-}
-
-struct Bare(X509svidResponse);
-
-type BoxStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl SpiffeWorkloadApi for Bare {
-    type FetchX509SVIDStream = BoxStream<X509svidResponse>;
-    type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
-    type FetchJWTBundlesStream = BoxStream<JwtBundlesResponse>;
-    type FetchWITSVIDStream = BoxStream<WitsvidResponse>;
-    type FetchWITBundlesStream = BoxStream<WitBundlesResponse>;
-    async fn fetch_x509svid(
-        &self,
-        _: Request<X509svidRequest>,
-    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let msg = self.0.clone();
-        // Like a real stream: first message, then stay open.
-        let s = tokio_stream::once(Ok(msg)).chain(tokio_stream::pending());
-        Ok(Response::new(Box::pin(s)))
-    }
-    async fn fetch_x509_bundles(
-        &self,
-        _: Request<X509BundlesRequest>,
-    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn fetch_jwtsvid(
-        &self,
-        _: Request<JwtsvidRequest>,
-    ) -> Result<Response<JwtsvidResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn fetch_jwt_bundles(
-        &self,
-        _: Request<JwtBundlesRequest>,
-    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn validate_jwtsvid(
-        &self,
-        _: Request<ValidateJwtsvidRequest>,
-    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn fetch_witsvid(
-        &self,
-        _: Request<WitsvidRequest>,
-    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn fetch_wit_bundles(
-        &self,
-        _: Request<WitBundlesRequest>,
-    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        Err(Status::unimplemented(""))
-    }
 }
 
 async fn first_message_latencies<F, Fut>(
@@ -405,16 +346,7 @@ async fn jwt_numbers(client: &mut lanyard::client::WorkloadClient, agent: &lanya
 
 async fn spawn_bare(path: &Path, msg: X509svidResponse) {
     let listener = tokio::net::UnixListener::bind(path).unwrap();
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(Bare(msg)))
-            .serve_with_incoming(incoming)
-            .await
-            .unwrap();
-    });
-    // The header interceptor the real agent has costs a few ns; the bare server skips it.
-    let _ = SpiffeWorkloadApiClient::<tonic::transport::Channel>::new;
+    tokio::spawn(floor::serve(listener, msg, None));
 }
 
 /// Entry change (admin call returned) to the new message on an open stream, and process exit to the

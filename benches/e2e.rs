@@ -1,0 +1,340 @@
+//! `cargo bench --bench e2e`: the agent measured as users run it.
+//!
+//! - the agent: a separate `lanyard agent` process on its default configuration (exec events and
+//!   inventory on) plus one entry for this uid;
+//! - the floor: a bare tonic server serving the same response bytes, in its own process (this
+//!   binary re-executed in floor mode), on its own runtime;
+//! - spire-agent, side by side, when `SPIRE_AGENT_SOCKET` names the socket of a running spire-agent
+//!   with an entry for this uid (otherwise one loud SKIPPED line);
+//! - a client in this process opens a new stream per fetch on a persistent connection, interleaving
+//!   the servers call by call so they share the machine's noise.
+//!
+//! Printed: p50/p99 of the first message (X.509) and of FetchJWTSVID (cached), server CPU per call
+//! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
+//! and the agent's RSS idle and with 1,000 open streams.
+
+#[path = "support/floor.rs"]
+mod floor;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lanyard::client::WorkloadClient;
+use lanyard::proto::*;
+use prost::Message;
+use tokio_stream::StreamExt;
+
+const CALLS: usize = 3000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Ok(socket) = std::env::var("LANYARD_FLOOR_SOCKET") {
+        return rt.block_on(floor_mode(PathBuf::from(socket)));
+    }
+    rt.block_on(run());
+}
+
+/// Floor mode: serve the messages in the files next to the socket.
+async fn floor_mode(socket: PathBuf) {
+    let dir = socket.parent().unwrap();
+    let x509 = X509svidResponse::decode(&std::fs::read(dir.join("x509.bin")).unwrap()[..]).unwrap();
+    let jwt = JwtsvidResponse::decode(&std::fs::read(dir.join("jwt.bin")).unwrap()[..]).unwrap();
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    floor::serve(listener, x509, Some(jwt)).await;
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU time (ticks) and context switches (all threads) of `pid`.
+fn usage(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let mut switches = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            for l in s.lines() {
+                if let Some(v) = l
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    switches += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    (ticks, switches)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+async fn wait_for(path: &Path) {
+    for _ in 0..400 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+/// One server under test: a client on a persistent connection, and the process to measure.
+struct Target {
+    name: &'static str,
+    pid: Option<u32>,
+    client: WorkloadClient,
+    x509: Vec<Duration>,
+    jwt: Vec<Duration>,
+    ticks: u64,
+    switches: u64,
+}
+
+impl Target {
+    async fn new(name: &'static str, socket: &Path, pid: Option<u32>) -> Self {
+        let client = lanyard::client::connect(&format!("unix://{}", socket.display()))
+            .await
+            .unwrap();
+        Self {
+            name,
+            pid,
+            client,
+            x509: Vec::new(),
+            jwt: Vec::new(),
+            ticks: 0,
+            switches: 0,
+        }
+    }
+
+    async fn x509_once(&mut self) -> Duration {
+        let t = Instant::now();
+        let mut s = self
+            .client
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let m = s.next().await.unwrap().unwrap();
+        let took = t.elapsed();
+        assert!(!m.svids.is_empty());
+        took
+    }
+
+    async fn jwt_once(&mut self) -> Duration {
+        let t = Instant::now();
+        let r = self
+            .client
+            .fetch_jwtsvid(JwtsvidRequest {
+                audience: vec!["bench".into()],
+                spiffe_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let took = t.elapsed();
+        assert!(!r.svids.is_empty());
+        took
+    }
+
+    /// One measured round: X.509 then JWT, with the server's CPU and switches around it.
+    async fn round(&mut self) {
+        let before = self.pid.map(usage);
+        let x = self.x509_once().await;
+        let j = self.jwt_once().await;
+        if let (Some(pid), Some((t0, s0))) = (self.pid, before) {
+            let (t1, s1) = usage(pid);
+            self.ticks += t1 - t0;
+            self.switches += s1 - s0;
+        }
+        self.x509.push(x);
+        self.jwt.push(j);
+    }
+}
+
+fn pct(d: &mut [Duration], q: f64) -> f64 {
+    d.sort();
+    d[((d.len() as f64 * q) as usize).min(d.len() - 1)].as_secs_f64() * 1e6
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = lanyard::sys::euid();
+    let agent_socket = dir.path().join("agent.sock");
+    let config = dir.path().join("lanyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n",
+            agent_socket.display(),
+            dir.path().join("admin/admin.sock").display(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let agent = Proc(
+        Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["agent", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&agent_socket).await;
+    let agent_pid = agent.0.id();
+    println!(
+        "lanyard end-to-end bench ({} cores): agent pid {agent_pid}, {CALLS} interleaved rounds",
+        std::thread::available_parallelism()
+            .map(std::num::NonZero::get)
+            .unwrap_or(0)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_mb(agent_pid);
+
+    // The floor serves what the agent sends, byte for byte.
+    let mut lanyard = Target::new("lanyard", &agent_socket, Some(agent_pid)).await;
+    let mut s = lanyard
+        .client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let sample = s.next().await.unwrap().unwrap();
+    drop(s);
+    let jwt_sample = lanyard
+        .client
+        .fetch_jwtsvid(JwtsvidRequest {
+            audience: vec!["bench".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let floor_dir = dir.path().join("floor");
+    std::fs::create_dir(&floor_dir).unwrap();
+    std::fs::write(floor_dir.join("x509.bin"), sample.encode_to_vec()).unwrap();
+    std::fs::write(floor_dir.join("jwt.bin"), jwt_sample.encode_to_vec()).unwrap();
+    let floor_socket = floor_dir.join("floor.sock");
+    let floor = Proc(
+        Command::new(std::env::current_exe().unwrap())
+            .env("LANYARD_FLOOR_SOCKET", &floor_socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&floor_socket).await;
+    let mut targets = vec![
+        Target::new(
+            "floor (bare tonic, own process)",
+            &floor_socket,
+            Some(floor.0.id()),
+        )
+        .await,
+    ];
+    targets.push(lanyard);
+    match std::env::var("SPIRE_AGENT_SOCKET") {
+        Ok(path) => {
+            let pid = std::env::var("SPIRE_AGENT_PID")
+                .ok()
+                .and_then(|p| p.parse().ok());
+            targets.push(Target::new("spire-agent", Path::new(&path), pid).await);
+        }
+        Err(_) => println!(
+            "\n*** SKIPPED spire-agent side by side: set SPIRE_AGENT_SOCKET (and SPIRE_AGENT_PID) to a running spire-agent with an entry for uid {uid} ***\n"
+        ),
+    }
+    // Warm-up, then interleave call by call.
+    for t in &mut targets {
+        for _ in 0..200 {
+            t.round().await;
+        }
+        t.x509.clear();
+        t.jwt.clear();
+        t.ticks = 0;
+        t.switches = 0;
+    }
+    for _ in 0..CALLS {
+        for t in &mut targets {
+            t.round().await;
+        }
+    }
+    let hz = 100.0; // clock ticks per second (USER_HZ)
+    let mut rows = Vec::new();
+    for t in &mut targets {
+        let cpu_us = t.ticks as f64 / hz * 1e6 / (2.0 * CALLS as f64);
+        let sw = t.switches as f64 / (2.0 * CALLS as f64);
+        rows.push((
+            t.name,
+            pct(&mut t.x509, 0.5),
+            pct(&mut t.x509, 0.99),
+            pct(&mut t.jwt, 0.5),
+            pct(&mut t.jwt, 0.99),
+            cpu_us,
+            sw,
+        ));
+    }
+    println!(
+        "\n| server | X.509 first message p50 / p99 | JWT (cached) p50 / p99 | server CPU per call | context switches per call |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, x50, x99, j50, j99, cpu, sw) in &rows {
+        println!(
+            "| {name} | {x50:.0} / {x99:.0} µs | {j50:.0} / {j99:.0} µs | {cpu:.0} µs | {sw:.1} |"
+        );
+    }
+    let (f, l) = (&rows[0], &rows[1]);
+    println!(
+        "\nlanyard / floor: X.509 p50 {:.2}×, p99 {:.2}×; JWT p50 {:.2}×, p99 {:.2}×; CPU per call {:.2}×",
+        l.1 / f.1,
+        l.2 / f.2,
+        l.3 / f.3,
+        l.4 / f.4,
+        l.5 / f.5.max(1e-9)
+    );
+    // Memory: idle, then with 1,000 open streams on 10 connections.
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut c = lanyard::client::connect(&format!("unix://{}", agent_socket.display()))
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            let mut s = c
+                .fetch_x509svid(X509svidRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            s.next().await.unwrap().unwrap();
+            streams.push(s);
+        }
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!(
+        "agent RSS: idle {idle:.1} MB, with 1,000 open streams {:.1} MB",
+        rss_mb(agent_pid)
+    );
+    drop(streams);
+    drop(floor);
+    drop(agent);
+}
