@@ -29,7 +29,7 @@ pub struct Line<'a> {
     /// RFC 3339, UTC, seconds.
     pub time: String,
     /// `issued`, `rotated` (a new serial delivered in place of an older one) or `withdrawn`.
-    pub event: &'a str,
+    pub event: &'static str,
     /// `x509` or `jwt`.
     pub kind: &'a str,
     pub spiffe_id: &'a str,
@@ -130,9 +130,7 @@ impl Audit {
                 self.warned = false;
                 crate::metrics::metrics()
                     .audit_events
-                    .get_or_create(&crate::metrics::Event {
-                        event: line.event.to_owned(),
-                    })
+                    .get_or_create(&crate::metrics::Event { event: line.event })
                     .inc();
             }
             Err(e) if !self.warned => {
@@ -176,7 +174,7 @@ fn rotate(path: &std::path::Path, keep: usize) {
 mod tests {
     use super::*;
 
-    fn line(event: &str) -> Line<'_> {
+    fn line(event: &'static str) -> Line<'static> {
         Line {
             time: timestamp(SystemTime::UNIX_EPOCH),
             event,
