@@ -141,6 +141,19 @@ impl Attack {
         }
     }
 
+    /// How many calls were refused with ResourceExhausted; their message must name `limit`.
+    fn refusals(&self, limit: &str) -> u64 {
+        let refused = self.report["codes"]["RESOURCE_EXHAUSTED"]
+            .as_u64()
+            .unwrap_or(0);
+        let sample = self.report["sample"].as_str().unwrap_or("");
+        assert!(
+            refused == 0 || sample.contains(limit),
+            "the refusal names {limit}: {sample:?}"
+        );
+        refused
+    }
+
     /// Ends the attack: stdin closes (the attacker exits), then it is signalled for good measure.
     fn stop(mut self) {
         drop(self.stdin.take());
@@ -179,6 +192,16 @@ fn python(test: &str) -> Option<Attacker> {
 struct Attacker {
     interpreter: PathBuf,
     site: PathBuf,
+}
+
+/// A default agent with the attacker running `mode` against it (and reporting), or `None` after a
+/// loud SKIPPED line.
+async fn under_attack(test: &str, mode: &str, args: &[&str]) -> Option<(Agent, Attack)> {
+    let py = python(test)?;
+    let agent = Agent::start("").await;
+    open_to_all(agent.socket.parent().unwrap());
+    let attack = Attack::start(&py, &agent.socket, mode, args);
+    Some((agent, attack))
 }
 
 /// The temp dir and socket must be reachable for uid 65534.
@@ -230,23 +253,20 @@ async fn idle_connection_flood_does_not_starve_another_uid() {
 /// limit; the victim still gets its stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_stream_flood_is_held_to_the_uids_share() {
-    let Some(py) = python("unread_stream_flood_is_held_to_the_uids_share") else {
+    let Some((agent, attack)) = under_attack(
+        "unread_stream_flood_is_held_to_the_uids_share",
+        "streams",
+        &["12", "100"],
+    )
+    .await
+    else {
         return;
     };
-    let agent = Agent::start("").await;
-    open_to_all(agent.socket.parent().unwrap());
-    let attack = Attack::start(&py, &agent.socket, "streams", &["12", "100"]);
-    let codes = &attack.report["codes"];
-    let refused = codes["RESOURCE_EXHAUSTED"].as_u64().unwrap_or(0);
+    let refused = attack.refusals("limits.max_streams_per_uid");
     assert!(
         refused >= 150,
         "streams beyond the uid's share are refused: {}",
         attack.report
-    );
-    let sample = attack.report["sample"].as_str().unwrap_or("");
-    assert!(
-        sample.contains("limits.max_streams_per_uid"),
-        "the refusal names the limit: {sample:?}"
     );
     report_latency("1200 unread streams", agent.victim().await);
     assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
@@ -257,22 +277,19 @@ async fn unread_stream_flood_is_held_to_the_uids_share() {
 /// the excess with ResourceExhausted naming the limit; other uids are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_credential_flood_is_rate_limited_per_uid() {
-    let Some(py) = python("new_credential_flood_is_rate_limited_per_uid") else {
+    let Some((agent, attack)) = under_attack(
+        "new_credential_flood_is_rate_limited_per_uid",
+        "jwt",
+        &["600"],
+    )
+    .await
+    else {
         return;
     };
-    let agent = Agent::start("").await;
-    open_to_all(agent.socket.parent().unwrap());
-    let attack = Attack::start(&py, &agent.socket, "jwt", &["600"]);
-    let codes = &attack.report["codes"];
-    let ok = codes["OK"].as_u64().unwrap_or(0);
-    let refused = codes["RESOURCE_EXHAUSTED"].as_u64().unwrap_or(0);
+    let ok = attack.report["codes"]["OK"].as_u64().unwrap_or(0);
     assert!(ok >= 200, "the burst is served: {}", attack.report);
+    let refused = attack.refusals("limits.new_credentials_per_second");
     assert!(refused > 0, "the excess is refused: {}", attack.report);
-    let sample = attack.report["sample"].as_str().unwrap_or("");
-    assert!(
-        sample.contains("limits.new_credentials_per_second"),
-        "{sample:?}"
-    );
     report_latency("a new-credential flood", agent.victim().await);
     attack.stop();
 }
@@ -281,12 +298,15 @@ async fn new_credential_flood_is_rate_limited_per_uid() {
 /// (InvalidArgument), and memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_audiences_are_refused_and_memory_stays_bounded() {
-    let Some(py) = python("oversized_audiences_are_refused_and_memory_stays_bounded") else {
+    let Some((agent, attack)) = under_attack(
+        "oversized_audiences_are_refused_and_memory_stays_bounded",
+        "audiences",
+        &[],
+    )
+    .await
+    else {
         return;
     };
-    let agent = Agent::start("").await;
-    open_to_all(agent.socket.parent().unwrap());
-    let attack = Attack::start(&py, &agent.socket, "audiences", &[]);
     let r = &attack.report;
     assert_eq!(r["one_mib"], "INVALID_ARGUMENT", "{r}");
     assert_eq!(r["seventeen"], "INVALID_ARGUMENT", "{r}");

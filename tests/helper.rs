@@ -131,27 +131,55 @@ fn once_against_a_stopped_agent_fails_clearly_and_writes_nothing() {
     assert_eq!(written, 0, "nothing written");
 }
 
+/// The entry `spiffe://example.org/legacy` for this uid, created through the admin API; a new
+/// lifetime mints a new SVID (an update the helper must write and signal).
+struct Legacy {
+    admin: lanyard::client::AdminClient,
+    id: String,
+}
+
+impl Legacy {
+    fn spec(ttl: &str) -> EntrySpec {
+        EntrySpec {
+            spiffe_id: "spiffe://example.org/legacy".into(),
+            selectors: vec![format!("unix:uid:{}", euid())],
+            x509_ttl: ttl.into(),
+            ..EntrySpec::default()
+        }
+    }
+
+    async fn create(agent: &TestAgent) -> Self {
+        let mut admin = lanyard::client::connect_admin(&agent.running().admin_socket_path)
+            .await
+            .unwrap();
+        let id = admin
+            .create_entry(CreateEntryRequest {
+                spec: Some(Self::spec("30m")),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        Self { admin, id }
+    }
+
+    async fn set_ttl(&mut self, ttl: &str) {
+        self.admin
+            .update_entry(UpdateEntryRequest {
+                id: self.id.clone(),
+                spec: Some(Self::spec(ttl)),
+            })
+            .await
+            .unwrap();
+    }
+}
+
 /// Child mode: the child starts after the first files, gets SIGHUP after each update (counted), is
 /// restarted when it dies, and gets SIGTERM when the helper stops.
 #[tokio::test]
 async fn child_mode_signals_restarts_and_forwards_sigterm() {
     let agent = TestAgent::start("").await;
-    let mut admin = lanyard::client::connect_admin(&agent.running().admin_socket_path)
-        .await
-        .unwrap();
-    let spec = |ttl: &str| EntrySpec {
-        spiffe_id: "spiffe://example.org/legacy".into(),
-        selectors: vec![format!("unix:uid:{}", euid())],
-        x509_ttl: ttl.into(),
-        ..EntrySpec::default()
-    };
-    let entry = admin
-        .create_entry(CreateEntryRequest {
-            spec: Some(spec("30m")),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut legacy = Legacy::create(&agent).await;
     let dir = agent.dir.path().join("certs");
     let script = format!(
         "test -s {d}/svid.pem || exit 7; trap 'echo hup >> {d}/hups' HUP; trap 'echo term >> {d}/terms; exit 0' TERM; echo $$ >> {d}/pids; while :; do sleep 0.05; done",
@@ -180,13 +208,7 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
     // Three updates (a new lifetime mints a new SVID each time): a SIGHUP after each.
     for (i, ttl) in ["31m", "32m", "33m"].into_iter().enumerate() {
         let before = read("ready");
-        admin
-            .update_entry(UpdateEntryRequest {
-                id: entry.id.clone(),
-                spec: Some(spec(ttl)),
-            })
-            .await
-            .unwrap();
+        legacy.set_ttl(ttl).await;
         wait_until("new files", 10, || read("ready") != before).await;
         wait_until("a SIGHUP for this update", 10, || {
             read("hups").lines().count() == i + 1
@@ -242,22 +264,7 @@ async fn pid_file_signals_only_a_process_the_file_vouches_for() {
         return;
     }
     let agent = TestAgent::start("").await;
-    let mut admin = lanyard::client::connect_admin(&agent.running().admin_socket_path)
-        .await
-        .unwrap();
-    let spec = |ttl: &str| EntrySpec {
-        spiffe_id: "spiffe://example.org/legacy".into(),
-        selectors: vec![format!("unix:uid:{}", euid())],
-        x509_ttl: ttl.into(),
-        ..EntrySpec::default()
-    };
-    let entry = admin
-        .create_entry(CreateEntryRequest {
-            spec: Some(spec("30m")),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut legacy = Legacy::create(&agent).await;
     let work = agent.dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let dir = agent.dir.path().join("certs");
@@ -302,13 +309,7 @@ async fn pid_file_signals_only_a_process_the_file_vouches_for() {
     let mut ttl = 31;
     let mut update = async || {
         let before = std::fs::read_to_string(dir.join("ready")).unwrap_or_default();
-        admin
-            .update_entry(UpdateEntryRequest {
-                id: entry.id.clone(),
-                spec: Some(spec(&format!("{ttl}m"))),
-            })
-            .await
-            .unwrap();
+        legacy.set_ttl(&format!("{ttl}m")).await;
         ttl += 1;
         wait_until("new files", 10, || {
             std::fs::read_to_string(dir.join("ready")).unwrap_or_default() != before

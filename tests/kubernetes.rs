@@ -209,27 +209,11 @@ impl PodCgroup {
             random_hex(12)
         );
         let container_id = random_hex(64);
-        let parts: Vec<String> = if v2 {
-            vec![
-                "kubepods.slice".into(),
-                "kubepods-burstable.slice".into(),
-                format!("kubepods-burstable-pod{}.slice", pod_uid.replace('-', "_")),
-                format!("cri-containerd-{container_id}.scope"),
-            ]
-        } else {
-            vec![
-                "kubepods".into(),
-                "burstable".into(),
-                format!("pod{pod_uid}"),
-                container_id.clone(),
-            ]
-        };
         let mut created = Vec::new();
-        let mut dir = root;
-        for p in parts {
-            dir.push(p);
+        let dirs = pod_dirs(&root, v2, &pod_uid, &container_id);
+        for dir in &dirs {
             if !dir.exists() {
-                if let Err(e) = std::fs::create_dir(&dir) {
+                if let Err(e) = std::fs::create_dir(dir) {
                     eprintln!(
                         "\n*** SKIPPED {test}: cannot create cgroup {}: {e} ***\n",
                         dir.display()
@@ -239,6 +223,7 @@ impl PodCgroup {
                 created.push(dir.clone());
             }
         }
+        let dir = dirs.last().unwrap().clone();
         Some(Self {
             pod_uid,
             container_id,
