@@ -197,8 +197,18 @@ struct Attacker {
 /// A default agent with the attacker running `mode` against it (and reporting), or `None` after a
 /// loud SKIPPED line.
 async fn under_attack(test: &str, mode: &str, args: &[&str]) -> Option<(Agent, Attack)> {
+    under_attack_with(test, "", mode, args).await
+}
+
+/// [`under_attack`] with `extra` configuration for the agent.
+async fn under_attack_with(
+    test: &str,
+    extra: &str,
+    mode: &str,
+    args: &[&str],
+) -> Option<(Agent, Attack)> {
     let py = python(test)?;
-    let agent = Agent::start("").await;
+    let agent = Agent::start(extra).await;
     open_to_all(agent.socket.parent().unwrap());
     let attack = Attack::start(&py, &agent.socket, mode, args);
     Some((agent, attack))
@@ -452,4 +462,23 @@ async fn a_full_disk_refuses_new_credentials_and_keeps_serving_recorded_ones() {
         200
     );
     running.shutdown().await;
+}
+
+/// A peer's default behaviour around the idle timeout: grpcio (C core, default options) connects,
+/// stays idle past `connection_idle` (the agent closes the connection), then calls on the same
+/// channel — it reconnects by itself and the call succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_grpc_client_survives_the_idle_timeout() {
+    let Some((_agent, attack)) = under_attack_with(
+        "a_default_grpc_client_survives_the_idle_timeout",
+        "[limits]\nconnection_idle = \"1s\"\n",
+        "late",
+        &["3"],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(attack.report["code"], "OK", "{}", attack.report);
+    attack.stop();
 }

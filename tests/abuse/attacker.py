@@ -7,6 +7,8 @@ then holds it until stdin closes (so the test can measure the agent and run a vi
   streams CH PER      CH channels, PER FetchX509SVID streams each, never read
   jwt N               N FetchJWTSVID calls, each for a new audience (new credentials)
   audiences           oversized audience requests (1 MiB audience, 17 audiences, 64 KiB JWT)
+  late S              not an attack: a default grpcio client connects, idles S seconds (past the
+                      agent's connection_idle), then calls FetchJWTSVID on the same channel
 """
 
 import json
@@ -138,9 +140,21 @@ def audiences(path):
     hold(out)
 
 
+def late(path, seconds):
+    api = Api(path)
+    api.grpc.channel_ready_future(api.channel).result(timeout=10)
+    time.sleep(seconds)
+    try:
+        api.jwt(strings(1, ["late"]), metadata=HEADER, timeout=10)
+        code = "OK"
+    except api.grpc.RpcError as e:
+        code = e.code().name
+    hold({"code": code})
+
+
 def main():
     path, mode, args = sys.argv[1], sys.argv[2], [int(a) for a in sys.argv[3:]]
-    {"idle": idle, "streams": streams, "jwt": jwt, "audiences": audiences}[mode](path, *args)
+    {"idle": idle, "streams": streams, "jwt": jwt, "audiences": audiences, "late": late}[mode](path, *args)
 
 
 if __name__ == "__main__":
