@@ -23,6 +23,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto".into(), well_known],
         )?;
+    // The SPIRE server API, client side only (lanyard as a SPIRE agent). Attestation data carries
+    // join tokens and JWT-SVIDs are bearer tokens: both get a redacting `Debug`.
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .skip_debug([
+            ".spire.api.types.AttestationData",
+            ".spire.api.types.JWTSVID",
+        ])
+        .compile_with_config(
+            config,
+            &[
+                std::path::PathBuf::from("proto/spire/api/server/agent/v1/agent.proto"),
+                "proto/spire/api/server/entry/v1/entry.proto".into(),
+                "proto/spire/api/server/svid/v1/svid.proto".into(),
+                "proto/spire/api/server/bundle/v1/bundle.proto".into(),
+            ],
+            &[std::path::PathBuf::from("proto")],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

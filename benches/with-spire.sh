@@ -9,17 +9,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 cache="$root/target/spire"
 bin="$cache/bin"
-mkdir -p "$cache/build"
-if [ ! -x "$bin/spire-agent" ] || [ ! -x "$bin/spire-server" ]; then
-    (
-        cd "$cache/build"
-        [ -f go.mod ] || go mod init spirebuild >/dev/null
-        export GOFLAGS=-mod=mod
-        go get -tool github.com/spiffe/spire/cmd/spire-agent@v1.13.3
-        go get -tool github.com/spiffe/spire/cmd/spire-server@v1.13.3
-        GOBIN="$bin" go install github.com/spiffe/spire/cmd/spire-agent github.com/spiffe/spire/cmd/spire-server
-    )
-fi
+bash "$root/tests/interop/setup.sh" spire
 run=$(mktemp -d)
 cleanup() { kill "${agent_pid:-}" "${server_pid:-}" 2>/dev/null || true; rm -rf "$run"; }
 trap cleanup EXIT

@@ -64,7 +64,9 @@ fn registry_status(e: RegistryError) -> Status {
     match e {
         RegistryError::Invalid(_) => Status::invalid_argument(e.to_string()),
         RegistryError::NotFound(_) => Status::not_found(e.to_string()),
-        RegistryError::Declared(_) => Status::failed_precondition(e.to_string()),
+        RegistryError::Declared(_) | RegistryError::ServerManaged => {
+            Status::failed_precondition(e.to_string())
+        }
         RegistryError::Duplicate { .. } => Status::already_exists(e.to_string()),
         RegistryError::Store(ref s) => {
             tracing::error!(error = %s, "entry store failed");
@@ -246,11 +248,13 @@ impl Admin for AdminApi {
         authorize(&req)?;
         let ca = self.ca.borrow().clone();
         let mut chain_pem = String::new();
-        for c in ca.signer.chain() {
-            chain_pem.push_str(&crate::encoding::pem_cert(c));
-        }
-        if ca.signer.chain().is_empty() {
-            chain_pem.push_str(&crate::encoding::pem_cert(ca.signer.cert()));
+        if let Some(signer) = &ca.signer {
+            for c in signer.chain() {
+                chain_pem.push_str(&crate::encoding::pem_cert(c));
+            }
+            if signer.chain().is_empty() {
+                chain_pem.push_str(&crate::encoding::pem_cert(signer.cert()));
+            }
         }
         let (declared, managed) = self.registry.counts();
         let live = self
@@ -270,10 +274,9 @@ impl Admin for AdminApi {
             signing_chain_pem: chain_pem,
             signing_ca_not_after: ca
                 .signer
-                .not_after()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
+                .as_ref()
+                .and_then(|s| s.not_after().duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64),
             bundle_certificates: ca.bundle.certs().len() as u32,
             entries_declared: declared as u32,
             entries_managed: managed as u32,

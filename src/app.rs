@@ -39,6 +39,8 @@ pub enum Error {
     },
     #[error("signing authority: {0}")]
     Authority(#[from] crate::ca::Error),
+    #[error("SPIRE server: {0}")]
+    Spire(crate::spire::Error),
     #[error("{}", crate::config::Errors(.0.clone()))]
     Policy(Vec<FieldError>),
     #[error("entry database: {0}")]
@@ -55,6 +57,12 @@ pub enum Error {
     TaskFailed { task: &'static str, why: String },
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// Who signs: this agent, or the SPIRE server it joined.
+enum Signing {
+    Local(Box<Authority>),
+    Server(Box<crate::spire::Spire>),
 }
 
 /// A running agent.
@@ -102,7 +110,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
                     }
                     match probes.get() {
                         Some(p) => p.check(),
-                        None => Ok(()),
+                        None => Ok(None),
                     }
                 })
             };
@@ -133,18 +141,6 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         path: config.data_dir.clone(),
         source,
     })?;
-    let authority = {
-        let (cfg, td, dir, jwt_key_ttl, clock) = (
-            config.authority.clone(),
-            config.trust_domain.clone(),
-            config.data_dir.clone(),
-            config.jwt_key_ttl,
-            clock.clone(),
-        );
-        tokio::task::spawn_blocking(move || Authority::load(&cfg, &td, &dir, jwt_key_ttl, clock))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??
-    };
     let declared = load_declared(&config).map_err(Error::Policy)?;
     let db = config.data_dir.join("lanyard.db");
     let registry = {
@@ -154,6 +150,39 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??,
         )
+    };
+    // The signing authority: local (self-signed, upstream), or a SPIRE server this node joins.
+    let mut server_status = None;
+    let (authority, ca_rx) = match &config.authority {
+        crate::ca::AuthorityConfig::Spire(spire) => {
+            let (spire, ca_rx) = crate::spire::Spire::start(
+                spire,
+                &config.data_dir,
+                registry.clone(),
+                config.x509_ttl,
+                clock.clone(),
+            )
+            .await
+            .map_err(Error::Spire)?;
+            server_status = Some(Box::new(spire.status()) as ServerStatusFn);
+            (Signing::Server(Box::new(spire)), ca_rx)
+        }
+        _ => {
+            let (cfg, td, dir, jwt_key_ttl, clock) = (
+                config.authority.clone(),
+                config.trust_domain.clone(),
+                config.data_dir.clone(),
+                config.jwt_key_ttl,
+                clock.clone(),
+            );
+            let authority = tokio::task::spawn_blocking(move || {
+                Authority::load(&cfg, &td, &dir, jwt_key_ttl, clock)
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+            let ca_rx = authority.subscribe();
+            (Signing::Local(Box::new(authority)), ca_rx)
+        }
     };
     let audit =
         match &config.audit {
@@ -190,7 +219,6 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     };
     let (lifecycle, mut exits) = Lifecycle::new();
     let policy_rx = registry.subscribe();
-    let ca_rx = authority.subscribe();
     let (issuer, issuer_handle) = Issuer::new(ca_rx.clone(), clock.clone());
     let jwt_cache = JwtCache::new(
         ca_rx.clone(),
@@ -234,6 +262,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         inventory: inventory.clone(),
         shares: shares.clone(),
         nofile,
+        server: server_status,
     });
     let exec_hub = Arc::new(crate::workload_api::exec_hub::ExecHub::default());
     let ctx = crate::workload_api::Context {
@@ -258,6 +287,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         authority_mode: match config.authority {
             crate::ca::AuthorityConfig::SelfSigned { .. } => "self-signed",
             crate::ca::AuthorityConfig::Upstream { .. } => "upstream",
+            crate::ca::AuthorityConfig::Spire(_) => "spire",
         },
         ca: ca_rx.clone(),
         issuer: issuer_handle.clone(),
@@ -277,12 +307,21 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
 
     {
         let shutdown = shutdown_rx.clone();
-        tasks.spawn(async move {
-            (
-                "authority",
-                authority.run(shutdown).await.map_err(|e| e.to_string()),
-            )
-        });
+        match authority {
+            Signing::Local(authority) => tasks.spawn(async move {
+                (
+                    "authority",
+                    authority.run(shutdown).await.map_err(|e| e.to_string()),
+                )
+            }),
+            Signing::Server(mut spire) => {
+                spire.set_issuer(issuer_handle.clone());
+                tasks.spawn(async move {
+                    spire.run(shutdown).await;
+                    ("spire-server-sync", Ok(()))
+                })
+            }
+        };
     }
     {
         let shutdown = shutdown_rx.clone();
@@ -540,10 +579,36 @@ struct Probes {
     inventory: Inventory,
     shares: crate::limits::Shares,
     nofile: u64,
+    /// The SPIRE server's status, in mode "spire".
+    server: Option<ServerStatusFn>,
 }
 
+type ServerStatusFn = Box<dyn Fn() -> crate::spire::ServerStatus + Send + Sync>;
+
 impl Probes {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<Option<String>, String> {
+        self.check_local()?;
+        let Some(status) = self.server.as_ref().map(|f| f()) else {
+            return Ok(None);
+        };
+        let since = status
+            .unreachable_since
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default();
+        let why = status.last_error.unwrap_or_default();
+        if status.refused {
+            return Err(format!(
+                "the SPIRE server refuses this node since {since} ({why}); attest it again"
+            ));
+        }
+        Ok(status.unreachable_since.map(|_| {
+            format!(
+                "SPIRE server unreachable since {since} ({why}); cached SVIDs are served while valid"
+            )
+        }))
+    }
+
+    fn check_local(&self) -> Result<(), String> {
         if let Some(e) = self.inventory.write_error() {
             return Err(format!(
                 "the inventory cannot write ({e}): new credentials are refused; credentials already delivered keep being served"

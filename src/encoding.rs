@@ -44,6 +44,23 @@ pub fn split_der(mut data: &[u8]) -> Option<Vec<CertificateDer<'static>>> {
     Some(out)
 }
 
+/// The URI SANs of a DER certificate (a SPIFFE ID is the only one an SVID has, X5-1).
+pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

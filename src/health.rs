@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Whether the component is ready; `Err` carries the reason a probe reports.
-pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// `Ok(Some(note))` is ready with something to report (e.g. a SPIRE server that cannot be reached
+/// while cached SVIDs are still valid).
+pub type ReadyCheck = Arc<dyn Fn() -> Result<Option<String>, String> + Send + Sync>;
 
 /// Renders `/metrics` (OpenMetrics text), where the component exports metrics.
 pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
@@ -94,7 +96,8 @@ fn answer(
     match req.uri().path() {
         "/live" => reply(StatusCode::OK, "live\n".into()),
         "/ready" => match ready() {
-            Ok(()) => reply(StatusCode::OK, "ready\n".into()),
+            Ok(None) => reply(StatusCode::OK, "ready\n".into()),
+            Ok(Some(note)) => reply(StatusCode::OK, format!("ready; {note}\n")),
             Err(why) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
@@ -156,7 +159,7 @@ mod tests {
             let flag = flag.clone();
             Arc::new(move || {
                 if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err("authority not loaded".into())
                 }

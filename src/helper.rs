@@ -183,7 +183,7 @@ pub(crate) async fn run(config: HelperConfig) -> Result<(), Error> {
         let h = health.clone();
         tokio::spawn(crate::health::serve(
             listener,
-            std::sync::Arc::new(move || h.check()),
+            std::sync::Arc::new(move || h.check().map(|()| None)),
             None,
             health_rx,
         ));

@@ -224,12 +224,32 @@ impl Issuer {
             return;
         };
         slot.minting = true;
-        let signer = self.ca.borrow().signer.clone();
-        let clock = self.clock.clone();
-        self.mints.spawn_blocking(move || {
-            let result = mint::mint_svid(&signer, &req, clock.now());
-            (req, result)
-        });
+        let (signer, remote) = {
+            let ca = self.ca.borrow();
+            (ca.signer.clone(), ca.remote.clone())
+        };
+        match (remote, signer) {
+            // A SPIRE server signs: the request is an RPC, awaited on this task's set.
+            (Some(remote), _) => {
+                self.mints.spawn(async move {
+                    let result = remote.x509(req.clone()).await;
+                    (req, result)
+                });
+            }
+            (None, Some(signer)) => {
+                let clock = self.clock.clone();
+                self.mints.spawn_blocking(move || {
+                    let result = mint::mint_svid(&signer, &req, clock.now());
+                    (req, result)
+                });
+            }
+            (None, None) => {
+                self.mints.spawn(async move {
+                    let why = crate::ca::Error::Server("nothing can sign SVIDs".into());
+                    (req, Err(why))
+                });
+            }
+        }
     }
 
     fn minted(&mut self, req: SvidRequest, result: Result<X509Svid, crate::ca::Error>) {

@@ -34,6 +34,7 @@ pub mod registry;
 pub mod selector;
 mod shutdown;
 pub mod spiffe_id;
+pub mod spire;
 // The only module allowed `unsafe`: thin, checked wrappers over the kernel interfaces.
 #[allow(unsafe_code)]
 pub mod sys;

@@ -53,6 +53,8 @@ pub enum Origin {
     Declared,
     /// The admin API (stored in the database).
     Managed,
+    /// A SPIRE server (authorized for this agent; managed on the server).
+    Server,
 }
 
 impl Origin {
@@ -61,6 +63,7 @@ impl Origin {
         match self {
             Origin::Declared => "declared",
             Origin::Managed => "managed",
+            Origin::Server => "server",
         }
     }
 }

@@ -90,6 +90,12 @@ impl Authority {
                 *intermediate_ttl,
                 now,
             )?),
+            AuthorityConfig::Spire(_) => {
+                return Err(Error::Server(
+                    "in mode \"spire\" the SPIRE server is the authority; nothing is signed here"
+                        .into(),
+                ));
+            }
         };
         let snapshot = Arc::new(mode.snapshot(&jwt));
         let (tx, _) = watch::channel(snapshot);
@@ -126,7 +132,7 @@ impl Authority {
         if x509_changed || jwt_changed {
             let snapshot = Arc::new(self.mode.snapshot(&self.jwt));
             tracing::info!(
-                signer_serial = snapshot.signer.serial(),
+                signer_serial = snapshot.signer.as_ref().map(|s| s.serial()),
                 bundle_size = snapshot.bundle.certs().len(),
                 "authority updated"
             );
@@ -179,13 +185,15 @@ impl Mode {
                     }
                 }
                 CaSnapshot {
-                    signer: s.active.clone(),
+                    signer: Some(s.active.clone()),
+                    remote: None,
                     bundle: Arc::new(X509Bundle::new(certs)),
                     jwt,
                 }
             }
             Mode::Upstream(u) => CaSnapshot {
-                signer: u.active.clone(),
+                signer: Some(u.active.clone()),
+                remote: None,
                 bundle: u.bundle.clone(),
                 jwt,
             },
@@ -515,7 +523,7 @@ mod tests {
             Arc::new(clock.clone()),
         )
         .unwrap();
-        let first = a.snapshot().signer.serial().to_owned();
+        let first = a.snapshot().signer.as_ref().unwrap().serial().to_owned();
         let path = dir.path().join("authority/root.pem");
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -523,7 +531,7 @@ mod tests {
         );
         drop(a);
         let b = Authority::load(&cfg, &td(), dir.path(), JWT_KEY_TTL, Arc::new(clock)).unwrap();
-        assert_eq!(b.snapshot().signer.serial(), first);
+        assert_eq!(b.snapshot().signer.as_ref().unwrap().serial(), first);
     }
 
     /// TB-3: the next root is in the bundle before it signs; the old one stays until it expires.
@@ -549,8 +557,8 @@ mod tests {
         a.tick().unwrap();
         let prepared = a.snapshot();
         assert_eq!(
-            prepared.signer.serial(),
-            old.signer.serial(),
+            prepared.signer.as_ref().unwrap().serial(),
+            old.signer.as_ref().unwrap().serial(),
             "next root must not sign yet"
         );
         assert_eq!(
@@ -565,12 +573,15 @@ mod tests {
         a.tick().unwrap();
         let active = a.snapshot();
         assert_eq!(
-            active.signer.cert(),
+            active.signer.as_ref().unwrap().cert(),
             &next_cert,
             "next root signs after activation"
         );
         assert!(
-            active.bundle.certs().contains(old.signer.cert()),
+            active
+                .bundle
+                .certs()
+                .contains(old.signer.as_ref().unwrap().cert()),
             "old root stays while valid"
         );
 
@@ -583,13 +594,16 @@ mod tests {
             Arc::new(clock.clone()),
         )
         .unwrap();
-        assert_eq!(b.snapshot().signer.cert(), &next_cert);
+        assert_eq!(b.snapshot().signer.as_ref().unwrap().cert(), &next_cert);
         assert_eq!(b.snapshot().bundle.certs().len(), 2);
 
         clock.advance(Duration::from_secs(300));
         a.tick().unwrap();
         assert!(
-            !a.snapshot().bundle.certs().contains(old.signer.cert()),
+            !a.snapshot()
+                .bundle
+                .certs()
+                .contains(old.signer.as_ref().unwrap().cert()),
             "expired root removed"
         );
     }
@@ -627,14 +641,14 @@ mod tests {
         let s = a.snapshot();
         assert_eq!(s.bundle.certs(), std::slice::from_ref(&cert));
         assert_eq!(
-            s.signer.chain().len(),
+            s.signer.as_ref().unwrap().chain().len(),
             1,
             "SVID chains carry the intermediate"
         );
-        let first = s.signer.serial().to_owned();
+        let first = s.signer.as_ref().unwrap().serial().to_owned();
         clock.advance(Duration::from_secs(1900));
         a.tick().unwrap();
-        assert_ne!(a.snapshot().signer.serial(), first);
+        assert_ne!(a.snapshot().signer.as_ref().unwrap().serial(), first);
         assert_eq!(a.snapshot().bundle.certs(), std::slice::from_ref(&cert));
 
         // A key that matches no certificate is refused with the path named.

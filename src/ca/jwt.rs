@@ -91,7 +91,7 @@ mod tests {
         // Two max TTLs before rotation: the next key appears, not yet signing.
         assert!(s.tick(t0 + ttl - 2 * MAX_JWT_TTL).unwrap());
         let p = s.published();
-        assert_eq!(p.active.kid(), first);
+        assert_eq!(p.active.as_ref().unwrap().kid(), first);
         assert_eq!(p.published.len(), 2);
         let next = p.published[1].kid().to_owned();
         // Restart keeps the same keys.
@@ -100,7 +100,7 @@ mod tests {
         // At rotation the next key signs; the old one is still published.
         assert!(s.tick(t0 + ttl).unwrap());
         let p = s.published();
-        assert_eq!(p.active.kid(), next);
+        assert_eq!(p.active.as_ref().unwrap().kid(), next);
         assert!(p.published.iter().any(|k| k.kid() == first));
         // After every token of the old key has expired, it goes.
         assert!(

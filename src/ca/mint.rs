@@ -109,6 +109,28 @@ impl fmt::Debug for Signer {
 }
 
 impl X509Svid {
+    /// An SVID signed elsewhere (a SPIRE server): `chain` leaf first, the key made here.
+    pub fn from_parts(
+        spiffe_id: SpiffeId,
+        chain: Vec<CertificateDer<'static>>,
+        key_pkcs8: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, Error> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::BadCertificate("empty certificate chain".into()))?;
+        let (not_before, not_after, serial) = cert_facts(leaf)?;
+        let chain_der = chain.iter().flat_map(|c| c.iter().copied()).collect();
+        Ok(Self {
+            spiffe_id,
+            chain,
+            chain_der,
+            key_pkcs8,
+            serial,
+            not_before,
+            not_after,
+        })
+    }
+
     /// The private key, unencrypted PKCS#8 DER (X5-7).
     pub fn key_pkcs8_der(&self) -> &[u8] {
         &self.key_pkcs8

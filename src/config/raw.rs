@@ -89,6 +89,24 @@ pub struct RawAuthority {
     pub key_path: Option<PathBuf>,
     pub intermediate_ttl: Option<String>,
     pub jwt_key_ttl: Option<String>,
+    // mode = "spire"
+    pub server_address: Option<String>,
+    pub server_id: Option<String>,
+    pub trust_bundle_path: Option<PathBuf>,
+    pub insecure_bootstrap: Option<bool>,
+    pub join_token: Option<Redacted>,
+    pub sync_interval: Option<String>,
+}
+
+/// A secret read from the file (a join token): never shown by `Debug`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -142,13 +142,14 @@ pub(super) fn validate(
         "disable the cache",
     );
 
-    let authority = authority(&mut errs, &raw);
+    let authority = authority(&mut errs, &raw, trust_domain.as_ref());
     let signer_ttl = match &authority {
         Some(AuthorityConfig::SelfSigned { ca_ttl }) => Some(*ca_ttl / 4),
         Some(AuthorityConfig::Upstream {
             intermediate_ttl, ..
         }) => Some(*intermediate_ttl / 2),
-        None => None,
+        // The server caps lifetimes itself (its ca_ttl and default_x509_svid_ttl).
+        Some(AuthorityConfig::Spire(_)) | None => None,
     };
     let check_against_ca = |errs: &mut Collector, field: &str, ttl: Duration| {
         if let Some(limit) = signer_ttl

@@ -190,13 +190,25 @@ impl JwtCache {
         }
         let cache = self.clone();
         tokio::spawn(async move {
-            let key = cache.shared.ca.borrow().jwt.active.clone();
+            let (key, remote) = {
+                let ca = cache.shared.ca.borrow();
+                (ca.jwt.active.clone(), ca.remote.clone())
+            };
             let now = cache.shared.clock.now();
             let r = req.clone();
-            let signed = tokio::task::spawn_blocking(move || {
-                key.sign(&r.spiffe_id, &r.audiences, now, r.ttl)
-            })
-            .await;
+            let signed = match (remote, key) {
+                // A SPIRE server signs: one RPC, on this task.
+                (Some(remote), _) => Ok(remote.jwt(r.spiffe_id, r.audiences).await),
+                (None, Some(key)) => {
+                    tokio::task::spawn_blocking(move || {
+                        key.sign(&r.spiffe_id, &r.audiences, now, r.ttl)
+                    })
+                    .await
+                }
+                (None, None) => Ok(Err(crate::ca::Error::Server(
+                    "no JWT signing key is available".into(),
+                ))),
+            };
             let outcome = match signed {
                 Ok(Ok(s)) => {
                     cache.shared.signed.fetch_add(1, Ordering::Relaxed);

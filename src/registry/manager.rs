@@ -25,6 +25,10 @@ pub enum Error {
     Declared(String),
     #[error("an entry for {spiffe_id} with the same selectors exists already: {id}")]
     Duplicate { spiffe_id: String, id: String },
+    #[error(
+        "entries are managed on the SPIRE server in authority mode \"spire\"; use spire-server entry create/update/delete (or spire-controller-manager) instead"
+    )]
+    ServerManaged,
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -44,6 +48,9 @@ struct Inner {
     federation: Arc<BTreeMap<TrustDomain, FederatedBundle>>,
     default_x509_ttl: Duration,
     default_jwt_ttl: Duration,
+    /// Entries and federated bundles come from a SPIRE server; local writes are refused and
+    /// locally managed entries do not apply.
+    server: bool,
 }
 
 /// What the config file contributes to the policy.
@@ -70,6 +77,7 @@ impl Registry {
             federation: Arc::new(declared.federation),
             default_x509_ttl: declared.default_x509_ttl,
             default_jwt_ttl: declared.default_jwt_ttl,
+            server: false,
         };
         let (tx, _) = watch::channel(Arc::new(inner.policy()));
         Ok(Self {
@@ -89,12 +97,47 @@ impl Registry {
             return;
         };
         inner.trust_domain = declared.trust_domain;
-        inner.declared = declared.entries;
-        inner.templates = Arc::new(declared.templates);
-        inner.federation = Arc::new(declared.federation);
+        // In server mode the file has no entries, templates or federation (validation refuses
+        // them): keep what the server sent.
+        if !inner.server {
+            inner.declared = declared.entries;
+            inner.templates = Arc::new(declared.templates);
+            inner.federation = Arc::new(declared.federation);
+        }
         inner.default_x509_ttl = declared.default_x509_ttl;
         inner.default_jwt_ttl = declared.default_jwt_ttl;
         self.tx.send_replace(Arc::new(inner.policy()));
+    }
+
+    /// From now on, entries and federated bundles are the SPIRE server's: what was stored locally
+    /// stops applying and the admin API's entry writes are refused.
+    pub fn serve_from_server(&self) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.server = true;
+        inner.declared.clear();
+        inner.templates = Arc::new(Vec::new());
+        self.tx.send_replace(Arc::new(inner.policy()));
+    }
+
+    /// The SPIRE server's authorized entries and federated bundles replace the current ones;
+    /// published only if something changed.
+    pub fn set_server_state(
+        &self,
+        entries: Vec<Entry>,
+        federation: BTreeMap<TrustDomain, FederatedBundle>,
+    ) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        if inner.declared == entries && *inner.federation == federation {
+            return false;
+        }
+        inner.declared = entries;
+        inner.federation = Arc::new(federation);
+        self.tx.send_replace(Arc::new(inner.policy()));
+        true
     }
 
     /// Replaces the declared entries only (embedding, benchmarks).
@@ -109,6 +152,9 @@ impl Registry {
     /// Validates and stores a managed entry, then publishes. Durable when it returns.
     pub fn create(&self, spec: &RawEntry) -> Result<Entry, Error> {
         let mut inner = self.inner.lock().map_err(|_| poisoned())?;
+        if inner.server {
+            return Err(Error::ServerManaged);
+        }
         let mut entry = inner.validate(spec)?;
         entry.id = EntryId::managed();
         entry.origin = Origin::Managed;
@@ -166,7 +212,9 @@ fn poisoned() -> Error {
 impl Inner {
     fn policy(&self) -> Policy {
         let mut entries = self.declared.clone();
-        entries.extend(self.managed.iter().cloned());
+        if !self.server {
+            entries.extend(self.managed.iter().cloned());
+        }
         Policy {
             entries: Arc::new(entries),
             templates: self.templates.clone(),
@@ -183,6 +231,9 @@ impl Inner {
     }
 
     fn check_managed(&self, id: &str) -> Result<(), Error> {
+        if self.server {
+            return Err(Error::ServerManaged);
+        }
         if self.declared.iter().any(|e| e.id.as_str() == id) {
             return Err(Error::Declared(id.into()));
         }

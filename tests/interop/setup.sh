@@ -3,7 +3,9 @@
 #   python  a venv with PyPI `spiffe` (python/requirements.txt)
 #   go      tests/interop/go built with go-spiffe (modules cached under the target directory)
 #   java    tests/interop/java compiled with java-spiffe (Maven artifacts cached likewise)
-# usage: tests/interop/setup.sh [python|go|java]...   (none: all three)
+#   spire   spire-server and spire-agent v1.13.3 built from the Go module proxy into
+#           target/spire/bin (tests/spire_server.rs, benches/with-spire.sh)
+# usage: tests/interop/setup.sh [python|go|java|spire]...   (none: all four)
 # Idempotent: each part is redone only when its inputs changed. Output goes to $LANYARD_INTEROP_DIR
 # (default: target/interop). Exits non-zero, naming the step, when a part cannot be prepared.
 set -euo pipefail
@@ -42,11 +44,30 @@ java_part() {
     echo "$stamp" > "$out/java.stamp"
 }
 
+spire_version=v1.13.3
+spire_part() {
+    local bin="$root/target/spire/bin" build="$root/target/spire/build"
+    if [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ] \
+        && [ "$(cat "$bin/.version" 2>/dev/null)" = "$spire_version" ]; then
+        return 0
+    fi
+    export GOMODCACHE="$out/gomod" GOCACHE="$out/gocache" GOFLAGS="-modcacherw -mod=mod"
+    mkdir -p "$build" "$bin"
+    (
+        cd "$build"
+        [ -f go.mod ] || go mod init spirebuild >/dev/null 2>&1
+        go get -tool "github.com/spiffe/spire/cmd/spire-server@$spire_version"
+        go get -tool "github.com/spiffe/spire/cmd/spire-agent@$spire_version"
+        GOBIN="$bin" go install github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
+    )
+    echo "$spire_version" > "$bin/.version"
+}
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(python go java)
+[ ${#parts[@]} -gt 0 ] || parts=(python go java spire)
 for part in "${parts[@]}"; do
     case "$part" in
-        python | go | java) "${part}_part" || { echo "setup.sh: preparing the $part client failed" >&2; exit 1; } ;;
-        *) echo "setup.sh: unknown part '$part' (python, go or java)" >&2; exit 2 ;;
+        python | go | java | spire) "${part}_part" || { echo "setup.sh: preparing the $part client failed" >&2; exit 1; } ;;
+        *) echo "setup.sh: unknown part '$part' (python, go, java or spire)" >&2; exit 2 ;;
     esac
 done

@@ -13,7 +13,8 @@ pub struct JwtKey {
 
 /// The JWT side of the authority as published: who signs, and the trust domain's JWK Set.
 pub struct JwtKeys {
-    pub active: Arc<JwtKey>,
+    /// The key that signs here (`None` when a SPIRE server signs and only its public keys are known).
+    pub active: Option<Arc<JwtKey>>,
     /// Every published key: the active one, a prepared next one, retired ones still needed.
     pub published: Vec<Arc<JwtKey>>,
     jwks: Jwks,
@@ -142,13 +143,23 @@ impl fmt::Debug for JwtKey {
 }
 
 impl JwtKeys {
+    /// The trust domain's JWT bundle as a SPIRE server publishes it: public keys only, nothing signs
+    /// here.
+    pub fn public_only(jwks: Jwks) -> Self {
+        Self {
+            active: None,
+            published: Vec::new(),
+            jwks,
+        }
+    }
+
     pub(super) fn new(active: Arc<JwtKey>, published: Vec<Arc<JwtKey>>) -> Self {
         let keys: Vec<&serde_json::Value> = published.iter().map(|k| &k.jwk).collect();
         let json = serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap_or_default();
         // Our own keys always parse; an empty set would only make validation refuse.
         let jwks = Jwks::parse(&json, "own JWT bundle").unwrap_or_default();
         Self {
-            active,
+            active: Some(active),
             published,
             jwks,
         }
@@ -168,7 +179,7 @@ impl JwtKeys {
 impl fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtKeys")
-            .field("active", &self.active.kid)
+            .field("active", &self.active.as_ref().map(|k| k.kid.as_str()))
             .field(
                 "published",
                 &self

@@ -1,0 +1,722 @@
+//! lanyard as the agent of a real SPIRE server (v1.13.3, built from the Go module proxy by
+//! tests/interop/setup.sh): node attestation with join tokens, entries and SVIDs from the server,
+//! two nodes in one trust domain, outages, restarts, renewal, eviction, and SPIRE's own agent beside
+//! lanyard on the same server. Every lanyard agent here is a separate `lanyard agent` process.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lanyard::proto::{X509svidRequest, X509svidResponse};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio_stream::StreamExt as _;
+
+const TD: &str = "example.org";
+
+/// The SPIRE binaries, built (once) by setup.sh; `None` after a SKIPPED line outside CI.
+fn spire_bin(test: &str) -> Option<PathBuf> {
+    if !prepare("spire", &["go"], test) {
+        return None;
+    }
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/spire/bin"))
+}
+
+/// A real `spire-server` on loopback: SQLite datastore, disk key manager (keys survive a restart),
+/// join_token node attestation.
+struct SpireServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: KillOnDrop,
+}
+
+impl SpireServer {
+    fn start(bin: &Path, agent_ttl: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("server.conf"),
+            format!(
+                r#"server {{
+  bind_address = "127.0.0.1"
+  bind_port = "{port}"
+  socket_path = "{d}/server.sock"
+  trust_domain = "{TD}"
+  data_dir = "{d}/data"
+  log_level = "INFO"
+  agent_ttl = "{agent_ttl}"
+  default_x509_svid_ttl = "10m"
+  experimental {{ cache_reload_interval = "500ms" }}
+}}
+plugins {{
+  DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connection_string = "{d}/data/datastore.sqlite3" }} }}
+  NodeAttestor "join_token" {{ plugin_data {{}} }}
+  KeyManager "disk" {{ plugin_data {{ keys_path = "{d}/data/keys.json" }} }}
+}}
+"#
+            ),
+        )
+        .unwrap();
+        let mut server = Self {
+            bin: bin.to_owned(),
+            dir,
+            port,
+            child: KillOnDrop(None),
+        };
+        server.run();
+        server
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = Command::new(self.bin.join("spire-server"))
+            .args(["run", "-config"])
+            .arg(self.dir.path().join("server.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = KillOnDrop(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.try_cmd(&["healthcheck"]).is_ok_and(|_| true) {
+            assert!(
+                Instant::now() < deadline,
+                "spire-server did not become healthy: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.child = KillOnDrop(None);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(self.bin.join("spire-server"))
+            .args(args)
+            .arg("-socketPath")
+            .arg(self.dir.path().join("server.sock"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "spire-server {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A join token for the node `spiffe://example.org/<node>`.
+    fn token(&self, node: &str) -> String {
+        let out = self.cmd(&[
+            "token",
+            "generate",
+            "-spiffeID",
+            &format!("spiffe://{TD}/{node}"),
+        ]);
+        out.split_whitespace().nth(1).unwrap().to_owned()
+    }
+
+    /// Creates an entry for workloads of uid `uid` under `parent`; returns its ID.
+    fn entry(&self, parent: &str, id: &str, uid: u32, extra: &[&str]) -> String {
+        let mut args = vec![
+            "entry".to_owned(),
+            "create".into(),
+            "-parentID".into(),
+            format!("spiffe://{TD}/{parent}"),
+            "-spiffeID".into(),
+            format!("spiffe://{TD}/{id}"),
+            "-selector".into(),
+            format!("unix:uid:{uid}"),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.cmd(&args);
+        out.lines()
+            .find_map(|l| l.strip_prefix("Entry ID"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| panic!("no entry ID in {out}"))
+    }
+
+    /// The trust domain's X.509 authorities, DER.
+    fn bundle(&self) -> Vec<CertificateDer<'static>> {
+        use rustls_pki_types::pem::PemObject;
+        let pem = self.cmd(&["bundle", "show"]);
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    fn bundle_path(&self) -> PathBuf {
+        let path = self.dir.path().join("bundle.pem");
+        std::fs::write(&path, self.cmd(&["bundle", "show"])).unwrap();
+        path
+    }
+}
+
+/// A `lanyard agent` process in mode "spire": one "node".
+struct Node {
+    dir: tempfile::TempDir,
+    health: u16,
+    child: KillOnDrop,
+}
+
+impl Node {
+    fn start(server: &SpireServer, token: &str, extra: &str) -> Self {
+        let dir = open_tempdir();
+        let health = free_port();
+        let text = format!(
+            "trust_domain = \"{TD}\"\nsocket_path = \"{d}/workload.sock\"\nadmin_socket_path = \"{d}/admin/admin.sock\"\ndata_dir = \"{d}/data\"\nhealth = {{ address = \"127.0.0.1:{health}\" }}\n[authority]\nmode = \"spire\"\nserver_address = \"{addr}\"\ntrust_bundle_path = \"{bundle}\"\njoin_token = \"{token}\"\nsync_interval = \"200ms\"\n{extra}",
+            d = dir.path().display(),
+            addr = server.address(),
+            bundle = server.bundle_path().display(),
+        );
+        std::fs::write(dir.path().join("agent.toml"), text).unwrap();
+        let mut node = Self {
+            dir,
+            health,
+            child: KillOnDrop(None),
+        };
+        node.run();
+        node
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(lanyard_bin())
+            .args(["agent", "--config"])
+            .arg(self.dir.path().join("agent.toml"))
+            .env("RUST_LOG", "info,lanyard::spire=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = KillOnDrop(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ready().is_none() {
+            if let Some(Ok(Some(status))) = self.child.0.as_mut().map(std::process::Child::try_wait)
+            {
+                panic!("lanyard agent exited ({status}): {}", self.log());
+            }
+            assert!(Instant::now() < deadline, "agent not ready: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.child = KillOnDrop(None);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("workload.sock")
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// `/ready`'s body if it answers 200.
+    fn ready(&self) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{}/ready", self.health)])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The agent's SPIFFE ID and serial from its persisted SVID.
+    fn agent_svid(&self) -> (String, String) {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(self.dir.path().join("data/spire/agent.pem")).unwrap();
+        let leaf = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        let id = lanyard::encoding::uri_sans(&leaf).unwrap().remove(0);
+        let (_, serial) = serial_of(&leaf);
+        (id, serial)
+    }
+}
+
+fn serial_of(der: &[u8]) -> (String, String) {
+    let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+    let id = lanyard::encoding::uri_sans(der).unwrap().join(",");
+    (id, lanyard::encoding::hex(c.raw_serial()))
+}
+
+/// The IDs root's processes get from the agent at `endpoint`, or the error.
+fn ids_of(endpoint: &str) -> Result<Vec<String>, String> {
+    let out = fetch_as(0, 0, endpoint);
+    if out.status.success() {
+        Ok(ids_in(&out))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+async fn x509_stream(socket: &Path) -> tonic::Streaming<X509svidResponse> {
+    let mut client = lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        raw_channel(socket).await,
+    );
+    client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn chain_of(svid: &lanyard::proto::X509svid) -> Vec<CertificateDer<'static>> {
+    lanyard::encoding::split_der(&svid.x509_svid).unwrap()
+}
+
+/// The chain validates to `roots` for client and server use (X5-10).
+fn assert_chains_to(chain: &[CertificateDer<'static>], roots: &[CertificateDer<'static>]) {
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|c| webpki::anchor_from_trusted_cert(c).unwrap())
+        .collect();
+    let ee = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &chain[1..],
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .expect("the SVID chains to the SPIRE server's bundle");
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two lanyard nodes join one SPIRE server with their own tokens; each serves only the entries
+/// parented to it, signed by the server; workloads on the two nodes complete mutual TLS; an entry
+/// created or deleted on the server reaches an open stream within the sync interval; local entry
+/// management is refused; SPIRE's own agent on the same server serves the same identity the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_one_trust_domain() {
+    let test = "two_nodes_one_trust_domain";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = spire_bin(test) else {
+        return;
+    };
+    let server = SpireServer::start(&bin, "1h");
+    server.entry("node-a", "web", 0, &[]);
+    server.entry("node-b", "db", 0, &[]);
+    let a = Node::start(&server, &server.token("node-a"), "");
+    let b = Node::start(&server, &server.token("node-b"), "");
+
+    // Each node: only its own entries (the other node's entry has the same selector). The server
+    // serves new entries from its cache, reloaded every 500 ms here (SPIRE's default: 5 s).
+    wait_for("node A's entry", 20, || ids_of(&a.endpoint()).is_ok()).await;
+    wait_for("node B's entry", 20, || ids_of(&b.endpoint()).is_ok()).await;
+    assert_eq!(
+        ids_of(&a.endpoint()).unwrap(),
+        [format!("spiffe://{TD}/web")]
+    );
+    assert_eq!(
+        ids_of(&b.endpoint()).unwrap(),
+        [format!("spiffe://{TD}/db")]
+    );
+
+    // Signed by the server: the chain validates to the server's bundle, which is what is served.
+    let roots = server.bundle();
+    let mut stream = x509_stream(&a.socket()).await;
+    let first = next_within(&mut stream, 10).await;
+    assert_eq!(first.svids.len(), 1);
+    assert_chains_to(&chain_of(&first.svids[0]), &roots);
+    let served = lanyard::encoding::split_der(&first.svids[0].bundle).unwrap();
+    assert_eq!(served, roots, "the bundle served is the server's");
+
+    // mTLS between a workload on node A and one on node B (examples/mtls_peer.rs).
+    let peer = mtls_peer_bin();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _server_peer = KillOnDrop(Some(
+        Command::new(&peer)
+            .args(["server", &addr, &format!("spiffe://{TD}/db")])
+            .env("SPIFFE_ENDPOINT_SOCKET", a.endpoint())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut client_ok = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let out = Command::new(&peer)
+            .args(["client", &addr, &format!("spiffe://{TD}/web")])
+            .env("SPIFFE_ENDPOINT_SOCKET", b.endpoint())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            client_ok = Some(String::from_utf8_lossy(&out.stdout).into_owned());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answer = client_ok.expect("mTLS between node A's web and node B's db");
+    assert!(answer.contains("pong"), "{answer}");
+
+    // An entry created on the server reaches the open stream within the interval (200 ms here;
+    // the test allows 5 s for a loaded machine); deleted, it leaves it.
+    let t0 = Instant::now();
+    let api = server.entry("node-a", "api", 0, &[]);
+    let update = next_within(&mut stream, 5).await;
+    let mut ids: Vec<_> = update.svids.iter().map(|s| s.spiffe_id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [format!("spiffe://{TD}/api"), format!("spiffe://{TD}/web")]
+    );
+    eprintln!("entry create -> open stream: {:?}", t0.elapsed());
+    server.cmd(&["entry", "delete", "-entryID", &api]);
+    let update = next_within(&mut stream, 5).await;
+    assert_eq!(update.svids.len(), 1);
+    assert_eq!(update.svids[0].spiffe_id, format!("spiffe://{TD}/web"));
+
+    // Node B's entry is never served on node A, even asked for by name through JWT.
+    let mut client = lanyard::client::connect(&a.endpoint()).await.unwrap();
+    let denied = client
+        .fetch_jwtsvid(lanyard::proto::JwtsvidRequest {
+            audience: vec!["x".into()],
+            spiffe_id: format!("spiffe://{TD}/db"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    // JWT-SVIDs come from the server (NewJWTSVID) and validate against the served JWT bundle.
+    let jwt = client
+        .fetch_jwtsvid(lanyard::proto::JwtsvidRequest {
+            audience: vec!["audience-1".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwt.svids[0].spiffe_id, format!("spiffe://{TD}/web"));
+    let valid = client
+        .validate_jwtsvid(lanyard::proto::ValidateJwtsvidRequest {
+            audience: "audience-1".into(),
+            svid: jwt.svids[0].svid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(valid.spiffe_id, format!("spiffe://{TD}/web"));
+
+    // Entries are the server's: the admin API refuses local writes and says where to go.
+    let out = Command::new(lanyard_bin())
+        .args(["entry", "create", "--admin-socket"])
+        .arg(a.dir.path().join("admin/admin.sock"))
+        .args([
+            "--spiffe-id",
+            &format!("spiffe://{TD}/local"),
+            "--selector",
+            "unix:uid:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SPIRE server") && err.contains("spire-server entry create"),
+        "{err}"
+    );
+
+    // SPIRE's own agent, on the same server, serving the same ID under its own node.
+    server.entry("node-c", "web", 0, &[]);
+    let spire_agent = SpireAgentProc::start(&bin, &server, &server.token("node-c"));
+    let theirs = spire_agent.first_x509().await;
+    let ours = first;
+    let (their_svid, our_svid) = (&theirs.svids[0], &ours.svids[0]);
+    assert_eq!(their_svid.spiffe_id, our_svid.spiffe_id, "same SPIFFE ID");
+    let (their_chain, our_chain) = (chain_of(their_svid), chain_of(our_svid));
+    assert_eq!(their_chain.len(), our_chain.len(), "same chain shape");
+    assert_eq!(
+        lanyard::encoding::split_der(&their_svid.bundle).unwrap(),
+        lanyard::encoding::split_der(&our_svid.bundle).unwrap(),
+        "same bundle"
+    );
+    assert_chains_to(&their_chain, &roots);
+    let (their_id, their_serial) = serial_of(&their_chain[0]);
+    let (our_id, our_serial) = serial_of(&our_chain[0]);
+    assert_eq!(their_id, our_id);
+    // Different keys and serials: each agent generates its own key per SVID.
+    assert_ne!(their_serial, our_serial);
+    assert_ne!(their_svid.x509_svid_key, our_svid.x509_svid_key);
+}
+
+/// The server goes away and comes back; lanyard restarts without attesting again; its agent SVID
+/// is renewed; evicted, it stops serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn outages_restarts_renewal_and_eviction() {
+    let test = "outages_restarts_renewal_and_eviction";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = spire_bin(test) else {
+        return;
+    };
+    // Agent SVIDs of 20 s: renewed at half life, within the test.
+    let mut server = SpireServer::start(&bin, "20s");
+    // SVIDs of 20 s: rotated every ~10 s.
+    server.entry("node-a", "web", 0, &["-x509SVIDTTL", "20"]);
+    let token = server.token("node-a");
+    let mut a = Node::start(&server, &token, "");
+    wait_for("node A's entry", 20, || ids_of(&a.endpoint()).is_ok()).await;
+    let mut stream = x509_stream(&a.socket()).await;
+    let first = next_within(&mut stream, 10).await;
+    let (_, first_serial) = serial_of(&chain_of(&first.svids[0])[0]);
+
+    // Server down: cached SVIDs are still served; /ready stays ready and says why.
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        ids_of(&a.endpoint()).unwrap(),
+        [format!("spiffe://{TD}/web")]
+    );
+    let ready = a.ready().expect("ready while cached SVIDs are valid");
+    assert!(ready.contains("SPIRE server unreachable since"), "{ready}");
+    // Back: rotation resumes (a new SVID on the open stream, from the server).
+    server.run();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let msg = next_within(&mut stream, 40).await;
+        let (_, serial) = serial_of(&chain_of(&msg.svids[0])[0]);
+        if serial != first_serial {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation after the server came back"
+        );
+    }
+    wait_for("ready without the outage note", 10, || {
+        a.ready().is_some_and(|r| r == "ready\n")
+    })
+    .await;
+
+    eprintln!("rotation resumed after the outage");
+    // Restart: the persisted agent SVID is used; the (single-use, spent) token is not needed.
+    let (agent_id, agent_serial) = a.agent_svid();
+    a.stop();
+    a.run();
+    assert_eq!(
+        ids_of(&a.endpoint()).unwrap(),
+        [format!("spiffe://{TD}/web")]
+    );
+    assert!(
+        a.log().contains("resuming with the persisted agent SVID"),
+        "{}",
+        a.log()
+    );
+    assert_eq!(a.agent_svid().0, agent_id, "same agent, not attested again");
+
+    // Renewal at half life (10 s of 20 s).
+    wait_for("agent SVID renewal", 30, || {
+        a.agent_svid().1 != agent_serial
+    })
+    .await;
+    assert_eq!(a.agent_svid().0, agent_id);
+    assert!(a.log().contains("agent SVID renewed"));
+
+    eprintln!("agent SVID renewed: {agent_serial} -> {}", a.agent_svid().1);
+    // Evicted: no more identities; /ready says the server refuses the node.
+    server.cmd(&["agent", "evict", "-spiffeID", &agent_id]);
+    wait_for("eviction to take effect", 20, || {
+        ids_of(&a.endpoint()).is_err()
+    })
+    .await;
+    let err = ids_of(&a.endpoint()).unwrap_err();
+    assert!(
+        err.contains("no identity")
+            || err.contains("PermissionDenied")
+            || err.contains("permission"),
+        "{err}"
+    );
+    assert!(
+        a.ready().is_none(),
+        "not ready once the server refuses the node"
+    );
+    eprintln!("evicted: {err}");
+    drop(stream);
+    server.stop();
+}
+
+/// Local entries, templates and federation are refused in mode "spire" with a message that says
+/// where entries are managed; a missing token or bundle is named.
+#[test]
+fn spire_mode_config_is_checked() {
+    let base = "[authority]\nmode = \"spire\"\nserver_address = \"spire-server:8081\"\n";
+    let err = lanyard::config::Config::from_toml(&format!(
+        "{base}trust_bundle_path = \"/b.pem\"\njoin_token = \"t\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/x\"\nselectors = [\"unix:uid:1\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("entry") && err.contains("spire-server entry create"),
+        "{err}"
+    );
+    let err = lanyard::config::Config::from_toml(base)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("authority.join_token"), "{err}");
+    assert!(err.contains("authority.trust_bundle_path"), "{err}");
+    let err = lanyard::config::Config::from_toml(&format!(
+        "{base}insecure_bootstrap = true\njoin_token = \"t\"\nca_ttl = \"1h\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("authority.ca_ttl") && err.contains("keeps the keys"),
+        "{err}"
+    );
+    let err = lanyard::config::Config::from_toml(
+        "[authority]\nmode = \"spire\"\nserver_address = \"nohost\"\ninsecure_bootstrap = true\njoin_token = \"t\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("\"nohost\" is not host:port"), "{err}");
+    let ok = lanyard::config::Config::from_toml(&format!(
+        "{base}insecure_bootstrap = true\njoin_token = \"secret-token\"\n"
+    ))
+    .unwrap();
+    assert!(
+        !format!("{ok:?}").contains("secret-token"),
+        "the token is never shown"
+    );
+}
+
+/// SPIRE's own agent (unix workload attestor) joined to the same server.
+struct SpireAgentProc {
+    dir: tempfile::TempDir,
+    _child: KillOnDrop,
+}
+
+impl SpireAgentProc {
+    fn start(bin: &Path, server: &SpireServer, token: &str) -> Self {
+        let dir = open_tempdir();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("agent.conf"),
+            format!(
+                r#"agent {{
+  data_dir = "{d}/data"
+  log_level = "WARN"
+  server_address = "127.0.0.1"
+  server_port = "{port}"
+  socket_path = "{d}/agent.sock"
+  trust_domain = "{TD}"
+  trust_bundle_path = "{bundle}"
+}}
+plugins {{
+  NodeAttestor "join_token" {{ plugin_data {{}} }}
+  KeyManager "memory" {{ plugin_data {{}} }}
+  WorkloadAttestor "unix" {{ plugin_data {{}} }}
+}}
+"#,
+                port = server.port,
+                bundle = server.bundle_path().display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin.join("spire-agent"))
+            .args(["run", "-config"])
+            .arg(dir.path().join("agent.conf"))
+            .args(["-joinToken", token])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            dir,
+            _child: KillOnDrop(Some(child)),
+        }
+    }
+
+    async fn first_x509(&self) -> X509svidResponse {
+        let socket = self.dir.path().join("agent.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if socket.exists() {
+                let mut client =
+                    lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+                        raw_channel(&socket).await,
+                    );
+                // "no identity issued" until the server's entry cache has the new entry.
+                if let Ok(stream) = client.fetch_x509svid(with_header(X509svidRequest {})).await {
+                    let mut stream = stream.into_inner();
+                    if let Ok(Some(Ok(msg))) =
+                        tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+                        && !msg.svids.is_empty()
+                    {
+                        return msg;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "spire-agent served no SVID");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// The example workload binary (built by `cargo test` with the other examples).
+fn mtls_peer_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/mtls_peer")
+}
