@@ -64,12 +64,50 @@ pub struct SpireConfig {
 pub enum NodeAttestation {
     /// A single-use token made with `spire-server token generate`.
     JoinToken(String),
+    /// Proof of possession of a certificate's key (`x509pop`): the chain, leaf first, and the key
+    /// (PEM; PKCS#8, SEC1 or PKCS#1).
+    X509Pop {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+    },
+    /// A projected service account token (`k8s_psat`), read afresh at each attestation.
+    K8sPsat {
+        cluster: String,
+        token_path: PathBuf,
+    },
+}
+
+impl NodeAttestation {
+    /// SPIRE's name of the attestor.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeAttestation::JoinToken(_) => "join_token",
+            NodeAttestation::X509Pop { .. } => "x509pop",
+            NodeAttestation::K8sPsat { .. } => "k8s_psat",
+        }
+    }
 }
 
 impl fmt::Debug for NodeAttestation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeAttestation::JoinToken(_) => f.write_str("JoinToken([redacted])"),
+            NodeAttestation::X509Pop {
+                cert_path,
+                key_path,
+            } => f
+                .debug_struct("X509Pop")
+                .field("cert_path", cert_path)
+                .field("key_path", key_path)
+                .finish(),
+            NodeAttestation::K8sPsat {
+                cluster,
+                token_path,
+            } => f
+                .debug_struct("K8sPsat")
+                .field("cluster", cluster)
+                .field("token_path", token_path)
+                .finish(),
         }
     }
 }

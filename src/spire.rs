@@ -469,6 +469,10 @@ impl Spire {
                     } else {
                         tracing::debug!(error = %e, failures, "SPIRE server sync failed again");
                     }
+                    if e.node_refused() && self.reattest().await {
+                        failures = 0;
+                        continue;
+                    }
                     if e.node_refused() {
                         // Evicted or banned: nothing the server authorized before still holds.
                         if self.registry.set_server_state(Vec::new(), BTreeMap::new()) {
@@ -483,6 +487,35 @@ impl Spire {
                         s.refused = e.node_refused();
                     }
                 }
+            }
+        }
+    }
+
+    /// Attests again after the server refused this node, where the attestor allows it (x509pop and
+    /// k8s_psat prove the node afresh; a join token is spent). True on success.
+    async fn reattest(&mut self) -> bool {
+        if matches!(
+            self.config.attestation,
+            crate::ca::NodeAttestation::JoinToken(_)
+        ) {
+            return false;
+        }
+        match node::attest(&self.config, self.trust()).await {
+            Ok((svid, bundle)) => {
+                tracing::info!(agent_id = %svid.id, "node attested again after the server refused it");
+                if bundle != self.bundle {
+                    self.bundle = bundle;
+                    let _ = self.files.save_bundle(&self.bundle);
+                }
+                if let Err(e) = self.adopt_agent_svid(svid) {
+                    tracing::warn!(error = %e, "new agent SVID not usable");
+                    return false;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "attesting again failed");
+                false
             }
         }
     }

@@ -36,6 +36,7 @@ struct SpireServer {
 impl SpireServer {
     fn start(bin: &Path, agent_ttl: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        pop_ca(&dir.path().join("pop"));
         let port = free_port();
         let d = dir.path().display();
         std::fs::write(
@@ -55,6 +56,7 @@ impl SpireServer {
 plugins {{
   DataStore "sql" {{ plugin_data {{ database_type = "sqlite3" connection_string = "{d}/data/datastore.sqlite3" }} }}
   NodeAttestor "join_token" {{ plugin_data {{}} }}
+  NodeAttestor "x509pop" {{ plugin_data {{ ca_bundle_path = "{d}/pop/ca.pem" }} }}
   KeyManager "disk" {{ plugin_data {{ keys_path = "{d}/data/keys.json" }} }}
 }}
 "#
@@ -186,6 +188,46 @@ plugins {{
     }
 }
 
+/// An x509pop CA (`<dir>/ca.pem`) and two node certificates signed by it: `ec` (P-256, SEC1 key)
+/// and `rsa` (RSA-2048, PKCS#8 key), each `<name>.pem` and `<name>.key` (0600).
+fn pop_ca(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = r#"set -e
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -subj /CN=pop-ca -days 2 -out ca.pem \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+printf 'keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' > leaf.ext
+openssl ecparam -name prime256v1 -genkey -noout -out ec.key 2>/dev/null
+openssl genrsa -out rsa.key 2048 2>/dev/null
+for n in ec rsa; do
+  openssl req -new -key $n.key -subj /CN=node-$n -out $n.csr 2>/dev/null
+  openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out $n.pem 2>/dev/null
+  chmod 600 $n.key
+done
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SPIRE's x509pop agent ID for a node certificate: its SHA-1 fingerprint.
+fn pop_agent_id(cert_pem: &Path) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(cert_pem).unwrap();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
+    format!(
+        "spiffe://{TD}/spire/agent/x509pop/{}",
+        lanyard::encoding::hex(digest.as_ref())
+    )
+}
+
 /// A `lanyard agent` process in mode "spire": one "node".
 struct Node {
     dir: tempfile::TempDir,
@@ -195,10 +237,15 @@ struct Node {
 
 impl Node {
     fn start(server: &SpireServer, token: &str, extra: &str) -> Self {
+        let attestor = format!("join_token = \"{token}\"");
+        Self::start_with(server, &attestor, extra)
+    }
+
+    fn start_with(server: &SpireServer, attestor: &str, extra: &str) -> Self {
         let dir = open_tempdir();
         let health = free_port();
         let text = format!(
-            "trust_domain = \"{TD}\"\nsocket_path = \"{d}/workload.sock\"\nadmin_socket_path = \"{d}/admin/admin.sock\"\ndata_dir = \"{d}/data\"\nhealth = {{ address = \"127.0.0.1:{health}\" }}\n[authority]\nmode = \"spire\"\nserver_address = \"{addr}\"\ntrust_bundle_path = \"{bundle}\"\njoin_token = \"{token}\"\nsync_interval = \"200ms\"\n{extra}",
+            "trust_domain = \"{TD}\"\nsocket_path = \"{d}/workload.sock\"\nadmin_socket_path = \"{d}/admin/admin.sock\"\ndata_dir = \"{d}/data\"\nhealth = {{ address = \"127.0.0.1:{health}\" }}\n[authority]\nmode = \"spire\"\nserver_address = \"{addr}\"\ntrust_bundle_path = \"{bundle}\"\n{attestor}\nsync_interval = \"200ms\"\n{extra}",
             d = dir.path().display(),
             addr = server.address(),
             bundle = server.bundle_path().display(),
@@ -719,4 +766,60 @@ fn mtls_peer_bin() -> PathBuf {
         .parent()
         .unwrap()
         .join("examples/mtls_peer")
+}
+
+/// x509pop: nodes with an EC and an RSA certificate prove possession of their keys to the real
+/// server's challenge, get the entries parented to their fingerprint IDs, and — unlike a spent join
+/// token — attest again by themselves after an eviction.
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_nodes_attest_and_reattest_after_eviction() {
+    let test = "x509pop_nodes_attest_and_reattest_after_eviction";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = spire_bin(test) else {
+        return;
+    };
+    let server = SpireServer::start(&bin, "1h");
+    let pop = server.dir.path().join("pop");
+    let mut nodes = Vec::new();
+    for kind in ["ec", "rsa"] {
+        let agent_id = pop_agent_id(&pop.join(format!("{kind}.pem")));
+        let parent = agent_id.strip_prefix(&format!("spiffe://{TD}/")).unwrap();
+        server.entry(parent, &format!("pop-{kind}"), 0, &[]);
+        let attestor = format!(
+            "x509pop_cert_path = \"{}\"\nx509pop_key_path = \"{}\"",
+            pop.join(format!("{kind}.pem")).display(),
+            pop.join(format!("{kind}.key")).display()
+        );
+        let node = Node::start_with(&server, &attestor, "");
+        assert_eq!(
+            node.agent_svid().0,
+            agent_id,
+            "{kind}: the x509pop agent ID"
+        );
+        wait_for("the x509pop node's entry", 20, || {
+            ids_of(&node.endpoint()).is_ok()
+        })
+        .await;
+        assert_eq!(
+            ids_of(&node.endpoint()).unwrap(),
+            [format!("spiffe://{TD}/pop-{kind}")]
+        );
+        nodes.push((node, agent_id));
+    }
+    // Evicted, the EC node attests again on its own and keeps serving its workloads.
+    let (node, agent_id) = &nodes[0];
+    let (_, serial) = node.agent_svid();
+    server.cmd(&["agent", "evict", "-spiffeID", agent_id]);
+    wait_for("attestation after the eviction", 30, || {
+        node.agent_svid().1 != serial
+    })
+    .await;
+    assert!(node.log().contains("node attested again"), "{}", node.log());
+    wait_for("the entry again", 20, || ids_of(&node.endpoint()).is_ok()).await;
+    assert_eq!(
+        ids_of(&node.endpoint()).unwrap(),
+        [format!("spiffe://{TD}/pop-ec")]
+    );
 }

@@ -28,6 +28,13 @@ pub(super) fn authority(
                 "authority.insecure_bootstrap",
             ),
             (a.join_token.is_some(), "authority.join_token"),
+            (a.x509pop_cert_path.is_some(), "authority.x509pop_cert_path"),
+            (a.x509pop_key_path.is_some(), "authority.x509pop_key_path"),
+            (a.k8s_psat_cluster.is_some(), "authority.k8s_psat_cluster"),
+            (
+                a.k8s_psat_token_path.is_some(),
+                "authority.k8s_psat_token_path",
+            ),
             (a.sync_interval.is_some(), "authority.sync_interval"),
         ] {
             if set {
@@ -197,25 +204,7 @@ fn spire(
         ),
         _ => {}
     }
-    let attestation = match a.join_token.as_ref() {
-        Some(t) if !t.0.trim().is_empty() => {
-            Some(NodeAttestation::JoinToken(t.0.trim().to_owned()))
-        }
-        Some(_) => {
-            errs.push(
-                "authority.join_token",
-                "is empty; paste the token from spire-server token generate",
-            );
-            None
-        }
-        None => {
-            errs.push(
-                "authority.join_token",
-                "no node attestation configured; set join_token (made with spire-server token generate -spiffeID spiffe://<td>/<node>)",
-            );
-            None
-        }
-    };
+    let attestation = node_attestation(errs, a);
     let sync_interval = duration(
         errs,
         "authority.sync_interval",
@@ -239,4 +228,70 @@ fn spire(
         attestation: attestation?,
         sync_interval,
     }))
+}
+
+/// Default path of the projected service account token for `k8s_psat` (as SPIRE's agent uses).
+const DEFAULT_PSAT_TOKEN_PATH: &str = "/var/run/secrets/tokens/spire-agent";
+
+/// Exactly one node attestor: `join_token`, `x509pop_*` or `k8s_psat_*`.
+fn node_attestation(errs: &mut Collector, a: &super::raw::RawAuthority) -> Option<NodeAttestation> {
+    let x509pop = a.x509pop_cert_path.is_some() || a.x509pop_key_path.is_some();
+    let psat = a.k8s_psat_cluster.is_some() || a.k8s_psat_token_path.is_some();
+    let chosen = usize::from(a.join_token.is_some()) + usize::from(x509pop) + usize::from(psat);
+    if chosen == 0 {
+        errs.push(
+            "authority.join_token",
+            "no node attestation configured; set join_token (spire-server token generate), x509pop_cert_path and x509pop_key_path, or k8s_psat_cluster",
+        );
+        return None;
+    }
+    if chosen > 1 {
+        errs.push(
+            "authority",
+            "more than one node attestor configured (join_token, x509pop_*, k8s_psat_*); keep one",
+        );
+        return None;
+    }
+    if let Some(t) = &a.join_token {
+        if t.0.trim().is_empty() {
+            errs.push(
+                "authority.join_token",
+                "is empty; paste the token from spire-server token generate",
+            );
+            return None;
+        }
+        return Some(NodeAttestation::JoinToken(t.0.trim().to_owned()));
+    }
+    if x509pop {
+        let (Some(cert), Some(key)) = (&a.x509pop_cert_path, &a.x509pop_key_path) else {
+            let missing = if a.x509pop_cert_path.is_none() {
+                "authority.x509pop_cert_path"
+            } else {
+                "authority.x509pop_key_path"
+            };
+            errs.push(
+                missing,
+                "missing; x509pop needs the node certificate (PEM chain, leaf first) and its private key",
+            );
+            return None;
+        };
+        return Some(NodeAttestation::X509Pop {
+            cert_path: cert.clone(),
+            key_path: key.clone(),
+        });
+    }
+    let Some(cluster) = a.k8s_psat_cluster.clone().filter(|c| !c.is_empty()) else {
+        errs.push(
+            "authority.k8s_psat_cluster",
+            "missing; set the cluster name the server's k8s_psat attestor knows",
+        );
+        return None;
+    };
+    Some(NodeAttestation::K8sPsat {
+        cluster,
+        token_path: a
+            .k8s_psat_token_path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PSAT_TOKEN_PATH.into()),
+    })
 }

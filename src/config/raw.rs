@@ -95,6 +95,10 @@ pub struct RawAuthority {
     pub trust_bundle_path: Option<PathBuf>,
     pub insecure_bootstrap: Option<bool>,
     pub join_token: Option<Redacted>,
+    pub x509pop_cert_path: Option<PathBuf>,
+    pub x509pop_key_path: Option<PathBuf>,
+    pub k8s_psat_cluster: Option<String>,
+    pub k8s_psat_token_path: Option<PathBuf>,
     pub sync_interval: Option<String>,
 }
 

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use base64::Engine as _;
 use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -166,12 +167,7 @@ pub(super) async fn attest(
     let (key, csr) = key_and_csr()?;
     let channel =
         tls::channel(&config.server_address, bootstrap.clone(), None).map_err(Error::Server)?;
-    let data = match &config.attestation {
-        NodeAttestation::JoinToken(token) => types::AttestationData {
-            r#type: "join_token".into(),
-            payload: token.as_bytes().to_vec(),
-        },
-    };
+    let (data, pop) = attestation_data(&config.attestation)?;
     let first = agent::AttestAgentRequest {
         step: Some(agent::attest_agent_request::Step::Params(
             agent::attest_agent_request::Params {
@@ -180,7 +176,7 @@ pub(super) async fn attest(
             },
         )),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
     let _ = tx.send(first).await;
     let mut client = agent::agent_client::AgentClient::new(channel.clone());
     let mut responses = client
@@ -200,10 +196,22 @@ pub(super) async fn attest(
                     .svid
                     .ok_or_else(|| Error::Server("attestation result without an SVID".into()))?;
             }
-            Some(agent::attest_agent_response::Step::Challenge(_)) => {
-                return Err(Error::Server(
-                    "the server sent a challenge; join_token attestation has none".into(),
-                ));
+            Some(agent::attest_agent_response::Step::Challenge(challenge)) => {
+                let Some(key) = &pop else {
+                    return Err(Error::Server(format!(
+                        "the server sent a challenge; {} attestation has none",
+                        config.attestation.kind()
+                    )));
+                };
+                let response = key.respond(&challenge)?;
+                let step = agent::AttestAgentRequest {
+                    step: Some(agent::attest_agent_request::Step::ChallengeResponse(
+                        response,
+                    )),
+                };
+                tx.send(step)
+                    .await
+                    .map_err(|_| Error::Server("attestation stream closed".into()))?;
             }
             None => {}
         }
@@ -264,4 +272,164 @@ pub(super) async fn renew(channel: tonic::transport::Channel) -> Result<AgentSvi
             .collect(),
         Zeroizing::new(key.serialize_der()),
     )
+}
+
+/// What the server's node attestor reads, and the key that answers its challenge (x509pop).
+fn attestation_data(
+    attestation: &NodeAttestation,
+) -> Result<(types::AttestationData, Option<PopKey>), Error> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })
+    };
+    Ok(match attestation {
+        NodeAttestation::JoinToken(token) => (
+            types::AttestationData {
+                r#type: "join_token".into(),
+                payload: token.as_bytes().to_vec(),
+            },
+            None,
+        ),
+        NodeAttestation::X509Pop {
+            cert_path,
+            key_path,
+        } => {
+            let pem = read(cert_path)?;
+            let chain = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Server(format!("{}: {e}", cert_path.display())))?;
+            if chain.is_empty() {
+                return Err(Error::Server(format!(
+                    "{}: no certificate (x509pop needs the node certificate, leaf first)",
+                    cert_path.display()
+                )));
+            }
+            crate::atomic_file::check_key_file(key_path, false).map_err(|e| Error::Io {
+                path: key_path.display().to_string(),
+                source: e,
+            })?;
+            let key = PopKey::load(&Zeroizing::new(read(key_path)?), key_path)?;
+            let certificates: Vec<String> = chain
+                .iter()
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+                .collect();
+            let payload = serde_json::to_vec(&serde_json::json!({ "certificates": certificates }))
+                .map_err(|e| Error::Server(e.to_string()))?;
+            (
+                types::AttestationData {
+                    r#type: "x509pop".into(),
+                    payload,
+                },
+                Some(key),
+            )
+        }
+        NodeAttestation::K8sPsat {
+            cluster,
+            token_path,
+        } => {
+            let token = Zeroizing::new(
+                String::from_utf8_lossy(&read(token_path)?)
+                    .trim()
+                    .to_owned(),
+            );
+            if token.is_empty() {
+                return Err(Error::Server(format!(
+                    "{}: empty service account token",
+                    token_path.display()
+                )));
+            }
+            let payload = Zeroizing::new(
+                serde_json::to_vec(&serde_json::json!({ "cluster": cluster, "token": &*token }))
+                    .map_err(|e| Error::Server(e.to_string()))?,
+            );
+            (
+                types::AttestationData {
+                    r#type: "k8s_psat".into(),
+                    payload: payload.to_vec(),
+                },
+                None,
+            )
+        }
+    })
+}
+
+/// The x509pop key: answers the server's signature challenge as SPIRE's agent does — a fresh
+/// 32-byte nonce, and a signature over SHA-256(challenge nonce ‖ own nonce) (ECDSA P-256, or RSA-PSS
+/// with SHA-256).
+enum PopKey {
+    Ecdsa(aws_lc_rs::signature::EcdsaKeyPair),
+    Rsa(aws_lc_rs::rsa::KeyPair),
+}
+
+impl PopKey {
+    fn load(pem_text: &[u8], path: &Path) -> Result<Self, Error> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let bad = |why: &str| Error::Server(format!("{}: {why}", path.display()));
+        let block = pem::parse(pem_text).map_err(|e| bad(&e.to_string()))?;
+        let der = Zeroizing::new(block.contents().to_vec());
+        match block.tag() {
+            "PRIVATE KEY" | "EC PRIVATE KEY" => {
+                if let Ok(k) =
+                    EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                {
+                    return Ok(PopKey::Ecdsa(k));
+                }
+                aws_lc_rs::rsa::KeyPair::from_pkcs8(&der)
+                    .map(PopKey::Rsa)
+                    .map_err(|_| bad("not an EC P-256 or RSA private key"))
+            }
+            "RSA PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_der(&der)
+                .map(PopKey::Rsa)
+                .map_err(|_| bad("not a valid RSA private key")),
+            other => Err(bad(&format!("a {other:?} block is not a private key"))),
+        }
+    }
+
+    fn respond(&self, challenge: &[u8]) -> Result<Vec<u8>, Error> {
+        use base64::engine::general_purpose::STANDARD;
+        let bad = |why: String| Error::Server(format!("x509pop challenge: {why}"));
+        let c: serde_json::Value =
+            serde_json::from_slice(challenge).map_err(|e| bad(e.to_string()))?;
+        let field = match self {
+            PopKey::Ecdsa(_) => "ecdsa_signature",
+            PopKey::Rsa(_) => "rsa_signature",
+        };
+        let theirs = c[field]["nonce"]
+            .as_str()
+            .and_then(|n| STANDARD.decode(n).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "no {field} nonce (the key type does not match the certificate?)"
+                ))
+            })?;
+        let mut ours = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut ours).map_err(|_| bad("random source failed".into()))?;
+        // Signing hashes the message with SHA-256, so the signed digest is SHA-256(theirs ‖ ours).
+        let mut message = theirs;
+        message.extend_from_slice(&ours);
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let response = match self {
+            PopKey::Ecdsa(key) => {
+                let sig = key
+                    .sign(&rng, &message)
+                    .map_err(|_| bad("signing failed".into()))?;
+                let (r, s) = sig.as_ref().split_at(sig.as_ref().len() / 2);
+                serde_json::json!({ field: { "nonce": STANDARD.encode(ours), "r": STANDARD.encode(r), "s": STANDARD.encode(s) } })
+            }
+            PopKey::Rsa(key) => {
+                let mut sig = vec![0u8; key.public_modulus_len()];
+                key.sign(
+                    &aws_lc_rs::signature::RSA_PSS_SHA256,
+                    &rng,
+                    &message,
+                    &mut sig,
+                )
+                .map_err(|_| bad("signing failed".into()))?;
+                serde_json::json!({ field: { "nonce": STANDARD.encode(ours), "signature": STANDARD.encode(&sig) } })
+            }
+        };
+        serde_json::to_vec(&response).map_err(|e| bad(e.to_string()))
+    }
 }
