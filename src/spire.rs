@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
@@ -109,6 +109,8 @@ struct Shared {
     entries: RwLock<EntryIndex>,
     status: Mutex<ServerStatus>,
     clock: SharedClock,
+    /// CSRs for the batcher.
+    csrs: mpsc::UnboundedSender<CsrJob>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -170,19 +172,21 @@ impl RemoteSigner for ServerSigner {
             let entry_id = shared.entry_for(&req.spiffe_id, Some(&req.dns_names))?;
             let (key, csr) =
                 node::key_and_csr().map_err(|e| crate::ca::Error::Server(e.to_string()))?;
-            let mut results = svid::svid_client::SvidClient::new(shared.channel())
-                .batch_new_x509svid(svid::BatchNewX509svidRequest {
-                    params: vec![svid::NewX509svidParams { entry_id, csr }],
+            // Queued for the batcher: CSRs that arrive together (a sync's pre-fetch, rotations
+            // due at once) go to the server in one BatchNewX509SVID.
+            let (reply, answer) = oneshot::channel();
+            shared
+                .csrs
+                .send(CsrJob {
+                    entry_id,
+                    csr,
+                    reply,
                 })
+                .map_err(|_| crate::ca::Error::Server("the SPIRE client has stopped".into()))?;
+            let result = answer
                 .await
-                .map_err(|s| {
-                    crate::ca::Error::Server(Error::from_status("BatchNewX509SVID", &s).to_string())
-                })?
-                .into_inner()
-                .results;
-            let result = results
-                .pop()
-                .ok_or_else(|| crate::ca::Error::Server("BatchNewX509SVID: no result".into()))?;
+                .map_err(|_| crate::ca::Error::Server("the SPIRE client has stopped".into()))?
+                .map_err(crate::ca::Error::Server)?;
             x509_result(&req.spiffe_id, result, Zeroizing::new(key.serialize_der()))
         })
     }
@@ -205,6 +209,69 @@ impl RemoteSigner for ServerSigner {
                 .ok_or_else(|| crate::ca::Error::Server("NewJWTSVID: no SVID".into()))?;
             jwt_result(&spiffe_id, svid)
         })
+    }
+}
+
+/// One CSR waiting for the batcher.
+struct CsrJob {
+    entry_id: String,
+    csr: Vec<u8>,
+    reply: oneshot::Sender<Result<svid::batch_new_x509svid_response::Result, String>>,
+}
+
+/// The most CSRs in one `BatchNewX509SVID` (what SPIRE's own agent sends at most).
+const MAX_BATCH: usize = 500;
+
+/// Sends queued CSRs in batches: whatever is queued when a call can start goes in it, so a burst
+/// costs one round trip per [`MAX_BATCH`] and a lone rotation is not delayed. Ends when the
+/// shared state is gone.
+async fn batcher(shared: std::sync::Weak<Shared>, mut rx: mpsc::UnboundedReceiver<CsrJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(channel) = shared.upgrade().map(|s| s.channel()) else {
+            return;
+        };
+        let params = jobs
+            .iter_mut()
+            .map(|j| svid::NewX509svidParams {
+                entry_id: j.entry_id.clone(),
+                csr: std::mem::take(&mut j.csr),
+            })
+            .collect();
+        let sent = jobs.len();
+        let outcome = svid::svid_client::SvidClient::new(channel)
+            .batch_new_x509svid(svid::BatchNewX509svidRequest { params })
+            .await;
+        match outcome {
+            Ok(r) => {
+                let results = r.into_inner().results;
+                if results.len() != sent {
+                    let why = format!(
+                        "BatchNewX509SVID answered {} results for {sent} CSRs",
+                        results.len()
+                    );
+                    for job in jobs {
+                        let _ = job.reply.send(Err(why.clone()));
+                    }
+                    continue;
+                }
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(status) => {
+                let why = Error::from_status("BatchNewX509SVID", &status).to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -362,6 +429,7 @@ impl Spire {
         };
         let channel = tls::channel(&config.server_address, trust, Some(agent.client_cert()))
             .map_err(Error::Server)?;
+        let (csrs, queued) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             address: config.server_address.clone(),
             server_id,
@@ -369,7 +437,9 @@ impl Spire {
             entries: RwLock::new(HashMap::new()),
             status: Mutex::new(ServerStatus::default()),
             clock: clock.clone(),
+            csrs,
         });
+        tokio::spawn(batcher(Arc::downgrade(&shared), queued));
         let jwt_bundle = crate::ca::jwt::Jwks::default();
         let snapshot = Arc::new(snapshot(&shared, &bundle, &jwt_bundle));
         let (ca_tx, ca_rx) = watch::channel(snapshot);
