@@ -671,18 +671,39 @@ fn yaml_value(yaml: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// The many-nodes ConfigMap is a valid agent configuration in mode "spire" (k8s_psat, the server's
+/// bundle, the kubelet for workloads).
+#[test]
+fn the_many_nodes_configmap_is_a_valid_spire_mode_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/many-nodes");
+    let configmap = std::fs::read_to_string(root.join("20-configmap.yaml")).unwrap();
+    // NODE_NAME comes from the downward API in the DaemonSet.
+    let text = embedded_block(&configmap, "lanyard.toml: |").replace("{node_name}", "node-a");
+    let config = lanyard::config::Config::from_toml(&text).expect("the many-nodes lanyard.toml");
+    match &config.authority {
+        lanyard::ca::AuthorityConfig::Spire(s) => {
+            assert_eq!(s.attestation.kind(), "k8s_psat");
+            assert_eq!(s.server_id.as_str(), "spiffe://cluster.example.org/spire/server");
+        }
+        other => panic!("not mode spire: {other:?}"),
+    }
+    let daemonset = std::fs::read_to_string(root.join("30-daemonset.yaml")).unwrap();
+    assert!(daemonset.contains("audience: spire-server") && daemonset.contains("name: spire-bundle"));
+}
+
 /// Every manifest in deploy/kubernetes validates offline against the Kubernetes schemas (strict:
 /// unknown fields fail). No cluster can run here; this is the check that can.
 #[test]
 fn deploy_manifests_validate_against_the_kubernetes_schemas() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
+    let mut files: Vec<PathBuf> = [root.clone(), root.join("many-nodes")]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "{files:?}");
+    assert!(files.len() >= 8, "{files:?}");
     let out = match Command::new("python3")
         .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
         .args(&files)
