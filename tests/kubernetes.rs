@@ -683,12 +683,17 @@ fn the_many_nodes_configmap_is_a_valid_spire_mode_config() {
     match &config.authority {
         lanyard::ca::AuthorityConfig::Spire(s) => {
             assert_eq!(s.attestation.kind(), "k8s_psat");
-            assert_eq!(s.server_id.as_str(), "spiffe://cluster.example.org/spire/server");
+            assert_eq!(
+                s.server_id.as_str(),
+                "spiffe://cluster.example.org/spire/server"
+            );
         }
         other => panic!("not mode spire: {other:?}"),
     }
     let daemonset = std::fs::read_to_string(root.join("30-daemonset.yaml")).unwrap();
-    assert!(daemonset.contains("audience: spire-server") && daemonset.contains("name: spire-bundle"));
+    assert!(
+        daemonset.contains("audience: spire-server") && daemonset.contains("name: spire-bundle")
+    );
 }
 
 /// Every manifest in deploy/kubernetes validates offline against the Kubernetes schemas (strict:
