@@ -823,3 +823,82 @@ async fn x509pop_nodes_attest_and_reattest_after_eviction() {
         [format!("spiffe://{TD}/pop-ec")]
     );
 }
+
+/// More authorized entries than the server's page (500): SyncAuthorizedEntries sends revisions, the
+/// agent asks only for the entries it lacks or that changed, and an update on the server (a new
+/// revision) reaches the open stream as a new SVID carrying the change.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_entries_sync_by_revision() {
+    let test = "many_entries_sync_by_revision";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = spire_bin(test) else {
+        return;
+    };
+    let server = SpireServer::start(&bin, "1h");
+    let entries: Vec<serde_json::Value> = (0..600)
+        .map(|i| {
+            serde_json::json!({
+                "spiffe_id": format!("spiffe://{TD}/bulk/{i}"),
+                "parent_id": format!("spiffe://{TD}/node-a"),
+                "selectors": [{"type": "unix", "value": format!("uid:{}", 100_000 + i)}],
+            })
+        })
+        .collect();
+    let data = server.dir.path().join("bulk.json");
+    std::fs::write(&data, serde_json::json!({ "entries": entries }).to_string()).unwrap();
+    server.cmd(&["entry", "create", "-data", &data.display().to_string()]);
+    let web = server.entry("node-a", "web", 0, &[]);
+    let a = Node::start(&server, &server.token("node-a"), "");
+    wait_for("node A's entry", 30, || ids_of(&a.endpoint()).is_ok()).await;
+    let mut stream = x509_stream(&a.socket()).await;
+    let first = next_within(&mut stream, 10).await;
+    assert_eq!(first.svids[0].spiffe_id, format!("spiffe://{TD}/web"));
+    server.cmd(&[
+        "entry",
+        "update",
+        "-entryID",
+        &web,
+        "-parentID",
+        &format!("spiffe://{TD}/node-a"),
+        "-spiffeID",
+        &format!("spiffe://{TD}/web"),
+        "-selector",
+        "unix:uid:0",
+        "-dns",
+        "web.example.org",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let msg = next_within(&mut stream, 15).await;
+        let leaf = &chain_of(&msg.svids[0])[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        let dns: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if dns == ["web.example.org"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the updated entry never reached the stream"
+        );
+    }
+    assert!(
+        !a.log().contains("using GetAuthorizedEntries"),
+        "SyncAuthorizedEntries was used: {}",
+        a.log()
+    );
+}
