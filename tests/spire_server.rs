@@ -245,10 +245,17 @@ impl Node {
         let dir = open_tempdir();
         let health = free_port();
         let text = format!(
-            "trust_domain = \"{TD}\"\nsocket_path = \"{d}/workload.sock\"\nadmin_socket_path = \"{d}/admin/admin.sock\"\ndata_dir = \"{d}/data\"\nhealth = {{ address = \"127.0.0.1:{health}\" }}\n[authority]\nmode = \"spire\"\nserver_address = \"{addr}\"\ntrust_bundle_path = \"{bundle}\"\n{attestor}\nsync_interval = \"200ms\"\n{extra}",
+            "trust_domain = \"{TD}\"\nsocket_path = \"{d}/workload.sock\"\nadmin_socket_path = \"{d}/admin/admin.sock\"\ndata_dir = \"{d}/data\"\nhealth = {{ address = \"127.0.0.1:{health}\" }}\n[authority]\nmode = \"spire\"\nserver_address = \"{addr}\"\n{trust}{attestor}\nsync_interval = \"200ms\"\n{extra}",
             d = dir.path().display(),
             addr = server.address(),
-            bundle = server.bundle_path().display(),
+            trust = if attestor.contains("insecure_bootstrap") {
+                String::new()
+            } else {
+                format!(
+                    "trust_bundle_path = \"{}\"\n",
+                    server.bundle_path().display()
+                )
+            },
         );
         std::fs::write(dir.path().join("agent.toml"), text).unwrap();
         let mut node = Self {
@@ -471,6 +478,41 @@ async fn two_nodes_one_trust_domain() {
     let update = next_within(&mut stream, 5).await;
     assert_eq!(update.svids.len(), 1);
     assert_eq!(update.svids[0].spiffe_id, format!("spiffe://{TD}/web"));
+
+    // Federation: a bundle the server holds for partner.org reaches the holders of an entry that
+    // federates with it.
+    let partner = server.dir.path().join("pop/ca.pem");
+    server.cmd(&[
+        "bundle",
+        "set",
+        "-format",
+        "pem",
+        "-id",
+        "spiffe://partner.org",
+        "-path",
+        &partner.display().to_string(),
+    ]);
+    let fed = server.entry(
+        "node-a",
+        "fed",
+        0,
+        &["-federatesWith", "spiffe://partner.org"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = next_within(&mut stream, 10).await;
+        if let Some(bundle) = msg.federated_bundles.get("spiffe://partner.org") {
+            use rustls_pki_types::pem::PemObject;
+            let want = CertificateDer::from_pem_file(&partner).unwrap();
+            assert_eq!(lanyard::encoding::split_der(bundle).unwrap(), [want]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the federated bundle never arrived"
+        );
+    }
+    server.cmd(&["entry", "delete", "-entryID", &fed]);
 
     // Node B's entry is never served on node A, even asked for by name through JWT.
     let mut client = lanyard::client::connect(&a.endpoint()).await.unwrap();
@@ -787,8 +829,14 @@ async fn x509pop_nodes_attest_and_reattest_after_eviction() {
         let agent_id = pop_agent_id(&pop.join(format!("{kind}.pem")));
         let parent = agent_id.strip_prefix(&format!("spiffe://{TD}/")).unwrap();
         server.entry(parent, &format!("pop-{kind}"), 0, &[]);
+        // The RSA node bootstraps without a bundle (insecure_bootstrap): it takes the server's.
+        let bootstrap = if kind == "rsa" {
+            "insecure_bootstrap = true\n"
+        } else {
+            ""
+        };
         let attestor = format!(
-            "x509pop_cert_path = \"{}\"\nx509pop_key_path = \"{}\"",
+            "{bootstrap}x509pop_cert_path = \"{}\"\nx509pop_key_path = \"{}\"",
             pop.join(format!("{kind}.pem")).display(),
             pop.join(format!("{kind}.key")).display()
         );
