@@ -353,13 +353,28 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
     }
     {
         let mut shutdown = shutdown_rx.clone();
-        let service = WorkloadApi::new(ctx).into_server();
+        let api = WorkloadApi::new(ctx);
+        // Envoy SDS v3 beside the Workload API on the same socket (no security header: Envoy
+        // sends none; the caller is attested the same way).
+        #[cfg(feature = "sds")]
+        let sds = config.sds.then(|| {
+            crate::workload_api::sds::Sds::new(api.clone(), config.sds_disable_spiffe_validation)
+                .into_server()
+        });
+        #[cfg(not(feature = "sds"))]
+        if config.sds {
+            tracing::warn!("built without the \"sds\" feature: [sds] is not served");
+        }
+        let service = api.into_server();
         let max_concurrent_streams = config.limits.max_concurrent_streams;
         let shares = shares.clone();
         tasks.spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 .max_concurrent_streams(Some(max_concurrent_streams))
-                .add_service(service)
+                .add_service(service);
+            #[cfg(feature = "sds")]
+            let router = router.add_optional_service(sds);
+            let result = router
                 .serve_with_incoming_shutdown(
                     Incoming::new(listener, config.peer_pidfd, Some(shares)),
                     async move {

@@ -110,6 +110,10 @@ pub struct Config {
     /// Use the kernel's `SO_PEERPIDFD` to pin callers where it exists (Linux ≥ 6.5). `false` takes
     /// the path of older kernels everywhere: pidfd opened by PID, start-time and sock_diag checks.
     pub peer_pidfd: bool,
+    /// Serve Envoy SDS v3 on the Workload API socket (`[sds] enabled`, default true).
+    pub sds: bool,
+    /// SDS validation contexts as plain `trusted_ca` instead of Envoy's SPIFFE validator.
+    pub sds_disable_spiffe_validation: bool,
     /// Fair shares and caps (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
     /// Bound of the JWT-SVID cache in bytes (tokens and their audiences).

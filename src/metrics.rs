@@ -95,6 +95,8 @@ pub struct Metrics {
     pub streams_open: Gauge,
     pub svid_mints: Family<Mint, Counter>,
     pub attestations: Family<Outcome, Counter>,
+    /// SDS responses Envoy rejected (NACK).
+    pub sds_nacks: Family<Outcome, Counter>,
     pub kubelet_requests: Family<Outcome, Counter>,
     pub kubelet_seconds: Histogram,
     pub inventory_writes: Family<Outcome, Counter>,
@@ -123,6 +125,7 @@ impl Metrics {
             streams_open: Gauge::default(),
             svid_mints: Family::default(),
             attestations: Family::default(),
+            sds_nacks: Family::default(),
             kubelet_requests: Family::default(),
             kubelet_seconds: latency(),
             inventory_writes: Family::default(),
@@ -169,6 +172,11 @@ impl Metrics {
             "lanyard_attestations",
             "Caller attestations by outcome (ok, or why no identity)",
             m.attestations.clone(),
+        );
+        registry.register(
+            "lanyard_sds_rejections",
+            "SDS responses an Envoy rejected (NACK with error_detail or an older version)",
+            m.sds_nacks.clone(),
         );
         registry.register(
             "lanyard_kubelet_requests",
@@ -244,6 +252,7 @@ impl Metrics {
             ],
         );
         zero(&m.kubelet_requests, &["ok", "error"]);
+        zero(&m.sds_nacks, &["nack"]);
         zero(&m.inventory_writes, &["ok", "error"]);
         for limit in [
             "max_connections",

@@ -9,6 +9,8 @@ pub(crate) mod h2_normalize;
 pub(crate) mod header;
 mod jwt;
 pub(crate) mod listener;
+#[cfg(feature = "sds")]
+pub(crate) mod sds;
 pub(crate) mod service;
 pub(crate) mod status;
 mod stream;

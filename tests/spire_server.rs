@@ -950,3 +950,112 @@ async fn many_entries_sync_by_revision() {
         a.log()
     );
 }
+
+/// SDS (tests/interop/go/sds, Envoy's own Go types): a stream from lanyard joined to the server sees
+/// a rotation, ACKs, NACKs once without a resend loop and follows new names; the same requests to a
+/// real spire-agent on the same server and to lanyard give the same resources field by field — what
+/// differs is only each agent's own key and serial.
+#[tokio::test(flavor = "multi_thread")]
+async fn sds_compared_with_spire_agent() {
+    let test = "sds_compared_with_spire_agent";
+    if !require_root(test) || !prepare("go", &["go"], test) {
+        return;
+    }
+    let Some(bin) = spire_bin(test) else {
+        return;
+    };
+    let server = SpireServer::start(&bin, "1h");
+    server.entry("node-a", "web", 0, &["-x509SVIDTTL", "20"]);
+    server.entry("node-c", "web", 0, &["-x509SVIDTTL", "20"]);
+    let a = Node::start(&server, &server.token("node-a"), "");
+    let spire_agent = SpireAgentProc::start(&bin, &server, &server.token("node-c"));
+    wait_for("node A's entry", 20, || ids_of(&a.endpoint()).is_ok()).await;
+    spire_agent.first_x509().await;
+    let sds = interop_dir().join("bin/interop-sds");
+
+    // The stream: rotation (20 s SVIDs rotate at about 10 s), ACK, one NACK, new names.
+    let out = tokio::task::spawn_blocking({
+        let (sds, socket) = (sds.clone(), a.socket());
+        move || {
+            Command::new(sds)
+                .arg("stream")
+                .arg(socket)
+                .args([&format!("spiffe://{TD}/web"), "40"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "SDS stream: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["nack_quiet"], true);
+    assert!(
+        a.log().contains("Envoy rejected the secrets (NACK)"),
+        "the NACK is logged"
+    );
+    assert!(a.log().contains("interop-sds-node"), "with the node ID");
+
+    // Field by field against spire-agent.
+    let fetch = |socket: PathBuf, names: &[&str]| {
+        let out = Command::new(&sds)
+            .arg("fetch")
+            .arg(socket)
+            .arg("{}")
+            .args(names)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v
+    };
+    let theirs_socket = spire_agent.dir.path().join("agent.sock");
+    let web = format!("spiffe://{TD}/web");
+    let td = format!("spiffe://{TD}");
+    for names in [
+        vec!["default", "ROOTCA"],
+        vec!["default", "ALL"],
+        vec![web.as_str(), td.as_str()],
+        vec![],
+    ] {
+        let ours = fetch(a.socket(), &names);
+        let theirs = fetch(theirs_socket.clone(), &names);
+        let strip = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            for r in v["resources"].as_array_mut().into_iter().flatten() {
+                r.as_object_mut().unwrap().remove("serial");
+            }
+            v
+        };
+        assert_eq!(
+            strip(&ours),
+            strip(&theirs),
+            "SDS answers for {names:?} differ beyond serials:\nlanyard:     {ours}\nspire-agent: {theirs}"
+        );
+    }
+    // The one difference, on purpose: spire-agent serves at most one of the own trust domain ID,
+    // ROOTCA and ALL per request (a switch) and calls the others unauthorized; lanyard serves every
+    // bundle name asked for.
+    let ours = fetch(a.socket(), &["ROOTCA", "ALL"]);
+    let theirs = fetch(theirs_socket, &["ROOTCA", "ALL"]);
+    assert_eq!(
+        ours["resources"].as_array().map(Vec::len),
+        Some(2),
+        "{ours}"
+    );
+    assert!(
+        theirs["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"ALL\"")),
+        "{theirs}"
+    );
+}

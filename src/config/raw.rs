@@ -39,6 +39,16 @@ pub struct RawConfig {
     pub audit: Option<RawAudit>,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub sds: RawSds,
+}
+
+/// `[sds]`: Envoy's Secret Discovery Service on the Workload API socket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSds {
+    pub enabled: Option<bool>,
+    pub disable_spiffe_cert_validation: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

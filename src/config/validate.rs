@@ -284,6 +284,8 @@ pub(super) fn validate(
         hash_max_bytes,
         exec_events: raw.attestation.exec_events.unwrap_or(true),
         peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
+        sds: raw.sds.enabled.unwrap_or(true),
+        sds_disable_spiffe_validation: raw.sds.disable_spiffe_cert_validation.unwrap_or(false),
         limits,
         jwt_cache_bytes,
         audit,

@@ -15,7 +15,7 @@ use super::{Context, Error, header};
 use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::proto::*;
 
-type BoxStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send + 'static>>;
+pub(super) type BoxStream<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send + 'static>>;
 
 /// The Workload API service.
 #[derive(Clone)]
@@ -117,6 +117,22 @@ impl WorkloadApi {
     where
         M: Clone + PartialEq + Send + 'static,
     {
+        let rx = self.open_watch(req, render, with_svids).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    /// Attests the caller of `req` and starts watching what it is entitled to: the receiver gets
+    /// the first message at once, then one per change, and an error status when the stream must end.
+    /// Limits, the inventory record before delivery and the cut-off on exec apply as for every stream.
+    pub(super) async fn open_watch<M, T>(
+        &self,
+        req: &Request<T>,
+        render: super::stream::Render<M>,
+        with_svids: bool,
+    ) -> Result<mpsc::Receiver<Result<M, Status>>, Status>
+    where
+        M: Clone + PartialEq + Send + 'static,
+    {
         if *self.ctx.shutdown.borrow() {
             return Err(to_status(&Error::ShuttingDown));
         }
@@ -141,7 +157,7 @@ impl WorkloadApi {
         // The channel is empty and has room: this cannot fail.
         let _ = tx.try_send(Ok(first));
         tokio::spawn(watcher.run(tx, permit));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 
@@ -277,7 +293,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
 }
 
 /// Counts one call (method, gRPC code) and its latency.
-fn observed<T>(
+pub(super) fn observed<T>(
     method: &'static str,
     start: std::time::Instant,
     result: Result<T, Status>,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares the client-matrix programs of tests/clients.rs under the target directory:
 #   python  a venv with PyPI `spiffe` (python/requirements.txt)
-#   go      tests/interop/go built with go-spiffe (modules cached under the target directory)
+#   go      tests/interop/go built with go-spiffe, tests/interop/go/sds with go-control-plane
+#           (modules cached under the target directory)
 #   java    tests/interop/java compiled with java-spiffe (Maven artifacts cached likewise)
 #   spire   spire-server and spire-agent v1.13.3 built from the Go module proxy into
 #           target/spire/bin (tests/spire_server.rs, benches/with-spire.sh)
@@ -31,6 +32,8 @@ python_part() {
 go_part() {
     export GOMODCACHE="$out/gomod" GOCACHE="$out/gocache" GOFLAGS=-modcacherw
     (cd "$here/go" && go mod download && go build -o "$out/bin/interop-go" .)
+    # The SDS client: Envoy's own generated types (go-control-plane), a module of its own.
+    (cd "$here/go/sds" && go mod download && go build -o "$out/bin/interop-sds" .)
 }
 
 java_part() {
