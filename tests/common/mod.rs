@@ -450,3 +450,25 @@ pub(crate) fn prepare(lang: &str, tools: &[&str], test: &str) -> bool {
         }
     }
 }
+
+/// The indented block after `key` in a YAML file (a ConfigMap's literal block scalar).
+pub(crate) fn embedded_block(yaml: &str, key: &str) -> String {
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(key));
+    let head = lines.next().expect("key present");
+    let key_indent = head.len() - head.trim_start().len();
+    let body: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > key_indent)
+        .collect();
+    let indent = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    body.iter()
+        .map(|l| if l.len() >= indent { &l[indent..] } else { "" })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -4,6 +4,9 @@
 //	interop-sds fetch SOCKET NODE_METADATA_JSON NAME...
 //	    FetchSecrets for NAMEs (none: every resource); prints the resources, normalised (names,
 //	    types, certificate chain facts, validator configuration) as one JSON object.
+//	interop-sds bootstrap FILE
+//	    Parses an Envoy bootstrap (YAML) into Envoy's Bootstrap message with every typed_config
+//	    resolved, and runs the schema's validation rules (protoc-gen-validate) over all of it.
 //	interop-sds stream SOCKET WANT_ID TIMEOUT_SECS
 //	    StreamSecrets for ["default", "ROOTCA"]: checks the TLS certificate and the SPIFFE validator,
 //	    ACKs, waits for a rotation (a new version with a new serial), ACKs, NACKs once and checks that
@@ -27,14 +30,20 @@ import (
 	"strconv"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"sigs.k8s.io/yaml"
 )
 
 const secretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -325,6 +334,24 @@ func stream(socket, wantID string, timeout time.Duration) {
 	fmt.Println(string(out))
 }
 
+// validateAny unpacks an Any by its type URL (the packages are linked in) and runs its rules.
+func validateAny(where string, a *anypb.Any) {
+	if a == nil {
+		fail("%s: no typed_config", where)
+	}
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		fail("%s: %v", where, err)
+	}
+	v, ok := m.(interface{ ValidateAll() error })
+	if !ok {
+		fail("%s: %s has no validation rules", where, a.TypeUrl)
+	}
+	if err := v.ValidateAll(); err != nil {
+		fail("%s: %v", where, err)
+	}
+}
+
 func main() {
 	if len(os.Args) < 3 {
 		fail("usage: interop-sds fetch SOCKET METADATA NAME... | stream SOCKET WANT_ID TIMEOUT_SECS")
@@ -332,6 +359,43 @@ func main() {
 	switch os.Args[1] {
 	case "fetch":
 		fetch(os.Args[2], os.Args[3], os.Args[4:])
+	case "bootstrap":
+		data, err := os.ReadFile(os.Args[2])
+		if err != nil {
+			fail("%v", err)
+		}
+		js, err := yaml.YAMLToJSON(data)
+		if err != nil {
+			fail("not YAML: %v", err)
+		}
+		var b bootstrapv3.Bootstrap
+		if err := (protojson.UnmarshalOptions{}).Unmarshal(js, &b); err != nil {
+			fail("not an Envoy bootstrap: %v", err)
+		}
+		if err := b.ValidateAll(); err != nil {
+			fail("invalid Envoy bootstrap: %v", err)
+		}
+		// typed_config inside Any is validated only when unpacked: unpack each and validate it.
+		for _, l := range b.StaticResources.GetListeners() {
+			for _, fc := range l.FilterChains {
+				for _, f := range fc.Filters {
+					validateAny("listener "+l.Name+" filter "+f.Name, f.GetTypedConfig())
+				}
+				if ts := fc.TransportSocket; ts != nil {
+					validateAny("listener "+l.Name+" transport socket", ts.GetTypedConfig())
+				}
+			}
+		}
+		for _, c := range b.StaticResources.GetClusters() {
+			if ts := c.TransportSocket; ts != nil {
+				validateAny("cluster "+c.Name+" transport socket", ts.GetTypedConfig())
+			}
+			for name, opts := range c.TypedExtensionProtocolOptions {
+				validateAny("cluster "+c.Name+" "+name, opts)
+			}
+		}
+		out, _ := json.Marshal(map[string]any{"listeners": len(b.StaticResources.GetListeners()), "clusters": len(b.StaticResources.GetClusters())})
+		fmt.Println(string(out))
 	case "stream":
 		secs, _ := strconv.Atoi(os.Args[4])
 		stream(os.Args[2], os.Args[3], time.Duration(secs)*time.Second)
