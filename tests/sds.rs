@@ -267,3 +267,22 @@ async fn the_envoy_sidecar_bootstrap_is_valid_and_served() {
     );
     agent.shutdown().await;
 }
+
+/// DeltaSecrets (incremental xDS) is not served: `Unimplemented`, as from spire-agent.
+#[tokio::test]
+async fn delta_secrets_is_unimplemented() {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    let agent = TestAgent::start(&format!(
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/web\"\nselectors = [\"unix:uid:{}\"]\n",
+        euid()
+    ))
+    .await;
+    let mut client = SecretDiscoveryServiceClient::new(raw_channel(&agent.socket).await);
+    let status = client
+        .delta_secrets(tokio_stream::iter(vec![DeltaDiscoveryRequest::default()]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    agent.shutdown().await;
+}
