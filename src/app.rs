@@ -51,6 +51,8 @@ pub enum Error {
     Bind(#[from] listener::BindError),
     #[error(transparent)]
     Health(#[from] crate::health::BindError),
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::Error),
     #[error("kubernetes attestation: {0}")]
     Kubernetes(#[from] crate::attest::k8s::kubelet::Error),
     #[error("task {task} stopped unexpectedly: {why}")]
@@ -225,6 +227,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         clock.clone(),
         config.jwt_cache_size,
         config.jwt_cache_bytes,
+        config.oidc.as_ref().map(|o| o.issuer.as_str()),
     );
     {
         // When a holder exits: its credentials are withdrawn, and SVIDs no open stream holds leave
@@ -279,6 +282,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         shutdown: shutdown_rx.clone(),
         streams: streams.clone(),
         shares: shares.clone(),
+        jwt_revocation: config.jwt_revocation,
     };
     let admin = AdminApi {
         registry: registry.clone(),
@@ -341,6 +345,20 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
                 crate::shutdown::signalled(&mut shutdown).await;
             }
             ("exec-events", Ok(()))
+        });
+    }
+    if let Some(oidc) = &config.oidc {
+        let (listener, tls) = crate::oidc::bind(oidc).await?;
+        tracing::info!(
+            address = %oidc.address,
+            issuer = %oidc.issuer,
+            tls = tls.is_some(),
+            "OIDC discovery for JWT-SVIDs"
+        );
+        let (issuer, ca, shutdown) = (oidc.issuer.clone(), ca_rx.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            crate::oidc::serve(listener, tls, issuer, ca, shutdown).await;
+            ("oidc", Ok(()))
         });
     }
     {

@@ -114,6 +114,11 @@ pub struct Config {
     pub sds: bool,
     /// SDS validation contexts as plain `trusted_ca` instead of Envoy's SPIFFE validator.
     pub sds_disable_spiffe_validation: bool,
+    /// ValidateJWTSVID refuses a token whose last holder exited or lost its entitlement
+    /// (`[inventory] jwt_revocation`, default true).
+    pub jwt_revocation: bool,
+    /// OpenID Connect discovery for JWT-SVIDs (`[oidc]`).
+    pub oidc: Option<OidcConfig>,
     /// Fair shares and caps (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
     /// Bound of the JWT-SVID cache in bytes (tokens and their audiences).
@@ -206,4 +211,15 @@ impl DevMode {
             user_name,
         }
     }
+}
+
+/// `[oidc]`: where the discovery document and the JWKS are served, and the issuer they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    pub address: std::net::SocketAddr,
+    /// The `iss` of JWT-SVIDs and of the discovery document (an https URL, or http for a test or
+    /// behind a TLS-terminating ingress).
+    pub issuer: String,
+    /// TLS certificate chain and key (PEM) to serve HTTPS directly; none = plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }

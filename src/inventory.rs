@@ -153,6 +153,8 @@ struct Shared {
     /// The last commit's error, until a commit succeeds (a full disk, for `/ready`).
     write_error: Mutex<Option<String>>,
     clock: SharedClock,
+    /// JWT-SVIDs revoked because their last holder exited or lost its entitlement.
+    revoked: store::Revoked,
 }
 
 /// Credentials remembered per holder for de-duplication.
@@ -181,6 +183,7 @@ impl Inventory {
             params![now, Reason::AgentStopped.as_str()],
         )?;
         store::prune(&conn, now, retention)?;
+        let revoked = store::load_revoked(&conn, now)?;
         let (tx, rx) = std_mpsc::channel();
         let inventory = Self {
             shared: Arc::new(Shared {
@@ -189,9 +192,23 @@ impl Inventory {
                 pending: Mutex::new(HashMap::new()),
                 write_error: Mutex::new(None),
                 clock,
+                revoked: revoked.clone(),
             }),
         };
-        Ok((inventory, Writer::new(conn, rx, retention, audit)))
+        Ok((inventory, Writer::new(conn, rx, retention, audit, revoked)))
+    }
+
+    /// Why the JWT-SVID with this `jti` was revoked (its last holder exited or lost its
+    /// entitlement), while it has not expired.
+    pub(crate) fn revoked_jwt(&self, jti: &str) -> Option<String> {
+        let now = store::secs(self.shared.clock.now());
+        self.shared
+            .revoked
+            .lock()
+            .ok()?
+            .get(jti)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(reason, _)| reason.clone())
     }
 
     /// Asks the writer to stop once everything queued so far is written.

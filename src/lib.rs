@@ -29,6 +29,7 @@ mod issuer;
 mod lifecycle;
 pub mod limits;
 pub mod metrics;
+mod oidc;
 pub mod proto;
 pub mod registry;
 pub mod selector;

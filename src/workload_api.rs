@@ -85,4 +85,6 @@ pub(crate) struct Context {
     pub streams: Arc<Semaphore>,
     /// Each uid's share of connections, streams and new credentials.
     pub shares: crate::limits::Shares,
+    /// ValidateJWTSVID refuses tokens the inventory revoked.
+    pub jwt_revocation: bool,
 }

@@ -602,3 +602,120 @@ async fn jw7_key_rotation_on_paused_time() {
     drop(c);
     running.shutdown().await;
 }
+
+/// Revocation at validation: a token whose last holder exited is refused by ValidateJWTSVID with
+/// the reason, at once rather than at `exp`; a token another live process still holds stays valid;
+/// the agent does not hand the revoked token to anyone again; the revocation survives a restart of
+/// the agent; `[inventory] jwt_revocation = false` turns it off.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_whose_holder_exited_is_refused_at_validation() {
+    let cfg = entry("/job", euid(), "");
+    let mut agent = TestAgent::start(&cfg).await;
+    let fetch_in_child = |agent: &TestAgent, audience: &str| {
+        let out = std::process::Command::new(lanyard_bin())
+            .args(["fetch", "jwt", "--json", "--audience", audience, "--socket"])
+            .arg(agent.endpoint())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["svids"][0]["token"].as_str().unwrap().to_owned()
+    };
+    // The child fetched a token and exited; its credentials are withdrawn within milliseconds.
+    let copied = fetch_in_child(&agent, "payments");
+    let mut client = agent.client().await;
+    let validator = client.clone();
+    let validate = |token: String| {
+        let mut client = validator.clone();
+        async move {
+            client
+                .validate_jwtsvid(ValidateJwtsvidRequest {
+                    audience: "payments".into(),
+                    svid: token,
+                })
+                .await
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let refused = loop {
+        match validate(copied.clone()).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still valid 5 s after its holder exited"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("withdrawn (process exited)"),
+        "{refused:?}"
+    );
+
+    // This process (alive) fetches the same identity and audience: a new token, not the revoked one.
+    let mine = client
+        .fetch_jwtsvid(JwtsvidRequest {
+            audience: vec!["payments".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .svids
+        .remove(0)
+        .svid;
+    assert_ne!(mine, copied, "the revoked token is not handed out again");
+    // A child fetching it now shares this process's token (cached); when the child exits, the token
+    // is still held by this live process, so it stays valid.
+    let shared = fetch_in_child(&agent, "payments");
+    assert_eq!(shared, mine);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    validate(mine.clone())
+        .await
+        .expect("held by a live process");
+
+    // Restart on the same data directory: the revocation is still in force.
+    drop(client);
+    let running = agent.running.take().unwrap();
+    running.shutdown().await;
+    let restart = |extra: &str| {
+        let text = config_text(agent.dir.path(), &format!("{extra}{cfg}"));
+        lanyard::app::start(
+            lanyard::config::Config::from_toml(&text).unwrap(),
+            std::sync::Arc::new(lanyard::clock::SystemClock),
+        )
+    };
+    let running = restart("").await.unwrap();
+    let mut client = agent.client().await;
+    let refused = client
+        .validate_jwtsvid(ValidateJwtsvidRequest {
+            audience: "payments".into(),
+            svid: copied.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("withdrawn"), "{refused:?}");
+    drop(client);
+    running.shutdown().await;
+    // Turned off: the same token validates again (until its exp, as for JWKS-only verifiers).
+    let running = restart("[inventory]\njwt_revocation = false\n")
+        .await
+        .unwrap();
+    let mut client = agent.client().await;
+    client
+        .validate_jwtsvid(ValidateJwtsvidRequest {
+            audience: "payments".into(),
+            svid: copied,
+        })
+        .await
+        .expect("jwt_revocation = false");
+    drop(client);
+    running.shutdown().await;
+}

@@ -53,7 +53,7 @@ mod tests {
         let sub = SpiffeId::parse("spiffe://example.org/a").unwrap();
         let now = SystemTime::now();
         let jwt = key
-            .sign(&sub, &["db".into()], now, Duration::from_secs(300))
+            .sign(&sub, &["db".into()], now, Duration::from_secs(300), None)
             .unwrap();
         let header: serde_json::Value =
             decode_part(jwt.token.split('.').next().unwrap(), "h").unwrap();

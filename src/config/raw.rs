@@ -41,6 +41,17 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub sds: RawSds,
+    pub oidc: Option<RawOidc>,
+}
+
+/// `[oidc]`: OpenID Connect discovery for JWT-SVIDs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub address: Option<String>,
+    pub issuer: Option<String>,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
 }
 
 /// `[sds]`: Envoy's Secret Discovery Service on the Workload API socket.
@@ -142,6 +153,7 @@ pub struct RawAttestation {
 #[serde(deny_unknown_fields)]
 pub struct RawInventory {
     pub retention: Option<String>,
+    pub jwt_revocation: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -260,6 +260,7 @@ pub(super) fn validate(
 
     let audit = audit(&mut errs, raw.audit.as_ref());
     let metrics_spiffe_id_labels = metrics(&mut errs, &raw.metrics);
+    let oidc = oidc(&mut errs, raw.oidc.as_ref(), authority.as_ref());
     if !errs.0.is_empty() {
         return Err(Errors(errs.0));
     }
@@ -284,6 +285,8 @@ pub(super) fn validate(
         hash_max_bytes,
         exec_events: raw.attestation.exec_events.unwrap_or(true),
         peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
+        oidc,
+        jwt_revocation: raw.inventory.jwt_revocation.unwrap_or(true),
         sds: raw.sds.enabled.unwrap_or(true),
         sds_disable_spiffe_validation: raw.sds.disable_spiffe_cert_validation.unwrap_or(false),
         limits,
@@ -305,6 +308,82 @@ pub(super) fn absolute(errs: &mut Collector, field: &str, path: &std::path::Path
             format!("{:?} is not an absolute path", path.display().to_string()),
         );
     }
+}
+
+/// `[oidc]`: an address, an issuer URL (the `iss` of JWT-SVIDs), optional TLS files.
+fn oidc(
+    errs: &mut Collector,
+    raw: Option<&super::raw::RawOidc>,
+    authority: Option<&AuthorityConfig>,
+) -> Option<OidcConfig> {
+    let raw = raw?;
+    if let Some(AuthorityConfig::Spire(_)) = authority {
+        errs.push(
+            "oidc",
+            "in mode \"spire\" the SPIRE server signs JWT-SVIDs; serve discovery with SPIRE's oidc-discovery-provider instead, and remove [oidc]",
+        );
+        return None;
+    }
+    let address = match raw.address.as_deref() {
+        None => {
+            errs.push(
+                "oidc.address",
+                "missing; set host:port to serve discovery on (e.g. \"0.0.0.0:8443\")",
+            );
+            None
+        }
+        Some(a) => match a.parse::<std::net::SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                errs.push("oidc.address", format!("{a:?} is not ip:port: {e}"));
+                None
+            }
+        },
+    };
+    let issuer = match raw.issuer.as_deref() {
+        None => {
+            errs.push(
+                "oidc.issuer",
+                "missing; set the public URL the discovery document is reached at, such as \"https://oidc.example.org\"",
+            );
+            None
+        }
+        Some(i) => {
+            let rest = i
+                .strip_prefix("https://")
+                .or_else(|| i.strip_prefix("http://"));
+            match rest {
+                Some(host)
+                    if !host.is_empty() && !host.contains(['?', '#', ' ']) && !i.ends_with('/') =>
+                {
+                    Some(i.to_owned())
+                }
+                _ => {
+                    errs.push(
+                        "oidc.issuer",
+                        format!("{i:?} is not an issuer URL: use https://host[/path] with no trailing slash, query or fragment"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let tls = match (&raw.cert_path, &raw.key_path) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            errs.push(
+                "oidc.cert_path",
+                "set cert_path and key_path together (or neither, for plain HTTP behind a TLS ingress)",
+            );
+            None
+        }
+    };
+    Some(OidcConfig {
+        address: address?,
+        issuer: issuer?,
+        tls,
+    })
 }
 
 #[cfg(test)]

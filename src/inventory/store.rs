@@ -54,6 +54,7 @@ pub(crate) struct Writer {
     rx: std_mpsc::Receiver<Op>,
     retention: Duration,
     audit: Option<Audit>,
+    revoked: Revoked,
 }
 
 /// A row a withdrawal changed, for the audit stream.
@@ -66,6 +67,73 @@ struct Withdrawn {
     uid: u32,
     exe: String,
     reason: &'static str,
+    not_after: i64,
+}
+
+/// JWT-SVIDs withdrawn from every holder because it exited or lost its entitlement, by `jti`:
+/// (reason, `exp`). ValidateJWTSVID refuses them; the JWT cache does not hand them out again.
+pub(crate) type Revoked =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>>;
+
+/// Reasons that revoke a JWT-SVID (a rotation or a stopping agent does not).
+fn revokes(reason: &str) -> bool {
+    reason == super::Reason::ProcessExited.as_str()
+        || reason == super::Reason::EntitlementRemoved.as_str()
+}
+
+/// Loads the revocations still in force (tokens not yet expired, held by no one).
+pub(super) fn load_revoked(conn: &Connection, now: i64) -> Result<Revoked, Error> {
+    let mut stmt = conn.prepare(
+        "SELECT c.serial, c.withdraw_reason, c.not_after FROM credentials c
+         WHERE c.kind = 'jwt' AND c.withdrawn_at IS NOT NULL AND c.not_after > ?1
+           AND c.withdraw_reason IN (?2, ?3)
+           AND NOT EXISTS (SELECT 1 FROM credentials l WHERE l.kind = 'jwt' AND l.serial = c.serial
+                           AND (l.withdrawn_at IS NULL OR l.withdraw_reason NOT IN (?2, ?3)))",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            now,
+            super::Reason::ProcessExited.as_str(),
+            super::Reason::EntitlementRemoved.as_str()
+        ],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get::<_, String>(1)?, r.get::<_, i64>(2)?),
+            ))
+        },
+    )?;
+    let mut map = std::collections::HashMap::new();
+    for row in rows {
+        let (serial, v) = row?;
+        map.insert(serial, v);
+    }
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(map)))
+}
+
+/// After a commit: JWT-SVIDs whose last holder exited or lost its entitlement become revoked.
+fn note_revocations(conn: &Connection, withdrawn: &[Withdrawn], revoked: &Revoked) {
+    let now = secs(SystemTime::now());
+    let mut fresh = Vec::new();
+    for w in withdrawn {
+        if w.kind != "jwt" || !revokes(w.reason) || w.not_after <= now {
+            continue;
+        }
+        let still_held = conn
+            .query_row(
+                "SELECT 1 FROM credentials WHERE kind = 'jwt' AND serial = ?1 AND withdrawn_at IS NULL LIMIT 1",
+                params![w.serial],
+                |_| Ok(()),
+            )
+            .is_ok();
+        if !still_held {
+            fresh.push((w.serial.clone(), (w.reason.to_owned(), w.not_after)));
+        }
+    }
+    if let Ok(mut map) = revoked.lock() {
+        map.retain(|_, (_, exp)| *exp > now);
+        map.extend(fresh);
+    }
 }
 
 impl Writer {
@@ -74,18 +142,26 @@ impl Writer {
         rx: std_mpsc::Receiver<Op>,
         retention: Duration,
         audit: Option<Audit>,
+        revoked: Revoked,
     ) -> Self {
         Self {
             conn,
             rx,
             retention,
             audit,
+            revoked,
         }
     }
 
     /// Writes until [`super::Inventory::close`] or every handle is gone.
     pub(crate) fn run(self) {
-        writer(self.conn, self.rx, self.retention, self.audit);
+        writer(
+            self.conn,
+            self.rx,
+            self.retention,
+            self.audit,
+            &self.revoked,
+        );
     }
 }
 
@@ -114,6 +190,7 @@ fn writer(
     rx: std_mpsc::Receiver<Op>,
     retention: Duration,
     mut audit: Option<Audit>,
+    revoked: &Revoked,
 ) {
     let mut last_prune = std::time::Instant::now();
     // Counted soon after start, then at most every COUNT_EVERY.
@@ -148,6 +225,9 @@ fn writer(
         // After the commit: the audit names only what the inventory holds.
         if let (Ok(()), Some(audit)) = (&result, audit.as_mut()) {
             write_audit(audit, &batch, &withdrawn);
+        }
+        if result.is_ok() && !withdrawn.is_empty() {
+            note_revocations(&conn, &withdrawn, revoked);
         }
         for op in batch {
             match op {
@@ -235,6 +315,7 @@ fn withdraw_rows(
             uid: r.get(5)?,
             exe: r.get(6)?,
             reason: reason.as_str(),
+            not_after: r.get(7)?,
         })
     })?;
     for row in rows {
@@ -297,7 +378,7 @@ fn apply(
                 None => {
                     let mut stmt = tx.prepare_cached(
                         "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
-                         WHERE pid = ?3 AND pid_instance = ?4 AND withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe",
+                         WHERE pid = ?3 AND pid_instance = ?4 AND withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe, not_after",
                     )?;
                     withdraw_rows(
                         &mut stmt,
@@ -309,7 +390,7 @@ fn apply(
                 Some(keys) => {
                     let mut stmt = tx.prepare_cached(
                         "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
-                         WHERE pid = ?3 AND pid_instance = ?4 AND kind = ?5 AND serial = ?6 AND withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe",
+                         WHERE pid = ?3 AND pid_instance = ?4 AND kind = ?5 AND serial = ?6 AND withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe, not_after",
                     )?;
                     for (kind, serial) in keys {
                         withdraw_rows(
@@ -330,7 +411,7 @@ fn apply(
             },
             Op::WithdrawAll { reason, at, .. } => {
                 let mut stmt = tx.prepare_cached(
-                    "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2 WHERE withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe",
+                    "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2 WHERE withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe, not_after",
                 )?;
                 withdraw_rows(&mut stmt, params![at, reason.as_str()], *reason, withdrawn)?;
             }

@@ -62,6 +62,8 @@ struct Shared {
     max_bytes: usize,
     signed: AtomicU64,
     wake: Notify,
+    /// The `iss` claim of every token signed here (OIDC discovery), if any.
+    issuer: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -106,9 +108,11 @@ impl JwtCache {
         clock: SharedClock,
         capacity: usize,
         max_bytes: usize,
+        issuer: Option<&str>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                issuer: issuer.map(Arc::from),
                 state: Mutex::new(State::default()),
                 ca,
                 clock,
@@ -138,6 +142,19 @@ impl JwtCache {
                         .is_some_and(|c| more_than_half_left(c, now))
             })
         })
+    }
+
+    /// Drops the cached token for `req` if it is `jti` (revoked: its last holder went away), so the
+    /// next request signs a new one.
+    pub fn forget(&self, req: &JwtRequest, jti: &str) {
+        if let Ok(mut state) = self.shared.state.lock()
+            && state
+                .slots
+                .get(req)
+                .is_some_and(|slot| slot.current.as_ref().is_some_and(|c| c.jti == jti))
+        {
+            state.remove(req);
+        }
     }
 
     /// A token for `req`: the cached one while more than half its life remains, else a new one.
@@ -195,13 +212,14 @@ impl JwtCache {
                 (ca.jwt.active.clone(), ca.remote.clone())
             };
             let now = cache.shared.clock.now();
+            let issuer = cache.shared.issuer.clone();
             let r = req.clone();
             let signed = match (remote, key) {
                 // A SPIRE server signs: one RPC, on this task.
                 (Some(remote), _) => Ok(remote.jwt(r.spiffe_id, r.audiences).await),
                 (None, Some(key)) => {
                     tokio::task::spawn_blocking(move || {
-                        key.sign(&r.spiffe_id, &r.audiences, now, r.ttl)
+                        key.sign(&r.spiffe_id, &r.audiences, now, r.ttl, issuer.as_deref())
                     })
                     .await
                 }
@@ -387,7 +405,7 @@ mod tests {
             clock.clone(),
         )
         .unwrap();
-        let cache = JwtCache::new(a.subscribe(), clock.clone(), capacity, usize::MAX);
+        let cache = JwtCache::new(a.subscribe(), clock.clone(), capacity, usize::MAX, None);
         std::mem::forget(a);
         (dir, cache, clock)
     }

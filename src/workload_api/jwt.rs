@@ -114,7 +114,12 @@ pub(super) async fn fetch(
         if !ctx.jwt.is_fresh(&req) {
             ctx.shares.new_credential(attested.uid())?;
         }
-        let jwt = ctx.jwt.get(req).await?;
+        let mut jwt = ctx.jwt.get(req.clone()).await?;
+        // A cached token whose last holder exited (revoked) is not handed to anyone again.
+        if ctx.inventory.revoked_jwt(&jwt.jti).is_some() {
+            ctx.jwt.forget(&req, &jwt.jti);
+            jwt = ctx.jwt.get(req).await?;
+        }
         deliveries.push(Delivery {
             kind: Kind::Jwt,
             serial: jwt.jti.clone(),

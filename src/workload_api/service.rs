@@ -254,6 +254,18 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     tracing::debug!(reason = %e, "jwt-svid rejected");
                     to_status(&Error::InvalidJwt(e))
                 })?;
+            // Revocation at validation: a token whose last holder exited or lost its entitlement.
+            if self.ctx.jwt_revocation
+                && let Some(reason) = claims
+                    .get("jti")
+                    .and_then(|j| j.as_str())
+                    .and_then(|jti| self.ctx.inventory.revoked_jwt(jti))
+            {
+                tracing::debug!(%spiffe_id, reason, "withdrawn jwt-svid rejected");
+                return Err(to_status(&Error::InvalidJwt(
+                    crate::ca::jwt::Invalid::Withdrawn(reason),
+                )));
+            }
             Ok(Response::new(ValidateJwtsvidResponse {
                 spiffe_id: spiffe_id.to_string(),
                 claims: Some(super::jwt::to_struct(claims)),

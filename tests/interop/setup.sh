@@ -34,6 +34,8 @@ go_part() {
     (cd "$here/go" && go mod download && go build -o "$out/bin/interop-go" .)
     # The SDS client: Envoy's own generated types (go-control-plane), a module of its own.
     (cd "$here/go/sds" && go mod download && go build -o "$out/bin/interop-sds" .)
+    # The OIDC relying party: github.com/coreos/go-oidc/v3.
+    (cd "$here/go/oidc" && go mod download && go build -o "$out/bin/interop-oidc" .)
 }
 
 java_part() {

@@ -29,6 +29,9 @@ pub(super) struct Claims<'a> {
     exp: u64,
     iat: u64,
     jti: &'a str,
+    /// Set when OIDC discovery is served: relying parties match it against the discovery document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
 }
 
 /// A signed JWT-SVID.
@@ -93,13 +96,15 @@ impl JwtKey {
         &self.kid
     }
 
-    /// Signs a JWT-SVID for `sub` and `audiences`, valid from `now` for `ttl` (JW-1..5).
+    /// Signs a JWT-SVID for `sub` and `audiences`, valid from `now` for `ttl` (JW-1..5), with `iss`
+    /// when an issuer is given.
     pub fn sign(
         &self,
         sub: &SpiffeId,
         audiences: &[String],
         now: SystemTime,
         ttl: Duration,
+        issuer: Option<&str>,
     ) -> Result<SignedJwt, Error> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -120,6 +125,7 @@ impl JwtKey {
             exp,
             iat,
             jti: &jti,
+            iss: issuer,
         };
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| Error::BadCertificate(format!("JWT signing failed: {e}")))?;

@@ -23,6 +23,8 @@ pub enum Invalid {
     UnknownKid { kid: String, trust_domain: String },
     #[error("the token does not verify: {0}")]
     Verification(String),
+    #[error("the token was withdrawn ({0}): its holder is gone, so it is no longer accepted here")]
+    Withdrawn(String),
 }
 
 /// Validates a JWT-SVID against the bundle of its subject's trust domain and returns the subject and
