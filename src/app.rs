@@ -82,6 +82,8 @@ pub struct Running {
     ca: watch::Receiver<Arc<CaSnapshot>>,
     issuer: IssuerHandle,
     jwt: JwtCache,
+    /// The Cedar policies in force (replaced on reload).
+    cedar: tokio::sync::watch::Sender<Option<Arc<crate::workload_api::gate::Engine>>>,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
     /// Fires when the inventory's writer thread ends (supervised apart from `tasks`: it must
     /// outlive them, to record the withdrawals of shutdown).
@@ -144,6 +146,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         source,
     })?;
     let declared = load_declared(&config).map_err(Error::Policy)?;
+    let cedar_tx = tokio::sync::watch::Sender::new(load_engine(&config).map_err(Error::Policy)?);
     let db = config.data_dir.join("lanyard.db");
     let registry = {
         let db = db.clone();
@@ -283,6 +286,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         streams: streams.clone(),
         shares: shares.clone(),
         jwt_revocation: config.jwt_revocation,
+        cedar: cedar_tx.subscribe(),
     };
     let admin = AdminApi {
         registry: registry.clone(),
@@ -431,9 +435,46 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         ca: ca_rx,
         issuer: issuer_handle,
         jwt: jwt_cache,
+        cedar: cedar_tx,
         tasks,
         writer,
     })
+}
+
+/// The Cedar policies of `[policy]`, read and validated now; every problem with Cedar's message.
+#[cfg(feature = "policy")]
+pub fn load_engine(
+    config: &Config,
+) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<FieldError>> {
+    let Some(policy) = &config.policy else {
+        return Ok(None);
+    };
+    // context.node: $NODE_NAME (the DaemonSet sets it from the downward API), else the hostname.
+    let node = std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(crate::policy::node_name);
+    match crate::policy::Engine::load(policy, &node) {
+        Ok(engine) => {
+            tracing::info!(policies = ?engine.ids(), "cedar policies in force");
+            Ok(Some(Arc::new(engine)))
+        }
+        Err(errors) => Err(errors
+            .into_iter()
+            .map(|message| FieldError {
+                field: "policy".into(),
+                message,
+            })
+            .collect()),
+    }
+}
+
+/// Without the `policy` feature, `[policy]` is refused by validation: nothing to load.
+#[cfg(not(feature = "policy"))]
+pub fn load_engine(
+    _config: &Config,
+) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<FieldError>> {
+    Ok(None)
 }
 
 /// What the config file contributes to the policy: declared entries and federated bundles (read from
@@ -481,6 +522,8 @@ impl Running {
     /// Settings that need a restart (trust domain, socket, data dir, authority) are reported back.
     pub fn reload(&mut self, config: Config) -> Result<Vec<&'static str>, Vec<FieldError>> {
         let declared = load_declared(&config)?;
+        // An invalid policy set is refused as a whole; the running one stays.
+        let engine = load_engine(&config)?;
         let mut restart_needed = Vec::new();
         if config.trust_domain != self.config.trust_domain {
             restart_needed.push("trust_domain");
@@ -509,6 +552,7 @@ impl Running {
             "policy reloaded"
         );
         self.registry.reload(declared);
+        self.cedar.send_replace(engine);
         self.config = config;
         Ok(restart_needed)
     }

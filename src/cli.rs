@@ -7,6 +7,8 @@ mod healthcheck;
 mod helper;
 mod inventory;
 mod output;
+#[cfg(feature = "policy")]
+mod policy;
 mod validate;
 mod watch;
 
@@ -51,6 +53,10 @@ enum Command {
     Helper(helper::Args),
     /// Exit 0 only if the agent answers with a valid bundle.
     Healthcheck(healthcheck::Args),
+    /// Evaluate requests against the Cedar policies of a config file, without issuing.
+    #[cfg(feature = "policy")]
+    #[command(subcommand)]
+    Policy(policy::Command),
 }
 
 /// Parses arguments and runs the subcommand.
@@ -77,6 +83,14 @@ pub fn main() -> ExitCode {
             Command::Inventory(args) => report(inventory::run(args).await),
             Command::Helper(args) => helper::run(args).await,
             Command::Healthcheck(args) => report(healthcheck::run(args).await),
+            #[cfg(feature = "policy")]
+            Command::Policy(cmd) => match policy::run(cmd) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("lanyard: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
         }
     })
 }

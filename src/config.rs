@@ -117,6 +117,8 @@ pub struct Config {
     /// ValidateJWTSVID refuses a token whose last holder exited or lost its entitlement
     /// (`[inventory] jwt_revocation`, default true).
     pub jwt_revocation: bool,
+    /// Cedar policies deciding every issuance (`[policy]`); none = entries alone decide.
+    pub policy: Option<PolicyConfig>,
     /// OpenID Connect discovery for JWT-SVIDs (`[oidc]`).
     pub oidc: Option<OidcConfig>,
     /// Fair shares and caps (`[limits]`).
@@ -222,4 +224,15 @@ pub struct OidcConfig {
     pub issuer: String,
     /// TLS certificate chain and key (PEM) to serve HTTPS directly; none = plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// `[policy]` as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyConfig {
+    /// Policy files, or directories whose `*.cedar` files are read (sorted).
+    pub paths: Vec<PathBuf>,
+    /// A Cedar schema (`.cedarschema`) the policies are validated against, and requests too.
+    pub schema_path: Option<PathBuf>,
+    /// Operator attributes, `context.env.<name>`.
+    pub environment: std::collections::BTreeMap<String, String>,
 }

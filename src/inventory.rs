@@ -64,6 +64,7 @@ pub enum Reason {
     EntitlementRemoved,
     Superseded,
     AgentStopped,
+    PolicyDenied,
 }
 
 impl Reason {
@@ -74,6 +75,7 @@ impl Reason {
             Reason::EntitlementRemoved => "entitlement removed",
             Reason::Superseded => "superseded by rotation",
             Reason::AgentStopped => "agent stopped",
+            Reason::PolicyDenied => "policy denied",
         }
     }
 }

@@ -30,6 +30,8 @@ mod lifecycle;
 pub mod limits;
 pub mod metrics;
 mod oidc;
+#[cfg(feature = "policy")]
+pub mod policy;
 pub mod proto;
 pub mod registry;
 pub mod selector;

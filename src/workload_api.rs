@@ -5,6 +5,7 @@
 //! of their own beyond what they last sent.
 
 pub(crate) mod exec_hub;
+pub(crate) mod gate;
 pub(crate) mod h2_normalize;
 pub(crate) mod header;
 mod jwt;
@@ -59,6 +60,8 @@ pub(crate) enum Error {
     AudienceForbidden { audience: String, spiffe_id: String },
     #[error("invalid JWT-SVID: {0}")]
     InvalidJwt(#[from] crate::ca::jwt::Invalid),
+    #[error("{0}")]
+    PolicyDenied(String),
     #[error("cannot record the delivery: {0}")]
     Inventory(crate::inventory::Error),
 }
@@ -87,4 +90,6 @@ pub(crate) struct Context {
     pub shares: crate::limits::Shares,
     /// ValidateJWTSVID refuses tokens the inventory revoked.
     pub jwt_revocation: bool,
+    /// The Cedar policies in force, if any.
+    pub cedar: gate::Cedar,
 }

@@ -42,6 +42,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub sds: RawSds,
     pub oidc: Option<RawOidc>,
+    pub policy: Option<RawPolicy>,
+}
+
+/// `[policy]`: Cedar policy files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    pub schema_path: Option<PathBuf>,
+    #[serde(default)]
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 /// `[oidc]`: OpenID Connect discovery for JWT-SVIDs.

@@ -261,6 +261,25 @@ pub(super) fn validate(
     let audit = audit(&mut errs, raw.audit.as_ref());
     let metrics_spiffe_id_labels = metrics(&mut errs, &raw.metrics);
     let oidc = oidc(&mut errs, raw.oidc.as_ref(), authority.as_ref());
+    let policy = raw.policy.as_ref().map(|p| {
+        if p.paths.is_empty() {
+            errs.push(
+                "policy.paths",
+                "empty; list Cedar policy files or directories (a [policy] with no policies would deny everything)",
+            );
+        }
+        if !cfg!(feature = "policy") {
+            errs.push(
+                "policy",
+                "this lanyard was built without the \"policy\" feature (Cedar); rebuild with it or remove [policy]",
+            );
+        }
+        PolicyConfig {
+            paths: p.paths.clone(),
+            schema_path: p.schema_path.clone(),
+            environment: p.environment.clone(),
+        }
+    });
     if !errs.0.is_empty() {
         return Err(Errors(errs.0));
     }
@@ -286,6 +305,7 @@ pub(super) fn validate(
         exec_events: raw.attestation.exec_events.unwrap_or(true),
         peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
         oidc,
+        policy,
         jwt_revocation: raw.inventory.jwt_revocation.unwrap_or(true),
         sds: raw.sds.enabled.unwrap_or(true),
         sds_disable_spiffe_validation: raw.sds.disable_spiffe_cert_validation.unwrap_or(false),

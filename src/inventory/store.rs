@@ -79,6 +79,7 @@ pub(crate) type Revoked =
 fn revokes(reason: &str) -> bool {
     reason == super::Reason::ProcessExited.as_str()
         || reason == super::Reason::EntitlementRemoved.as_str()
+        || reason == super::Reason::PolicyDenied.as_str()
 }
 
 /// Loads the revocations still in force (tokens not yet expired, held by no one).
@@ -86,15 +87,16 @@ pub(super) fn load_revoked(conn: &Connection, now: i64) -> Result<Revoked, Error
     let mut stmt = conn.prepare(
         "SELECT c.serial, c.withdraw_reason, c.not_after FROM credentials c
          WHERE c.kind = 'jwt' AND c.withdrawn_at IS NOT NULL AND c.not_after > ?1
-           AND c.withdraw_reason IN (?2, ?3)
+           AND c.withdraw_reason IN (?2, ?3, ?4)
            AND NOT EXISTS (SELECT 1 FROM credentials l WHERE l.kind = 'jwt' AND l.serial = c.serial
-                           AND (l.withdrawn_at IS NULL OR l.withdraw_reason NOT IN (?2, ?3)))",
+                           AND (l.withdrawn_at IS NULL OR l.withdraw_reason NOT IN (?2, ?3, ?4)))",
     )?;
     let rows = stmt.query_map(
         params![
             now,
             super::Reason::ProcessExited.as_str(),
-            super::Reason::EntitlementRemoved.as_str()
+            super::Reason::EntitlementRemoved.as_str(),
+            super::Reason::PolicyDenied.as_str()
         ],
         |r| {
             Ok((

@@ -90,7 +90,18 @@ pub(super) async fn fetch(
     let mut first_refusal = None;
     for identity in chosen {
         match registry::forbidden_audience(identity, &ask.audiences) {
-            None => allowed.push(identity),
+            None => match super::gate::permits_audiences(
+                ctx,
+                selectors,
+                identity,
+                &ask.audiences,
+                super::gate::Act::Jwt,
+            ) {
+                Ok(()) => allowed.push(identity),
+                Err(why) => {
+                    first_refusal.get_or_insert(Error::PolicyDenied(why));
+                }
+            },
             Some(aud) => {
                 first_refusal.get_or_insert_with(|| Error::AudienceForbidden {
                     audience: aud.to_owned(),

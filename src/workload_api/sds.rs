@@ -118,7 +118,10 @@ impl SecretDiscoveryService for Sds {
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         let start = std::time::Instant::now();
         let result = async {
-            let states = self.api.open_watch(&request, render_sds, true).await?;
+            let states = self
+                .api
+                .open_watch(&request, render_sds, true, Some(super::gate::Act::Sds))
+                .await?;
             let requests = request.into_inner();
             let (tx, rx) = mpsc::channel(4);
             tokio::spawn(follow(requests, states, tx, self.disable_spiffe_validation));
@@ -149,7 +152,10 @@ impl SecretDiscoveryService for Sds {
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let start = std::time::Instant::now();
         let result = async {
-            let mut states = self.api.open_watch(&request, render_sds, true).await?;
+            let mut states = self
+                .api
+                .open_watch(&request, render_sds, true, Some(super::gate::Act::Sds))
+                .await?;
             let state = match states.recv().await {
                 Some(Ok(state)) => state,
                 Some(Err(status)) => return Err(status),

@@ -117,7 +117,8 @@ impl WorkloadApi {
     where
         M: Clone + PartialEq + Send + 'static,
     {
-        let rx = self.open_watch(req, render, with_svids).await?;
+        let act = with_svids.then_some(super::gate::Act::X509);
+        let rx = self.open_watch(req, render, with_svids, act).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -129,6 +130,7 @@ impl WorkloadApi {
         req: &Request<T>,
         render: super::stream::Render<M>,
         with_svids: bool,
+        act: Option<super::gate::Act>,
     ) -> Result<mpsc::Receiver<Result<M, Status>>, Status>
     where
         M: Clone + PartialEq + Send + 'static,
@@ -150,7 +152,7 @@ impl WorkloadApi {
             .stream(attested.uid())
             .map_err(|r| to_status(&Error::Limit(r)))?;
         let permit = (permit, share);
-        let (watcher, first) = Watcher::open(self.ctx.clone(), attested, render, with_svids)
+        let (watcher, first) = Watcher::open(self.ctx.clone(), attested, render, with_svids, act)
             .await
             .map_err(|e| to_status(&e))?;
         let (tx, rx) = mpsc::channel(4);
@@ -246,6 +248,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     pid: attested.pinned.pid(),
                     selectors: attested.selectors,
                 }));
+            }
+            // Policy: the caller validates for this audience under one of its identities.
+            let mut refusal = None;
+            let may_validate =
+                identities.iter().any(|identity| {
+                    match super::gate::permits_audiences(
+                        &self.ctx,
+                        &attested.selectors,
+                        identity,
+                        std::slice::from_ref(&req.audience),
+                        super::gate::Act::Validate,
+                    ) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            refusal.get_or_insert(why);
+                            false
+                        }
+                    }
+                });
+            if !may_validate {
+                return Err(to_status(&Error::PolicyDenied(refusal.unwrap_or_default())));
             }
             let bundles = super::jwt::validation_bundles(&self.ctx, &identities);
             let now = self.ctx.clock.now();

@@ -55,6 +55,10 @@ pub(crate) fn to_status(err: &Error) -> Status {
                 "no identity issued: no registration entry matches this process ({selectors})"
             ))
         }
+        Error::PolicyDenied(why) => {
+            tracing::info!(reason = %why, "denied by policy");
+            Status::permission_denied(why.clone())
+        }
         Error::EntitlementLost => {
             Status::permission_denied("no identity: this process is no longer entitled to any SVID")
         }

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 use tonic::Status;
 
+use super::gate::{self, Act};
 use super::status::to_status;
 use super::{Context, Error};
 use crate::attest::PinnedProcess;
@@ -94,6 +95,10 @@ pub(super) struct Watcher<M> {
     attested: Attested,
     render: Render<M>,
     with_svids: bool,
+    /// What the stream issues, for the Cedar gate (`None`: bundles only, nothing issued).
+    act: Option<Act>,
+    /// Policy reloads (a change re-decides what the caller may hold).
+    cedar: super::gate::Cedar,
     identities: Vec<Identity>,
     subs: Vec<(SvidRequest, watch::Receiver<SvidState>)>,
     updates: StreamMap<usize, WatchStream<SvidState>>,
@@ -111,9 +116,12 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         attested: Attested,
         render: Render<M>,
         with_svids: bool,
+        act: Option<Act>,
     ) -> Result<(Self, M), Error> {
         let mut policy = ctx.policy.clone();
         let mut ca = ctx.ca.clone();
+        let mut cedar = ctx.cedar.clone();
+        cedar.borrow_and_update();
         let current = policy.borrow_and_update().clone();
         ca.borrow_and_update();
         let identities = registry::match_identities(&attested.selectors, &current);
@@ -123,11 +131,17 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 selectors: attested.selectors.clone(),
             });
         }
+        let identities = match act {
+            Some(act) => gate::permitted(&ctx, &attested.selectors, identities, act)?,
+            None => identities,
+        };
         let mut w = Self {
             ctx,
             attested,
             render,
             with_svids,
+            act,
+            cedar,
             identities: Vec::new(),
             subs: Vec::new(),
             updates: StreamMap::new(),
@@ -163,6 +177,13 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     Ok(()) => self.on_policy_change().await,
                     Err(_) => Err(Error::ShuttingDown),
                 },
+                changed = self.cedar.changed() => match changed {
+                    Ok(()) => {
+                        self.cedar.borrow_and_update();
+                        self.rematch().await
+                    }
+                    Err(_) => Err(Error::ShuttingDown),
+                },
                 changed = self.ca.changed() => match changed {
                     Ok(()) => Ok(()),
                     Err(_) => Err(Error::ShuttingDown),
@@ -196,19 +217,20 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 Err(e) => {
                     // Lost its entitlement, or the pinned process exec'd or changed credentials
                     // (cut off, never followed): what it holds is withdrawn.
-                    let cut_off = matches!(
-                        e,
+                    let cut_off = match e {
+                        Error::PolicyDenied(_) => Some(Reason::PolicyDenied),
                         Error::EntitlementLost
-                            | Error::Attestation {
-                                source: crate::attest::Error::Changed { .. },
-                                ..
-                            }
-                    );
-                    if cut_off {
+                        | Error::Attestation {
+                            source: crate::attest::Error::Changed { .. },
+                            ..
+                        } => Some(Reason::EntitlementRemoved),
+                        _ => None,
+                    };
+                    if let Some(reason) = cut_off {
                         self.ctx.inventory.withdraw(
                             self.attested.holder.holder,
                             Some(self.delivered_keys()),
-                            Reason::EntitlementRemoved,
+                            reason,
                         );
                     }
                     let _ = tx.send(Err(to_status(&e))).await;
@@ -248,6 +270,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             self.attested.holder.exe = exe_of(&selectors);
             self.attested.selectors = selectors;
             self.rematch().await?;
+        } else if self.act.is_some() && self.cedar.borrow().is_some() {
+            // Policies may depend on time: decided again before every push.
+            self.rematch().await?;
         }
         Ok(())
     }
@@ -267,6 +292,10 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             );
             return Err(Error::EntitlementLost);
         }
+        let identities = match self.act {
+            Some(act) => gate::permitted(&self.ctx, &self.attested.selectors, identities, act)?,
+            None => identities,
+        };
         if identities != self.identities {
             self.set_identities(identities).await?;
         }

@@ -1,0 +1,134 @@
+//! The Cedar gate: what the policies in force permit, asked at request time and before every push
+//! (see `crate::policy`). Without `[policy]` (or without the `policy` feature) everything the
+//! entries give passes.
+
+use std::sync::Arc;
+
+use super::{Context, Error};
+use crate::registry::Identity;
+use crate::selector::SelectorSet;
+
+/// What the caller asks for, as the gate knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    X509,
+    Jwt,
+    Validate,
+    Sds,
+}
+
+#[cfg(feature = "policy")]
+pub(crate) type Engine = crate::policy::Engine;
+/// Without the `policy` feature no engine can exist.
+#[cfg(not(feature = "policy"))]
+#[derive(Debug)]
+pub(crate) enum Engine {}
+
+/// The engine in force (`None`: no `[policy]`), replaced as a whole on reload.
+pub(crate) type Cedar = tokio::sync::watch::Receiver<Option<Arc<Engine>>>;
+
+/// The identities Cedar permits `act` on (the identity itself as the resource); `PolicyDenied`
+/// with the first refusal's reason when it permits none of them.
+pub(super) fn permitted(
+    ctx: &Context,
+    selectors: &SelectorSet,
+    identities: Vec<Identity>,
+    act: Act,
+) -> Result<Vec<Identity>, Error> {
+    let Some(engine) = ctx.cedar.borrow().clone() else {
+        return Ok(identities);
+    };
+    let mut kept = Vec::with_capacity(identities.len());
+    let mut first = None;
+    for identity in identities {
+        match decide(&engine, ctx, selectors, &identity, act, None) {
+            Ok(()) => kept.push(identity),
+            Err(why) => {
+                first.get_or_insert(why);
+            }
+        }
+    }
+    match (kept.is_empty(), first) {
+        (true, Some(why)) => Err(Error::PolicyDenied(why)),
+        _ => Ok(kept),
+    }
+}
+
+/// Whether Cedar permits `act` for `identity` on every one of `audiences`; the refusal's reason.
+pub(super) fn permits_audiences(
+    ctx: &Context,
+    selectors: &SelectorSet,
+    identity: &Identity,
+    audiences: &[String],
+    act: Act,
+) -> Result<(), String> {
+    let Some(engine) = ctx.cedar.borrow().clone() else {
+        return Ok(());
+    };
+    audiences
+        .iter()
+        .try_for_each(|aud| decide(&engine, ctx, selectors, identity, act, Some(aud)))
+}
+
+#[cfg(feature = "policy")]
+fn decide(
+    engine: &Engine,
+    ctx: &Context,
+    selectors: &SelectorSet,
+    identity: &Identity,
+    act: Act,
+    audience: Option<&str>,
+) -> Result<(), String> {
+    use crate::policy::{Action, Ask, Resource};
+    let action = match act {
+        Act::X509 => Action::FetchX509Svid,
+        Act::Jwt => Action::FetchJwtSvid,
+        Act::Validate => Action::ValidateJwtSvid,
+        Act::Sds => Action::Sds,
+    };
+    let resource = match audience {
+        Some(aud) => Resource::Audience(aud),
+        None => Resource::Identity(&identity.spiffe_id),
+    };
+    let ttl = match act {
+        Act::Jwt | Act::Validate => identity.jwt_ttl,
+        Act::X509 | Act::Sds => identity.x509_ttl,
+    };
+    let verdict = engine.decide(&Ask {
+        principal: &identity.spiffe_id,
+        selectors,
+        action,
+        resource,
+        ttl,
+        now: ctx.clock.now(),
+    });
+    for e in &verdict.errors {
+        tracing::warn!(spiffe_id = %identity.spiffe_id, action = action.as_str(), error = %e, "policy evaluation error (the policy does not apply)");
+    }
+    if verdict.allowed {
+        Ok(())
+    } else {
+        let on = audience.map_or_else(
+            || identity.spiffe_id.to_string(),
+            |a| format!("audience {a:?}"),
+        );
+        Err(format!(
+            "{} of {} on {on} is denied by policy: {}",
+            action.as_str(),
+            identity.spiffe_id,
+            verdict.reason()
+        ))
+    }
+}
+
+#[cfg(not(feature = "policy"))]
+fn decide(
+    engine: &Engine,
+    _ctx: &Context,
+    _selectors: &SelectorSet,
+    _identity: &Identity,
+    _act: Act,
+    _audience: Option<&str>,
+) -> Result<(), String> {
+    match *engine {}
+}
