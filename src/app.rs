@@ -443,7 +443,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
 
 /// The Cedar policies of `[policy]`, read and validated now; every problem with Cedar's message.
 #[cfg(feature = "policy")]
-pub fn load_engine(
+pub(crate) fn load_engine(
     config: &Config,
 ) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<FieldError>> {
     let Some(policy) = &config.policy else {
@@ -471,7 +471,7 @@ pub fn load_engine(
 
 /// Without the `policy` feature, `[policy]` is refused by validation: nothing to load.
 #[cfg(not(feature = "policy"))]
-pub fn load_engine(
+pub(crate) fn load_engine(
     _config: &Config,
 ) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<FieldError>> {
     Ok(None)

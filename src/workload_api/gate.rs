@@ -14,6 +14,7 @@ pub(crate) enum Act {
     X509,
     Jwt,
     Validate,
+    #[cfg_attr(not(feature = "sds"), allow(dead_code))]
     Sds,
 }
 
