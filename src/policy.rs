@@ -22,8 +22,9 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 use crate::config::PolicyConfig;
@@ -111,6 +112,40 @@ pub struct Engine {
     node: String,
     ids: Vec<String>,
     authorizer: Authorizer,
+    /// The policies whose scope can match a (principal, action, resource), per triple: Cedar checks
+    /// every policy of a set, so a request is decided against only these (same answer, and a large
+    /// set of narrowly scoped policies costs what its relevant part costs).
+    scoped: std::sync::Mutex<HashMap<(EntityUid, EntityUid, EntityUid), std::sync::Arc<PolicySet>>>,
+}
+
+/// How many scoped subsets are kept before the cache starts over.
+const SCOPED_CACHE: usize = 4096;
+
+/// Whether `policy`'s scope can match. Entities here have no parents, so `in` an entity is equality;
+/// an action `in` a list or group is kept (action groups may come from a schema).
+fn in_scope(
+    policy: &Policy,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource: &EntityUid,
+) -> bool {
+    let p = match policy.principal_constraint() {
+        PrincipalConstraint::Any => true,
+        PrincipalConstraint::Eq(u) | PrincipalConstraint::In(u) => &u == principal,
+        PrincipalConstraint::Is(t) => &t == principal.type_name(),
+        PrincipalConstraint::IsIn(t, u) => &t == principal.type_name() && &u == principal,
+    };
+    let a = match policy.action_constraint() {
+        ActionConstraint::Eq(u) => &u == action,
+        ActionConstraint::Any | ActionConstraint::In(_) => true,
+    };
+    let r = match policy.resource_constraint() {
+        ResourceConstraint::Any => true,
+        ResourceConstraint::Eq(u) | ResourceConstraint::In(u) => &u == resource,
+        ResourceConstraint::Is(t) => &t == resource.type_name(),
+        ResourceConstraint::IsIn(t, u) => &t == resource.type_name() && &u == resource,
+    };
+    p && a && r
 }
 
 impl std::fmt::Debug for Engine {
@@ -221,12 +256,41 @@ impl Engine {
             node: node.to_owned(),
             ids,
             authorizer: Authorizer::new(),
+            scoped: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     /// The policy IDs, in load order.
     pub fn ids(&self) -> &[String] {
         &self.ids
+    }
+
+    /// The policies that can apply to this triple (cached).
+    fn scoped_set(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+    ) -> std::sync::Arc<PolicySet> {
+        let key = (principal.clone(), action.clone(), resource.clone());
+        if let Some(set) = self.scoped.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return set;
+        }
+        let mut set = PolicySet::new();
+        for policy in self.set.policies() {
+            if in_scope(policy, principal, action, resource) {
+                // Every ID is unique in the full set, so adding cannot fail.
+                let _ = set.add(policy.clone());
+            }
+        }
+        let set = std::sync::Arc::new(set);
+        if let Ok(mut cache) = self.scoped.lock() {
+            if cache.len() >= SCOPED_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, set.clone());
+        }
+        set
     }
 
     /// Decides one request.
@@ -277,13 +341,14 @@ impl Engine {
             ("env".to_owned(), env),
         ])
         .map_err(|e| e.to_string())?;
+        let (principal_key, action_key, resource_key) =
+            (principal.clone(), action.clone(), resource.clone());
         let request = Request::new(principal, action, resource, context, self.schema.as_ref())
             .map_err(|e| format!("the request does not fit the schema: {}", render(&e)))?;
         let entities = Entities::from_entities(entities, self.schema.as_ref())
             .map_err(|e| format!("entities: {}", render(&e)))?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set, &entities);
+        let set = self.scoped_set(&principal_key, &action_key, &resource_key);
+        let response = self.authorizer.is_authorized(&request, &set, &entities);
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
@@ -404,4 +469,112 @@ pub fn principal_from_json(path: &Path) -> Result<(SpiffeId, SelectorSet), Strin
         );
     }
     Ok((id, selectors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deciding against the scoped subset gives the answer of the full set, for every kind of scope.
+    #[test]
+    fn scoped_subsets_decide_like_the_full_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            r#"
+            @id("base") permit (principal, action, resource);
+            @id("eq") forbid (principal == Workload::"spiffe://example.org/a", action, resource);
+            @id("in") forbid (principal in Workload::"spiffe://example.org/b", action == Action::"FetchJWTSVID", resource);
+            @id("is") forbid (principal is Workload, action, resource == Audience::"secret") when { principal has uid && principal.uid == 7 };
+            @id("res") forbid (principal, action in [Action::"SDS"], resource == Identity::"spiffe://example.org/c");
+            "#,
+        )
+        .unwrap();
+        let engine = Engine::load(
+            &PolicyConfig {
+                paths: vec![dir.path().to_owned()],
+                ..PolicyConfig::default()
+            },
+            "n",
+        )
+        .unwrap();
+        let mut sel = SelectorSet::new();
+        sel.insert(Selector::UnixUid(7));
+        let ids: Vec<SpiffeId> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|p| SpiffeId::parse(&format!("spiffe://example.org/{p}")).unwrap())
+            .collect();
+        let actions = [
+            Action::FetchX509Svid,
+            Action::FetchJwtSvid,
+            Action::ValidateJwtSvid,
+            Action::Sds,
+        ];
+        for id in &ids {
+            for action in actions {
+                for aud in [None, Some("secret"), Some("open")] {
+                    let resource = match (action, aud) {
+                        (Action::FetchJwtSvid | Action::ValidateJwtSvid, Some(a)) => {
+                            Resource::Audience(a)
+                        }
+                        _ => Resource::Identity(id),
+                    };
+                    let ask = Ask {
+                        principal: id,
+                        selectors: &sel,
+                        action,
+                        resource,
+                        ttl: Duration::from_secs(60),
+                        now: SystemTime::now(),
+                    };
+                    let scoped = engine.decide(&ask);
+                    // The full set, without the scope filter.
+                    let principal = uid("Workload", id.as_str()).unwrap();
+                    let act = uid("Action", action.as_str()).unwrap();
+                    let mut entities = vec![principal_entity(&principal, &ask).unwrap()];
+                    let res = match resource {
+                        Resource::Identity(i) => {
+                            let r = uid("Identity", i.as_str()).unwrap();
+                            entities.push(identity_entity(&r, i).unwrap());
+                            r
+                        }
+                        Resource::Audience(a) => uid("Audience", a).unwrap(),
+                    };
+                    let ctx = Context::from_pairs([
+                        ("now".to_owned(), long(0)),
+                        ("hour".to_owned(), long(0)),
+                        ("weekday".to_owned(), long(0)),
+                        ("ttl".to_owned(), long(60)),
+                        (
+                            "node".to_owned(),
+                            RestrictedExpression::new_string("n".into()),
+                        ),
+                        (
+                            "env".to_owned(),
+                            RestrictedExpression::new_record(Vec::new()).unwrap(),
+                        ),
+                    ])
+                    .unwrap();
+                    let req = Request::new(principal, act, res, ctx, None).unwrap();
+                    let full = Authorizer::new().is_authorized(
+                        &req,
+                        &engine.set,
+                        &Entities::from_entities(entities, None).unwrap(),
+                    );
+                    let mut reasons: Vec<String> = full
+                        .diagnostics()
+                        .reason()
+                        .map(ToString::to_string)
+                        .collect();
+                    reasons.sort();
+                    assert_eq!(
+                        (scoped.allowed, scoped.policies.clone()),
+                        (full.decision() == Decision::Allow, reasons),
+                        "{id} {} {aud:?}",
+                        action.as_str()
+                    );
+                }
+            }
+        }
+    }
 }
