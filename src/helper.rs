@@ -323,10 +323,10 @@ async fn fetch_jwts(config: &HelperConfig) -> Result<Jwts, Error> {
     let mut client = crate::client::connect(&config.endpoint).await?;
     for aud in &config.jwt_audiences {
         let resp = client
-            .fetch_jwtsvid(JwtsvidRequest {
+            .fetch_jwtsvid(crate::client::handed_on(JwtsvidRequest {
                 audience: vec![aud.clone()],
                 spiffe_id: String::new(),
-            })
+            }))
             .await
             .map_err(refused)?
             .into_inner();

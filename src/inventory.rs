@@ -157,6 +157,8 @@ struct Shared {
     clock: SharedClock,
     /// JWT-SVIDs revoked because their last holder exited or lost its entitlement.
     revoked: store::Revoked,
+    /// JWT-SVIDs fetched to be handed on: an exit does not revoke them.
+    handed_on: store::HandedOn,
 }
 
 /// Credentials remembered per holder for de-duplication.
@@ -186,6 +188,7 @@ impl Inventory {
         )?;
         store::prune(&conn, now, retention)?;
         let revoked = store::load_revoked(&conn, now)?;
+        let handed_on = store::HandedOn::default();
         let (tx, rx) = std_mpsc::channel();
         let inventory = Self {
             shared: Arc::new(Shared {
@@ -195,9 +198,23 @@ impl Inventory {
                 write_error: Mutex::new(None),
                 clock,
                 revoked: revoked.clone(),
+                handed_on: handed_on.clone(),
             }),
         };
-        Ok((inventory, Writer::new(conn, rx, retention, audit, revoked)))
+        Ok((
+            inventory,
+            Writer::new(conn, rx, retention, audit, revoked, handed_on),
+        ))
+    }
+
+    /// The JWT-SVID `jti` was fetched to be handed on (CLI, helper): its holder's exit does not
+    /// revoke it. Kept in memory until it expires.
+    pub(crate) fn handed_on_jwt(&self, jti: &str, expires_at: SystemTime) {
+        if let Ok(mut map) = self.shared.handed_on.lock() {
+            let now = store::secs(self.shared.clock.now());
+            map.retain(|_, exp| *exp > now);
+            map.insert(jti.to_owned(), store::secs(expires_at));
+        }
     }
 
     /// Why the JWT-SVID with this `jti` was revoked (its last holder exited or lost its

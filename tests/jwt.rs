@@ -158,7 +158,8 @@ async fn jw1_to_jw6_issued_tokens_and_bundle() {
     let parts: Vec<&str> = svid.svid.split('.').collect();
     assert_eq!(parts.len(), 3, "JW-1: JWS compact");
     let header = decode(parts[0]);
-    let keys: Vec<&String> = header.as_object().unwrap().keys().collect();
+    let mut keys: Vec<&String> = header.as_object().unwrap().keys().collect();
+    keys.sort();
     assert_eq!(keys, vec!["alg", "kid", "typ"], "JW-1: only alg, kid, typ");
     assert_eq!(header["alg"], "ES256", "JW-2");
     assert_eq!(header["typ"], "JWT", "JW-4");
@@ -611,10 +612,23 @@ async fn jw7_key_rotation_on_paused_time() {
 async fn a_token_whose_holder_exited_is_refused_at_validation() {
     let cfg = entry("/job", euid(), "");
     let mut agent = TestAgent::start(&cfg).await;
+    // A workload in another process (the Python SPIFFE library, with its defaults) fetches a
+    // token and exits.
+    if !prepare(
+        "python",
+        &["python3"],
+        "a_token_whose_holder_exited_is_refused_at_validation",
+    ) {
+        return;
+    }
     let fetch_in_child = |agent: &TestAgent, audience: &str| {
-        let out = std::process::Command::new(lanyard_bin())
-            .args(["fetch", "jwt", "--json", "--audience", audience, "--socket"])
-            .arg(agent.endpoint())
+        let out = std::process::Command::new(interop_dir().join("venv/bin/python"))
+            .args([
+                "-c",
+                "import sys\nfrom spiffe import WorkloadApiClient\nwith WorkloadApiClient() as c:\n    print(c.fetch_jwt_svid(audience={sys.argv[1]}).token)",
+                audience,
+            ])
+            .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
             .output()
             .unwrap();
         assert!(
@@ -622,8 +636,7 @@ async fn a_token_whose_holder_exited_is_refused_at_validation() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["svids"][0]["token"].as_str().unwrap().to_owned()
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     // The child fetched a token and exited; its credentials are withdrawn within milliseconds.
     let copied = fetch_in_child(&agent, "payments");
@@ -704,6 +717,34 @@ async fn a_token_whose_holder_exited_is_refused_at_validation() {
     assert!(refused.message().contains("withdrawn"), "{refused:?}");
     drop(client);
     running.shutdown().await;
+    // A token fetched with `lanyard fetch jwt` is handed on by design (printed for a script): the
+    // CLI's exit does not revoke it.
+    let client_running = restart("").await.unwrap();
+    let out = std::process::Command::new(lanyard_bin())
+        .args([
+            "fetch",
+            "jwt",
+            "--json",
+            "--audience",
+            "handed-on",
+            "--socket",
+        ])
+        .arg(agent.endpoint())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let handed = v["svids"][0]["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut client = agent.client().await;
+    client
+        .validate_jwtsvid(ValidateJwtsvidRequest {
+            audience: "handed-on".into(),
+            svid: handed,
+        })
+        .await
+        .expect("a handed-on token outlives the CLI");
+    drop(client);
+    client_running.shutdown().await;
     // Turned off: the same token validates again (until its exp, as for JWKS-only verifiers).
     let running = restart("[inventory]\njwt_revocation = false\n")
         .await

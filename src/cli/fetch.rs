@@ -94,10 +94,10 @@ async fn jwt(args: JwtArgs) -> anyhow::Result<()> {
     let endpoint = client::resolve_endpoint(args.endpoint.socket.as_deref());
     let mut client = client::connect(&endpoint).await?;
     let resp = client
-        .fetch_jwtsvid(crate::proto::JwtsvidRequest {
+        .fetch_jwtsvid(client::handed_on(crate::proto::JwtsvidRequest {
             audience: args.audiences.clone(),
             spiffe_id: args.spiffe_id.clone().unwrap_or_default(),
-        })
+        }))
         .await
         .map_err(describe)?
         .into_inner();

@@ -55,6 +55,7 @@ pub(crate) struct Writer {
     retention: Duration,
     audit: Option<Audit>,
     revoked: Revoked,
+    handed_on: HandedOn,
 }
 
 /// A row a withdrawal changed, for the audit stream.
@@ -74,6 +75,9 @@ struct Withdrawn {
 /// (reason, `exp`). ValidateJWTSVID refuses them; the JWT cache does not hand them out again.
 pub(crate) type Revoked =
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>>;
+
+/// JWT-SVIDs fetched to be handed on (by `jti`, with `exp`): an exit does not revoke them.
+pub(crate) type HandedOn = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>;
 
 /// Reasons that revoke a JWT-SVID (a rotation or a stopping agent does not).
 fn revokes(reason: &str) -> bool {
@@ -114,11 +118,21 @@ pub(super) fn load_revoked(conn: &Connection, now: i64) -> Result<Revoked, Error
 }
 
 /// After a commit: JWT-SVIDs whose last holder exited or lost its entitlement become revoked.
-fn note_revocations(conn: &Connection, withdrawn: &[Withdrawn], revoked: &Revoked) {
+fn note_revocations(
+    conn: &Connection,
+    withdrawn: &[Withdrawn],
+    revoked: &Revoked,
+    handed_on: &HandedOn,
+) {
     let now = secs(SystemTime::now());
     let mut fresh = Vec::new();
     for w in withdrawn {
         if w.kind != "jwt" || !revokes(w.reason) || w.not_after <= now {
+            continue;
+        }
+        // Handed on (CLI, helper): the holder's exit is expected; other reasons still revoke.
+        let exit = w.reason == super::Reason::ProcessExited.as_str();
+        if exit && handed_on.lock().is_ok_and(|m| m.contains_key(&w.serial)) {
             continue;
         }
         let still_held = conn
@@ -145,6 +159,7 @@ impl Writer {
         retention: Duration,
         audit: Option<Audit>,
         revoked: Revoked,
+        handed_on: HandedOn,
     ) -> Self {
         Self {
             conn,
@@ -152,18 +167,14 @@ impl Writer {
             retention,
             audit,
             revoked,
+            handed_on,
         }
     }
 
     /// Writes until [`super::Inventory::close`] or every handle is gone.
     pub(crate) fn run(self) {
-        writer(
-            self.conn,
-            self.rx,
-            self.retention,
-            self.audit,
-            &self.revoked,
-        );
+        let revocations = (&self.revoked, &self.handed_on);
+        writer(self.conn, self.rx, self.retention, self.audit, revocations);
     }
 }
 
@@ -192,7 +203,7 @@ fn writer(
     rx: std_mpsc::Receiver<Op>,
     retention: Duration,
     mut audit: Option<Audit>,
-    revoked: &Revoked,
+    (revoked, handed_on): (&Revoked, &HandedOn),
 ) {
     let mut last_prune = std::time::Instant::now();
     // Counted soon after start, then at most every COUNT_EVERY.
@@ -229,7 +240,7 @@ fn writer(
             write_audit(audit, &batch, &withdrawn);
         }
         if result.is_ok() && !withdrawn.is_empty() {
-            note_revocations(&conn, &withdrawn, revoked);
+            note_revocations(&conn, &withdrawn, revoked, handed_on);
         }
         for op in batch {
             match op {

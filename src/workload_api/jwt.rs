@@ -65,6 +65,7 @@ pub(super) async fn fetch(
     ctx: &Context,
     attested: &Attested,
     ask: JwtAsk,
+    handed_on: bool,
 ) -> Result<Vec<Jwtsvid>, Error> {
     let (pid, selectors) = (attested.pinned.pid(), &attested.selectors);
     let policy = ctx.policy.borrow().clone();
@@ -130,6 +131,9 @@ pub(super) async fn fetch(
         if ctx.inventory.revoked_jwt(&jwt.jti).is_some() {
             ctx.jwt.forget(&req, &jwt.jti);
             jwt = ctx.jwt.get(req).await?;
+        }
+        if handed_on {
+            ctx.inventory.handed_on_jwt(&jwt.jti, jwt.expires_at);
         }
         deliveries.push(Delivery {
             kind: Kind::Jwt,

@@ -197,7 +197,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let result = async move {
             let ask = super::jwt::check_request(request.get_ref()).map_err(|e| to_status(&e))?;
             let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
-            let svids = super::jwt::fetch(&self.ctx, &attested, ask)
+            let handed_on = request
+                .metadata()
+                .get(crate::client::HANDED_ON)
+                .is_some_and(|v| v == "true");
+            let svids = super::jwt::fetch(&self.ctx, &attested, ask, handed_on)
                 .await
                 .map_err(|e| to_status(&e))?;
             Ok(Response::new(JwtsvidResponse { svids }))
