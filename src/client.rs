@@ -128,16 +128,14 @@ async fn unix_channel(path: &std::path::Path) -> Result<Channel, Error> {
         })
 }
 
-/// Request metadata by which a client says the JWT-SVIDs it fetches are handed on (the CLI prints
-/// them, the helper writes them to files): they are not revoked when this process exits (they still
-/// are when the identity's entitlement is removed or a policy denies it).
-pub const HANDED_ON: &str = "lanyard-jwt-handed-on";
-
-/// A FetchJWTSVID request marked [`HANDED_ON`].
+/// A FetchJWTSVID request marked as handed on (`lanyard-jwt-handed-on: true`): the tokens are for
+/// someone else (the CLI prints them, the helper writes them to files), so they are not revoked when
+/// this process exits (they still are when the identity's entitlement is removed or a policy denies
+/// it).
 pub fn handed_on<T>(message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert(
-        HANDED_ON,
+        crate::workload_api::header::HANDED_ON,
         tonic::metadata::MetadataValue::from_static("true"),
     );
     r

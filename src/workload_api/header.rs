@@ -6,6 +6,10 @@ use tonic::{Request, Status};
 /// The security header's name.
 pub(crate) const HEADER: &str = "workload.spiffe.io";
 
+/// Request metadata by which a client says the JWT-SVIDs it fetches are handed on to someone else
+/// (not revoked when the fetching process exits).
+pub(crate) const HANDED_ON: &str = "lanyard-jwt-handed-on";
+
 /// A tonic interceptor enforcing EP-2 on every RPC of the service.
 pub(crate) fn check(req: Request<()>) -> Result<Request<()>, Status> {
     let mut values = req.metadata().get_all(HEADER).iter();

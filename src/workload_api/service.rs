@@ -199,7 +199,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
             let handed_on = request
                 .metadata()
-                .get(crate::client::HANDED_ON)
+                .get(super::header::HANDED_ON)
                 .is_some_and(|v| v == "true");
             let svids = super::jwt::fetch(&self.ctx, &attested, ask, handed_on)
                 .await
