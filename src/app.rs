@@ -173,15 +173,16 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
             (Signing::Server(Box::new(spire)), ca_rx)
         }
         _ => {
-            let (cfg, td, dir, jwt_key_ttl, clock) = (
+            let (cfg, td, dir, jwt_key_ttl, jwt_key_type, clock) = (
                 config.authority.clone(),
                 config.trust_domain.clone(),
                 config.data_dir.clone(),
                 config.jwt_key_ttl,
+                config.jwt_key_type,
                 clock.clone(),
             );
             let authority = tokio::task::spawn_blocking(move || {
-                Authority::load(&cfg, &td, &dir, jwt_key_ttl, clock)
+                Authority::load(&cfg, &td, &dir, jwt_key_ttl, jwt_key_type, clock)
             })
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;

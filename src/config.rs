@@ -117,6 +117,8 @@ pub struct Config {
     /// ValidateJWTSVID refuses a token whose last holder exited or lost its entitlement
     /// (`[inventory] jwt_revocation`, default true).
     pub jwt_revocation: bool,
+    /// The kind of JWT signing keys made from now on (`[authority] jwt_key_type`).
+    pub jwt_key_type: crate::ca::jwt::JwtKeyType,
     /// Cedar policies deciding every issuance (`[policy]`); none = entries alone decide.
     pub policy: Option<PolicyConfig>,
     /// OpenID Connect discovery for JWT-SVIDs (`[oidc]`).

@@ -478,6 +478,7 @@ mod tests {
             &td,
             dir.path(),
             Duration::from_secs(86400),
+            Default::default(),
             clock.clone(),
         )
         .unwrap();
@@ -572,6 +573,7 @@ mod tests {
             &TrustDomain::parse("example.org").unwrap(),
             dir.path(),
             Duration::from_secs(86400),
+            Default::default(),
             clock.clone(),
         )
         .unwrap();

@@ -4,7 +4,8 @@
 //! - `GET /.well-known/openid-configuration`: `issuer`, `jwks_uri` (`<issuer>/keys`),
 //!   `authorization_endpoint` (none: this issuer has no interactive login; the field is required by
 //!   the spec, so it is present and empty, as SPIRE's discovery provider does), `response_types_supported`
-//!   (`id_token`), `subject_types_supported` (`public`), `id_token_signing_alg_values_supported`.
+//!   (`id_token`), `subject_types_supported` (`public`), `id_token_signing_alg_values_supported` (the
+//!   algorithms of the published keys: ES256, RS256 with `jwt_key_type = "rsa-2048"`).
 //! - `GET /keys`: the trust domain's JWT signing keys as a JWK Set with `kid`, `alg` and
 //!   `use: "sig"` — the keys the JWT bundle publishes, on the same schedule (a next key appears before
 //!   it signs; a retired key stays until every token it signed has expired).
@@ -141,7 +142,7 @@ fn answer(
         );
     }
     let body = match req.uri().path() {
-        "/.well-known/openid-configuration" => discovery(issuer),
+        "/.well-known/openid-configuration" => discovery(issuer, ca.borrow().jwt.jwks_json()),
         "/keys" => jwks(ca.borrow().jwt.jwks_json()),
         _ => {
             return reply(
@@ -193,15 +194,27 @@ fn reply(
     resp
 }
 
-/// The discovery document.
-fn discovery(issuer: &str) -> String {
+/// The discovery document; the signing algorithms are those of the published keys.
+fn discovery(issuer: &str, bundle: &[u8]) -> String {
+    let keys: serde_json::Value = serde_json::from_str(&jwks(bundle)).unwrap_or_default();
+    let mut algs: Vec<&str> = keys["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["alg"].as_str())
+        .collect();
+    algs.sort_unstable();
+    algs.dedup();
+    if algs.is_empty() {
+        algs.push("ES256");
+    }
     serde_json::json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/keys"),
         "authorization_endpoint": "",
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
+        "id_token_signing_alg_values_supported": algs,
     })
     .to_string()
 }
@@ -242,7 +255,12 @@ mod tests {
             v,
             serde_json::json!({"keys": [{"kty":"EC","crv":"P-256","x":"a","y":"b","kid":"k1","use":"sig","alg":"ES256"}]})
         );
-        let d: serde_json::Value = serde_json::from_str(&discovery("https://o.example")).unwrap();
+        let d: serde_json::Value =
+            serde_json::from_str(&discovery("https://o.example", bundle)).unwrap();
         assert_eq!(d["jwks_uri"], "https://o.example/keys");
+        assert_eq!(
+            d["id_token_signing_alg_values_supported"],
+            serde_json::json!(["ES256"])
+        );
     }
 }

@@ -215,3 +215,76 @@ fn oidc_config_is_checked() {
     .unwrap();
     assert_eq!(ok.oidc.unwrap().issuer, "https://oidc.example.org");
 }
+
+/// `jwt_key_type = "rsa-2048"`: JWT-SVIDs are RS256 (for relying parties that accept only RSA, such
+/// as Azure), the discovery document says so, go-oidc and PyJWT verify them, and the agent itself
+/// validates them.
+#[tokio::test(flavor = "multi_thread")]
+async fn rsa_jwt_keys_for_rs256_relying_parties() {
+    let test = "rsa_jwt_keys_for_rs256_relying_parties";
+    if !prepare("go", &["go"], test) || !prepare("python", &["python3"], test) {
+        return;
+    }
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let agent = TestAgent::start(&format!(
+        "[authority]\njwt_key_type = \"rsa-2048\"\n[oidc]\naddress = \"127.0.0.1:{port}\"\nissuer = \"{issuer}\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/ci-job\"\nselectors = [\"unix:uid:{}\"]\n",
+        euid()
+    ))
+    .await;
+    let token = fetch_jwt(&agent, "api://AzureADTokenExchange").await;
+    let header: serde_json::Value = {
+        use base64::Engine as _;
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(header["alg"], "RS256");
+    let (_, _, body) = http_get(&format!("{issuer}/.well-known/openid-configuration"), &[]);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["id_token_signing_alg_values_supported"],
+        serde_json::json!(["RS256"])
+    );
+    let (_, _, body) = http_get(&format!("{issuer}/keys"), &[]);
+    let keys: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(keys["keys"][0]["kty"], "RSA");
+    assert_eq!(keys["keys"][0]["alg"], "RS256");
+    let out = Command::new(interop_dir().join("bin/interop-oidc"))
+        .args(["verify", &issuer, "api://AzureADTokenExchange", &token])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "go-oidc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py = Command::new(interop_dir().join("venv/bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/python/oidc_verify.py"
+        ))
+        .args([&issuer, "api://AzureADTokenExchange", &token])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "PyJWT: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let mut client = agent.client().await;
+    let v = client
+        .validate_jwtsvid(lanyard::proto::ValidateJwtsvidRequest {
+            audience: "api://AzureADTokenExchange".into(),
+            svid: token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.spiffe_id, "spiffe://example.org/ci-job");
+    drop(client);
+    agent.shutdown().await;
+}

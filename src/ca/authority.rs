@@ -63,6 +63,7 @@ impl Authority {
         td: &TrustDomain,
         data_dir: &Path,
         jwt_key_ttl: Duration,
+        jwt_key_type: super::jwt::JwtKeyType,
         clock: SharedClock,
     ) -> Result<Self, Error> {
         let now = clock.now();
@@ -71,7 +72,7 @@ impl Authority {
             path: dir.display().to_string(),
             source,
         })?;
-        let jwt = JwtState::load(&dir, jwt_key_ttl, now)?;
+        let jwt = JwtState::load(&dir, jwt_key_ttl, jwt_key_type, now)?;
         let mode = match config {
             AuthorityConfig::SelfSigned { ca_ttl } => Mode::SelfSigned(SelfSigned::load(
                 &data_dir.join("authority"),
@@ -520,6 +521,7 @@ mod tests {
             &td(),
             dir.path(),
             JWT_KEY_TTL,
+            Default::default(),
             Arc::new(clock.clone()),
         )
         .unwrap();
@@ -530,7 +532,15 @@ mod tests {
             0o600
         );
         drop(a);
-        let b = Authority::load(&cfg, &td(), dir.path(), JWT_KEY_TTL, Arc::new(clock)).unwrap();
+        let b = Authority::load(
+            &cfg,
+            &td(),
+            dir.path(),
+            JWT_KEY_TTL,
+            Default::default(),
+            Arc::new(clock),
+        )
+        .unwrap();
         assert_eq!(b.snapshot().signer.as_ref().unwrap().serial(), first);
     }
 
@@ -547,6 +557,7 @@ mod tests {
             &td(),
             dir.path(),
             JWT_KEY_TTL,
+            Default::default(),
             Arc::new(clock.clone()),
         )
         .unwrap();
@@ -591,6 +602,7 @@ mod tests {
             &td(),
             dir.path(),
             JWT_KEY_TTL,
+            Default::default(),
             Arc::new(clock.clone()),
         )
         .unwrap();
@@ -635,6 +647,7 @@ mod tests {
             &td(),
             dir.path(),
             JWT_KEY_TTL,
+            Default::default(),
             Arc::new(clock.clone()),
         )
         .unwrap();
@@ -654,9 +667,16 @@ mod tests {
         // A key that matches no certificate is refused with the path named.
         let other = mint::generate_key().unwrap();
         std::fs::write(&key_path, pem_block("PRIVATE KEY", &other.serialize_der())).unwrap();
-        let err = Authority::load(&cfg, &td(), dir.path(), JWT_KEY_TTL, Arc::new(clock))
-            .err()
-            .unwrap();
+        let err = Authority::load(
+            &cfg,
+            &td(),
+            dir.path(),
+            JWT_KEY_TTL,
+            Default::default(),
+            Arc::new(clock),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("matches no certificate"), "{err}");
     }
 }

@@ -33,7 +33,7 @@ mod state;
 mod validate;
 
 pub use jwks::Jwks;
-pub use key::{JwtKey, JwtKeys, SignedJwt};
+pub use key::{JwtKey, JwtKeyType, JwtKeys, SignedJwt};
 pub(crate) use state::JwtState;
 use validate::unix_seconds;
 pub use validate::{Invalid, validate};
@@ -85,7 +85,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t0 = SystemTime::now();
         let ttl = Duration::from_secs(24 * 3600);
-        let mut s = JwtState::load(dir.path(), ttl, t0).unwrap();
+        let mut s = JwtState::load(dir.path(), ttl, JwtKeyType::EcP256, t0).unwrap();
         let first = s.active.kid().to_owned();
         assert_eq!(s.published().published.len(), 1);
         // Two max TTLs before rotation: the next key appears, not yet signing.
@@ -95,7 +95,7 @@ mod tests {
         assert_eq!(p.published.len(), 2);
         let next = p.published[1].kid().to_owned();
         // Restart keeps the same keys.
-        let reloaded = JwtState::load(dir.path(), ttl, t0).unwrap();
+        let reloaded = JwtState::load(dir.path(), ttl, JwtKeyType::EcP256, t0).unwrap();
         assert_eq!(reloaded.published().published.len(), 2);
         // At rotation the next key signs; the old one is still published.
         assert!(s.tick(t0 + ttl).unwrap());

@@ -122,6 +122,7 @@ pub struct RawAuthority {
     pub key_path: Option<PathBuf>,
     pub intermediate_ttl: Option<String>,
     pub jwt_key_ttl: Option<String>,
+    pub jwt_key_type: Option<String>,
     // mode = "spire"
     pub server_address: Option<String>,
     pub server_id: Option<String>,

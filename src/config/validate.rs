@@ -261,6 +261,26 @@ pub(super) fn validate(
     let audit = audit(&mut errs, raw.audit.as_ref());
     let metrics_spiffe_id_labels = metrics(&mut errs, &raw.metrics);
     let oidc = oidc(&mut errs, raw.oidc.as_ref(), authority.as_ref());
+    let jwt_key_type = match raw.authority.jwt_key_type.as_deref() {
+        None | Some("ec-p256") => crate::ca::jwt::JwtKeyType::EcP256,
+        Some("rsa-2048") => crate::ca::jwt::JwtKeyType::Rsa2048,
+        Some(other) => {
+            errs.push(
+                "authority.jwt_key_type",
+                format!(
+                    "unknown key type {other:?}; use \"ec-p256\" (ES256) or \"rsa-2048\" (RS256)"
+                ),
+            );
+            crate::ca::jwt::JwtKeyType::EcP256
+        }
+    };
+    if raw.authority.jwt_key_type.is_some() && matches!(authority, Some(AuthorityConfig::Spire(_)))
+    {
+        errs.push(
+            "authority.jwt_key_type",
+            "not used with mode = \"spire\": the SPIRE server's keys sign (its jwt_key_type)",
+        );
+    }
     let policy = raw.policy.as_ref().map(|p| {
         if p.paths.is_empty() {
             errs.push(
@@ -305,6 +325,7 @@ pub(super) fn validate(
         exec_events: raw.attestation.exec_events.unwrap_or(true),
         peer_pidfd: raw.attestation.peer_pidfd.unwrap_or(true),
         oidc,
+        jwt_key_type,
         policy,
         jwt_revocation: raw.inventory.jwt_revocation.unwrap_or(true),
         sds: raw.sds.enabled.unwrap_or(true),

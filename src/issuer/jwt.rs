@@ -402,6 +402,7 @@ mod tests {
             &td,
             dir.path(),
             Duration::from_secs(86400),
+            Default::default(),
             clock.clone(),
         )
         .unwrap();

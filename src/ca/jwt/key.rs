@@ -1,12 +1,29 @@
-//! One ES256 signing key, the set the authority publishes, and signing a JWT-SVID.
+//! One signing key (ES256 on P-256, or RS256 on RSA-2048), the set the authority publishes, and
+//! signing a JWT-SVID.
 
 use super::*;
 
-/// One ES256 signing key.
+/// The kind of JWT signing key (`[authority] jwt_key_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JwtKeyType {
+    /// ES256 (the default).
+    #[default]
+    EcP256,
+    /// RS256 with a 2048-bit key (for relying parties that accept only RSA, such as Azure).
+    Rsa2048,
+}
+
+/// How a key signs.
+enum Signing {
+    Ec(EncodingKey),
+    Rsa(aws_lc_rs::rsa::KeyPair),
+}
+
+/// One signing key.
 pub struct JwtKey {
     pub(super) kid: String,
     pub(super) pkcs8: Zeroizing<Vec<u8>>,
-    encoding: EncodingKey,
+    signing: Signing,
     /// Public JWK (`kty`, `crv`, `x`, `y`, `kid`, `use`).
     jwk: serde_json::Value,
 }
@@ -55,6 +72,22 @@ impl fmt::Debug for SignedJwt {
 }
 
 impl JwtKey {
+    /// A fresh key of `kind`.
+    pub fn generate_as(kind: JwtKeyType) -> Result<Self, Error> {
+        match kind {
+            JwtKeyType::EcP256 => Self::generate(),
+            JwtKeyType::Rsa2048 => {
+                use aws_lc_rs::encoding::AsDer as _;
+                let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(|_| Error::BadCertificate("RSA key generation failed".into()))?;
+                let der = pair
+                    .as_der()
+                    .map_err(|_| Error::BadCertificate("RSA key encoding failed".into()))?;
+                Self::from_pkcs8(der.as_ref().to_vec())
+            }
+        }
+    }
+
     /// A fresh P-256 key.
     pub fn generate() -> Result<Self, Error> {
         let doc =
@@ -64,8 +97,9 @@ impl JwtKey {
     }
 
     pub(super) fn from_pkcs8(pkcs8: Vec<u8>) -> Result<Self, Error> {
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
-            .map_err(|_| Error::BadCertificate("unusable JWT key".into()))?;
+        let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8) else {
+            return Self::rsa_from_pkcs8(pkcs8);
+        };
         let point = pair.public_key().as_ref();
         // Uncompressed point: 0x04 || X (32) || Y (32).
         if point.len() != 65 || point[0] != 4 {
@@ -85,10 +119,52 @@ impl JwtKey {
         });
         Ok(Self {
             kid,
-            encoding: EncodingKey::from_ec_der(&pkcs8),
+            signing: Signing::Ec(EncodingKey::from_ec_der(&pkcs8)),
             pkcs8: Zeroizing::new(pkcs8),
             jwk,
         })
+    }
+
+    /// An RSA key (PKCS#8): its JWK carries `n` and `e`; the kid is a digest of its public key.
+    fn rsa_from_pkcs8(pkcs8: Vec<u8>) -> Result<Self, Error> {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&pkcs8).map_err(|_| {
+            Error::BadCertificate("unusable JWT key (neither P-256 nor RSA)".into())
+        })?;
+        if pair.public_modulus_len() < 256 {
+            return Err(Error::BadCertificate(
+                "RSA JWT keys must have at least 2048 bits".into(),
+            ));
+        }
+        let spki = pair
+            .public_key()
+            .as_der()
+            .map_err(|_| Error::BadCertificate("RSA public key encoding failed".into()))?;
+        let (n, e) = rsa_components(spki.as_ref())?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
+        let kid = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..18]);
+        let jwk = serde_json::json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(&n),
+            "e": URL_SAFE_NO_PAD.encode(&e),
+            "kid": kid,
+            "use": "jwt-svid",
+        });
+        Ok(Self {
+            kid,
+            signing: Signing::Rsa(pair),
+            pkcs8: Zeroizing::new(pkcs8),
+            jwk,
+        })
+    }
+
+    /// The JWS algorithm this key signs with.
+    pub fn algorithm(&self) -> &'static str {
+        match self.signing {
+            Signing::Ec(_) => "ES256",
+            Signing::Rsa(_) => "RS256",
+        }
     }
 
     /// The key ID (JW-3).
@@ -127,8 +203,29 @@ impl JwtKey {
             jti: &jti,
             iss: issuer,
         };
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| Error::BadCertificate(format!("JWT signing failed: {e}")))?;
+        let token = match &self.signing {
+            Signing::Ec(encoding) => jsonwebtoken::encode(&header, &claims, encoding)
+                .map_err(|e| Error::BadCertificate(format!("JWT signing failed: {e}")))?,
+            Signing::Rsa(pair) => {
+                let header = serde_json::json!({"alg": "RS256", "kid": self.kid, "typ": "JWT"});
+                let body = serde_json::to_vec(&claims)
+                    .map_err(|e| Error::BadCertificate(format!("JWT claims: {e}")))?;
+                let signing_input = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(header.to_string()),
+                    URL_SAFE_NO_PAD.encode(body)
+                );
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    signing_input.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|_| Error::BadCertificate("RSA signing failed".into()))?;
+                format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig))
+            }
+        };
         Ok(SignedJwt {
             token,
             jti,
@@ -195,5 +292,24 @@ impl fmt::Debug for JwtKeys {
                     .collect::<Vec<_>>(),
             )
             .finish()
+    }
+}
+
+/// The modulus and exponent of an RSA public key (DER SubjectPublicKeyInfo), big-endian without
+/// leading zeros.
+fn rsa_components(spki: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::public_key::PublicKey;
+    let bad = || Error::BadCertificate("unreadable RSA public key".into());
+    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).map_err(|_| bad())?;
+    match info.parsed().map_err(|_| bad())? {
+        PublicKey::RSA(rsa) => {
+            let trim = |b: &[u8]| {
+                let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+                b[start..].to_vec()
+            };
+            Ok((trim(rsa.modulus), trim(rsa.exponent)))
+        }
+        _ => Err(bad()),
     }
 }

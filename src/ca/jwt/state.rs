@@ -6,6 +6,8 @@ use super::*;
 pub(crate) struct JwtState {
     path: PathBuf,
     key_ttl: Duration,
+    /// The kind of key new keys are (existing keys of another kind serve out their time).
+    key_type: JwtKeyType,
     pub(super) active: Arc<JwtKey>,
     activated_at: SystemTime,
     next: Option<Arc<JwtKey>>,
@@ -23,7 +25,12 @@ struct StoredKey {
 
 impl JwtState {
     /// Loads the keys from `dir/jwt.json`, creating the first key if there is none.
-    pub(crate) fn load(dir: &Path, key_ttl: Duration, now: SystemTime) -> Result<Self, Error> {
+    pub(crate) fn load(
+        dir: &Path,
+        key_ttl: Duration,
+        key_type: JwtKeyType,
+        now: SystemTime,
+    ) -> Result<Self, Error> {
         let path = dir.join("jwt.json");
         let io = |source| Error::Io {
             path: path.display().to_string(),
@@ -64,11 +71,12 @@ impl JwtState {
         let created = active.is_none();
         let (active, activated_at) = match active {
             Some(a) => a,
-            None => (Arc::new(JwtKey::generate()?), now),
+            None => (Arc::new(JwtKey::generate_as(key_type)?), now),
         };
         let state = Self {
             path,
             key_ttl,
+            key_type,
             active,
             activated_at,
             next,
@@ -88,7 +96,7 @@ impl JwtState {
         // JW-7: publish the next key at least one maximum JWT lifetime before it signs.
         let publish_at = rotate_at - 2 * MAX_JWT_TTL;
         if self.next.is_none() && now >= publish_at {
-            let next = Arc::new(JwtKey::generate()?);
+            let next = Arc::new(JwtKey::generate_as(self.key_type)?);
             tracing::info!(
                 kid = next.kid(),
                 "prepared next JWT key; published before it signs"
