@@ -29,6 +29,8 @@ pub(crate) struct AdminApi {
     pub jwt: JwtCache,
     pub streams: Arc<Semaphore>,
     pub max_streams: usize,
+    /// The Cedar policies in force and where they come from (shared with reloads).
+    pub policies: crate::app::Policies,
 }
 
 impl AdminApi {
@@ -239,6 +241,28 @@ impl Admin for AdminApi {
             })
             .collect();
         Ok(Response::new(ListCredentialsResponse { credentials }))
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        authorize(&req)?;
+        Ok(Response::new(self.policies.list()))
+    }
+
+    async fn reload_policies(
+        &self,
+        req: Request<ReloadPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        authorize(&req)?;
+        self.policies.reload().map_err(|errors| {
+            Status::failed_precondition(format!(
+                "the policies were not reloaded (the running set stays): {}",
+                errors.join("; ")
+            ))
+        })?;
+        Ok(Response::new(self.policies.list()))
     }
 
     async fn agent_info(

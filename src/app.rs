@@ -61,6 +61,59 @@ pub enum Error {
     Internal(String),
 }
 
+/// The Cedar policies in force (published to streams) and the `[policy]` they come from; shared by
+/// config reloads and the admin API.
+#[derive(Clone)]
+pub(crate) struct Policies {
+    tx: Arc<tokio::sync::watch::Sender<Option<Arc<crate::workload_api::gate::Engine>>>>,
+    config: Arc<std::sync::Mutex<Option<crate::config::PolicyConfig>>>,
+}
+
+impl Policies {
+    /// Re-reads the policy files; on any error the running set stays.
+    pub(crate) fn reload(&self) -> Result<(), Vec<String>> {
+        let config = self
+            .config
+            .lock()
+            .map_err(|_| vec!["lock".to_owned()])?
+            .clone();
+        let engine = engine_for(config.as_ref())?;
+        self.tx.send_replace(engine);
+        Ok(())
+    }
+
+    /// Replaces the configuration and the engine together (config reload).
+    fn replace(
+        &self,
+        config: Option<crate::config::PolicyConfig>,
+        engine: Option<Arc<crate::workload_api::gate::Engine>>,
+    ) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+        self.tx.send_replace(engine);
+    }
+
+    /// What is in force, for the admin API.
+    pub(crate) fn list(&self) -> crate::proto::admin::ListPoliciesResponse {
+        let engine = self.tx.borrow().clone();
+        crate::proto::admin::ListPoliciesResponse {
+            enabled: engine.is_some(),
+            ids: engine.map(|e| engine_ids(&e)).unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(feature = "policy")]
+fn engine_ids(e: &crate::workload_api::gate::Engine) -> Vec<String> {
+    e.ids().to_vec()
+}
+
+#[cfg(not(feature = "policy"))]
+fn engine_ids(e: &crate::workload_api::gate::Engine) -> Vec<String> {
+    match *e {}
+}
+
 /// Who signs: this agent, or the SPIRE server it joined.
 enum Signing {
     Local(Box<Authority>),
@@ -83,7 +136,7 @@ pub struct Running {
     issuer: IssuerHandle,
     jwt: JwtCache,
     /// The Cedar policies in force (replaced on reload).
-    cedar: tokio::sync::watch::Sender<Option<Arc<crate::workload_api::gate::Engine>>>,
+    policies: Policies,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
     /// Fires when the inventory's writer thread ends (supervised apart from `tasks`: it must
     /// outlive them, to record the withdrawals of shutdown).
@@ -146,7 +199,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         source,
     })?;
     let declared = load_declared(&config).map_err(Error::Policy)?;
-    let cedar_tx = tokio::sync::watch::Sender::new(load_engine(&config).map_err(Error::Policy)?);
+    let policies = Policies {
+        tx: Arc::new(tokio::sync::watch::Sender::new(
+            load_engine(&config).map_err(Error::Policy)?,
+        )),
+        config: Arc::new(std::sync::Mutex::new(config.policy.clone())),
+    };
     let db = config.data_dir.join("lanyard.db");
     let registry = {
         let db = db.clone();
@@ -287,7 +345,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         streams: streams.clone(),
         shares: shares.clone(),
         jwt_revocation: config.jwt_revocation,
-        cedar: cedar_tx.subscribe(),
+        cedar: policies.tx.subscribe(),
     };
     let admin = AdminApi {
         registry: registry.clone(),
@@ -303,6 +361,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         jwt: jwt_cache.clone(),
         streams,
         max_streams: config.limits.max_streams,
+        policies: policies.clone(),
     };
     // The admin socket first: its directory is private (0700) and the socket 0600.
     let admin_listener = listener::bind(&config.admin_socket_path, 0o600, 0o700)?;
@@ -436,18 +495,33 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         ca: ca_rx,
         issuer: issuer_handle,
         jwt: jwt_cache,
-        cedar: cedar_tx,
+        policies,
         tasks,
         writer,
     })
 }
 
 /// The Cedar policies of `[policy]`, read and validated now; every problem with Cedar's message.
-#[cfg(feature = "policy")]
 pub(crate) fn load_engine(
     config: &Config,
 ) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<FieldError>> {
-    let Some(policy) = &config.policy else {
+    engine_for(config.policy.as_ref()).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|message| FieldError {
+                field: "policy".into(),
+                message,
+            })
+            .collect()
+    })
+}
+
+/// The engine for a `[policy]` (none: `None`).
+#[cfg(feature = "policy")]
+fn engine_for(
+    policy: Option<&crate::config::PolicyConfig>,
+) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<String>> {
+    let Some(policy) = policy else {
         return Ok(None);
     };
     // context.node: $NODE_NAME (the DaemonSet sets it from the downward API), else the hostname.
@@ -460,21 +534,15 @@ pub(crate) fn load_engine(
             tracing::info!(policies = ?engine.ids(), "cedar policies in force");
             Ok(Some(Arc::new(engine)))
         }
-        Err(errors) => Err(errors
-            .into_iter()
-            .map(|message| FieldError {
-                field: "policy".into(),
-                message,
-            })
-            .collect()),
+        Err(errors) => Err(errors),
     }
 }
 
 /// Without the `policy` feature, `[policy]` is refused by validation: nothing to load.
 #[cfg(not(feature = "policy"))]
-pub(crate) fn load_engine(
-    _config: &Config,
-) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<FieldError>> {
+fn engine_for(
+    _policy: Option<&crate::config::PolicyConfig>,
+) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<String>> {
     Ok(None)
 }
 
@@ -553,7 +621,7 @@ impl Running {
             "policy reloaded"
         );
         self.registry.reload(declared);
-        self.cedar.send_replace(engine);
+        self.policies.replace(config.policy.clone(), engine);
         self.config = config;
         Ok(restart_needed)
     }

@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
             Command::Helper(args) => helper::run(args).await,
             Command::Healthcheck(args) => report(healthcheck::run(args).await),
             #[cfg(feature = "policy")]
-            Command::Policy(cmd) => match policy::run(cmd) {
+            Command::Policy(cmd) => match policy::run(cmd).await {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("lanyard: {e:#}");

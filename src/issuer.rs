@@ -53,11 +53,20 @@ pub enum Error {
 }
 
 /// A cloneable handle for subscribing to SVIDs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IssuerHandle {
     tx: mpsc::Sender<Command>,
     stats: Arc<Stats>,
     published: Published,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for IssuerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerHandle")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The issuer's read-only index of ready SVIDs: written only by the issuer task, read by streams so a
@@ -114,6 +123,7 @@ impl Issuer {
         clock: SharedClock,
     ) -> (Self, IssuerHandle) {
         let (tx, rx) = mpsc::channel(1024);
+        let issuer_clock = clock.clone();
         let stats = Arc::new(Stats::default());
         let published = Published::default();
         let issuer = Self {
@@ -133,6 +143,7 @@ impl Issuer {
                 tx,
                 stats,
                 published,
+                clock: issuer_clock,
             },
         )
     }
@@ -180,7 +191,12 @@ impl Issuer {
         if retry {
             slot.tx.send_replace(SvidState::Pending);
         }
-        let needs_mint = !slot.minting && matches!(*slot.tx.borrow(), SvidState::Pending);
+        // The wall clock jumped past the SVID (a suspended machine, a clock step) before its
+        // rotation timer, which follows the monotonic clock, fired: mint now.
+        let now = self.clock.now();
+        let expired = matches!(&*slot.tx.borrow(), SvidState::Ready(svid) if svid.not_after <= now);
+        let needs_mint =
+            !slot.minting && (expired || matches!(*slot.tx.borrow(), SvidState::Pending));
         let _ = reply.send(slot.tx.subscribe());
         if needs_mint {
             self.start_mint(req);
@@ -394,8 +410,11 @@ impl IssuerHandle {
     /// Subscribes to the SVID for `req`, minting it if it is not cached.
     pub async fn subscribe(&self, req: SvidRequest) -> Result<watch::Receiver<SvidState>, Error> {
         // Fast path: a ready SVID is subscribed to directly from the published index.
+        // (Not one the wall clock has passed: that one goes to the task, which mints anew.)
+        let now = self.clock.now();
         if let Ok(index) = self.published.read()
             && let Some(tx) = index.get(&req)
+            && matches!(&*tx.borrow(), SvidState::Ready(svid) if svid.not_after > now)
         {
             return Ok(tx.subscribe());
         }
@@ -435,9 +454,15 @@ impl IssuerHandle {
 /// Waits until the subscribed SVID is minted (or failed).
 pub(crate) async fn wait_ready(
     rx: &mut watch::Receiver<SvidState>,
+    now: std::time::SystemTime,
 ) -> Result<Arc<X509Svid>, Error> {
+    // An SVID already expired by the wall clock is waiting for its re-mint: not ready.
     let state = rx
-        .wait_for(|s| !matches!(s, SvidState::Pending))
+        .wait_for(|s| match s {
+            SvidState::Pending => false,
+            SvidState::Ready(svid) => svid.not_after > now,
+            SvidState::Failed(_) => true,
+        })
         .await
         .map_err(|_| Error::Stopped)?;
     match &*state {
@@ -504,7 +529,11 @@ mod tests {
             let h = handle.clone();
             tasks.spawn(async move {
                 let mut rx = h.subscribe(req("/a", 600)).await.unwrap();
-                wait_ready(&mut rx).await.unwrap().serial.clone()
+                wait_ready(&mut rx, std::time::SystemTime::UNIX_EPOCH)
+                    .await
+                    .unwrap()
+                    .serial
+                    .clone()
             });
         }
         let serials: Vec<String> = tasks.join_all().await;
@@ -520,7 +549,9 @@ mod tests {
         let (_stop, shutdown) = watch::channel(false);
         tokio::spawn(issuer.run(shutdown));
         let mut rx = handle.subscribe(req("/rot", 600)).await.unwrap();
-        let first = wait_ready(&mut rx).await.unwrap();
+        let first = wait_ready(&mut rx, std::time::SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap();
         rx.mark_unchanged();
         rx.changed().await.unwrap();
         let SvidState::Ready(second) = rx.borrow().clone() else {
@@ -546,7 +577,9 @@ mod tests {
         let (_stop, shutdown) = watch::channel(false);
         tokio::spawn(issuer.run(shutdown));
         let mut rx = handle.subscribe(req("/gone", 600)).await.unwrap();
-        wait_ready(&mut rx).await.unwrap();
+        wait_ready(&mut rx, std::time::SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap();
         drop(rx);
         tokio::time::sleep(Duration::from_secs(400)).await;
         assert_eq!(handle.stats().cached.load(Ordering::Relaxed), 0);
@@ -583,7 +616,9 @@ mod tests {
         let (_stop, shutdown) = watch::channel(false);
         tokio::spawn(issuer.run(shutdown));
         let mut rx = handle.subscribe(req("/x", 600)).await.unwrap();
-        let first = wait_ready(&mut rx).await.unwrap();
+        let first = wait_ready(&mut rx, std::time::SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap();
         ca_tx.send_replace(expired);
         // Every state seen until well past the first SVID's expiry.
         let mut failed_at = None;

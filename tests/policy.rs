@@ -201,6 +201,62 @@ async fn cedar_decides_every_issuance() {
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert!(denied.message().contains("web-suspended"), "{denied:?}");
+    // The admin API lists what is in force and re-reads the files (refusing a broken set).
+    let admin = |args: &[&str]| {
+        Command::new(lanyard_bin())
+            .args(["policy"])
+            .args(args)
+            .args(["--json", "--admin-socket"])
+            .arg(&running.admin_socket_path)
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["enabled"], true);
+    assert!(
+        v["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "web-suspended"),
+        "{v}"
+    );
+    std::fs::remove_file(pdir.join("deny-web.cedar")).unwrap();
+    std::fs::write(pdir.join("broken.cedar"), "forbid (principal").unwrap();
+    let out = admin(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.cedar") && err.contains("running set stays"),
+        "{err}"
+    );
+    std::fs::remove_file(pdir.join("broken.cedar")).unwrap();
+    let out = admin(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !v["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "web-suspended"),
+        "{v}"
+    );
+    // Web is given again (and since the agent's clock moved 46 h, past the cached SVID's expiry
+    // before its monotonic rotation timer fired, as after a suspend: it is minted anew, not refused).
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let again = next_within(&mut stream, 10).await;
+    assert_eq!(again.svids[0].spiffe_id, "spiffe://example.org/web");
+    drop(stream);
     drop(client);
     running.shutdown().await;
 }

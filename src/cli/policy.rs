@@ -15,6 +15,20 @@ pub(super) enum Command {
     /// Decide one request: prints the decision, the policies that determined it and any errors.
     /// Exit code 0 when allowed, 3 when denied.
     Check(CheckArgs),
+    /// The policies in force in the running agent (admin socket, root).
+    List(AdminArgs),
+    /// Make the running agent re-read its policy files (admin socket, root); an invalid set is
+    /// refused with Cedar's messages and the running set stays.
+    Reload(AdminArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct AdminArgs {
+    #[command(flatten)]
+    admin: super::entry::AdminSocket,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,8 +67,12 @@ pub(super) struct CheckArgs {
     json: bool,
 }
 
-pub(super) fn run(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
-    let Command::Check(args) = cmd;
+pub(super) async fn run(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
+    let args = match cmd {
+        Command::Check(args) => args,
+        Command::List(a) => return admin(a, false).await,
+        Command::Reload(a) => return admin(a, true).await,
+    };
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
     let config = crate::config::Config::from_toml(&text)
@@ -137,6 +155,34 @@ pub(super) fn run(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::from(3)
     })
+}
+
+async fn admin(args: AdminArgs, reload: bool) -> anyhow::Result<std::process::ExitCode> {
+    let mut client = args.admin.connect().await?;
+    let resp = if reload {
+        client
+            .reload_policies(crate::proto::admin::ReloadPoliciesRequest {})
+            .await
+    } else {
+        client
+            .list_policies(crate::proto::admin::ListPoliciesRequest {})
+            .await
+    }
+    .map_err(|s| anyhow::anyhow!("{} ({:?})", s.message(), s.code()))?
+    .into_inner();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "enabled": resp.enabled, "policies": resp.ids })
+        );
+    } else if !resp.enabled {
+        println!("no [policy]: the registration entries alone decide");
+    } else {
+        for id in &resp.ids {
+            println!("{id}");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// The unix selectors of a running process, read from `/proc` (a diagnostic: nothing is issued).

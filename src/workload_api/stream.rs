@@ -330,7 +330,12 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     subs.push((req, rx));
                     continue;
                 }
-                match tokio::time::timeout(MINT_DEADLINE, issuer::wait_ready(&mut rx)).await {
+                match tokio::time::timeout(
+                    MINT_DEADLINE,
+                    issuer::wait_ready(&mut rx, self.ctx.clock.now()),
+                )
+                .await
+                {
                     Ok(Ok(svid)) if self.valid_now(&svid) => {}
                     Ok(Ok(_)) => {
                         return Err(issuer::Error::MintFailed(
