@@ -30,7 +30,7 @@ pub(crate) struct AdminApi {
     pub streams: Arc<Semaphore>,
     pub max_streams: usize,
     /// The Cedar policies in force and where they come from (shared with reloads).
-    pub policies: crate::app::Policies,
+    pub policies: crate::workload_api::gate::Policies,
 }
 
 impl AdminApi {

@@ -61,59 +61,6 @@ pub enum Error {
     Internal(String),
 }
 
-/// The Cedar policies in force (published to streams) and the `[policy]` they come from; shared by
-/// config reloads and the admin API.
-#[derive(Clone)]
-pub(crate) struct Policies {
-    tx: Arc<tokio::sync::watch::Sender<Option<Arc<crate::workload_api::gate::Engine>>>>,
-    config: Arc<std::sync::Mutex<Option<crate::config::PolicyConfig>>>,
-}
-
-impl Policies {
-    /// Re-reads the policy files; on any error the running set stays.
-    pub(crate) fn reload(&self) -> Result<(), Vec<String>> {
-        let config = self
-            .config
-            .lock()
-            .map_err(|_| vec!["lock".to_owned()])?
-            .clone();
-        let engine = engine_for(config.as_ref())?;
-        self.tx.send_replace(engine);
-        Ok(())
-    }
-
-    /// Replaces the configuration and the engine together (config reload).
-    fn replace(
-        &self,
-        config: Option<crate::config::PolicyConfig>,
-        engine: Option<Arc<crate::workload_api::gate::Engine>>,
-    ) {
-        if let Ok(mut c) = self.config.lock() {
-            *c = config;
-        }
-        self.tx.send_replace(engine);
-    }
-
-    /// What is in force, for the admin API.
-    pub(crate) fn list(&self) -> crate::proto::admin::ListPoliciesResponse {
-        let engine = self.tx.borrow().clone();
-        crate::proto::admin::ListPoliciesResponse {
-            enabled: engine.is_some(),
-            ids: engine.map(|e| engine_ids(&e)).unwrap_or_default(),
-        }
-    }
-}
-
-#[cfg(feature = "policy")]
-fn engine_ids(e: &crate::workload_api::gate::Engine) -> Vec<String> {
-    e.ids().to_vec()
-}
-
-#[cfg(not(feature = "policy"))]
-fn engine_ids(e: &crate::workload_api::gate::Engine) -> Vec<String> {
-    match *e {}
-}
-
 /// Who signs: this agent, or the SPIRE server it joined.
 enum Signing {
     Local(Box<Authority>),
@@ -136,7 +83,7 @@ pub struct Running {
     issuer: IssuerHandle,
     jwt: JwtCache,
     /// The Cedar policies in force (replaced on reload).
-    policies: Policies,
+    policies: crate::workload_api::gate::Policies,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
     /// Fires when the inventory's writer thread ends (supervised apart from `tasks`: it must
     /// outlive them, to record the withdrawals of shutdown).
@@ -199,12 +146,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         source,
     })?;
     let declared = load_declared(&config).map_err(Error::Policy)?;
-    let policies = Policies {
-        tx: Arc::new(tokio::sync::watch::Sender::new(
-            load_engine(&config).map_err(Error::Policy)?,
-        )),
-        config: Arc::new(std::sync::Mutex::new(config.policy.clone())),
-    };
+    let policies = crate::workload_api::gate::Policies::new(
+        load_engine(&config).map_err(Error::Policy)?,
+        config.policy.clone(),
+    );
     let db = config.data_dir.join("lanyard.db");
     let registry = {
         let db = db.clone();
@@ -345,7 +290,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         streams: streams.clone(),
         shares: shares.clone(),
         jwt_revocation: config.jwt_revocation,
-        cedar: policies.tx.subscribe(),
+        cedar: policies.subscribe(),
     };
     let admin = AdminApi {
         registry: registry.clone(),
@@ -505,7 +450,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
 pub(crate) fn load_engine(
     config: &Config,
 ) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<FieldError>> {
-    engine_for(config.policy.as_ref()).map_err(|errors| {
+    crate::workload_api::gate::engine_for(config.policy.as_ref()).map_err(|errors| {
         errors
             .into_iter()
             .map(|message| FieldError {
@@ -514,36 +459,6 @@ pub(crate) fn load_engine(
             })
             .collect()
     })
-}
-
-/// The engine for a `[policy]` (none: `None`).
-#[cfg(feature = "policy")]
-fn engine_for(
-    policy: Option<&crate::config::PolicyConfig>,
-) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<String>> {
-    let Some(policy) = policy else {
-        return Ok(None);
-    };
-    // context.node: $NODE_NAME (the DaemonSet sets it from the downward API), else the hostname.
-    let node = std::env::var("NODE_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(crate::policy::node_name);
-    match crate::policy::Engine::load(policy, &node) {
-        Ok(engine) => {
-            tracing::info!(policies = ?engine.ids(), "cedar policies in force");
-            Ok(Some(Arc::new(engine)))
-        }
-        Err(errors) => Err(errors),
-    }
-}
-
-/// Without the `policy` feature, `[policy]` is refused by validation: nothing to load.
-#[cfg(not(feature = "policy"))]
-fn engine_for(
-    _policy: Option<&crate::config::PolicyConfig>,
-) -> Result<Option<Arc<crate::workload_api::gate::Engine>>, Vec<String>> {
-    Ok(None)
 }
 
 /// What the config file contributes to the policy: declared entries and federated bundles (read from

@@ -133,3 +133,101 @@ fn decide(
 ) -> Result<(), String> {
     match *engine {}
 }
+
+/// The Cedar policies in force (published to streams) and the `[policy]` they come from; shared by
+/// config reloads and the admin API.
+#[derive(Clone)]
+pub(crate) struct Policies {
+    tx: Arc<tokio::sync::watch::Sender<Option<Arc<Engine>>>>,
+    config: Arc<std::sync::Mutex<Option<crate::config::PolicyConfig>>>,
+}
+
+impl Policies {
+    pub(crate) fn new(
+        engine: Option<Arc<Engine>>,
+        config: Option<crate::config::PolicyConfig>,
+    ) -> Self {
+        Self {
+            tx: Arc::new(tokio::sync::watch::Sender::new(engine)),
+            config: Arc::new(std::sync::Mutex::new(config)),
+        }
+    }
+
+    /// A receiver of the engine in force and every change.
+    pub(crate) fn subscribe(&self) -> Cedar {
+        self.tx.subscribe()
+    }
+
+    /// Re-reads the policy files; on any error the running set stays.
+    pub(crate) fn reload(&self) -> Result<(), Vec<String>> {
+        let config = self
+            .config
+            .lock()
+            .map_err(|_| vec!["lock".to_owned()])?
+            .clone();
+        let engine = engine_for(config.as_ref())?;
+        self.tx.send_replace(engine);
+        Ok(())
+    }
+
+    /// Replaces the configuration and the engine together (config reload).
+    pub(crate) fn replace(
+        &self,
+        config: Option<crate::config::PolicyConfig>,
+        engine: Option<Arc<Engine>>,
+    ) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+        self.tx.send_replace(engine);
+    }
+
+    /// What is in force, for the admin API.
+    pub(crate) fn list(&self) -> crate::proto::admin::ListPoliciesResponse {
+        let engine = self.tx.borrow().clone();
+        crate::proto::admin::ListPoliciesResponse {
+            enabled: engine.is_some(),
+            ids: engine.map(|e| engine_ids(&e)).unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(feature = "policy")]
+fn engine_ids(e: &Engine) -> Vec<String> {
+    e.ids().to_vec()
+}
+
+#[cfg(not(feature = "policy"))]
+fn engine_ids(e: &Engine) -> Vec<String> {
+    match *e {}
+}
+
+/// The engine for a `[policy]` (none: `None`).
+#[cfg(feature = "policy")]
+pub(crate) fn engine_for(
+    policy: Option<&crate::config::PolicyConfig>,
+) -> Result<Option<Arc<Engine>>, Vec<String>> {
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    // context.node: $NODE_NAME (the DaemonSet sets it from the downward API), else the hostname.
+    let node = std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(crate::policy::node_name);
+    match crate::policy::Engine::load(policy, &node) {
+        Ok(engine) => {
+            tracing::info!(policies = ?engine.ids(), "cedar policies in force");
+            Ok(Some(Arc::new(engine)))
+        }
+        Err(errors) => Err(errors),
+    }
+}
+
+/// Without the `policy` feature, `[policy]` is refused by validation: nothing to load.
+#[cfg(not(feature = "policy"))]
+pub(crate) fn engine_for(
+    _policy: Option<&crate::config::PolicyConfig>,
+) -> Result<Option<Arc<Engine>>, Vec<String>> {
+    Ok(None)
+}
