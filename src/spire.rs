@@ -126,8 +126,8 @@ impl Shared {
     fn channel(&self) -> Channel {
         self.channel
             .read()
-            .map(|c| c.clone())
-            .expect("channel lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn entry_for(

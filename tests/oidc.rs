@@ -24,9 +24,19 @@ async fn fetch_jwt(agent: &TestAgent, audience: &str) -> String {
         .svid
 }
 
+/// The JWS header of a token.
+fn header_of(token: &str) -> serde_json::Value {
+    part_of(token, 0)
+}
+
+/// The claims of a token.
 fn claims_of(token: &str) -> serde_json::Value {
+    part_of(token, 1)
+}
+
+fn part_of(token: &str, index: usize) -> serde_json::Value {
     use base64::Engine as _;
-    let part = token.split('.').nth(1).unwrap();
+    let part = token.split('.').nth(index).unwrap();
     serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(part)
@@ -101,16 +111,7 @@ async fn oidc_relying_parties_verify_jwt_svids_from_discovery() {
     let (code, headers, body) = http_get(&format!("{issuer}/keys"), &[]);
     assert_eq!(code, 200);
     let keys: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let header_kid = {
-        use base64::Engine as _;
-        let h: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(token.split('.').next().unwrap())
-                .unwrap(),
-        )
-        .unwrap();
-        h["kid"].as_str().unwrap().to_owned()
-    };
+    let header_kid = header_of(&token)["kid"].as_str().unwrap().to_owned();
     let key = keys["keys"]
         .as_array()
         .unwrap()
@@ -233,16 +234,7 @@ async fn rsa_jwt_keys_for_rs256_relying_parties() {
     ))
     .await;
     let token = fetch_jwt(&agent, "api://AzureADTokenExchange").await;
-    let header: serde_json::Value = {
-        use base64::Engine as _;
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(token.split('.').next().unwrap())
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header_of(&token)["alg"], "RS256");
     let (_, _, body) = http_get(&format!("{issuer}/.well-known/openid-configuration"), &[]);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(

@@ -154,8 +154,11 @@ pub(super) fn channel(
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned();
-                let name = ServerName::try_from(host)
-                    .unwrap_or_else(|_| ServerName::try_from("spire-server").expect("valid name"));
+                // An IP or DNS name as given; anything else gets a fixed SNI name.
+                let name = ServerName::try_from(host).or_else(|_| {
+                    ServerName::try_from("spire-server")
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                })?;
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
