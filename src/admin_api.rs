@@ -238,6 +238,7 @@ impl Admin for AdminApi {
                 delivered_at: c.delivered_at,
                 withdrawn_at: c.withdrawn_at.unwrap_or(0),
                 withdraw_reason: c.withdraw_reason.unwrap_or_default(),
+                permitted_by: c.permitted_by.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(ListCredentialsResponse { credentials }))

@@ -62,6 +62,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS credentials_spiffe_id ON credentials(spiffe_id);",
     // 2: rows by holder, for compacting each holder's finished rows.
     "CREATE INDEX IF NOT EXISTS credentials_holder ON credentials(pid, pid_instance, id);",
+    // 3: the Cedar policies that permitted each issuance (NULL: no `[policy]` in force).
+    "ALTER TABLE credentials ADD COLUMN permitted_by TEXT;",
 ];
 
 /// The schema version this binary writes.

@@ -109,6 +109,8 @@ pub struct Delivery {
     pub not_after: SystemTime,
     /// Delivered in place of an older serial of the same identity (a rotation), for the audit.
     pub rotation: bool,
+    /// The Cedar policies that permitted it (ids, comma-separated); `None` without `[policy]`.
+    pub permitted_by: Option<String>,
 }
 
 /// A row of the inventory.
@@ -126,6 +128,8 @@ pub struct Record {
     pub delivered_at: i64,
     pub withdrawn_at: Option<i64>,
     pub withdraw_reason: Option<String>,
+    /// The Cedar policies that permitted the issuance; `None` when no policy was in force.
+    pub permitted_by: Option<String>,
 }
 
 /// A query of the inventory.
@@ -458,6 +462,7 @@ mod tests {
             issued_at: SystemTime::now(),
             not_after: SystemTime::now() + Duration::from_secs(3600),
             rotation: false,
+            permitted_by: None,
         }
     }
 

@@ -198,6 +198,241 @@ async fn oidc_relying_parties_verify_jwt_svids_from_discovery() {
     agent.shutdown().await;
 }
 
+/// A long-lived relying party (`interop-oidc follow` / `oidc_verify.py --follow`): one request per
+/// line on stdin, one JSON answer per line on stdout.
+struct Follower {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    name: &'static str,
+}
+
+impl Follower {
+    fn start(name: &'static str, mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Self { child, out, name }
+    }
+
+    /// Sends one request line; the answer's error, or the subject when it verified.
+    fn ask(&mut self, line: &str) -> Result<String, String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut answer = String::new();
+        self.out.read_line(&mut answer).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&answer)
+            .unwrap_or_else(|e| panic!("{}: not a JSON answer {answer:?}: {e}", self.name));
+        if v["ok"] == true {
+            Ok(v["subject"].as_str().unwrap_or_default().to_owned())
+        } else {
+            Err(v["error"].as_str().unwrap_or_default().to_owned())
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh relying party (go-oidc and PyJWT, one process each, discovery only) verifying `token`.
+fn fresh_verifiers(issuer: &str, audience: &str, token: &str) -> [Result<(), String>; 2] {
+    let go = Command::new(interop_dir().join("bin/interop-oidc"))
+        .args(["verify", issuer, audience, token])
+        .output()
+        .unwrap();
+    let py = Command::new(interop_dir().join("venv/bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/python/oidc_verify.py"
+        ))
+        .args([issuer, audience, token])
+        .output()
+        .unwrap();
+    [go, py].map(|o| {
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    })
+}
+
+/// The kids `/keys` publishes, once it publishes `want` of them (within 15 s: the authority reads
+/// the wall clock at least every 5 s).
+fn published_kids(issuer: &str, want: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, _, body) = http_get(&format!("{issuer}/keys"), &[]);
+        let keys: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let kids: Vec<String> = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        if kids.len() == want {
+            return kids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/keys publishes {kids:?}, expected {want} keys"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Relying parties follow a real JWT signing-key rotation on the agent's clock (JW-7): the next key
+/// is published before it signs, a long-lived go-oidc key set and PyJWKClient that loaded the key
+/// set before the rotation verify tokens of the new key (fetching the set again for its kid), tokens
+/// of the old key verify while it is still published, and once its publication ends (every token it
+/// signed has expired by the agent's clock) a fresh relying party refuses a token it signed.
+///
+/// Relying parties check `exp`/`iat` on the real clock, so the agent's clock starts about one key
+/// lifetime in the past and is moved so that every token verified is valid now.
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_relying_parties_follow_a_jwt_key_rotation() {
+    let test = "oidc_relying_parties_follow_a_jwt_key_rotation";
+    if !prepare("go", &["go"], test) || !prepare("python", &["python3"], test) {
+        return;
+    }
+    use std::time::{Duration, SystemTime};
+    const MIN: Duration = Duration::from_secs(60);
+    let key_ttl = 4 * lanyard::ca::jwt::MAX_JWT_TTL; // the shortest allowed
+    let real_start = SystemTime::now();
+    let clock = lanyard::clock::ManualClock::new(real_start - key_ttl - 2 * MIN);
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let agent = TestAgent::start_with_clock(
+        &format!(
+            "[authority]
+jwt_key_ttl = \"4h\"\n[svid]\njwt_ttl = \"1h\"\n[oidc]\naddress = \"127.0.0.1:{port}\"\nissuer = \"{issuer}\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/ci-job\"\nselectors = [\"unix:uid:{}\"]\n",
+            euid()
+        ),
+        std::sync::Arc::new(clock.clone()),
+    )
+    .await;
+    let kid = |t: &str| header_of(t)["kid"].as_str().unwrap().to_owned();
+
+    // Key 1 alone. The long-lived relying parties load the key set now (the token is long expired
+    // by the real clock: only its key is looked up).
+    let k1 = published_kids(&issuer, 1).remove(0);
+    let old = fetch_jwt(&agent, "warm-up").await;
+    assert_eq!(kid(&old), k1);
+    let mut go = Follower::start("go-oidc", {
+        let mut c = Command::new(interop_dir().join("bin/interop-oidc"));
+        c.args(["follow", &issuer]);
+        c
+    });
+    let mut py = Follower::start("PyJWT", {
+        let mut c = Command::new(interop_dir().join("venv/bin/python"));
+        c.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/python/oidc_verify.py"
+        ))
+        .args(["--follow", &issuer]);
+        c
+    });
+    for f in [&mut go, &mut py] {
+        f.ask(&format!("warm {old}"))
+            .unwrap_or_else(|e| panic!("{}: {e}", f.name));
+    }
+    // PyJWKClient fetches the set again for an unknown kid only 30 s (its default cooldown) after
+    // its last fetch; in real use key 2 is published an hour before it signs.
+    let py_cooldown_over = std::time::Instant::now() + Duration::from_secs(31);
+
+    // 30 min before the rotation: key 2 is published (≥ one JWT lifetime before it signs); key 1
+    // still signs.
+    clock.advance(key_ttl - 30 * MIN);
+    let both = published_kids(&issuer, 2);
+    let k2 = both.iter().find(|k| **k != k1).unwrap().clone();
+    let before = fetch_jwt(&agent, "before-rotation").await;
+    assert_eq!(kid(&before), k1, "key 1 signs until the rotation");
+    for f in [&mut go, &mut py] {
+        assert_eq!(
+            f.ask(&format!("verify before-rotation {before}"))
+                .as_deref(),
+            Ok("spiffe://example.org/ci-job"),
+            "{}",
+            f.name
+        );
+    }
+
+    // 1 min after the rotation: key 2 signs; the relying parties whose cached set predates key 2
+    // verify its tokens; key 1's tokens still verify (still published), fresh or cached.
+    clock.advance(31 * MIN);
+    // (A token cached before the authority noticed the new time stays as it is: a new audience
+    // each try.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut tries = 0;
+    let (aud, after) = loop {
+        let aud = format!("after-rotation-{tries}");
+        let t = fetch_jwt(&agent, &aud).await;
+        if kid(&t) == k2 {
+            break (aud, t);
+        }
+        assert!(std::time::Instant::now() < deadline, "key 2 never signed");
+        tries += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(published_kids(&issuer, 2).len(), 2);
+    tokio::time::sleep_until(py_cooldown_over.into()).await;
+    for f in [&mut go, &mut py] {
+        assert_eq!(
+            f.ask(&format!("verify {aud} {after}")).as_deref(),
+            Ok("spiffe://example.org/ci-job"),
+            "{} follows the rotation",
+            f.name
+        );
+        assert!(f.ask(&format!("verify before-rotation {before}")).is_ok());
+    }
+    for r in fresh_verifiers(&issuer, &aud, &after)
+        .into_iter()
+        .chain(fresh_verifiers(&issuer, "before-rotation", &before))
+    {
+        r.unwrap();
+    }
+
+    // Past key 1's publication (one JWT lifetime and the leeway after the rotation, by the agent's
+    // clock): only key 2 is published, and a fresh relying party refuses the token key 1 signed
+    // (still unexpired by the real clock here, so the refusal is the key's).
+    clock.advance(lanyard::ca::jwt::MAX_JWT_TTL + MIN);
+    assert_eq!(published_kids(&issuer, 1), std::slice::from_ref(&k2));
+    for (who, r) in
+        ["go-oidc", "PyJWT"]
+            .iter()
+            .zip(fresh_verifiers(&issuer, "before-rotation", &before))
+    {
+        assert!(
+            r.is_err(),
+            "{who} accepted a token of a key no longer published"
+        );
+    }
+    for r in fresh_verifiers(&issuer, &aud, &after) {
+        r.unwrap();
+    }
+    // The agent's own validation agrees.
+    let refused = agent
+        .client()
+        .await
+        .validate_jwtsvid(lanyard::proto::ValidateJwtsvidRequest {
+            audience: "before-rotation".into(),
+            svid: before,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    drop((go, py));
+    agent.shutdown().await;
+}
+
 /// `[oidc]` is checked: the issuer must be a URL, the address ip:port, TLS files come in pairs, and
 /// mode "spire" refuses it (the SPIRE server signs JWT-SVIDs there).
 #[test]

@@ -185,6 +185,13 @@ async fn cedar_decides_every_issuance() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         if text.contains("policy denied") {
+            // Every issuance names the policies that permitted it.
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rows = v["credentials"].as_array().unwrap();
+            assert!(!rows.is_empty());
+            for row in rows {
+                assert_eq!(row["permitted_by"], "entries-decide", "{row}");
+            }
             break;
         }
         assert!(

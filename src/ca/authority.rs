@@ -26,6 +26,9 @@ use crate::clock::SharedClock;
 use crate::encoding::{pem_block, pem_cert};
 use crate::spiffe_id::TrustDomain;
 
+/// The longest the lifecycle sleeps without reading the wall clock again.
+const WALL_CLOCK_CHECK: Duration = Duration::from_secs(5);
+
 /// The signing authority of one trust domain.
 pub struct Authority {
     td: TrustDomain,
@@ -144,10 +147,13 @@ impl Authority {
             Mode::Upstream(u) => u.next_transition(),
         }
         .min(self.jwt.next_transition());
+        // Sleeping is monotonic, transitions are wall-clock: a suspend or a clock step can pass a
+        // transition while the sleep still runs, so the clock is looked at again at least every
+        // `WALL_CLOCK_CHECK`.
         Ok(next
             .duration_since(now)
             .unwrap_or(Duration::ZERO)
-            .max(Duration::from_secs(1)))
+            .clamp(Duration::from_secs(1), WALL_CLOCK_CHECK))
     }
 
     /// Runs the lifecycle until `shutdown` fires. Transitions wake it through `tokio::time`.

@@ -64,15 +64,29 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
                     "delivered_at": time(r.delivered_at),
                     "withdrawn_at": if r.withdrawn_at > 0 { serde_json::Value::from(time(r.withdrawn_at)) } else { serde_json::Value::Null },
                     "withdraw_reason": if r.withdraw_reason.is_empty() { serde_json::Value::Null } else { r.withdraw_reason.clone().into() },
+                    "permitted_by": if r.permitted_by.is_empty() { serde_json::Value::Null } else { r.permitted_by.clone().into() },
                 })
             })
             .collect();
         println!("{}", serde_json::json!({ "credentials": list }));
         return Ok(());
     }
+    // The policies column only when some row was decided by Cedar (`[policy]` in force).
+    let with_policies = rows.iter().any(|r| !r.permitted_by.is_empty());
     println!(
-        "{:<4} {:<32} {:<36} {:>7} {:>6} {:<20} {:<20} WITHDRAWN",
-        "KIND", "SERIAL/JTI", "SPIFFE ID", "PID", "UID", "DELIVERED", "NOT AFTER"
+        "{:<4} {:<32} {:<36} {:>7} {:>6} {:<20} {:<20} {}WITHDRAWN",
+        "KIND",
+        "SERIAL/JTI",
+        "SPIFFE ID",
+        "PID",
+        "UID",
+        "DELIVERED",
+        "NOT AFTER",
+        if with_policies {
+            format!("{:<24} ", "PERMITTED BY")
+        } else {
+            String::new()
+        }
     );
     for r in &rows {
         let withdrawn = if r.withdrawn_at > 0 {
@@ -80,8 +94,13 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             "-".into()
         };
+        let permitted = match (with_policies, r.permitted_by.is_empty()) {
+            (false, _) => String::new(),
+            (true, true) => format!("{:<24} ", "-"),
+            (true, false) => format!("{:<24} ", r.permitted_by),
+        };
         println!(
-            "{:<4} {:<32} {:<36} {:>7} {:>6} {:<20} {:<20} {}",
+            "{:<4} {:<32} {:<36} {:>7} {:>6} {:<20} {:<20} {}{}",
             r.kind,
             r.serial,
             r.spiffe_id,
@@ -89,6 +108,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
             r.uid,
             time(r.delivered_at),
             time(r.not_after),
+            permitted,
             withdrawn
         );
     }

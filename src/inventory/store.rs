@@ -350,8 +350,8 @@ fn apply(
             } => {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO credentials (kind, serial, spiffe_id, entry_id, pid, pid_instance, uid, exe,
-                         issued_at, not_after, delivered_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                         issued_at, not_after, delivered_at, permitted_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
                 for d in rows {
                     stmt.execute(params![
@@ -366,6 +366,7 @@ fn apply(
                         secs(d.issued_at),
                         secs(d.not_after),
                         at,
+                        d.permitted_by,
                     ])?;
                 }
                 tx.prepare_cached(
@@ -441,7 +442,7 @@ pub(super) fn query(
 ) -> Result<Vec<Record>, rusqlite::Error> {
     let mut sql = String::from(
         "SELECT kind, serial, spiffe_id, entry_id, pid, uid, exe, issued_at, not_after, delivered_at,
-                withdrawn_at, withdraw_reason FROM credentials WHERE 1=1",
+                withdrawn_at, withdraw_reason, permitted_by FROM credentials WHERE 1=1",
     );
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if f.live {
@@ -473,6 +474,7 @@ pub(super) fn query(
             delivered_at: r.get(9)?,
             withdrawn_at: r.get(10)?,
             withdraw_reason: r.get(11)?,
+            permitted_by: r.get(12)?,
         })
     })?;
     rows.collect()

@@ -28,22 +28,30 @@ pub(crate) enum Engine {}
 /// The engine in force (`None`: no `[policy]`), replaced as a whole on reload.
 pub(crate) type Cedar = tokio::sync::watch::Receiver<Option<Arc<Engine>>>;
 
-/// The identities Cedar permits `act` on (the identity itself as the resource); `PolicyDenied`
-/// with the first refusal's reason when it permits none of them.
+/// Per SPIFFE ID, the Cedar policies that permitted it (ids, comma-separated), for the inventory;
+/// empty without `[policy]`.
+pub(super) type PermittedBy = std::collections::HashMap<String, String>;
+
+/// The identities Cedar permits `act` on (the identity itself as the resource) and the policies
+/// that permitted each; `PolicyDenied` with the first refusal's reason when it permits none.
 pub(super) fn permitted(
     ctx: &Context,
     selectors: &SelectorSet,
     identities: Vec<Identity>,
     act: Act,
-) -> Result<Vec<Identity>, Error> {
+) -> Result<(Vec<Identity>, PermittedBy), Error> {
     let Some(engine) = ctx.cedar.borrow().clone() else {
-        return Ok(identities);
+        return Ok((identities, PermittedBy::new()));
     };
     let mut kept = Vec::with_capacity(identities.len());
+    let mut by = PermittedBy::with_capacity(identities.len());
     let mut first = None;
     for identity in identities {
         match decide(&engine, ctx, selectors, &identity, act, None) {
-            Ok(()) => kept.push(identity),
+            Ok(policies) => {
+                by.insert(identity.spiffe_id.to_string(), policies.join(", "));
+                kept.push(identity);
+            }
             Err(why) => {
                 first.get_or_insert(why);
             }
@@ -51,24 +59,27 @@ pub(super) fn permitted(
     }
     match (kept.is_empty(), first) {
         (true, Some(why)) => Err(Error::PolicyDenied(why)),
-        _ => Ok(kept),
+        _ => Ok((kept, by)),
     }
 }
 
-/// Whether Cedar permits `act` for `identity` on every one of `audiences`; the refusal's reason.
+/// Whether Cedar permits `act` for `identity` on every one of `audiences`: the policies that
+/// permitted it (`None` without `[policy]`), or the refusal's reason.
 pub(super) fn permits_audiences(
     ctx: &Context,
     selectors: &SelectorSet,
     identity: &Identity,
     audiences: &[String],
     act: Act,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let Some(engine) = ctx.cedar.borrow().clone() else {
-        return Ok(());
+        return Ok(None);
     };
-    audiences
-        .iter()
-        .try_for_each(|aud| decide(&engine, ctx, selectors, identity, act, Some(aud)))
+    let mut all = std::collections::BTreeSet::new();
+    for aud in audiences {
+        all.extend(decide(&engine, ctx, selectors, identity, act, Some(aud))?);
+    }
+    Ok(Some(all.into_iter().collect::<Vec<_>>().join(", ")))
 }
 
 #[cfg(feature = "policy")]
@@ -79,7 +90,7 @@ fn decide(
     identity: &Identity,
     act: Act,
     audience: Option<&str>,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     use crate::policy::{Action, Ask, Resource};
     let action = match act {
         Act::X509 => Action::FetchX509Svid,
@@ -107,7 +118,7 @@ fn decide(
         tracing::warn!(spiffe_id = %identity.spiffe_id, action = action.as_str(), error = %e, "policy evaluation error (the policy does not apply)");
     }
     if verdict.allowed {
-        Ok(())
+        Ok(verdict.policies)
     } else {
         let on = audience.map_or_else(
             || identity.spiffe_id.to_string(),
@@ -130,7 +141,7 @@ fn decide(
     _identity: &Identity,
     _act: Act,
     _audience: Option<&str>,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     match *engine {}
 }
 

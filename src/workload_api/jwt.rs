@@ -98,7 +98,7 @@ pub(super) async fn fetch(
                 &ask.audiences,
                 super::gate::Act::Jwt,
             ) {
-                Ok(()) => allowed.push(identity),
+                Ok(by) => allowed.push((identity, by)),
                 Err(why) => {
                     first_refusal.get_or_insert(Error::PolicyDenied(why));
                 }
@@ -116,7 +116,7 @@ pub(super) async fn fetch(
     }
     let mut out = Vec::with_capacity(allowed.len());
     let mut deliveries = Vec::with_capacity(allowed.len());
-    for identity in allowed {
+    for (identity, permitted_by) in allowed {
         let req = JwtRequest {
             spiffe_id: identity.spiffe_id.clone(),
             audiences: ask.audiences.clone(),
@@ -143,6 +143,7 @@ pub(super) async fn fetch(
             issued_at: jwt.issued_at,
             not_after: jwt.expires_at,
             rotation: false,
+            permitted_by,
         });
         crate::metrics::metrics().delivered(identity.spiffe_id.as_str());
         out.push(Jwtsvid {

@@ -264,7 +264,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                         std::slice::from_ref(&req.audience),
                         super::gate::Act::Validate,
                     ) {
-                        Ok(()) => true,
+                        Ok(_) => true,
                         Err(why) => {
                             refusal.get_or_insert(why);
                             false

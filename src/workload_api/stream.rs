@@ -100,6 +100,8 @@ pub(super) struct Watcher<M> {
     /// Policy reloads (a change re-decides what the caller may hold).
     cedar: super::gate::Cedar,
     identities: Vec<Identity>,
+    /// The policies that permitted each identity at the last decision (for the inventory).
+    permitted_by: gate::PermittedBy,
     subs: Vec<(SvidRequest, watch::Receiver<SvidState>)>,
     updates: StreamMap<usize, WatchStream<SvidState>>,
     policy: watch::Receiver<Arc<Policy>>,
@@ -131,9 +133,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 selectors: attested.selectors.clone(),
             });
         }
-        let identities = match act {
+        let (identities, permitted_by) = match act {
             Some(act) => gate::permitted(&ctx, &attested.selectors, identities, act)?,
-            None => identities,
+            None => (identities, gate::PermittedBy::new()),
         };
         let mut w = Self {
             ctx,
@@ -143,6 +145,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             act,
             cedar,
             identities: Vec::new(),
+            permitted_by,
             subs: Vec::new(),
             updates: StreamMap::new(),
             policy,
@@ -292,10 +295,11 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             );
             return Err(Error::EntitlementLost);
         }
-        let identities = match self.act {
+        let (identities, permitted_by) = match self.act {
             Some(act) => gate::permitted(&self.ctx, &self.attested.selectors, identities, act)?,
-            None => identities,
+            None => (identities, gate::PermittedBy::new()),
         };
+        self.permitted_by = permitted_by;
         if identities != self.identities {
             self.set_identities(identities).await?;
         }
@@ -448,6 +452,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     issued_at: svid.not_before,
                     not_after: svid.not_after,
                     rotation: before.is_some(),
+                    permitted_by: self.permitted_by.get(identity.spiffe_id.as_str()).cloned(),
                 });
             }
         }

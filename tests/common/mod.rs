@@ -47,11 +47,14 @@ pub(crate) fn open_tempdir() -> tempfile::TempDir {
 impl TestAgent {
     /// Starts an agent in this process with `extra` config (entries, TTLs...).
     pub(crate) async fn start(extra: &str) -> Self {
+        Self::start_with_clock(extra, Arc::new(SystemClock)).await
+    }
+
+    /// `start` on the given clock (a `ManualClock` lets a test move the agent's wall clock).
+    pub(crate) async fn start_with_clock(extra: &str, clock: lanyard::clock::SharedClock) -> Self {
         let dir = open_tempdir();
         let config = Config::from_toml(&config_text(dir.path(), extra)).expect("test config");
-        let running = app::start(config, Arc::new(SystemClock))
-            .await
-            .expect("agent starts");
+        let running = app::start(config, clock).await.expect("agent starts");
         Self {
             socket: running.socket_path.clone(),
             dir,
