@@ -63,7 +63,15 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init(cli.log_format);
+    let workers = match worker_threads(std::env::var("TOKIO_WORKER_THREADS").ok().as_deref()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("lanyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -93,6 +101,24 @@ pub fn main() -> ExitCode {
             },
         }
     })
+}
+
+/// Async worker threads: `TOKIO_WORKER_THREADS` when set, else half the CPUs (at least one). A
+/// cached fetch is a few tens of microseconds of work; what costs is handing it between threads, so
+/// fewer workers answer faster and leave the other CPUs to the blocking pool (minting, hashing,
+/// the inventory's fsync) and to the workloads themselves.
+fn worker_threads(env: Option<&str>) -> Result<usize, String> {
+    match env {
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS={v:?} is not a positive number of threads; unset it to use half the CPUs"
+            )),
+        },
+        None => Ok(std::thread::available_parallelism()
+            .map_or(1, |n| n.get() / 2)
+            .max(1)),
+    }
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

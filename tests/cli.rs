@@ -525,3 +525,21 @@ fn bad_audit_and_metrics_settings_exit_64_naming_the_field() {
         assert!(err.contains(field), "{text}: {err}");
     }
 }
+
+/// A bad `TOKIO_WORKER_THREADS` is refused by name before anything starts (tokio itself would panic).
+#[test]
+fn a_bad_worker_thread_count_is_refused_by_name() {
+    for bad in ["zero", "0", "-1"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["agent", "--config", "/nonexistent/lanyard.toml"])
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("TOKIO_WORKER_THREADS=\"{bad}\"")) && err.contains("unset it"),
+            "{err}"
+        );
+    }
+}

@@ -29,6 +29,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use loona_hpack::Decoder;
 use loona_hpack::decoder::DecoderError;
 
+mod huffman;
+
 /// The client connection preface (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest header block accepted, encoded (all fragments together) and decoded (names, values
@@ -104,6 +106,8 @@ pub(crate) struct Normalizer {
     decoder: Decoder<'static>,
     open: Option<OpenBlock>,
     block: Vec<u8>,
+    /// `block` with its Huffman-coded strings made plain.
+    plain: Vec<u8>,
     refused: Option<Error>,
     /// Header blocks passed to h2 (requests, and trailers): a connection with none has opened no
     /// stream yet.
@@ -126,6 +130,7 @@ impl Normalizer {
             decoder,
             open: None,
             block: Vec::new(),
+            plain: Vec::new(),
             refused: None,
             blocks: 0,
         }
@@ -304,18 +309,24 @@ impl Normalizer {
         let mut fields = Vec::with_capacity(self.block.len() + 64);
         let mut listed = 0usize;
         let mut over = false;
-        let decoded =
-            self.decoder
-                .decode_with_cb(&self.block, |name: Cow<[u8]>, value: Cow<[u8]>| {
-                    listed = listed.saturating_add(name.len() + value.len() + 32);
-                    if listed > MAX_HEADER_BLOCK {
-                        over = true;
-                        return;
-                    }
-                    if name.as_ref() != b":authority" {
-                        put_literal(&mut fields, &name, &value);
-                    }
-                });
+        // Huffman-coded strings made plain first (see `huffman`): same fields, same table updates.
+        self.plain.clear();
+        let block = match huffman::unhuffman(&self.block, &mut self.plain) {
+            Some(true) => &self.plain,
+            Some(false) | None => &self.block,
+        };
+        let decoded = self
+            .decoder
+            .decode_with_cb(block, |name: Cow<[u8]>, value: Cow<[u8]>| {
+                listed = listed.saturating_add(name.len() + value.len() + 32);
+                if listed > MAX_HEADER_BLOCK {
+                    over = true;
+                    return;
+                }
+                if name.as_ref() != b":authority" {
+                    put_literal(&mut fields, &name, &value);
+                }
+            });
         match decoded {
             Ok(()) => {}
             // A block of nothing but a table size update is valid HPACK (RFC 7541 §4.2 only asks
@@ -339,6 +350,7 @@ impl Normalizer {
         self.refused = Some(why);
         self.open = None;
         self.block = Vec::new();
+        self.plain = Vec::new();
         put_frame_header(out, 1, HEADERS, END_HEADERS | END_STREAM, 1);
         out.put_u8(0x80);
         self.state = State::Closed;
