@@ -25,7 +25,13 @@ use lanyard::proto::*;
 use prost::Message;
 use tokio_stream::StreamExt;
 
-const CALLS: usize = 3000;
+/// Measured rounds (`LANYARD_BENCH_ROUNDS` to change, e.g. to profile a longer run).
+fn rounds() -> usize {
+    std::env::var("LANYARD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -203,10 +209,11 @@ async fn run() {
     wait_for(&agent_socket).await;
     let agent_pid = agent.0.id();
     println!(
-        "lanyard end-to-end bench ({} cores): agent pid {agent_pid}, {CALLS} interleaved rounds",
+        "lanyard end-to-end bench ({} cores): agent pid {agent_pid}, {} interleaved rounds",
         std::thread::available_parallelism()
             .map(std::num::NonZero::get)
-            .unwrap_or(0)
+            .unwrap_or(0),
+        rounds()
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_mb(agent_pid);
@@ -273,7 +280,8 @@ async fn run() {
         t.ticks = 0;
         t.switches = 0;
     }
-    for _ in 0..CALLS {
+    let calls = rounds();
+    for _ in 0..calls {
         for t in &mut targets {
             t.round().await;
         }
@@ -281,8 +289,8 @@ async fn run() {
     let hz = 100.0; // clock ticks per second (USER_HZ)
     let mut rows = Vec::new();
     for t in &mut targets {
-        let cpu_us = t.ticks as f64 / hz * 1e6 / (2.0 * CALLS as f64);
-        let sw = t.switches as f64 / (2.0 * CALLS as f64);
+        let cpu_us = t.ticks as f64 / hz * 1e6 / (2.0 * calls as f64);
+        let sw = t.switches as f64 / (2.0 * calls as f64);
         rows.push((
             t.name,
             pct(&mut t.x509, 0.5),

@@ -156,7 +156,8 @@ impl Caller {
 }
 
 impl PinnedProcess {
-    /// Opens the caller's `/proc` directory and proves it belongs to the caller and is unchanged.
+    /// Opens the caller's `/proc` directory and proves it belongs to the caller; read its facts,
+    /// then [`PinnedProcess::confirm`] proves it unchanged.
     ///
     /// The process was alive when it connected. If the pidfd shows it alive *after* the directory was
     /// opened, it was alive throughout, so its PID cannot have been reused in between and the
@@ -173,7 +174,13 @@ impl PinnedProcess {
             dir,
             ceiling: caller.ceiling.clone(),
         };
-        pinned.confirm()?;
+        // Alive after the open: the directory is the caller's. (Whether it is unchanged is for the
+        // `confirm` after its facts are read.)
+        if pinned.pidfd.has_exited().map_err(pin_error)? {
+            return Err(Error::Exited {
+                pid: caller.cred.pid,
+            });
+        }
         Ok(pinned)
     }
 

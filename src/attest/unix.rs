@@ -100,6 +100,25 @@ impl UnixAttestor {
     /// cached by device/inode/size/mtime/ctime so a repeat costs one `fstat`.
     /// `Ok(Hash::NeedsWork)` only when `allow_slow` is false and the file must be read.
     fn exe_sha256(&self, process: &PinnedProcess, allow_slow: bool) -> Result<Hash, Error> {
+        // A cache hit needs only the stamps (one `stat` through the `exe` link); hashing reads the
+        // opened file and keys the result by that file's own stamps.
+        let seen = process.dir.exe_stamp().map_err(read_error)?;
+        let (key, stamp) = cache_key(&seen);
+        if let Some(hit) = self.lookup(key, &stamp) {
+            return Ok(Hash::Known(hit));
+        }
+        if seen.size > self.hash_max_bytes {
+            tracing::debug!(
+                pid = process.pid(),
+                size = seen.size,
+                limit = self.hash_max_bytes,
+                "executable larger than the hash limit; no unix:sha256 selector"
+            );
+            return Ok(Hash::TooLarge);
+        }
+        if !allow_slow {
+            return Ok(Hash::NeedsWork);
+        }
         let mut file = process.dir.open_exe().map_err(read_error)?;
         let meta = file.metadata().map_err(|source| {
             read_error(sys::Error::ProcRead {
@@ -108,27 +127,20 @@ impl UnixAttestor {
                 source,
             })
         })?;
-        let key = (meta.dev(), meta.ino());
-        let stamp = CachedHash {
+        let (key, stamp) = cache_key(&sys::proc::FileStamp {
+            id: sys::proc::FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
             size: meta.size(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
-            hex: String::new(),
-        };
+        });
         if let Some(hit) = self.lookup(key, &stamp) {
             return Ok(Hash::Known(hit));
         }
         if meta.size() > self.hash_max_bytes {
-            tracing::debug!(
-                pid = process.pid(),
-                size = meta.size(),
-                limit = self.hash_max_bytes,
-                "executable larger than the hash limit; no unix:sha256 selector"
-            );
             return Ok(Hash::TooLarge);
-        }
-        if !allow_slow {
-            return Ok(Hash::NeedsWork);
         }
         // Single flight per file: wait for a hashing of it already under way, then use its result
         // if it matches this file's stamps (it was the same content).
@@ -295,6 +307,19 @@ impl UnixAttestor {
         }
         Ok(true)
     }
+}
+
+/// The hash cache's key (device, inode) and the stamps a hit must match.
+fn cache_key(s: &sys::proc::FileStamp) -> ((u64, u64), CachedHash) {
+    (
+        (s.id.dev, s.id.ino),
+        CachedHash {
+            size: s.size,
+            mtime: s.mtime,
+            ctime: s.ctime,
+            hex: String::new(),
+        },
+    )
 }
 
 /// The outcome of looking for an executable's hash.

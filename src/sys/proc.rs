@@ -31,6 +31,15 @@ pub struct Credentials {
     pub gids: [u32; 4],
 }
 
+/// A file's identity and what changes when its content may have: size, mtime and ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub id: FileId,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
 /// Which file a path names: device and inode, as `stat` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
@@ -84,11 +93,31 @@ impl ProcDir {
 
     /// Reads a whole text file below the directory.
     pub fn read_to_string(&self, name: &'static str) -> Result<String, Error> {
-        let mut text = String::new();
-        self.open_file(name)?
-            .read_to_string(&mut text)
-            .map_err(|e| classify(self.pid, name, e))?;
-        Ok(text)
+        let mut file = self.open_file(name)?;
+        // `/proc` files report size 0, so `Read::read_to_string` probes with growing reads (32,
+        // 32, 64, ... bytes: seven calls for `status`) after an `fstat` and an `lseek`; one
+        // page-sized read gets a whole `status` and the next says end of file.
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            match file.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(self.pid, name, e)),
+            }
+        }
+        buf.truncate(len);
+        String::from_utf8(buf).map_err(|e| {
+            classify(
+                self.pid,
+                name,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
     }
 
     /// Effective uid and gid and the supplementary groups, from `status`.
@@ -150,6 +179,29 @@ impl ProcDir {
 
     /// `fstatat` below the directory, following the link (one system call).
     fn stat_at(&self, name: &'static str) -> Result<FileId, Error> {
+        let st = self.full_stat_at(name)?;
+        Ok(FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// Identity and change stamps of the executable (`stat` through the `exe` link), without
+    /// opening it.
+    pub fn exe_stamp(&self) -> Result<FileStamp, Error> {
+        let st = self.full_stat_at("exe")?;
+        Ok(FileStamp {
+            id: FileId {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            },
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        })
+    }
+
+    fn full_stat_at(&self, name: &'static str) -> Result<libc::stat, Error> {
         let cname = c_name(name);
         // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -159,10 +211,7 @@ impl ProcDir {
         if ret < 0 {
             return Err(classify(self.pid, name, std::io::Error::last_os_error()));
         }
-        Ok(FileId {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        })
+        Ok(st)
     }
 
     /// Process start time in clock ticks since boot (field 22 of `stat`).
