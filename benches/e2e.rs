@@ -188,10 +188,18 @@ async fn run() {
     let uid = lanyard::sys::euid();
     let agent_socket = dir.path().join("agent.sock");
     let config = dir.path().join("lanyard.toml");
+    // Joined to a SPIRE server (benches/with-spire.sh) or signing locally with one entry.
+    let authority = std::env::var("LANYARD_BENCH_AUTHORITY").ok();
+    let entries = match &authority {
+        Some(section) => section.clone(),
+        None => format!(
+            "[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n"
+        ),
+    };
     std::fs::write(
         &config,
         format!(
-            "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n",
+            "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n{entries}",
             agent_socket.display(),
             dir.path().join("admin/admin.sock").display(),
             dir.path().join("data").display()
@@ -219,15 +227,27 @@ async fn run() {
     let idle = rss_mb(agent_pid);
 
     // The floor serves what the agent sends, byte for byte.
-    let mut lanyard = Target::new("lanyard", &agent_socket, Some(agent_pid)).await;
-    let mut s = lanyard
-        .client
-        .fetch_x509svid(X509svidRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let sample = s.next().await.unwrap().unwrap();
-    drop(s);
+    let name = if authority.is_some() {
+        "lanyard (joined to the SPIRE server)"
+    } else {
+        "lanyard"
+    };
+    let mut lanyard = Target::new(name, &agent_socket, Some(agent_pid)).await;
+    // Joined to a server, the entry arrives with the first sync.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sample = loop {
+        let first = match lanyard.client.fetch_x509svid(X509svidRequest {}).await {
+            Ok(r) => r.into_inner().next().await.and_then(Result::ok),
+            Err(_) => None,
+        };
+        match first {
+            Some(m) => break m,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None => panic!("lanyard never served an X.509-SVID for this uid"),
+        }
+    };
     let jwt_sample = lanyard
         .client
         .fetch_jwtsvid(JwtsvidRequest {
@@ -310,23 +330,82 @@ async fn run() {
             "| {name} | {x50:.0} / {x99:.0} µs | {j50:.0} / {j99:.0} µs | {cpu:.0} µs | {sw:.1} |"
         );
     }
-    let (f, l) = (&rows[0], &rows[1]);
-    println!(
-        "\nlanyard / floor: X.509 p50 {:.2}×, p99 {:.2}×; JWT p50 {:.2}×, p99 {:.2}×; CPU per call {:.2}×",
-        l.1 / f.1,
-        l.2 / f.2,
-        l.3 / f.3,
-        l.4 / f.4,
-        l.5 / f.5.max(1e-9)
-    );
+    let ratio = |l: &Row, f: &Row, what: &str| {
+        println!(
+            "{what}: X.509 p50 {:.2}×, p99 {:.2}×; JWT p50 {:.2}×, p99 {:.2}×; CPU per call {:.2}×",
+            l.1 / f.1,
+            l.2 / f.2,
+            l.3 / f.3,
+            l.4 / f.4,
+            l.5 / f.5.max(1e-9)
+        );
+    };
+    println!();
+    ratio(&rows[1], &rows[0], "lanyard / floor");
+    let spire = rows.get(2).map(|r| r.0 == "spire-agent").unwrap_or(false);
+    if spire {
+        ratio(&rows[1], &rows[2], "lanyard / spire-agent");
+    }
     // Memory: idle, then with 1,000 open streams on 10 connections.
+    let mut memory = vec![(name, agent_socket.clone(), agent_pid, idle)];
+    if spire && let Some(pid) = targets[2].pid {
+        let socket = PathBuf::from(std::env::var("SPIRE_AGENT_SOCKET").unwrap_or_default());
+        memory.push(("spire-agent", socket, pid, rss_mb(pid)));
+    }
+    drop(targets);
+    for (who, socket, pid, idle) in &memory {
+        let streams = open_streams(socket, 1000).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        println!(
+            "{who} RSS: idle {idle:.1} MB, with 1,000 open streams {:.1} MB",
+            rss_mb(*pid)
+        );
+        drop(streams);
+    }
+    if let Some(changes) = entry_changes() {
+        for (who, socket, _, _) in &memory {
+            let Some(entry) = changes
+                .entries
+                .iter()
+                .find(|e| e.agent == *who || (e.agent == "lanyard" && who.starts_with("lanyard")))
+            else {
+                continue;
+            };
+            let mut took = Vec::new();
+            for round in 0..5 {
+                took.push(changes.time_one(entry, socket, uid, round).await);
+            }
+            took.sort();
+            println!(
+                "{who}: entry change (server command returned) to the new message on an open stream: p50 {:.0} ms, max {:.0} ms (5 changes)",
+                took[2].as_secs_f64() * 1e3,
+                took[4].as_secs_f64() * 1e3
+            );
+        }
+    } else if spire {
+        println!(
+            "(entry-change latency: set SPIRE_SERVER_BIN, SPIRE_SERVER_SOCKET and SPIRE_ENTRIES, as benches/with-spire.sh does)"
+        );
+    }
+    drop(floor);
+    drop(agent);
+}
+
+/// One printed row: name, X.509 p50/p99, JWT p50/p99, CPU per call, switches per call.
+type Row = (&'static str, f64, f64, f64, f64, f64, f64);
+
+/// `n` open FetchX509SVID streams on 10 connections to `socket`, each past its first message.
+async fn open_streams(
+    socket: &Path,
+    n: usize,
+) -> (Vec<WorkloadClient>, Vec<tonic::Streaming<X509svidResponse>>) {
     let mut clients = Vec::new();
     let mut streams = Vec::new();
     for _ in 0..10 {
-        let mut c = lanyard::client::connect(&format!("unix://{}", agent_socket.display()))
+        let mut c = lanyard::client::connect(&format!("unix://{}", socket.display()))
             .await
             .unwrap();
-        for _ in 0..100 {
+        for _ in 0..n / 10 {
             let mut s = c
                 .fetch_x509svid(X509svidRequest {})
                 .await
@@ -337,12 +416,95 @@ async fn run() {
         }
         clients.push(c);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    println!(
-        "agent RSS: idle {idle:.1} MB, with 1,000 open streams {:.1} MB",
-        rss_mb(agent_pid)
-    );
-    drop(streams);
-    drop(floor);
-    drop(agent);
+    (clients, streams)
+}
+
+/// The SPIRE server's CLI and the registration entry behind each agent's identity.
+struct EntryChanges {
+    server: PathBuf,
+    socket: PathBuf,
+    entries: Vec<BenchEntry>,
+}
+
+struct BenchEntry {
+    agent: String,
+    id: String,
+    parent: String,
+}
+
+/// From SPIRE_SERVER_BIN, SPIRE_SERVER_SOCKET and SPIRE_ENTRIES (`agent=entryID:parentID,...`).
+fn entry_changes() -> Option<EntryChanges> {
+    let server = std::env::var_os("SPIRE_SERVER_BIN")?;
+    let socket = std::env::var_os("SPIRE_SERVER_SOCKET")?;
+    let entries = std::env::var("SPIRE_ENTRIES")
+        .ok()?
+        .split(',')
+        .filter_map(|e| {
+            let (agent, rest) = e.split_once('=')?;
+            let (id, parent) = rest.split_once(':')?;
+            Some(BenchEntry {
+                agent: agent.into(),
+                id: id.into(),
+                parent: parent.into(),
+            })
+        })
+        .collect();
+    Some(EntryChanges {
+        server: server.into(),
+        socket: socket.into(),
+        entries,
+    })
+}
+
+impl EntryChanges {
+    /// Changes `entry` (a new DNS name) while a stream is open on `socket`; the time from the
+    /// server's command returning to the stream's next message.
+    async fn time_one(
+        &self,
+        entry: &BenchEntry,
+        socket: &Path,
+        uid: u32,
+        round: usize,
+    ) -> Duration {
+        let mut c = lanyard::client::connect(&format!("unix://{}", socket.display()))
+            .await
+            .unwrap();
+        let mut s = c
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        s.next().await.unwrap().unwrap();
+        let out = Command::new(&self.server)
+            .args([
+                "entry",
+                "update",
+                "-entryID",
+                &entry.id,
+                "-parentID",
+                &entry.parent,
+            ])
+            .args(["-spiffeID", "spiffe://example.org/bench"])
+            .args(["-selector", &format!("unix:uid:{uid}")])
+            .args([
+                "-dns",
+                &format!("r{round}-{}.bench.example.org", entry.agent),
+            ])
+            .arg("-socketPath")
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "spire-server entry update: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), s.next())
+            .await
+            .expect("no new message within 60 s of the entry change")
+            .unwrap()
+            .unwrap();
+        t.elapsed()
+    }
 }

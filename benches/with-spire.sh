@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Runs `cargo bench --bench e2e` with SPIRE's own agent side by side: builds spire-server and
-# spire-agent v1.13.3 from the Go module proxy (cached under target/spire), starts a server
-# (SQLite datastore, join_token node attestation, in-memory keys) and an agent (unix workload
-# attestor) on loopback, registers spiffe://example.org/bench for this uid, and hands the agent's
-# socket and PID to the bench.
+# Runs `cargo bench --bench e2e` with SPIRE's own agent side by side, both joined to one SPIRE
+# server: builds spire-server and spire-agent v1.13.3 from the Go module proxy (cached under
+# target/spire), starts a server (SQLite datastore, join_token node attestation, in-memory keys,
+# entry cache reloaded every 500 ms) on loopback, joins a spire-agent (unix workload attestor) and
+# lanyard (`[authority] mode = "spire"`) to it with one join token each, registers
+# spiffe://example.org/bench for this uid under each node, and hands the bench the spire-agent's
+# socket and PID, lanyard's authority section and what it needs to change the entries (to time an
+# entry change reaching an open stream on each agent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -21,6 +24,7 @@ server {
   trust_domain = "example.org"
   data_dir = "$run/server-data"
   log_level = "WARN"
+  experimental { cache_reload_interval = "500ms" }
 }
 plugins {
   DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "$run/server-data/datastore.sqlite3" } }
@@ -48,12 +52,27 @@ CONF
 server_pid=$!
 for _ in $(seq 100); do "$bin/spire-server" healthcheck -socketPath "$run/server.sock" >/dev/null 2>&1 && break; sleep 0.2; done
 token=$("$bin/spire-server" token generate -spiffeID spiffe://example.org/node -socketPath "$run/server.sock" | awk '{print $2}')
-"$bin/spire-server" entry create -parentID spiffe://example.org/node -spiffeID spiffe://example.org/bench \
-    -selector "unix:uid:$(id -u)" -socketPath "$run/server.sock" >/dev/null
+lanyard_token=$("$bin/spire-server" token generate -spiffeID spiffe://example.org/lanyard-node -socketPath "$run/server.sock" | awk '{print $2}')
+entry_id() { awk -F': *' '/^Entry ID/ {print $2; exit}'; }
+spire_entry=$("$bin/spire-server" entry create -parentID spiffe://example.org/node -spiffeID spiffe://example.org/bench \
+    -selector "unix:uid:$(id -u)" -socketPath "$run/server.sock" | entry_id)
+lanyard_entry=$("$bin/spire-server" entry create -parentID spiffe://example.org/lanyard-node -spiffeID spiffe://example.org/bench \
+    -selector "unix:uid:$(id -u)" -socketPath "$run/server.sock" | entry_id)
+"$bin/spire-server" bundle show -socketPath "$run/server.sock" > "$run/bundle.pem"
 "$bin/spire-agent" run -config "$run/agent.conf" -joinToken "$token" >"$run/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 150); do
     "$bin/spire-agent" api fetch x509 -socketPath "$run/agent.sock" >/dev/null 2>&1 && break
     sleep 0.2
 done
-SPIRE_AGENT_SOCKET="$run/agent.sock" SPIRE_AGENT_PID=$agent_pid cargo bench --bench e2e
+export SPIRE_AGENT_SOCKET="$run/agent.sock" SPIRE_AGENT_PID=$agent_pid
+export LANYARD_BENCH_AUTHORITY="trust_domain = \"example.org\"
+[authority]
+mode = \"spire\"
+server_address = \"127.0.0.1:18081\"
+trust_bundle_path = \"$run/bundle.pem\"
+join_token = \"$lanyard_token\"
+"
+export SPIRE_SERVER_BIN="$bin/spire-server" SPIRE_SERVER_SOCKET="$run/server.sock"
+export SPIRE_ENTRIES="lanyard=$lanyard_entry:spiffe://example.org/lanyard-node,spire-agent=$spire_entry:spiffe://example.org/node"
+cargo bench --bench e2e
