@@ -354,7 +354,7 @@ async fn run() {
     }
     drop(targets);
     for (who, socket, pid, idle) in &memory {
-        let streams = open_streams(socket, 1000).await;
+        let streams = open_streams(socket, 1000, 100).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         println!(
             "{who} RSS: idle {idle:.1} MB, with 1,000 open streams {:.1} MB",
@@ -389,23 +389,132 @@ async fn run() {
     }
     drop(floor);
     drop(agent);
+    scale(uid).await;
+}
+
+/// 10,000 open streams on one agent (limits raised for one uid to hold them): RSS; how long an SVID
+/// rotation (a 1-minute TTL, rotated at about half-life) takes from its first delivery to its last;
+/// and an entry change (SIGHUP with a new DNS name: a new SVID for every stream), from the signal.
+async fn scale(uid: u32) {
+    const STREAMS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let config = dir.path().join("lanyard.toml");
+    let write = |dns: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n[limits]\nmax_streams = 20000\nmax_streams_per_uid = 20000\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"1m\"\ndns_names = [\"{dns}\"]\n",
+                socket.display(),
+                dir.path().join("admin/admin.sock").display(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+    };
+    write("before.bench.example.org");
+    let agent = Proc(
+        Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["agent", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&socket).await;
+    let pid = agent.0.id();
+    let (clients, streams) = open_streams(&socket, STREAMS, 100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "\nlanyard RSS with {STREAMS} open streams: {:.1} MB",
+        rss_mb(pid)
+    );
+    // Every stream's next two messages: the rotation, then the entry change.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for mut s in streams {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for round in 0..2 {
+                match s.next().await {
+                    Some(Ok(_)) => {
+                        let _ = tx.send((round, Instant::now()));
+                    }
+                    _ => return,
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut rotation = Vec::with_capacity(STREAMS);
+    while rotation.len() < STREAMS {
+        match tokio::time::timeout(Duration::from_secs(90), rx.recv()).await {
+            Ok(Some((0, t))) => rotation.push(t),
+            _ => break,
+        }
+    }
+    rotation.sort();
+    if rotation.len() == STREAMS {
+        let first = rotation[0];
+        println!(
+            "rotation on all {STREAMS} open streams, from its first delivery: p50 {:.0} ms, last {:.0} ms",
+            (rotation[STREAMS / 2] - first).as_secs_f64() * 1e3,
+            (rotation[STREAMS - 1] - first).as_secs_f64() * 1e3
+        );
+    } else {
+        println!(
+            "rotation: only {} of {STREAMS} streams got it within 90 s",
+            rotation.len()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    write("after.bench.example.org");
+    let t0 = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+    let mut change = Vec::with_capacity(STREAMS);
+    while change.len() < STREAMS {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some((1, t))) => change.push(t - t0),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    change.sort();
+    if change.len() == STREAMS {
+        println!(
+            "entry change (SIGHUP) to the new SVID on all {STREAMS} open streams: first {:.0} ms, p50 {:.0} ms, last {:.0} ms",
+            change[0].as_secs_f64() * 1e3,
+            change[STREAMS / 2].as_secs_f64() * 1e3,
+            change[STREAMS - 1].as_secs_f64() * 1e3
+        );
+    } else {
+        println!(
+            "entry change: only {} of {STREAMS} streams got the new SVID within 60 s",
+            change.len()
+        );
+    }
+    drop(clients);
+    drop(agent);
 }
 
 /// One printed row: name, X.509 p50/p99, JWT p50/p99, CPU per call, switches per call.
 type Row = (&'static str, f64, f64, f64, f64, f64, f64);
 
-/// `n` open FetchX509SVID streams on 10 connections to `socket`, each past its first message.
+/// `n` open FetchX509SVID streams to `socket`, `per_connection` on each connection, each past its
+/// first message.
 async fn open_streams(
     socket: &Path,
     n: usize,
+    per_connection: usize,
 ) -> (Vec<WorkloadClient>, Vec<tonic::Streaming<X509svidResponse>>) {
     let mut clients = Vec::new();
     let mut streams = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..n.div_ceil(per_connection) {
         let mut c = lanyard::client::connect(&format!("unix://{}", socket.display()))
             .await
             .unwrap();
-        for _ in 0..n / 10 {
+        for _ in 0..per_connection.min(n - streams.len()) {
             let mut s = c
                 .fetch_x509svid(X509svidRequest {})
                 .await

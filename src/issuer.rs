@@ -14,9 +14,9 @@
 
 pub(crate) mod jwt;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -58,6 +58,7 @@ pub struct IssuerHandle {
     tx: mpsc::Sender<Command>,
     stats: Arc<Stats>,
     published: Published,
+    claimed: Claimed,
     clock: SharedClock,
 }
 
@@ -73,6 +74,10 @@ impl std::fmt::Debug for IssuerHandle {
 /// cached SVID costs no round trip to the task. The lock is never held across an `.await`.
 type Published = Arc<RwLock<HashMap<SvidRequest, watch::Sender<SvidState>>>>;
 
+/// Requests a subscriber has claimed as new credentials (see [`IssuerHandle::claim`]) whose mint
+/// has not finished: concurrent subscribers to one new request count it once.
+type Claimed = Arc<Mutex<HashSet<SvidRequest>>>;
+
 /// Counters, for tests, benchmarks and the admin API.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -86,6 +91,7 @@ pub struct Stats {
 pub(crate) struct Issuer {
     rx: mpsc::Receiver<Command>,
     published: Published,
+    claimed: Claimed,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     clock: SharedClock,
     stats: Arc<Stats>,
@@ -126,9 +132,11 @@ impl Issuer {
         let issuer_clock = clock.clone();
         let stats = Arc::new(Stats::default());
         let published = Published::default();
+        let claimed = Claimed::default();
         let issuer = Self {
             rx,
             published: published.clone(),
+            claimed: claimed.clone(),
             ca,
             clock,
             stats: stats.clone(),
@@ -143,6 +151,7 @@ impl Issuer {
                 tx,
                 stats,
                 published,
+                claimed,
                 clock: issuer_clock,
             },
         )
@@ -198,8 +207,12 @@ impl Issuer {
         let needs_mint =
             !slot.minting && (expired || matches!(*slot.tx.borrow(), SvidState::Pending));
         let _ = reply.send(slot.tx.subscribe());
+        let minting = slot.minting;
         if needs_mint {
             self.start_mint(req);
+        } else if !minting && let Ok(mut claimed) = self.claimed.lock() {
+            // Nothing to mint (already there): the claim ends here, not at a mint.
+            claimed.remove(&req);
         }
     }
 
@@ -269,6 +282,9 @@ impl Issuer {
     }
 
     fn minted(&mut self, req: SvidRequest, result: Result<X509Svid, crate::ca::Error>) {
+        if let Ok(mut claimed) = self.claimed.lock() {
+            claimed.remove(&req);
+        }
         let Some(slot) = self.slots.get_mut(&req) else {
             return;
         };
@@ -431,6 +447,26 @@ impl IssuerHandle {
         self.published
             .read()
             .is_ok_and(|index| index.contains_key(req))
+    }
+
+    /// Whether subscribing to `req` is a new credential the caller must be charged for: true for
+    /// exactly one of any number of concurrent callers while `req` is neither published nor being
+    /// minted for an earlier claim. A caller refused its charge gives the claim back
+    /// ([`IssuerHandle::unclaim`]) so the next one is charged instead.
+    pub fn claim(&self, req: &SvidRequest) -> bool {
+        if self.is_published(req) {
+            return false;
+        }
+        self.claimed
+            .lock()
+            .map_or(true, |mut claimed| claimed.insert(req.clone()))
+    }
+
+    /// Gives back a claim whose charge was refused.
+    pub fn unclaim(&self, req: &SvidRequest) {
+        if let Ok(mut claimed) = self.claimed.lock() {
+            claimed.remove(req);
+        }
     }
 
     /// Tells the issuer a subscriber let go of `req` (after dropping its receiver), so an SVID nobody

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use common::*;
 use lanyard::encoding::split_der;
 use lanyard::proto::X509svidRequest;
+use tokio_stream::StreamExt;
 
 fn facts(der: &[u8]) -> (String, i64) {
     let chain = split_der(der).unwrap();
@@ -50,5 +51,42 @@ async fn rotation_pushes_a_new_serial_before_expiry() {
         "rotated early enough: {}s left",
         expiry1 - now
     );
+    agent.shutdown().await;
+}
+
+/// An entry change that gives many open streams of one uid a new SVID charges that uid's
+/// new-credential rate once, not once per stream: with a burst of 2, 60 streams all get the new SVID
+/// (none is refused with ResourceExhausted).
+#[tokio::test(flavor = "multi_thread")]
+async fn many_streams_of_one_uid_share_one_new_credential_on_an_entry_change() {
+    let entry = |dns: &str| {
+        format!(
+            "[limits]\nnew_credentials_per_second = 1\nnew_credentials_burst = 2\n[[entry]]\nspiffe_id = \"spiffe://example.org/many\"\nselectors = [\"unix:uid:{}\"]\ndns_names = [\"{dns}\"]\n",
+            common::euid()
+        )
+    };
+    let mut agent = TestAgent::start(&entry("before.example.org")).await;
+    let mut client = agent.client().await;
+    let mut streams = Vec::new();
+    for _ in 0..60 {
+        let mut s = client
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        s.next().await.unwrap().unwrap();
+        streams.push(s);
+    }
+    agent.reload(&entry("after.example.org"));
+    for (i, s) in streams.iter_mut().enumerate() {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), s.next())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i}: no new SVID"))
+            .unwrap_or_else(|| panic!("stream {i} ended"));
+        let msg = next.unwrap_or_else(|e| panic!("stream {i} refused: {e:?}"));
+        assert_eq!(msg.svids.len(), 1);
+    }
+    drop(streams);
+    drop(client);
     agent.shutdown().await;
 }

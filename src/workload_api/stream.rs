@@ -322,9 +322,14 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 let mut rx = match old.remove(&req) {
                     Some(rx) => rx,
                     None => {
-                        // Not cached: a first mint, a new credential (the caller's rate applies).
-                        if !self.ctx.issuer.is_published(&req) {
-                            self.ctx.shares.new_credential(self.attested.uid())?;
+                        // Not cached: a first mint, a new credential (the caller's rate applies,
+                        // once however many streams want it at the same moment).
+                        if self.ctx.issuer.claim(&req)
+                            && let Err(refused) =
+                                self.ctx.shares.new_credential(self.attested.uid())
+                        {
+                            self.ctx.issuer.unclaim(&req);
+                            return Err(refused.into());
                         }
                         self.ctx.issuer.subscribe(req.clone()).await?
                     }
