@@ -270,3 +270,53 @@ async fn unix_path_is_not_trusted_in_another_mount_namespace() {
     assert_eq!(ids_in(&out), ["spiffe://example.org/lanyard-binary"]);
     agent.shutdown().await;
 }
+
+/// The setuid attack on Envoy SDS (same socket): uid 65534 connects and opens a StreamSecrets
+/// stream (it gets its own certificate), then the connecting process execs setuid-root `su`. The
+/// open stream ends with PermissionDenied instead of pushing root's certificate, and a new
+/// FetchSecrets over the held socket is refused.
+#[cfg(feature = "sds")]
+#[tokio::test(flavor = "multi_thread")]
+async fn setuid_exec_after_connect_gives_the_sds_holder_nothing() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    use tokio_stream::StreamExt;
+    if !require_root("setuid_exec_after_connect_gives_the_sds_holder_nothing") {
+        return;
+    }
+    let cfg = format!(
+        "{}{}",
+        entry("/root", "unix:uid:0"),
+        entry("/nobody", &format!("unix:uid:{NOBODY}"))
+    );
+    let agent = TestAgent::start(&cfg).await;
+    let (fd, go, child) =
+        fork_connect_then_exec(&agent.socket, Some(NOBODY), &["/usr/bin/su", "root"]);
+    let mut sds = SecretDiscoveryServiceClient::new(channel_over(fd).await);
+    let ask = |names: &[&str]| DiscoveryRequest {
+        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ask(&["default"])).await.unwrap();
+    let mut stream = sds
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a first response")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.resources.len(), 1, "uid 65534's own certificate");
+    let_it_exec(go, child.pid, "/usr/bin/su");
+    let status = end_status(&mut stream, 10).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let refused = sds.fetch_secrets(ask(&["default"])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    drop(tx);
+    drop(child);
+    agent.shutdown().await;
+}

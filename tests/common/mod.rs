@@ -260,6 +260,11 @@ pub(crate) async fn client_over(
     fd: i32,
 ) -> lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel>
 {
+    SpiffeWorkloadApiClient::new(channel_over(fd).await)
+}
+
+/// A tonic channel over the connected socket `fd` (which this test owns from now on).
+pub(crate) async fn channel_over(fd: i32) -> Channel {
     use std::os::fd::FromRawFd;
     use std::sync::Mutex;
     // SAFETY: `fd` is a connected socket this test owns.
@@ -276,7 +281,7 @@ pub(crate) async fn client_over(
         }))
         .await
         .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
+    channel
 }
 
 /// A forked child, killed and reaped when dropped (also when a test fails).
