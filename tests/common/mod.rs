@@ -271,7 +271,7 @@ pub(crate) async fn channel_over(fd: i32) -> Channel {
     let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     s.set_nonblocking(true).unwrap();
     let slot = Arc::new(Mutex::new(Some(UnixStream::from_std(s).unwrap())));
-    let channel = Endpoint::from_static("http://localhost")
+    Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let s = slot.lock().unwrap().take();
             async move {
@@ -280,8 +280,7 @@ pub(crate) async fn channel_over(fd: i32) -> Channel {
             }
         }))
         .await
-        .unwrap();
-    channel
+        .unwrap()
 }
 
 /// A forked child, killed and reaped when dropped (also when a test fails).
