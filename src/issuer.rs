@@ -78,6 +78,30 @@ type Published = Arc<RwLock<HashMap<SvidRequest, watch::Sender<SvidState>>>>;
 /// has not finished: concurrent subscribers to one new request count it once.
 type Claimed = Arc<Mutex<HashSet<SvidRequest>>>;
 
+/// One caller's claim on a new request (see [`IssuerHandle::claim`]).
+#[must_use]
+pub struct Claim {
+    claimed: Claimed,
+    req: Option<SvidRequest>,
+}
+
+impl Claim {
+    /// The caller subscribed: the issuer ends the claim when the mint is done.
+    pub fn subscribed(mut self) {
+        self.req = None;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take()
+            && let Ok(mut claimed) = self.claimed.lock()
+        {
+            claimed.remove(&req);
+        }
+    }
+}
+
 /// Counters, for tests, benchmarks and the admin API.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -449,24 +473,23 @@ impl IssuerHandle {
             .is_ok_and(|index| index.contains_key(req))
     }
 
-    /// Whether subscribing to `req` is a new credential the caller must be charged for: true for
+    /// Whether subscribing to `req` is a new credential the caller must be charged for: a claim for
     /// exactly one of any number of concurrent callers while `req` is neither published nor being
-    /// minted for an earlier claim. A caller refused its charge gives the claim back
-    /// ([`IssuerHandle::unclaim`]) so the next one is charged instead.
-    pub fn claim(&self, req: &SvidRequest) -> bool {
+    /// minted for an earlier claim. Dropping the claim gives it back (the charge was refused, or the
+    /// caller went away before subscribing), so the next caller is charged instead; once the caller
+    /// has subscribed ([`Claim::subscribed`]) the issuer ends it when the mint is done.
+    pub fn claim(&self, req: &SvidRequest) -> Option<Claim> {
         if self.is_published(req) {
-            return false;
+            return None;
         }
-        self.claimed
+        let fresh = self
+            .claimed
             .lock()
-            .map_or(true, |mut claimed| claimed.insert(req.clone()))
-    }
-
-    /// Gives back a claim whose charge was refused.
-    pub fn unclaim(&self, req: &SvidRequest) {
-        if let Ok(mut claimed) = self.claimed.lock() {
-            claimed.remove(req);
-        }
+            .map_or(true, |mut claimed| claimed.insert(req.clone()));
+        fresh.then(|| Claim {
+            claimed: self.claimed.clone(),
+            req: Some(req.clone()),
+        })
     }
 
     /// Tells the issuer a subscriber let go of `req` (after dropping its receiver), so an SVID nobody
@@ -578,6 +601,36 @@ mod tests {
     }
 
     /// Rotation at ~half-life, on paused time: a new serial for the same ID before the old expires.
+    /// One claim per new request however many ask; a claim dropped before subscribing is given
+    /// back; a subscribed one ends when the mint is done (then the SVID is published: no claim).
+    #[tokio::test]
+    async fn one_claim_per_new_request_until_its_mint_is_done() {
+        let (_dir, authority, clock) = setup();
+        let (issuer, handle) = Issuer::new(authority.subscribe(), clock);
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(issuer.run(shutdown));
+        let r = req("/claimed", 600);
+        let first = handle.claim(&r).expect("the first caller claims");
+        assert!(
+            handle.claim(&r).is_none(),
+            "a concurrent caller is not charged"
+        );
+        drop(first);
+        let again = handle
+            .claim(&r)
+            .expect("given back when dropped unsubscribed");
+        let mut rx = handle.subscribe(r.clone()).await.unwrap();
+        again.subscribed();
+        wait_ready(&mut rx, std::time::SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap();
+        assert!(handle.claim(&r).is_none(), "published: nothing to charge");
+        assert!(
+            handle.claimed.lock().unwrap().is_empty(),
+            "the mint ended the claim"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn rotates_at_half_life_before_expiry() {
         let (_dir, authority, clock) = setup();

@@ -324,14 +324,16 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     None => {
                         // Not cached: a first mint, a new credential (the caller's rate applies,
                         // once however many streams want it at the same moment).
-                        if self.ctx.issuer.claim(&req)
-                            && let Err(refused) =
-                                self.ctx.shares.new_credential(self.attested.uid())
-                        {
-                            self.ctx.issuer.unclaim(&req);
-                            return Err(refused.into());
+                        let claim = self.ctx.issuer.claim(&req);
+                        if claim.is_some() {
+                            // Refused: the claim is given back as it drops.
+                            self.ctx.shares.new_credential(self.attested.uid())?;
                         }
-                        self.ctx.issuer.subscribe(req.clone()).await?
+                        let rx = self.ctx.issuer.subscribe(req.clone()).await?;
+                        if let Some(claim) = claim {
+                            claim.subscribed();
+                        }
+                        rx
                     }
                 };
                 let ready = matches!(&*rx.borrow(), SvidState::Ready(svid) if self.valid_now(svid));
