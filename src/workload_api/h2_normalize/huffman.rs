@@ -122,6 +122,10 @@ fn read_int(block: &[u8], at: usize, prefix: u8) -> Option<(usize, usize)> {
             return Some((value as usize, end));
         }
         shift += 7;
+        if shift > 28 {
+            // Continuation bytes past 2^35 (zero ones do not grow the value, so bound the count).
+            return None;
+        }
     }
 }
 
@@ -256,5 +260,10 @@ mod tests {
         assert_eq!(again, plain);
         // Truncated: refused, so the original goes to the decoder.
         assert_eq!(unhuffman(&block[..block.len() - 1], &mut Vec::new()), None);
+        // An integer with endless zero continuation bytes is refused, not shifted past 64 bits.
+        let mut endless = vec![0x7f];
+        endless.extend(std::iter::repeat_n(0x80, 40));
+        endless.push(0x01);
+        assert_eq!(unhuffman(&endless, &mut Vec::new()), None);
     }
 }
