@@ -283,7 +283,7 @@ async fn follow(
                 tracing::warn!(?status, "child exited; restarting it");
                 consumers.child = None;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                consumers.child = Some(spawn_child(&config.cmd)?);
+                consumers.child = Some(spawn_child(&config.cmd, config.signal)?);
                 continue;
             }
         };
@@ -432,7 +432,7 @@ struct Supervised {
 async fn notify(config: &HelperConfig, consumers: &mut Consumers) -> Result<(), Error> {
     if !config.cmd.is_empty() {
         match &consumers.child {
-            None => consumers.child = Some(spawn_child(&config.cmd)?),
+            None => consumers.child = Some(spawn_child(&config.cmd, config.signal)?),
             Some(c) => {
                 if let Err(e) = c.pidfd.send_signal(config.signal) {
                     tracing::warn!(error = %e, "cannot signal the child");
@@ -456,18 +456,22 @@ async fn notify(config: &HelperConfig, consumers: &mut Consumers) -> Result<(), 
     Ok(())
 }
 
-fn spawn_child(cmd: &[String]) -> Result<Supervised, Error> {
+fn spawn_child(cmd: &[String], reload_signal: i32) -> Result<Supervised, Error> {
     let (program, args) = cmd.split_first().ok_or_else(|| Error::Spawn {
         cmd: String::new(),
         source: std::io::Error::other("empty command"),
     })?;
-    let mut child = Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            cmd: program.clone(),
-            source,
-        })?;
+    let mut command = Command::new(program);
+    command.args(args);
+    // The signals the helper sends it mean what they mean even if the helper ignores them.
+    crate::sys::default_signals_in_child(
+        &mut command,
+        &[reload_signal, libc::SIGTERM, libc::SIGINT],
+    );
+    let mut child = command.spawn().map_err(|source| Error::Spawn {
+        cmd: program.clone(),
+        source,
+    })?;
     // Not reaped before it is waited for, so the PID is still the child's here.
     let pidfd = match child.id().map(Pidfd::open) {
         Some(Ok(fd)) => fd,

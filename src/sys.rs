@@ -146,6 +146,24 @@ pub fn raise_nofile() -> Result<u64, Error> {
     Ok(lim.rlim_cur)
 }
 
+/// Makes the program `cmd` starts begin with the default action for each of `signals`, whatever
+/// this process does with them: a signal ignored here (a helper started under `nohup`, or in the
+/// background by a shell) would otherwise stay ignored across exec, and a consumer that ignores
+/// its reload signal never reloads.
+pub fn default_signals_in_child(cmd: &mut tokio::process::Command, signals: &[i32]) {
+    let signals = signals.to_vec();
+    // SAFETY: the closure runs in the child between fork and exec; it only calls `signal`, which is
+    // async-signal-safe, and allocates nothing (the list was made before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &s in &signals {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// File descriptors this process has open (entries of `/proc/self/fd`).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)

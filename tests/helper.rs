@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
@@ -185,7 +187,8 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
         "test -s {d}/svid.pem || exit 7; trap 'echo hup >> {d}/hups' HUP; trap 'echo term >> {d}/terms; exit 0' TERM; echo $$ >> {d}/pids; while :; do sleep 0.05; done",
         d = dir.display()
     );
-    let helper = Command::new(lanyard_bin())
+    let mut helper = Command::new(lanyard_bin());
+    helper
         .args([
             "helper",
             "--socket",
@@ -198,9 +201,17 @@ async fn child_mode_signals_restarts_and_forwards_sigterm() {
             &script,
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // Started as under `nohup`: SIGHUP ignored. The helper's child must still get its default
+    // action back, or its `trap ... HUP` (and any consumer's reload) would never run.
+    // SAFETY: only `signal`, async-signal-safe, between fork and exec.
+    unsafe {
+        helper.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let helper = helper.spawn().unwrap();
     let mut helper = KillOnDrop(Some(helper));
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
     wait_until("the child", 10, || read("pids").lines().count() == 1).await;
@@ -268,16 +279,23 @@ async fn pid_file_signals_only_a_process_the_file_vouches_for() {
     let work = agent.dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let dir = agent.dir.path().join("certs");
-    let target = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "trap 'echo hup >> {w}/hups' HUP; while :; do sleep 0.05; done",
-                w = work.display()
-            ),
-        ])
-        .spawn()
-        .unwrap();
+    let mut target = Command::new("sh");
+    target.args([
+        "-c",
+        &format!(
+            "trap 'echo hup >> {w}/hups' HUP; while :; do sleep 0.05; done",
+            w = work.display()
+        ),
+    ]);
+    // A shell cannot trap a signal it was started with ignored (a test run under `nohup`).
+    // SAFETY: only `signal`, async-signal-safe, between fork and exec.
+    unsafe {
+        target.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let target = target.spawn().unwrap();
     let target_pid = target.id();
     let _target = KillOnDrop(Some(target));
     std::thread::sleep(std::time::Duration::from_millis(100));
