@@ -13,11 +13,15 @@
 //! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
 //! and the agent's RSS idle and with 1,000 open streams.
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/floor.rs"]
 mod floor;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use agent::{Agent, Proc, wait_for};
 use std::time::{Duration, Instant};
 
 use lanyard::client::WorkloadClient;
@@ -54,15 +58,6 @@ async fn floor_mode(socket: PathBuf) {
     floor::serve(listener, x509, Some(jwt)).await;
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// CPU time (ticks) and context switches (all threads) of `pid`.
 fn usage(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -94,16 +89,6 @@ fn rss_mb(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .unwrap_or(0.0)
         / 1024.0
-}
-
-async fn wait_for(path: &Path) {
-    for _ in 0..400 {
-        if path.exists() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{} never appeared", path.display());
 }
 
 /// One server under test: a client on a persistent connection, and the process to measure.
@@ -186,8 +171,6 @@ fn pct(d: &mut [Duration], q: f64) -> f64 {
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let uid = lanyard::sys::euid();
-    let agent_socket = dir.path().join("agent.sock");
-    let config = dir.path().join("lanyard.toml");
     // Joined to a SPIRE server (benches/with-spire.sh) or signing locally with one entry.
     let authority = std::env::var("LANYARD_BENCH_AUTHORITY").ok();
     let entries = match &authority {
@@ -196,26 +179,9 @@ async fn run() {
             "[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n"
         ),
     };
-    std::fs::write(
-        &config,
-        format!(
-            "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n{entries}",
-            agent_socket.display(),
-            dir.path().join("admin/admin.sock").display(),
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let agent = Proc(
-        Command::new(env!("CARGO_BIN_EXE_lanyard"))
-            .args(["agent", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(&agent_socket).await;
-    let agent_pid = agent.0.id();
+    let agent = Agent::start(dir.path(), &entries, "warn").await;
+    let agent_socket = agent.socket.clone();
+    let agent_pid = agent.pid();
     println!(
         "lanyard end-to-end bench ({} cores): agent pid {agent_pid}, {} interleaved rounds",
         std::thread::available_parallelism()
@@ -398,31 +364,13 @@ async fn run() {
 async fn scale(uid: u32) {
     const STREAMS: usize = 10_000;
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("agent.sock");
-    let config = dir.path().join("lanyard.toml");
-    let write = |dns: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n[limits]\nmax_streams = 20000\nmax_streams_per_uid = 20000\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"1m\"\ndns_names = [\"{dns}\"]\n",
-                socket.display(),
-                dir.path().join("admin/admin.sock").display(),
-                dir.path().join("data").display()
-            ),
+    let entry = |dns: &str| {
+        format!(
+            "[limits]\nmax_streams = 20000\nmax_streams_per_uid = 20000\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"1m\"\ndns_names = [\"{dns}\"]\n"
         )
-        .unwrap();
     };
-    write("before.bench.example.org");
-    let agent = Proc(
-        Command::new(env!("CARGO_BIN_EXE_lanyard"))
-            .args(["agent", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(&socket).await;
-    let pid = agent.0.id();
+    let agent = Agent::start(dir.path(), &entry("before.bench.example.org"), "error").await;
+    let (socket, pid) = (agent.socket.clone(), agent.pid());
     let (clients, streams) = open_streams(&socket, STREAMS, 100).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
@@ -467,7 +415,11 @@ async fn scale(uid: u32) {
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    write("after.bench.example.org");
+    std::fs::write(
+        &agent.config,
+        agent::config_text(dir.path(), &entry("after.bench.example.org")),
+    )
+    .unwrap();
     let t0 = Instant::now();
     let _ = Command::new("kill")
         .args(["-HUP", &pid.to_string()])

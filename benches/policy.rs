@@ -6,7 +6,6 @@
 //!   policies on and with no `[policy]`, interleaved call by call.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use lanyard::config::PolicyConfig;
@@ -16,14 +15,9 @@ use lanyard::selector::{Selector, SelectorSet};
 use lanyard::spiffe_id::SpiffeId;
 use tokio_stream::StreamExt;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "support/agent.rs"]
+mod agent;
+use agent::Agent;
 
 fn pct(d: &mut [Duration], q: f64) -> Duration {
     d.sort();
@@ -114,37 +108,21 @@ async fn cached_fetch() {
         let pdir = dir.path().join("policies");
         std::fs::create_dir(&pdir).unwrap();
         write_policies(&pdir, 10);
-        let socket = dir.path().join("agent.sock");
         let policy = if with_policy {
             format!("[policy]\npaths = [\"{}\"]\n", pdir.display())
         } else {
             String::new()
         };
-        let config = dir.path().join("lanyard.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n{policy}[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n",
-                socket.display(),
-                dir.path().join("admin/admin.sock").display(),
-                dir.path().join("data").display()
+        let agent = Agent::start(
+            dir.path(),
+            &format!(
+                "{policy}[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n"
             ),
+            "warn",
         )
-        .unwrap();
-        agents.push(Proc(
-            Command::new(env!("CARGO_BIN_EXE_lanyard"))
-                .args(["agent", "--config", config.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ));
-        for _ in 0..200 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        .await;
+        let socket = agent.socket.clone();
+        agents.push(agent);
         clients.push(
             lanyard::client::connect(&format!("unix://{}", socket.display()))
                 .await

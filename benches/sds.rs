@@ -10,7 +10,6 @@
 //!   on any stream (the fan-out delay of each API).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -19,17 +18,12 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client
 use lanyard::proto::X509svidRequest;
 use tokio_stream::StreamExt;
 
+#[path = "support/agent.rs"]
+mod agent;
+use agent::Agent;
+
 const ROUNDS: usize = 1000;
 const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -92,32 +86,15 @@ fn pct(d: &mut [Duration], q: f64) -> Duration {
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let uid = lanyard::sys::euid();
-    let socket = dir.path().join("agent.sock");
-    let config = dir.path().join("lanyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "socket_path = \"{}\"\nadmin_socket_path = \"{}\"\ndata_dir = \"{}\"\nhealth = {{ address = \"off\" }}\n[svid]\nx509_ttl = \"1m\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n",
-            socket.display(),
-            dir.path().join("admin/admin.sock").display(),
-            dir.path().join("data").display()
+    let agent = Agent::start(
+        dir.path(),
+        &format!(
+            "[svid]\nx509_ttl = \"1m\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\n"
         ),
+        "warn",
     )
-    .unwrap();
-    let _agent = Proc(
-        Command::new(env!("CARGO_BIN_EXE_lanyard"))
-            .args(["agent", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..200 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    .await;
+    let socket = agent.socket.clone();
     let mut sds = SecretDiscoveryServiceClient::new(channel(&socket).await);
     let mut wl = lanyard::client::connect(&format!("unix://{}", socket.display()))
         .await
