@@ -24,6 +24,22 @@ async fn fetch_jwt(agent: &TestAgent, audience: &str) -> String {
         .svid
 }
 
+/// An OIDC test's setup: go and Python ready (else `None`, after the loud SKIPPED line), and on a
+/// free port the issuer URL and the agent's config: `before` (other sections), then `[oidc]` and an
+/// entry `spiffe://example.org/ci-job` for this uid.
+fn oidc_setup(test: &str, before: &str) -> Option<(String, String)> {
+    if !prepare("go", &["go"], test) || !prepare("python", &["python3"], test) {
+        return None;
+    }
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let config = format!(
+        "{before}[oidc]\naddress = \"127.0.0.1:{port}\"\nissuer = \"{issuer}\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/ci-job\"\nselectors = [\"unix:uid:{}\"]\n",
+        euid()
+    );
+    Some((issuer, config))
+}
+
 /// The JWS header of a token.
 fn header_of(token: &str) -> serde_json::Value {
     part_of(token, 0)
@@ -67,17 +83,12 @@ fn http_get(url: &str, extra: &[&str]) -> (u16, String, String) {
 /// or signed by a key the issuer does not publish is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn oidc_relying_parties_verify_jwt_svids_from_discovery() {
-    let test = "oidc_relying_parties_verify_jwt_svids_from_discovery";
-    if !prepare("go", &["go"], test) || !prepare("python", &["python3"], test) {
+    let Some((issuer, config)) =
+        oidc_setup("oidc_relying_parties_verify_jwt_svids_from_discovery", "")
+    else {
         return;
-    }
-    let port = free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let agent = TestAgent::start(&format!(
-        "[oidc]\naddress = \"127.0.0.1:{port}\"\nissuer = \"{issuer}\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/ci-job\"\nselectors = [\"unix:uid:{}\"]\n",
-        euid()
-    ))
-    .await;
+    };
+    let agent = TestAgent::start(&config).await;
     let token = fetch_jwt(&agent, "sts.example.com").await;
     let claims = claims_of(&token);
     assert_eq!(
@@ -299,26 +310,18 @@ fn published_kids(issuer: &str, want: usize) -> Vec<String> {
 /// lifetime in the past and is moved so that every token verified is valid now.
 #[tokio::test(flavor = "multi_thread")]
 async fn oidc_relying_parties_follow_a_jwt_key_rotation() {
-    let test = "oidc_relying_parties_follow_a_jwt_key_rotation";
-    if !prepare("go", &["go"], test) || !prepare("python", &["python3"], test) {
+    let Some((issuer, config)) = oidc_setup(
+        "oidc_relying_parties_follow_a_jwt_key_rotation",
+        "[authority]\njwt_key_ttl = \"4h\"\n[svid]\njwt_ttl = \"1h\"\n",
+    ) else {
         return;
-    }
+    };
     use std::time::{Duration, SystemTime};
     const MIN: Duration = Duration::from_secs(60);
     let key_ttl = 4 * lanyard::ca::jwt::MAX_JWT_TTL; // the shortest allowed
     let real_start = SystemTime::now();
     let clock = lanyard::clock::ManualClock::new(real_start - key_ttl - 2 * MIN);
-    let port = free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let agent = TestAgent::start_with_clock(
-        &format!(
-            "[authority]
-jwt_key_ttl = \"4h\"\n[svid]\njwt_ttl = \"1h\"\n[oidc]\naddress = \"127.0.0.1:{port}\"\nissuer = \"{issuer}\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/ci-job\"\nselectors = [\"unix:uid:{}\"]\n",
-            euid()
-        ),
-        std::sync::Arc::new(clock.clone()),
-    )
-    .await;
+    let agent = TestAgent::start_with_clock(&config, std::sync::Arc::new(clock.clone())).await;
     let kid = |t: &str| header_of(t)["kid"].as_str().unwrap().to_owned();
 
     // Key 1 alone. The long-lived relying parties load the key set now (the token is long expired
@@ -457,17 +460,13 @@ fn oidc_config_is_checked() {
 /// validates them.
 #[tokio::test(flavor = "multi_thread")]
 async fn rsa_jwt_keys_for_rs256_relying_parties() {
-    let test = "rsa_jwt_keys_for_rs256_relying_parties";
-    if !prepare("go", &["go"], test) || !prepare("python", &["python3"], test) {
+    let Some((issuer, config)) = oidc_setup(
+        "rsa_jwt_keys_for_rs256_relying_parties",
+        "[authority]\njwt_key_type = \"rsa-2048\"\n",
+    ) else {
         return;
-    }
-    let port = free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let agent = TestAgent::start(&format!(
-        "[authority]\njwt_key_type = \"rsa-2048\"\n[oidc]\naddress = \"127.0.0.1:{port}\"\nissuer = \"{issuer}\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/ci-job\"\nselectors = [\"unix:uid:{}\"]\n",
-        euid()
-    ))
-    .await;
+    };
+    let agent = TestAgent::start(&config).await;
     let token = fetch_jwt(&agent, "api://AzureADTokenExchange").await;
     assert_eq!(header_of(&token)["alg"], "RS256");
     let (_, _, body) = http_get(&format!("{issuer}/.well-known/openid-configuration"), &[]);
