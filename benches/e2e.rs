@@ -7,7 +7,11 @@
 //! - spire-agent, side by side, when `SPIRE_AGENT_SOCKET` names the socket of a running spire-agent
 //!   with an entry for this uid (otherwise one loud SKIPPED line);
 //! - a client in this process opens a new stream per fetch on a persistent connection, interleaving
-//!   the servers call by call so they share the machine's noise.
+//!   the servers call by call so they share the machine's noise. Run as root, the client first drops
+//!   `CAP_SETGID` (as every non-root workload lacks it, and a container under a restricted profile):
+//!   such a caller cannot change its groups, so the agent checks its credentials with one ioctl. A
+//!   caller that keeps `CAP_SETGID` has `/proc/<pid>/status` read on every call instead:
+//!   `LANYARD_BENCH_CLIENT_SETGID=1` measures that.
 //!
 //! Printed: p50/p99 of the first message (X.509) and of FetchJWTSVID (cached), server CPU per call
 //! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
@@ -38,6 +42,9 @@ fn rounds() -> usize {
 }
 
 fn main() {
+    if std::env::var_os("LANYARD_BENCH_CLIENT_SETGID").is_none() {
+        drop_cap_setgid();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -47,6 +54,42 @@ fn main() {
         return rt.block_on(floor_mode(PathBuf::from(socket)));
     }
     rt.block_on(run());
+}
+
+/// Drops `CAP_SETGID` from this thread's capability sets, before any other thread exists (they
+/// inherit it; processes this one execs as root get their capabilities anew).
+fn drop_cap_setgid() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SETGID: u32 = 1 << 6;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and two data structs, as the kernel expects.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        // Capabilities 0..31 are in the first struct.
+        data[0].effective &= !CAP_SETGID;
+        data[0].permitted &= !CAP_SETGID;
+        data[0].inheritable &= !CAP_SETGID;
+        assert_eq!(libc::syscall(libc::SYS_capset, &header, data.as_ptr()), 0);
+    }
 }
 
 /// Floor mode: serve the messages in the files next to the socket.
@@ -183,11 +226,16 @@ async fn run() {
     let agent_socket = agent.socket.clone();
     let agent_pid = agent.pid();
     println!(
-        "lanyard end-to-end bench ({} cores): agent pid {agent_pid}, {} interleaved rounds",
+        "lanyard end-to-end bench ({} cores): agent pid {agent_pid}, {} interleaved rounds, client {}",
         std::thread::available_parallelism()
             .map(std::num::NonZero::get)
             .unwrap_or(0),
-        rounds()
+        rounds(),
+        if std::env::var_os("LANYARD_BENCH_CLIENT_SETGID").is_none() {
+            "without CAP_SETGID (its groups cannot change: credentials checked with one ioctl)"
+        } else {
+            "with CAP_SETGID if root (its groups may change: /proc/<pid>/status read on every call)"
+        }
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_mb(agent_pid);

@@ -320,3 +320,113 @@ async fn setuid_exec_after_connect_gives_the_sds_holder_nothing() {
     drop(child);
     agent.shutdown().await;
 }
+
+/// Step 1 of [`groups_change_after_connect_cuts_the_connection_off`]: setgroups (the child runs as
+/// root, so it has CAP_SETGID) while every uid and gid stays as it was.
+fn add_group_4242(_: u8) -> bool {
+    // SAFETY: setgroups is async-signal-safe.
+    unsafe { libc::setgroups(1, [4242 as libc::gid_t].as_ptr()) == 0 }
+}
+
+/// A process that can change its supplementary groups (root: CAP_SETGID) connects, is served, then
+/// changes only its groups — no exec, same uids and gids. The connection is cut off: its groups are
+/// part of the credentials it connected with, and such a process has `/proc/<pid>/status` read on
+/// every call (not only the cheap uid/gid check).
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_change_after_connect_cuts_the_connection_off() {
+    if !require_root("groups_change_after_connect_cuts_the_connection_off") {
+        return;
+    }
+    let cfg = format!(
+        "{}{}",
+        entry("/root", "unix:uid:0"),
+        entry("/staff", "unix:supplementary_gid:4242")
+    );
+    let agent = TestAgent::start(&cfg).await;
+    let (fd, go, answers, child) = fork_connect_then_steps(&agent.socket, None, add_group_4242);
+    let mut client = client_over(fd).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_within(&mut stream, 5).await;
+    assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/root");
+    assert!(child_step(go, answers, 1), "setgroups in the child");
+    holder_gets_nothing_on(&mut client, "spiffe://example.org/staff").await;
+    drop(child);
+    agent.shutdown().await;
+}
+
+/// The steps of [`groups_change_in_a_new_user_namespace_cuts_the_connection_off`]: 1 enters a new
+/// user namespace, 2 (once the test has mapped ids) sets the groups inside it.
+fn userns_then_setgroups(step: u8) -> bool {
+    // SAFETY: unshare and setgroups are async-signal-safe.
+    unsafe {
+        match step {
+            1 => libc::unshare(libc::CLONE_NEWUSER) == 0,
+            // Namespace gid 1 is gid 4242 outside.
+            _ => libc::setgroups(1, [1 as libc::gid_t].as_ptr()) == 0,
+        }
+    }
+}
+
+/// An unprivileged process (uid 65534: no CAP_SETGID, so its groups cannot change and the agent
+/// checks only its uids and gids, one ioctl, plus its user namespace) connects, then enters a new
+/// user namespace, where it has every capability. Entering it changes nothing it is attested by:
+/// still served. Then, with ids mapped and setgroups allowed (what `newuidmap`/`newgidmap` do for a
+/// user with subordinate ids; here the test, as root, writes the maps), it adds gid 4242 to its
+/// groups without an exec and without changing a uid or gid. The connection is cut off and gets no
+/// `unix:supplementary_gid:4242` identity: a new user namespace sends the agent back to
+/// `/proc/<pid>/status`.
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_change_in_a_new_user_namespace_cuts_the_connection_off() {
+    if !require_root("groups_change_in_a_new_user_namespace_cuts_the_connection_off") {
+        return;
+    }
+    let cfg = format!(
+        "{}{}",
+        entry("/nobody", &format!("unix:uid:{NOBODY}")),
+        entry("/staff", "unix:supplementary_gid:4242")
+    );
+    let agent = TestAgent::start(&cfg).await;
+    let (fd, go, answers, child) =
+        fork_connect_then_steps(&agent.socket, Some(NOBODY), userns_then_setgroups);
+    let mut client = client_over(fd).await;
+    let fetch_nobody =
+        async |client: &mut lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+            tonic::transport::Channel,
+        >| {
+            let mut stream = client
+                .fetch_x509svid(with_header(X509svidRequest {}))
+                .await
+                .unwrap()
+                .into_inner();
+            let first = next_within(&mut stream, 5).await;
+            let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+            assert_eq!(ids, ["spiffe://example.org/nobody"]);
+        };
+    fetch_nobody(&mut client).await;
+    assert!(
+        child_step(go, answers, 1),
+        "unshare(CLONE_NEWUSER) in the child"
+    );
+    fetch_nobody(&mut client).await;
+    std::fs::write(
+        format!("/proc/{}/uid_map", child.pid),
+        format!("0 {NOBODY} 1\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("/proc/{}/gid_map", child.pid),
+        format!("0 {NOBODY} 1\n1 4242 1\n"),
+    )
+    .unwrap();
+    assert!(child_step(go, answers, 2), "setgroups in the new namespace");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap();
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(groups.split_whitespace().nth(1), Some("4242"), "{groups}");
+    holder_gets_nothing_on(&mut client, "spiffe://example.org/staff").await;
+    drop(child);
+    agent.shutdown().await;
+}

@@ -43,7 +43,18 @@ pub struct Ceiling {
     pub exe: FileId,
     /// Its mount namespace at accept.
     pub mount_ns: FileId,
+    /// Its user namespace at accept.
+    pub user_ns: FileId,
+    /// Whether it could change its supplementary groups without an exec: `CAP_SETGID` was in its
+    /// permitted set at accept. The permitted set never grows without an exec or another user
+    /// namespace, so a process without it keeps the groups it connected with for as long as it
+    /// stays in `user_ns` — and then its uids and gids alone (one ioctl) say whether its
+    /// credentials changed; otherwise `/proc/<pid>/status` is read on every attestation.
+    pub may_set_groups: bool,
 }
+
+/// `CAP_SETGID`'s bit in a capability set.
+const CAP_SETGID: u64 = 1 << 6;
 
 /// What was learned about a connection at accept.
 #[derive(Debug)]
@@ -108,10 +119,12 @@ impl Caller {
                 return Err(Error::Pin(sys::Error::PidReused { pid }));
             }
         }
-        let creds = dir.credentials().map_err(pin_error)?;
+        let (creds, permitted) = dir.status().map_err(pin_error)?;
         let ceiling = Ceiling {
             exe: dir.exe_id().map_err(pin_error)?,
             mount_ns: dir.mount_ns().map_err(pin_error)?,
+            user_ns: dir.user_ns().map_err(pin_error)?,
+            may_set_groups: permitted & CAP_SETGID != 0,
             creds,
         };
         if pidfd.has_exited().map_err(pin_error)? {
@@ -212,7 +225,10 @@ impl PinnedProcess {
 
     /// The process's credentials now, which must be exactly those it had at accept.
     pub fn credentials(&self) -> Result<Credentials, Error> {
-        let creds = self.dir.credentials().map_err(pin_error)?;
+        let creds = match self.ids_with_fixed_groups()? {
+            Some(creds) => creds,
+            None => self.dir.credentials().map_err(pin_error)?,
+        };
         if creds != self.ceiling.creds {
             return Err(Error::Changed {
                 pid: self.cred.pid,
@@ -220,6 +236,28 @@ impl PinnedProcess {
             });
         }
         Ok(creds)
+    }
+
+    /// The credentials without reading `status`, where that is exact: the uids and gids from the
+    /// pidfd, and the groups from the ceiling when the process cannot have changed them (no
+    /// `CAP_SETGID` at accept and still in the same user namespace). `None`: read `status`.
+    fn ids_with_fixed_groups(&self) -> Result<Option<Credentials>, Error> {
+        if self.ceiling.may_set_groups {
+            return Ok(None);
+        }
+        let Some(ids) = self.pidfd.ids(self.cred.pid).map_err(pin_error)? else {
+            return Ok(None);
+        };
+        if self.dir.user_ns().map_err(pin_error)? != self.ceiling.user_ns {
+            return Ok(None);
+        }
+        Ok(Some(Credentials {
+            effective_uid: ids.uids[1],
+            effective_gid: ids.gids[1],
+            supplementary_gids: self.ceiling.creds.supplementary_gids.clone(),
+            uids: ids.uids,
+            gids: ids.gids,
+        }))
     }
 
     /// Whether the caller's paths mean what they mean to the agent: same mount namespace. Elsewhere

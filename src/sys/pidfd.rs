@@ -1,8 +1,18 @@
 //! pidfds: a handle on one process that stays tied to it even if its PID is reused.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Error, check};
+
+/// A process's uids and gids as `PIDFD_GET_INFO` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids {
+    /// Real, effective, saved and filesystem uid.
+    pub uids: [u32; 4],
+    /// Real, effective, saved and filesystem gid.
+    pub gids: [u32; 4],
+}
 
 /// A pidfd. It refers to one process for its whole life; once that process exits the pidfd becomes
 /// readable and never refers to anything else.
@@ -52,6 +62,74 @@ impl Pidfd {
         let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
         check("poll(pidfd)", ret)?;
         Ok(ret > 0 && (pfd.revents & (libc::POLLIN | libc::POLLHUP)) != 0)
+    }
+
+    /// The process's uids and gids (real, effective, saved, filesystem; as this agent's user
+    /// namespace sees them) from one `PIDFD_GET_INFO` ioctl (Linux 6.13+): `Ok(None)` where the
+    /// kernel lacks it, `Err(Exited)` once the process is gone (a zombie still answers: use
+    /// [`Pidfd::has_exited`] for liveness). Supplementary groups are not part of the answer.
+    pub fn ids(&self, pid: u32) -> Result<Option<Ids>, Error> {
+        /// `struct pidfd_info` as first published (`PIDFD_INFO_SIZE_VER0`, 64 bytes).
+        #[repr(C)]
+        #[derive(Default)]
+        struct PidfdInfo {
+            mask: u64,
+            cgroupid: u64,
+            pid: u32,
+            tgid: u32,
+            ppid: u32,
+            ruid: u32,
+            rgid: u32,
+            euid: u32,
+            egid: u32,
+            suid: u32,
+            sgid: u32,
+            fsuid: u32,
+            fsgid: u32,
+            exit_code: i32,
+        }
+        const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+        /// `_IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info)` for the 64-byte struct.
+        const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+        const PIDFD_INFO_CREDS: u64 = 1 << 1;
+        static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+        if UNSUPPORTED.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut info = PidfdInfo {
+            mask: PIDFD_INFO_CREDS,
+            ..PidfdInfo::default()
+        };
+        // SAFETY: an open pidfd and a writable struct of exactly the size the request encodes.
+        let ret = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                PIDFD_GET_INFO,
+                std::ptr::from_mut(&mut info),
+            )
+        };
+        if ret < 0 {
+            let source = std::io::Error::last_os_error();
+            return match source.raw_os_error() {
+                Some(libc::ESRCH) => Err(Error::Exited { pid }),
+                // Kernels before 6.13 (or a pidfd that is not on pidfs): read /proc instead.
+                Some(libc::ENOTTY | libc::EINVAL | libc::EOPNOTSUPP) => {
+                    UNSUPPORTED.store(true, Ordering::Relaxed);
+                    Ok(None)
+                }
+                _ => Err(Error::Syscall {
+                    call: "ioctl(PIDFD_GET_INFO)",
+                    source,
+                }),
+            };
+        }
+        if info.mask & PIDFD_INFO_CREDS == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Ids {
+            uids: [info.ruid, info.euid, info.suid, info.fsuid],
+            gids: [info.rgid, info.egid, info.sgid, info.fsgid],
+        }))
     }
 
     /// A number unique to this process for the life of the system, if the kernel offers one cheaply:
@@ -147,6 +225,32 @@ mod tests {
         child.wait().unwrap();
         assert!(pidfd.has_exited().unwrap());
         assert_eq!(pidfd.current_pid().unwrap(), None);
+    }
+
+    #[test]
+    fn ids_are_the_status_ids_and_end_with_the_process() {
+        let me = Pidfd::open(std::process::id()).unwrap();
+        let Some(ids) = me.ids(std::process::id()).unwrap() else {
+            eprintln!("PIDFD_GET_INFO is not offered by this kernel (before 6.13): not checked");
+            return;
+        };
+        let creds = crate::sys::proc::ProcDir::open(std::process::id())
+            .unwrap()
+            .credentials()
+            .unwrap();
+        assert_eq!((ids.uids, ids.gids), (creds.uids, creds.gids));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = Pidfd::open(child.id()).unwrap();
+        assert!(pidfd.ids(child.id()).unwrap().is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(
+            pidfd.ids(child.id()),
+            Err(Error::Exited { pid }) if pid == child.id()
+        ));
     }
 
     #[test]

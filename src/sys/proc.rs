@@ -122,8 +122,17 @@ impl ProcDir {
 
     /// Effective uid and gid and the supplementary groups, from `status`.
     pub fn credentials(&self) -> Result<Credentials, Error> {
+        Ok(self.status()?.0)
+    }
+
+    /// The credentials and the permitted capability set (`CapPrm:`, a bit per capability) from one
+    /// read of `status`.
+    pub fn status(&self) -> Result<(Credentials, u64), Error> {
         let text = self.read_to_string("status")?;
-        parse_status(self.pid, &text)
+        Ok((
+            parse_status(self.pid, &text)?,
+            parse_permitted_caps(self.pid, &text)?,
+        ))
     }
 
     /// The path of the executable (`exe` link). A deleted executable reads as `"<path> (deleted)"`.
@@ -160,6 +169,11 @@ impl ProcDir {
     /// The process's mount namespace (`ns/mnt`): the namespace in which its paths mean something.
     pub fn mount_ns(&self) -> Result<FileId, Error> {
         self.stat_at("ns/mnt")
+    }
+
+    /// The process's user namespace (`ns/user`).
+    pub fn user_ns(&self) -> Result<FileId, Error> {
+        self.stat_at("ns/user")
     }
 
     /// Whether the process holds a descriptor of the socket with inode `ino` (its `fd` directory,
@@ -229,7 +243,12 @@ fn c_name(name: &'static str) -> &'static CStr {
         "cgroup" => c"cgroup",
         "environ" => c"environ",
         "ns/mnt" => c"ns/mnt",
-        _ => c"",
+        "ns/user" => c"ns/user",
+        _ => {
+            // A name missing here reads as "no such file" (the process "exited"): caught in tests.
+            debug_assert!(false, "no C name for /proc/<pid>/{name}");
+            c""
+        }
     }
 }
 
@@ -282,6 +301,18 @@ fn parse_status(pid: u32, text: &str) -> Result<Credentials, Error> {
     })
 }
 
+/// The `CapPrm:` line: the permitted capability set as a bit mask.
+fn parse_permitted_caps(pid: u32, text: &str) -> Result<u64, Error> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or(Error::ProcFormat {
+            pid,
+            file: "status",
+            what: "no CapPrm line",
+        })
+}
+
 fn parse_start_time(pid: u32, text: &str) -> Result<u64, Error> {
     // The command name (field 2) may hold spaces and parentheses; fields after the last ')' are plain.
     let after = text
@@ -319,6 +350,16 @@ mod tests {
         let c = parse_status(1, "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").unwrap();
         assert!(c.supplementary_gids.is_empty());
         assert!(parse_status(1, "Gid:\t0\t0\t0\t0\n").is_err());
+    }
+
+    #[test]
+    fn parses_permitted_caps() {
+        let text = "Uid:\t0\t0\t0\t0\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n";
+        assert_eq!(parse_permitted_caps(1, text).unwrap(), 0x1ff_ffff_ffff);
+        let none = "CapPrm:\t0000000000000000\n";
+        assert_eq!(parse_permitted_caps(1, none).unwrap(), 0);
+        assert!(parse_permitted_caps(1, "CapPrm:\tzz\n").is_err());
+        assert!(parse_permitted_caps(1, "Uid:\t0\t0\t0\t0\n").is_err());
     }
 
     #[test]

@@ -310,14 +310,77 @@ pub(crate) fn fork_connect_then_exec(
     argv: &[&str],
 ) -> (i32, i32, ForkedChild) {
     use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
     let exe_c = CString::new(argv[0]).unwrap();
     let args: Vec<CString> = argv.iter().map(|a| CString::new(*a).unwrap()).collect();
     let mut argv_c: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv_c.push(std::ptr::null());
+    let exec = |go: i32, _ready: i32| {
+        // SAFETY: read, dup2, execv and _exit are async-signal-safe; the pointers were prepared
+        // before fork.
+        unsafe {
+            let mut b = 0u8;
+            libc::read(go, (&mut b as *mut u8).cast(), 1);
+            libc::dup2(go, 0);
+            libc::execv(exe_c.as_ptr(), argv_c.as_ptr());
+            libc::_exit(2);
+        }
+    };
+    let (fd, go, ready, child) = fork_connected(socket, uid, &exec);
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(ready) };
+    (fd, go, child)
+}
+
+/// Forks a child that (as `uid`) connects to `socket`, then, for each byte the test writes to the
+/// returned pipe, runs `step(byte)` on itself (async-signal-safe calls only, no exec) and answers
+/// one byte on the returned read end: `k` when the step succeeded, `f` when not. Returns the
+/// connected socket, the step pipe's write end, the answer pipe's read end and the child.
+pub(crate) fn fork_connect_then_steps(
+    socket: &Path,
+    uid: Option<u32>,
+    step: fn(u8) -> bool,
+) -> (i32, i32, i32, ForkedChild) {
+    let steps = |go: i32, ready: i32| {
+        // SAFETY: read, write, pause and _exit are async-signal-safe; `step` promises the same.
+        unsafe {
+            loop {
+                let mut b = 0u8;
+                if libc::read(go, (&mut b as *mut u8).cast(), 1) != 1 {
+                    loop {
+                        libc::pause();
+                    }
+                }
+                let answer = if step(b) { b"k" } else { b"f" };
+                libc::write(ready, answer.as_ptr().cast(), 1);
+            }
+        }
+    };
+    fork_connected(socket, uid, &steps)
+}
+
+/// Sends step `b` to a child of [`fork_connect_then_steps`] and returns whether it succeeded.
+pub(crate) fn child_step(go: i32, answers: i32, b: u8) -> bool {
+    let mut answer = 0u8;
+    // SAFETY: one byte each way on our own pipes.
+    unsafe {
+        assert_eq!(libc::write(go, [b].as_ptr().cast(), 1), 1);
+        assert_eq!(libc::read(answers, (&mut answer as *mut u8).cast(), 1), 1);
+    }
+    answer == b'k'
+}
+
+/// The fork behind [`fork_connect_then_exec`] and [`fork_connect_then_steps`]: the child drops to
+/// `uid`, keeps only the socket (3) and its pipe ends (4: from the test, 5: to the test), connects,
+/// reports `r`, then runs `then(4, 5)`, which must not return. Returns the socket, the write end of
+/// the pipe to the child, the read end of the pipe from it, and the child.
+fn fork_connected(
+    socket: &Path,
+    uid: Option<u32>,
+    then: &dyn Fn(i32, i32),
+) -> (i32, i32, i32, ForkedChild) {
+    use std::os::unix::ffi::OsStrExt;
     // SAFETY: plain libc calls on values prepared before fork; the child only calls setgroups,
-    // setgid, setuid, dup2, close_range, connect, write, read, execv and _exit, which are
-    // async-signal-safe.
+    // setgid, setuid, dup2, close_range, connect, write and `then` (async-signal-safe).
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
         let mut go = [0i32; 2];
@@ -340,7 +403,6 @@ pub(crate) fn fork_connect_then_exec(
             {
                 libc::_exit(3);
             }
-            // Keep only the socket (3) and our pipe ends (4: go, 5: ready); close the rest.
             let keep = [fd, go[0], ready[1]];
             for (i, k) in keep.iter().enumerate() {
                 libc::dup2(*k, 1000 + i as i32);
@@ -353,10 +415,7 @@ pub(crate) fn fork_connect_then_exec(
                 libc::_exit(1);
             }
             libc::write(5, b"r".as_ptr().cast(), 1);
-            let mut b = 0u8;
-            libc::read(4, (&mut b as *mut u8).cast(), 1);
-            libc::dup2(4, 0);
-            libc::execv(exe_c.as_ptr(), argv_c.as_ptr());
+            then(4, 5);
             libc::_exit(2);
         }
         let child = ForkedChild { pid };
@@ -368,8 +427,7 @@ pub(crate) fn fork_connect_then_exec(
             1,
             "the child connected"
         );
-        libc::close(ready[0]);
-        (fd, go[1], child)
+        (fd, go[1], ready[0], child)
     }
 }
 
