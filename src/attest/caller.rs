@@ -21,7 +21,7 @@ use super::Error;
 use crate::sys;
 use crate::sys::peer::{self, PeerCred};
 use crate::sys::pidfd::Pidfd;
-use crate::sys::proc::{Credentials, FileId, ProcDir};
+use crate::sys::proc::{Credentials, FileId, NsId, ProcDir};
 
 /// How the pidfd of a caller was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +42,9 @@ pub struct Ceiling {
     /// The executable the process ran at accept.
     pub exe: FileId,
     /// Its mount namespace at accept.
-    pub mount_ns: FileId,
+    pub mount_ns: NsId,
     /// Its user namespace at accept.
-    pub user_ns: FileId,
+    pub user_ns: NsId,
     /// Whether it could change its supplementary groups without an exec: `CAP_SETGID` was in its
     /// permitted set at accept. The permitted set never grows without an exec or another user
     /// namespace, so a process without it keeps the groups it connected with for as long as it
@@ -274,8 +274,8 @@ impl PinnedProcess {
 
 /// The agent's own mount namespace, read once (`None` if it cannot be read: then no caller is
 /// taken to share it).
-fn agent_mount_ns() -> Option<FileId> {
-    static NS: OnceLock<Option<FileId>> = OnceLock::new();
+fn agent_mount_ns() -> Option<NsId> {
+    static NS: OnceLock<Option<NsId>> = OnceLock::new();
     *NS.get_or_init(|| {
         ProcDir::open(std::process::id())
             .and_then(|d| d.mount_ns())
