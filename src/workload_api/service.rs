@@ -138,6 +138,14 @@ impl WorkloadApi {
         if *self.ctx.shutdown.borrow() {
             return Err(to_status(&Error::ShuttingDown));
         }
+        // Exec events for the caller are collected from before it is attested: an exec right after
+        // the attestation wakes the stream at once (it is re-attested and cut off) instead of
+        // waiting for the next push.
+        let exec = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.caller.as_ref().as_ref().ok())
+            .map(|caller| self.ctx.exec.register(caller.cred.pid));
         let attested = self.attest(req).await.map_err(|e| to_status(&e))?;
         // The agent-wide cap first (EP-5: Unavailable), then the caller's own share.
         let permit = self
@@ -158,7 +166,7 @@ impl WorkloadApi {
         let (tx, rx) = mpsc::channel(4);
         // The channel is empty and has room: this cannot fail.
         let _ = tx.try_send(Ok(first));
-        tokio::spawn(watcher.run(tx, permit));
+        tokio::spawn(watcher.run(tx, permit, exec));
         Ok(rx)
     }
 }

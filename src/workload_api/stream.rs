@@ -161,17 +161,20 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     }
 
     /// Follows changes until the caller leaves, loses its entitlement, or the agent stops.
+    /// `exec`: the caller's exec notifier, registered before it was attested (one is registered
+    /// here when none was).
     pub(super) async fn run(
         mut self,
         tx: mpsc::Sender<Result<M, Status>>,
         _permit: (OwnedSemaphorePermit, crate::limits::StreamSlot),
+        exec: Option<Arc<tokio::sync::Notify>>,
     ) {
         // No exit watch of its own: when the caller exits its connection closes (caught by
         // `tx.closed()`), the inventory's per-process watch withdraws its credentials, and a connection
         // handed to another process is caught by the re-attestation before the next push.
         let mut shutdown = self.ctx.shutdown.clone();
-        let exec = self.ctx.exec.register(self.attested.pinned.pid());
         let pid = self.attested.pinned.pid();
+        let exec = exec.unwrap_or_else(|| self.ctx.exec.register(pid));
         loop {
             let outcome = tokio::select! {
                 _ = tx.closed() => return,
