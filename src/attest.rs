@@ -69,11 +69,14 @@ pub async fn prefetch(pinned: &PinnedProcess, attestors: &[Box<dyn Attestor>]) {
 
 /// Pins the caller and attests it with cached, non-blocking work only. `Ok(None)` when an attestor
 /// needs slow work: use [`attest_blocking`] on the blocking pool instead.
+///
+/// The directory is opened without the liveness check of [`PinnedProcess::pin`]: cached reads are
+/// cheap, and the confirm after them proves the directory was the caller's (or refuses).
 pub fn attest_fast(
     caller: &Caller,
     attestors: &[Box<dyn Attestor>],
 ) -> Result<Option<(PinnedProcess, SelectorSet)>, Error> {
-    let pinned = PinnedProcess::pin(caller)?;
+    let pinned = PinnedProcess::open(caller)?;
     Ok(reattest_fast(&pinned, attestors)?.map(|s| (pinned, s)))
 }
 

@@ -10,9 +10,11 @@
 //! ([`Error::Changed`]) and must connect again to be attested as what it is now. Identity never
 //! *follows* a change (a setuid exec must not hand root's SVID to the child that kept the socket).
 //!
-//! Before any fact is read, [`PinnedProcess::pin`] opens `/proc/<pid>` and proves through the pidfd
-//! that the process is still the one that connected; facts are then read relative to that directory,
-//! and [`PinnedProcess::confirm`] proves the process was alive and unchanged for the whole read.
+//! [`PinnedProcess::pin`] opens `/proc/<pid>` and proves through the pidfd that the process is
+//! still the one that connected before slow work reads its facts; the cached path opens the
+//! directory only ([`PinnedProcess::open`]). Facts are read relative to that directory, and
+//! [`PinnedProcess::confirm`] proves, after the last read, that the process was alive throughout
+//! (so the directory was its own) and unchanged.
 
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, OnceLock};
@@ -176,6 +178,23 @@ impl PinnedProcess {
     /// opened, it was alive throughout, so its PID cannot have been reused in between and the
     /// directory is the caller's. Any check that cannot be made is an error: no identity, no guess.
     pub fn pin(caller: &Caller) -> Result<Self, Error> {
+        let pinned = Self::open(caller)?;
+        // Alive after the open: the directory is the caller's. (Whether it is unchanged is for the
+        // `confirm` after its facts are read.)
+        if pinned.pidfd.has_exited().map_err(pin_error)? {
+            return Err(Error::Exited {
+                pid: caller.cred.pid,
+            });
+        }
+        Ok(pinned)
+    }
+
+    /// Opens the caller's `/proc` directory without proving yet that it is the caller's: for reads
+    /// that are cheap and kept only if [`PinnedProcess::confirm`] succeeds after them. Confirm's
+    /// "not exited" proves the caller was alive when the directory was opened, so the directory was
+    /// its own and every fact read through it was the caller's (a directory handle never moves to a
+    /// process that later takes the PID). The cached attestation uses this: one `poll` fewer.
+    pub fn open(caller: &Caller) -> Result<Self, Error> {
         let dir = ProcDir::open(caller.cred.pid).map_err(pin_error)?;
         let pinned = Self {
             cred: caller.cred,
@@ -187,13 +206,6 @@ impl PinnedProcess {
             dir,
             ceiling: caller.ceiling.clone(),
         };
-        // Alive after the open: the directory is the caller's. (Whether it is unchanged is for the
-        // `confirm` after its facts are read.)
-        if pinned.pidfd.has_exited().map_err(pin_error)? {
-            return Err(Error::Exited {
-                pid: caller.cred.pid,
-            });
-        }
         Ok(pinned)
     }
 
@@ -205,20 +217,24 @@ impl PinnedProcess {
     /// proves the PID was not reused while the facts were read.
     pub fn confirm(&self) -> Result<(), Error> {
         let pid = self.cred.pid;
-        if self.dir.exe_id().map_err(pin_error)? != self.ceiling.exe {
+        let exe = self.dir.exe_id().map_err(pin_error)?;
+        let mount_ns = self.dir.mount_ns().map_err(pin_error)?;
+        // Liveness after the last read, and before the comparisons: a caller that exited (its PID
+        // perhaps taken by another process) is reported as gone, never as changed.
+        if self.pidfd.has_exited().map_err(pin_error)? {
+            return Err(Error::Exited { pid });
+        }
+        if exe != self.ceiling.exe {
             return Err(Error::Changed {
                 pid,
                 what: "program (it exec'd another executable)",
             });
         }
-        if self.dir.mount_ns().map_err(pin_error)? != self.ceiling.mount_ns {
+        if mount_ns != self.ceiling.mount_ns {
             return Err(Error::Changed {
                 pid,
                 what: "mount namespace",
             });
-        }
-        if self.pidfd.has_exited().map_err(pin_error)? {
-            return Err(Error::Exited { pid });
         }
         Ok(())
     }
@@ -230,6 +246,11 @@ impl PinnedProcess {
             None => self.dir.credentials().map_err(pin_error)?,
         };
         if creds != self.ceiling.creds {
+            // Read through a directory not yet proven the caller's ([`PinnedProcess::open`]), a
+            // mismatch may be another process's: the caller is gone then, not changed.
+            if self.pidfd.has_exited().map_err(pin_error)? {
+                return Err(Error::Exited { pid: self.cred.pid });
+            }
             return Err(Error::Changed {
                 pid: self.cred.pid,
                 what: "credentials (uid, gid or groups)",
