@@ -33,6 +33,7 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name as _;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use zeroize::Zeroizing;
@@ -156,7 +157,7 @@ impl SecretDiscoveryService for Sds {
                 .api
                 .open_watch(&request, render_sds, true, Some(super::gate::Act::Sds))
                 .await?;
-            let state = match states.recv().await {
+            let state = match states.next().await {
                 Some(Ok(state)) => state,
                 Some(Err(status)) => return Err(status),
                 None => return Err(Status::unavailable("the agent is shutting down")),
@@ -174,7 +175,7 @@ impl SecretDiscoveryService for Sds {
 /// One SDS stream: requests from Envoy and states from the watch, answered per the xDS protocol.
 async fn follow(
     mut requests: Streaming<DiscoveryRequest>,
-    mut states: mpsc::Receiver<Result<SdsState, Status>>,
+    mut states: super::service::Watch<SdsState>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     disable_globally: bool,
 ) {
@@ -216,7 +217,7 @@ async fn follow(
                     continue;
                 }
             }
-            next = states.recv() => match next {
+            next = states.next() => match next {
                 Some(Ok(s)) => {
                     version += 1;
                     state = Some(s);

@@ -1,10 +1,11 @@
 //! The `SpiffeWorkloadAPI` service: header check, caller attestation, then a stream.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -118,20 +119,21 @@ impl WorkloadApi {
         M: Clone + PartialEq + Send + 'static,
     {
         let act = with_svids.then_some(super::gate::Act::X509);
-        let rx = self.open_watch(req, render, with_svids, act).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let watch = self.open_watch(req, render, with_svids, act).await?;
+        Ok(Response::new(Box::pin(watch)))
     }
 
-    /// Attests the caller of `req` and starts watching what it is entitled to: the receiver gets
-    /// the first message at once, then one per change, and an error status when the stream must end.
-    /// Limits, the inventory record before delivery and the cut-off on exec apply as for every stream.
+    /// Attests the caller of `req` and starts watching what it is entitled to: the returned stream
+    /// yields the first message at once, then one per change, and an error status when the stream
+    /// must end. Limits, the inventory record before delivery and the cut-off on exec apply as for
+    /// every stream.
     pub(super) async fn open_watch<M, T>(
         &self,
         req: &Request<T>,
         render: super::stream::Render<M>,
         with_svids: bool,
         act: Option<super::gate::Act>,
-    ) -> Result<mpsc::Receiver<Result<M, Status>>, Status>
+    ) -> Result<Watch<M>, Status>
     where
         M: Clone + PartialEq + Send + 'static,
     {
@@ -166,8 +168,36 @@ impl WorkloadApi {
         let (tx, rx) = mpsc::channel(4);
         // The channel is empty and has room: this cannot fail.
         let _ = tx.try_send(Ok(first));
-        tokio::spawn(watcher.run(tx, permit, exec));
-        Ok(rx)
+        Ok(Watch {
+            rx,
+            run: Some(Box::pin(watcher.run(tx, permit, exec))),
+        })
+    }
+}
+
+/// An open stream: the watcher runs inside whatever polls the stream (the response body's task),
+/// so a stream costs no task of its own, and dropping the stream (the caller cancelled or went
+/// away) drops the watcher with it.
+pub(super) struct Watch<M> {
+    rx: mpsc::Receiver<Result<M, Status>>,
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<M> Stream for Watch<M> {
+    type Item = Result<M, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        // What is queued goes first (the first message was queued at open).
+        if let Poll::Ready(Some(item)) = self.rx.poll_recv(cx) {
+            return Poll::Ready(Some(item));
+        }
+        if let Some(run) = self.run.as_mut()
+            && run.as_mut().poll(cx).is_ready()
+        {
+            // The watcher ended; what it sent last is still queued.
+            self.run = None;
+        }
+        self.rx.poll_recv(cx)
     }
 }
 
