@@ -281,17 +281,43 @@ impl Inventory {
                 .iter()
                 .map(|d| ((d.kind, d.serial.clone()), d.spiffe_id.clone()))
                 .collect();
-            let result = self.commit(holder, fresh).await;
-            // Whatever happened, the keys leave `pending`; on success they are held.
+            // The commit and its bookkeeping run to the end in a task of their own even if this
+            // caller goes away (a stream dropped in mid-delivery): other deliveries of the same rows
+            // wait on `tx`, and the keys must leave `pending`.
+            let this = self.clone();
+            let holder = holder.clone();
+            let finish = tokio::spawn(async move {
+                let result = this.commit(&holder, fresh).await;
+                this.settle(who, &keys, &result);
+                tx.send_replace(Some(result.clone()));
+                result
+            });
+            finish.await.unwrap_or(Err(Error::Stopped))
+        };
+        // Rows another delivery is writing: delivered only once that commit is durable.
+        for mut commit in others {
+            let outcome = commit
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| Error::Stopped)?
+                .clone();
+            outcome.unwrap_or(Err(Error::Stopped))?;
+        }
+        mine
+    }
+
+    /// After a commit of `keys` for `who`: they leave `pending`, and on success they are held.
+    fn settle(&self, who: Holder, keys: &[((Kind, String), String)], result: &Result<(), Error>) {
+        {
             if let (Ok(mut held), Ok(mut pending)) =
                 (self.shared.held.lock(), self.shared.pending.lock())
             {
-                for ((kind, serial), _) in &keys {
+                for ((kind, serial), _) in keys {
                     pending.remove(&(who, *kind, serial.clone()));
                 }
                 if result.is_ok() {
                     let holdings = held.entry(who).or_default();
-                    holdings.extend(keys);
+                    holdings.extend(keys.iter().cloned());
                     // Bounded per holder: JWT keys beyond the cap are forgotten (a repeat delivery
                     // of a forgotten token writes one more row; X.509 keys are few and kept).
                     if holdings.len() > MAX_HELD_PER_HOLDER {
@@ -308,19 +334,7 @@ impl Inventory {
                     }
                 }
             }
-            tx.send_replace(Some(result.clone()));
-            result
-        };
-        // Rows another delivery is writing: delivered only once that commit is durable.
-        for mut commit in others {
-            let outcome = commit
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| Error::Stopped)?
-                .clone();
-            outcome.unwrap_or(Err(Error::Stopped))?;
         }
-        mine
     }
 
     /// Writes `rows` for `holder` and waits until they are durable.
@@ -464,6 +478,41 @@ mod tests {
             rotation: false,
             permitted_by: None,
         }
+    }
+
+    /// A delivery whose caller went away in mid-commit (a stream dropped by its client while its
+    /// watcher was recording) must not leave its rows pending forever: the next delivery of the
+    /// same rows to the same holder succeeds (it used to fail with `Stopped`).
+    #[tokio::test]
+    async fn a_delivery_dropped_in_mid_commit_does_not_fail_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inv, writer) = Inventory::open(
+            &dir.path().join("inv.db"),
+            Arc::new(SystemClock),
+            RETENTION,
+            None,
+        )
+        .unwrap();
+        let writer = std::thread::spawn(move || writer.run());
+        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
+        let h = holder(pidfd, std::process::id());
+        let rows = [delivery("cc")];
+        {
+            let mut first = std::pin::pin!(inv.record(&h, &rows));
+            // One poll: the rows are pending and their commit is under way; then the caller is gone.
+            std::future::poll_fn(|cx| {
+                assert!(first.as_mut().poll(cx).is_pending());
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), inv.record(&h, &rows))
+            .await
+            .expect("the second delivery waited forever")
+            .expect("the second delivery of the same rows is recorded");
+        assert_eq!(inv.query(Filter::default()).await.unwrap().len(), 1);
+        inv.close();
+        writer.join().unwrap();
     }
 
     #[tokio::test]
