@@ -306,10 +306,17 @@ impl Issuer {
     }
 
     fn minted(&mut self, req: SvidRequest, result: Result<X509Svid, crate::ca::Error>) {
+        self.publish_minted(&req, result);
+        // Only once the outcome is published does the claim end: a caller never finds the request
+        // neither claimed nor published while its mint completes (it would be charged again).
         if let Ok(mut claimed) = self.claimed.lock() {
             claimed.remove(&req);
         }
-        let Some(slot) = self.slots.get_mut(&req) else {
+    }
+
+    /// Publishes the outcome of a mint for `req` (and schedules what follows).
+    fn publish_minted(&mut self, req: &SvidRequest, result: Result<X509Svid, crate::ca::Error>) {
+        let Some(slot) = self.slots.get_mut(req) else {
             return;
         };
         slot.minting = false;
@@ -338,7 +345,7 @@ impl Issuer {
                 if let Ok(mut index) = self.published.write() {
                     index.insert(req.clone(), slot.tx.clone());
                 }
-                self.schedule(&req, rotate_in);
+                self.schedule(req, rotate_in);
             }
             Err(e) => {
                 crate::metrics::metrics().mint("x509", "failed");
@@ -360,7 +367,7 @@ impl Issuer {
                     // Subscribers keep the current SVID while it is valid; retry before it expires.
                     Some(left) if !left.is_zero() => {
                         let retry_in = RETRY.delay(failures).min(left);
-                        self.schedule(&req, retry_in);
+                        self.schedule(req, retry_in);
                         "svid rotation failed; keeping the current one while it is valid and retrying"
                     }
                     // Expired (or never minted): nothing valid to publish. Retry while held.
@@ -370,16 +377,16 @@ impl Issuer {
                                 .into(),
                         ));
                         if let Ok(mut index) = self.published.write() {
-                            index.remove(&req);
+                            index.remove(req);
                         }
-                        self.schedule(&req, RETRY.delay(failures));
+                        self.schedule(req, RETRY.delay(failures));
                         "svid expired and re-minting fails; callers get Unavailable, retrying"
                     }
                     // Never minted, or failing since it expired: retried while anyone holds it
                     // (an unheld slot is dropped when the timer fires).
                     None => {
                         slot.tx.send_replace(SvidState::Failed(message.clone()));
-                        self.schedule(&req, RETRY.delay(failures));
+                        self.schedule(req, RETRY.delay(failures));
                         "svid mint failed; retrying while it is wanted"
                     }
                 };
@@ -486,10 +493,17 @@ impl IssuerHandle {
             .claimed
             .lock()
             .map_or(true, |mut claimed| claimed.insert(req.clone()));
-        fresh.then(|| Claim {
+        let claim = fresh.then(|| Claim {
             claimed: self.claimed.clone(),
             req: Some(req.clone()),
-        })
+        })?;
+        // The issuer publishes a mint before it ends that mint's claim: published now means a mint
+        // finished between the check above and the insert, and nothing new is asked for (the
+        // dropped claim is given back).
+        if self.is_published(req) {
+            return None;
+        }
+        Some(claim)
     }
 
     /// Tells the issuer a subscriber let go of `req` (after dropping its receiver), so an SVID nobody
