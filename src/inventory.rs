@@ -252,6 +252,17 @@ impl Inventory {
     /// already recorded with cost nothing. The caller has the holder watched for exit (`lifecycle`).
     pub async fn record(&self, holder: &HolderInfo, deliveries: &[Delivery]) -> Result<(), Error> {
         let who = holder.holder;
+        // Everything already held by this holder (a repeat delivery): nothing to write or wait for.
+        {
+            let held = self.shared.held.lock().map_err(|_| Error::Stopped)?;
+            if let Some(known) = held.get(&who)
+                && deliveries
+                    .iter()
+                    .all(|d| known.contains_key(&(d.kind, d.serial.clone())))
+            {
+                return Ok(());
+            }
+        }
         let (tx, _) = tokio::sync::watch::channel(None);
         let (fresh, others) = {
             let held = self.shared.held.lock().map_err(|_| Error::Stopped)?;

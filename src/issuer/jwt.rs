@@ -163,6 +163,14 @@ impl JwtCache {
             let mut state = self.shared.state.lock().map_err(|_| Error::Stopped)?;
             let now = self.shared.clock.now();
             let state = &mut *state;
+            // A hit needs no copy of the request (the common case: a cached token).
+            if let Some(slot) = state.slots.get_mut(&req)
+                && let Some(current) = &slot.current
+                && more_than_half_left(current, now)
+            {
+                slot.last_used = Instant::now();
+                return Ok(current.clone());
+            }
             let slot = state.slots.entry(req.clone()).or_insert_with(|| {
                 let bytes = key_bytes(&req);
                 state.bytes += bytes;
