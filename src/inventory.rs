@@ -478,6 +478,13 @@ mod tests {
         }
     }
 
+    /// An inventory in `dir` (`inv.db`) with its writer running on a thread.
+    fn open_with_writer(dir: &std::path::Path) -> (Inventory, std::thread::JoinHandle<()>) {
+        let (inv, writer) =
+            Inventory::open(&dir.join("inv.db"), Arc::new(SystemClock), RETENTION, None).unwrap();
+        (inv, std::thread::spawn(move || writer.run()))
+    }
+
     fn delivery(serial: &str) -> Delivery {
         Delivery {
             kind: Kind::X509,
@@ -497,14 +504,7 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_dropped_in_mid_commit_does_not_fail_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let (inv, writer) = Inventory::open(
-            &dir.path().join("inv.db"),
-            Arc::new(SystemClock),
-            RETENTION,
-            None,
-        )
-        .unwrap();
-        let writer = std::thread::spawn(move || writer.run());
+        let (inv, writer) = open_with_writer(dir.path());
         let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
         let h = holder(pidfd, std::process::id());
         let rows = [delivery("cc")];
@@ -602,14 +602,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_first_deliveries_write_one_row() {
         let dir = tempfile::tempdir().unwrap();
-        let (inv, writer) = Inventory::open(
-            &dir.path().join("inv.db"),
-            Arc::new(SystemClock),
-            RETENTION,
-            None,
-        )
-        .unwrap();
-        std::thread::spawn(move || writer.run());
+        let (inv, _writer) = open_with_writer(dir.path());
         let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
         let h = holder(pidfd, std::process::id());
         let mut tasks = tokio::task::JoinSet::new();
