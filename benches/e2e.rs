@@ -126,12 +126,45 @@ fn usage(pid: u32) -> (u64, u64) {
 }
 
 fn rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .unwrap_or(0.0)
         / 1024.0
+}
+
+/// Resident pages of the executable mappings of `pid`'s own binary (its machine code), in MB:
+/// what layout/text-order.txt keeps small (build.rs).
+fn code_mb(pid: u32) -> f64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let exe = exe.to_string_lossy();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut ours = false;
+    let mut kb = 0.0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if ours {
+                kb += rss
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap_or(0.0);
+            }
+        } else if !first.ends_with(':') {
+            // A mapping: "start-end perms offset dev inode path".
+            let f: Vec<&str> = line.split_whitespace().collect();
+            ours = f.len() > 5 && f[1].contains('x') && f[5..].join(" ") == exe;
+        }
+    }
+    kb / 1024.0
 }
 
 /// One server under test: a client on a persistent connection, and the process to measure.
@@ -239,6 +272,11 @@ async fn run() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_mb(agent_pid);
+    println!(
+        "lanyard idle: RSS {idle:.1} MB, of which its own machine code {:.1} MB and anonymous memory {:.1} MB",
+        code_mb(agent_pid),
+        status_mb(agent_pid, "RssAnon:")
+    );
 
     // The floor serves what the agent sends, byte for byte.
     let name = if authority.is_some() {
