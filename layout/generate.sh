@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates layout/text-order.<profile>.txt: the functions of the `lanyard` binary that run when
-# the agent starts (on a fresh and on an existing data directory), serves the Workload API to a few clients,
+# the agent starts (on a fresh and on an existing data directory; on its own and joined to a SPIRE
+# server), serves the Workload API to a few clients,
 # reloads and stops, most instructions first. build.rs hands the file to the linker
 # (--symbol-ordering-file), which then places those functions side by side at the start of the
 # code, so the agent's resident code is the ~3 MB it runs instead of the ~10 MB of 64 KiB blocks
@@ -19,20 +20,66 @@ command -v valgrind >/dev/null || { echo "layout/generate.sh: needs valgrind (ap
 profiles=${PROFILES:-release dist}
 work=$(mktemp -d)
 trap 'pkill -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+# A SPIRE server (v1.13.3, built once into target/spire by tests/interop/setup.sh) for the runs
+# joined to it, with an entry for this uid under every node the join tokens below attest.
+bash tests/interop/setup.sh spire
+spire=target/spire/bin/spire-server
+mkdir -p "$work/server"
+cat > "$work/server/server.conf" <<EOF
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "18091"
+  socket_path = "$work/server/api.sock"
+  trust_domain = "example.org"
+  data_dir = "$work/server/data"
+  log_level = "WARN"
+  experimental { cache_reload_interval = "500ms" }
+}
+plugins {
+  DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "$work/server/data/datastore.sqlite3" } }
+  NodeAttestor "join_token" { plugin_data {} }
+  KeyManager "memory" { plugin_data {} }
+}
+EOF
+"$spire" run -config "$work/server/server.conf" >"$work/server/server.log" 2>&1 &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null || true; pkill -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do "$spire" healthcheck -socketPath "$work/server/api.sock" >/dev/null 2>&1 && break; sleep 0.2; done
+"$spire" bundle show -socketPath "$work/server/api.sock" > "$work/server/bundle.pem"
+
 # Runs the agent binary $1 under callgrind twice (a fresh data directory, then the same one again)
-# with clients, a reload and a stop; appends the two output files to `outputs`.
+# with clients, a reload and a stop, on its own (local authority) or, with $3 = spire, joined to the
+# server; appends the two output files to `outputs`.
 exercise() {
-    local bin=$1 dir=$2
+    local bin=$1 dir=$2 mode=${3:-local}
     mkdir -p "$dir"
     cat > "$dir/lanyard.toml" <<EOF
 socket_path = "$dir/agent.sock"
 admin_socket_path = "$dir/admin/admin.sock"
 data_dir = "$dir/data"
 health = { address = "off" }
+EOF
+    if [ "$mode" = spire ]; then
+        local node="spiffe://example.org/layout-node-$RANDOM$RANDOM"
+        local token
+        token=$("$spire" token generate -spiffeID "$node" -socketPath "$work/server/api.sock" | awk '{print $2}')
+        "$spire" entry create -parentID "$node" -spiffeID spiffe://example.org/layout \
+            -selector "unix:uid:$(id -u)" -socketPath "$work/server/api.sock" >/dev/null
+        cat >> "$dir/lanyard.toml" <<EOF
+trust_domain = "example.org"
+[authority]
+mode = "spire"
+server_address = "127.0.0.1:18091"
+trust_bundle_path = "$work/server/bundle.pem"
+join_token = "$token"
+EOF
+    else
+        cat >> "$dir/lanyard.toml" <<EOF
 [[entry]]
 spiffe_id = "spiffe://example.org/layout"
 selectors = ["unix:uid:$(id -u)"]
 EOF
+    fi
     for run in fresh restart; do
         rm -f "$dir/agent.sock"
         RUST_LOG=warn valgrind --tool=callgrind --demangle=no \
@@ -41,6 +88,11 @@ EOF
         local vg=$!
         for _ in $(seq 1 300); do [ -S "$dir/agent.sock" ] && break; sleep 1; done
         [ -S "$dir/agent.sock" ] || { cat "$dir/$run.log" >&2; exit 1; }
+        # Joined to the server, the entry arrives with the first sync.
+        for _ in $(seq 1 120); do
+            "$bin" fetch x509 --socket "$dir/agent.sock" >/dev/null 2>&1 && break
+            sleep 1
+        done
         for _ in 1 2 3; do
             "$bin" fetch x509 --socket "$dir/agent.sock" >/dev/null
             "$bin" fetch jwt --audience layout --socket "$dir/agent.sock" >/dev/null
@@ -64,6 +116,7 @@ for profile in $profiles; do
     mkdir -p "$work/bin-$profile" "$work/bin-bench"
     cp "target/$profile/lanyard" "$work/bin-$profile/lanyard"
     exercise "$work/bin-$profile/lanyard" "$work/$profile"
+    exercise "$work/bin-$profile/lanyard" "$work/$profile-spire" spire
     if [ "$profile" = release ]; then
         # `cargo bench` builds the agent into the same directory with the dev-dependencies'
         # features (tokio's test-util...), so its functions carry other hashes: list both builds'
@@ -71,40 +124,8 @@ for profile in $profiles; do
         cargo bench --locked --bench e2e --no-run
         cp target/release/lanyard "$work/bin-bench/lanyard"
         exercise "$work/bin-bench/lanyard" "$work/bench"
+        exercise "$work/bin-bench/lanyard" "$work/bench-spire" spire
     fi
-    python3 - "${outputs[@]}" > "layout/text-order.$profile.txt" <<'EOF'
-"""Self cost (instructions) per function of the lanyard binary, summed over callgrind outputs."""
-import collections, re, sys
-
-cost = collections.Counter()
-for path in sys.argv[1:]:
-    names, objects = {}, {}
-    obj = fn = None
-    after_calls = False
-    for line in open(path, errors="replace"):
-        line = line.rstrip("\n")
-        kind, _, rest = line.partition("=")
-        if kind in ("ob", "fn", "cob", "cfn"):
-            m = re.match(r"\((\d+)\)(?: (.*))?", rest)
-            table = objects if kind in ("ob", "cob") else names
-            if m and m.group(2):
-                table[m.group(1)] = m.group(2)
-            if kind == "ob":
-                obj = objects.get(m.group(1)) if m else rest
-            elif kind == "fn":
-                fn = names.get(m.group(1)) if m else rest
-        elif kind == "calls":
-            after_calls = True  # the next cost line is the call's inclusive cost
-        elif line[:1].isdigit() or line[:1] in "+-*":
-            if after_calls:
-                after_calls = False
-                continue
-            parts = line.split()
-            if len(parts) >= 2 and obj and obj.endswith("/lanyard") and fn:
-                # callgrind marks recursion levels with 'N; the symbol is the same.
-                cost[re.sub(r"'\d+$", "", fn)] += int(parts[1])
-for name, _ in cost.most_common():
-    print(name)
-EOF
+    python3 layout/order.py "${outputs[@]}" > "layout/text-order.$profile.txt"
     echo "layout/text-order.$profile.txt: $(wc -l < "layout/text-order.$profile.txt") functions"
 done
