@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates layout/text-order.<profile>.txt: the functions of the `lanyard` binary that run when
-# the agent starts (on a fresh and on an existing data directory; on its own and joined to a SPIRE
-# server), serves the Workload API to a few clients,
-# reloads and stops, most instructions first. build.rs hands the file to the linker
-# (--symbol-ordering-file), which then places those functions side by side at the start of the
-# code, so the agent's resident code is the ~3 MB it runs instead of the ~10 MB of 64 KiB blocks
-# the kernel maps around each first access when they are scattered across 16 MB.
+# the agent starts (on a fresh and on an existing data directory), serves the Workload API to a few
+# clients, reloads and stops — on its own, then joined to a SPIRE server. layout/order.py lists
+# what it ran on its own first (most instructions first), then what it ran only when joined.
+# build.rs hands the file to the linker (--symbol-ordering-file), which places those functions side
+# by side at the start of the code, so the agent's resident code is the ~3 MB it runs instead of
+# the ~10 MB of 64 KiB blocks the kernel maps around each first access when they are scattered
+# across 16 MB.
 #
 # One file per profile: inlining differs between `release` and `dist` (fat LTO), and a function
 # that one build runs but the other only contains would be placed among the hot ones for nothing.
