@@ -16,22 +16,8 @@ bash "$root/tests/interop/setup.sh" spire
 run=$(mktemp -d)
 cleanup() { kill "${agent_pid:-}" "${server_pid:-}" 2>/dev/null || true; rm -rf "$run"; }
 trap cleanup EXIT
-cat > "$run/server.conf" <<CONF
-server {
-  bind_address = "127.0.0.1"
-  bind_port = "18081"
-  socket_path = "$run/server.sock"
-  trust_domain = "example.org"
-  data_dir = "$run/server-data"
-  log_level = "WARN"
-  experimental { cache_reload_interval = "500ms" }
-}
-plugins {
-  DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "$run/server-data/datastore.sqlite3" } }
-  NodeAttestor "join_token" { plugin_data {} }
-  KeyManager "memory" { plugin_data {} }
-}
-CONF
+source "$root/benches/support/spire-server.sh"
+start_spire_server "$run" 18081
 cat > "$run/agent.conf" <<CONF
 agent {
   data_dir = "$run/agent-data"
@@ -48,17 +34,13 @@ plugins {
   WorkloadAttestor "unix" { plugin_data {} }
 }
 CONF
-"$bin/spire-server" run -config "$run/server.conf" >"$run/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do "$bin/spire-server" healthcheck -socketPath "$run/server.sock" >/dev/null 2>&1 && break; sleep 0.2; done
-token=$("$bin/spire-server" token generate -spiffeID spiffe://example.org/node -socketPath "$run/server.sock" | awk '{print $2}')
-lanyard_token=$("$bin/spire-server" token generate -spiffeID spiffe://example.org/lanyard-node -socketPath "$run/server.sock" | awk '{print $2}')
+token=$("$bin/spire-server" token generate -spiffeID spiffe://example.org/node -socketPath "$server_socket" | awk '{print $2}')
+lanyard_token=$("$bin/spire-server" token generate -spiffeID spiffe://example.org/lanyard-node -socketPath "$server_socket" | awk '{print $2}')
 entry_id() { awk -F': *' '/^Entry ID/ {print $2; exit}'; }
 spire_entry=$("$bin/spire-server" entry create -parentID spiffe://example.org/node -spiffeID spiffe://example.org/bench \
-    -selector "unix:uid:$(id -u)" -socketPath "$run/server.sock" | entry_id)
+    -selector "unix:uid:$(id -u)" -socketPath "$server_socket" | entry_id)
 lanyard_entry=$("$bin/spire-server" entry create -parentID spiffe://example.org/lanyard-node -spiffeID spiffe://example.org/bench \
-    -selector "unix:uid:$(id -u)" -socketPath "$run/server.sock" | entry_id)
-"$bin/spire-server" bundle show -socketPath "$run/server.sock" > "$run/bundle.pem"
+    -selector "unix:uid:$(id -u)" -socketPath "$server_socket" | entry_id)
 "$bin/spire-agent" run -config "$run/agent.conf" -joinToken "$token" >"$run/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 150); do
@@ -70,9 +52,9 @@ export LANYARD_BENCH_AUTHORITY="trust_domain = \"example.org\"
 [authority]
 mode = \"spire\"
 server_address = \"127.0.0.1:18081\"
-trust_bundle_path = \"$run/bundle.pem\"
+trust_bundle_path = \"$server_bundle\"
 join_token = \"$lanyard_token\"
 "
-export SPIRE_SERVER_BIN="$bin/spire-server" SPIRE_SERVER_SOCKET="$run/server.sock"
+export SPIRE_SERVER_BIN="$bin/spire-server" SPIRE_SERVER_SOCKET="$server_socket"
 export SPIRE_ENTRIES="lanyard=$lanyard_entry:spiffe://example.org/lanyard-node,spire-agent=$spire_entry:spiffe://example.org/node"
 cargo bench --bench e2e

@@ -24,29 +24,10 @@ trap 'pkill -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
 # A SPIRE server (v1.13.3, built once into target/spire by tests/interop/setup.sh) for the runs
 # joined to it, with an entry for this uid under every node the join tokens below attest.
 bash tests/interop/setup.sh spire
-spire=target/spire/bin/spire-server
-mkdir -p "$work/server"
-cat > "$work/server/server.conf" <<EOF
-server {
-  bind_address = "127.0.0.1"
-  bind_port = "18091"
-  socket_path = "$work/server/api.sock"
-  trust_domain = "example.org"
-  data_dir = "$work/server/data"
-  log_level = "WARN"
-  experimental { cache_reload_interval = "500ms" }
-}
-plugins {
-  DataStore "sql" { plugin_data { database_type = "sqlite3" connection_string = "$work/server/data/datastore.sqlite3" } }
-  NodeAttestor "join_token" { plugin_data {} }
-  KeyManager "memory" { plugin_data {} }
-}
-EOF
-"$spire" run -config "$work/server/server.conf" >"$work/server/server.log" 2>&1 &
-server_pid=$!
+source benches/support/spire-server.sh
+start_spire_server "$work/server" 18091
 trap 'kill $server_pid 2>/dev/null || true; pkill -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do "$spire" healthcheck -socketPath "$work/server/api.sock" >/dev/null 2>&1 && break; sleep 0.2; done
-"$spire" bundle show -socketPath "$work/server/api.sock" > "$work/server/bundle.pem"
+spire=$spire_server
 
 # Runs the agent binary $1 under callgrind twice (a fresh data directory, then the same one again)
 # with clients, a reload and a stop, on its own (local authority) or, with $3 = spire, joined to the
@@ -63,15 +44,15 @@ EOF
     if [ "$mode" = spire ]; then
         local node="spiffe://example.org/layout-node-$RANDOM$RANDOM"
         local token
-        token=$("$spire" token generate -spiffeID "$node" -socketPath "$work/server/api.sock" | awk '{print $2}')
+        token=$("$spire" token generate -spiffeID "$node" -socketPath "$server_socket" | awk '{print $2}')
         "$spire" entry create -parentID "$node" -spiffeID spiffe://example.org/layout \
-            -selector "unix:uid:$(id -u)" -socketPath "$work/server/api.sock" >/dev/null
+            -selector "unix:uid:$(id -u)" -socketPath "$server_socket" >/dev/null
         cat >> "$dir/lanyard.toml" <<EOF
 trust_domain = "example.org"
 [authority]
 mode = "spire"
 server_address = "127.0.0.1:18091"
-trust_bundle_path = "$work/server/bundle.pem"
+trust_bundle_path = "$server_bundle"
 join_token = "$token"
 EOF
     else
