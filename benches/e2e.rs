@@ -139,6 +139,10 @@ fn status_mb(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
+/// Above this much resident machine code idle (on its own, not joined to a server), the code layout
+/// list no longer matches the build: with a current list it is about 3 MB, with none about 10 MB.
+const STALE_LAYOUT_MB: f64 = 4.0;
+
 /// Resident pages of the executable mappings of `pid`'s own binary (its machine code), in MB:
 /// what layout/text-order.txt keeps small (build.rs).
 fn code_mb(pid: u32) -> f64 {
@@ -272,11 +276,16 @@ async fn run() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_mb(agent_pid);
+    let code = code_mb(agent_pid);
     println!(
-        "lanyard idle: RSS {idle:.1} MB, of which its own machine code {:.1} MB and anonymous memory {:.1} MB",
-        code_mb(agent_pid),
+        "lanyard idle: RSS {idle:.1} MB, of which its own machine code {code:.1} MB and anonymous memory {:.1} MB",
         status_mb(agent_pid, "RssAnon:")
     );
+    if code > STALE_LAYOUT_MB && authority.is_none() {
+        println!(
+            "\n*** the agent's resident machine code is {code:.1} MB (about 3 MB with a current code layout): layout/text-order.release.txt names functions this build no longer has; run `bash layout/generate.sh` ***\n"
+        );
+    }
 
     // The floor serves what the agent sends, byte for byte.
     let name = if authority.is_some() {

@@ -11,8 +11,10 @@
 # One file per profile: inlining differs between `release` and `dist` (fat LTO), and a function
 # that one build runs but the other only contains would be placed among the hot ones for nothing.
 #
-# Needs valgrind (callgrind). Run it after a dependency or toolchain update (the names carry hashes
-# that change then; stale names are ignored by the linker, so an old file only orders less):
+# Needs valgrind (callgrind). Run it before a release and after a toolchain or dependency update or
+# a change to code the agent runs: the names carry hashes that change then (generic instances over
+# lanyard's closures, `.llvm.*` suffixes). Stale names are skipped by the linker, so an old file only
+# orders less; `cargo bench --bench e2e` says when the resident code shows it.
 #   bash layout/generate.sh            # release and dist profiles
 #   PROFILES=release bash layout/generate.sh
 set -euo pipefail

@@ -47,6 +47,19 @@ pub trait Attestor: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// The fast path's last step, after [`PinnedProcess::confirm`] proved every fact the caller's:
+    /// what can be known from the executable's stamps that confirm read (`exe`), such as a cached
+    /// hash. `Ok(false)`: slow work is needed after all ([`Attestor::attest`] on the blocking pool).
+    /// The default adds nothing.
+    fn attest_cached_exe(
+        &self,
+        _process: &PinnedProcess,
+        _exe: &crate::sys::proc::FileStamp,
+        _out: &mut SelectorSet,
+    ) -> Result<bool, Error> {
+        Ok(true)
+    }
+
     /// Slow work that can be awaited instead of blocked on (a kubelet request): started before
     /// [`Attestor::attest`] runs on the blocking pool, so that call finds its answer cached and no
     /// blocking thread waits on the network. The default has none.
@@ -92,7 +105,12 @@ pub fn reattest_fast(
             return Ok(None);
         }
     }
-    pinned.confirm()?;
+    let exe = pinned.confirm()?;
+    for attestor in attestors {
+        if !attestor.attest_cached_exe(pinned, &exe, &mut selectors)? {
+            return Ok(None);
+        }
+    }
     Ok(Some(selectors))
 }
 

@@ -23,7 +23,7 @@ use super::Error;
 use crate::sys;
 use crate::sys::peer::{self, PeerCred};
 use crate::sys::pidfd::Pidfd;
-use crate::sys::proc::{Credentials, FileId, NsId, ProcDir};
+use crate::sys::proc::{Credentials, FileId, FileStamp, NsId, ProcDir};
 
 /// How the pidfd of a caller was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,21 +210,22 @@ impl PinnedProcess {
     }
 
     /// Proves the pinned process is still alive and still what it was at accept (same program, same
-    /// mount namespace). Call after reading facts.
+    /// mount namespace). Call after reading facts. Returns the stamps of the executable it read
+    /// (one `stat`): the last fact read, and proven the caller's.
     ///
     /// The pidfd and the PID in the peer credentials name the same kernel process (both were taken
     /// from the socket, or the pidfd was opened by that PID and checked at accept), so "not exited"
     /// proves the PID was not reused while the facts were read.
-    pub fn confirm(&self) -> Result<(), Error> {
+    pub fn confirm(&self) -> Result<FileStamp, Error> {
         let pid = self.cred.pid;
-        let exe = self.dir.exe_id().map_err(pin_error)?;
+        let exe = self.dir.exe_stamp().map_err(pin_error)?;
         let mount_ns = self.dir.mount_ns().map_err(pin_error)?;
         // Liveness after the last read, and before the comparisons: a caller that exited (its PID
         // perhaps taken by another process) is reported as gone, never as changed.
         if self.pidfd.has_exited().map_err(pin_error)? {
             return Err(Error::Exited { pid });
         }
-        if exe != self.ceiling.exe {
+        if exe.id != self.ceiling.exe {
             return Err(Error::Changed {
                 pid,
                 what: "program (it exec'd another executable)",
@@ -236,7 +237,7 @@ impl PinnedProcess {
                 what: "mount namespace",
             });
         }
-        Ok(())
+        Ok(exe)
     }
 
     /// The process's credentials now, which must be exactly those it had at accept.

@@ -97,27 +97,15 @@ impl UnixAttestor {
     }
 
     /// SHA-256 of the caller's executable, read through the pinned process (the exact file it runs),
-    /// cached by device/inode/size/mtime/ctime so a repeat costs one `fstat`.
-    /// `Ok(Hash::NeedsWork)` only when `allow_slow` is false and the file must be read.
-    fn exe_sha256(&self, process: &PinnedProcess, allow_slow: bool) -> Result<Hash, Error> {
+    /// cached by device/inode/size/mtime/ctime so a repeat costs one `fstat`. Blocking: reads and
+    /// hashes the file on a cache miss (never returns `NeedsWork`).
+    fn exe_sha256(&self, process: &PinnedProcess) -> Result<Hash, Error> {
         // A cache hit needs only the stamps (one `stat` through the `exe` link); hashing reads the
         // opened file and keys the result by that file's own stamps.
         let seen = process.dir.exe_stamp().map_err(read_error)?;
-        let (key, stamp) = cache_key(&seen);
-        if let Some(hit) = self.lookup(key, &stamp) {
-            return Ok(Hash::Known(hit));
-        }
-        if seen.size > self.hash_max_bytes {
-            tracing::debug!(
-                pid = process.pid(),
-                size = seen.size,
-                limit = self.hash_max_bytes,
-                "executable larger than the hash limit; no unix:sha256 selector"
-            );
-            return Ok(Hash::TooLarge);
-        }
-        if !allow_slow {
-            return Ok(Hash::NeedsWork);
+        match self.cached_hash(process, &seen) {
+            Hash::NeedsWork => {}
+            known => return Ok(known),
         }
         let mut file = process.dir.open_exe().map_err(read_error)?;
         let meta = file.metadata().map_err(|source| {
@@ -240,6 +228,25 @@ impl UnixAttestor {
         Ok(crate::encoding::hex(ctx.finish().as_ref()))
     }
 
+    /// The hash of the executable with stamps `seen` if the cache has it (or `TooLarge`), without
+    /// reading anything.
+    fn cached_hash(&self, process: &PinnedProcess, seen: &sys::proc::FileStamp) -> Hash {
+        let (key, stamp) = cache_key(seen);
+        if let Some(hit) = self.lookup(key, &stamp) {
+            return Hash::Known(hit);
+        }
+        if seen.size > self.hash_max_bytes {
+            tracing::debug!(
+                pid = process.pid(),
+                size = seen.size,
+                limit = self.hash_max_bytes,
+                "executable larger than the hash limit; no unix:sha256 selector"
+            );
+            return Hash::TooLarge;
+        }
+        Hash::NeedsWork
+    }
+
     fn lookup(&self, key: (u64, u64), stamp: &CachedHash) -> Option<String> {
         let cache = self.hashes.lock().ok()?;
         let hit = cache.get(&key)?;
@@ -273,10 +280,15 @@ impl UnixAttestor {
                 _ => return Ok(false),
             }
         };
-        let sha256 = match self.exe_sha256(process, allow_slow)? {
-            Hash::Known(hex) => Some(hex),
-            Hash::TooLarge => None,
-            Hash::NeedsWork => return Ok(false),
+        // The fast path looks the hash up after the confirm, with the stamps it reads
+        // (`attest_cached_exe`): one `stat` of the executable per call, not two.
+        let sha256 = if allow_slow {
+            match self.exe_sha256(process)? {
+                Hash::Known(hex) => Some(hex),
+                Hash::TooLarge | Hash::NeedsWork => None,
+            }
+        } else {
+            None
         };
         out.insert(Selector::UnixUid(creds.effective_uid));
         out.insert(Selector::UnixGid(creds.effective_gid));
@@ -340,6 +352,20 @@ impl Attestor for UnixAttestor {
 
     fn attest_cached(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<bool, Error> {
         self.collect(process, out, false)
+    }
+
+    fn attest_cached_exe(
+        &self,
+        process: &PinnedProcess,
+        exe: &sys::proc::FileStamp,
+        out: &mut SelectorSet,
+    ) -> Result<bool, Error> {
+        match self.cached_hash(process, exe) {
+            Hash::Known(hex) => out.insert(Selector::UnixSha256(hex)),
+            Hash::TooLarge => {}
+            Hash::NeedsWork => return Ok(false),
+        }
+        Ok(true)
     }
 }
 
