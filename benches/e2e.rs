@@ -171,6 +171,20 @@ fn code_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
+/// The shared objects `pid` has mapped, by file name, in load order (libc, ...): `libm` among them
+/// means a dependency calls a math function src/main.rs does not define.
+fn shared_objects(pid: u32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut names: Vec<String> = Vec::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if name.contains(".so") && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
 /// One server under test: a client on a persistent connection, and the process to measure.
 struct Target {
     name: &'static str,
@@ -278,8 +292,9 @@ async fn run() {
     let idle = rss_mb(agent_pid);
     let code = code_mb(agent_pid);
     println!(
-        "lanyard idle: RSS {idle:.1} MB, of which its own machine code {code:.1} MB and anonymous memory {:.1} MB",
-        status_mb(agent_pid, "RssAnon:")
+        "lanyard idle: RSS {idle:.1} MB, of which its own machine code {code:.1} MB and anonymous memory {:.1} MB; shared objects: {}",
+        status_mb(agent_pid, "RssAnon:"),
+        shared_objects(agent_pid).join(", ")
     );
     if code > STALE_LAYOUT_MB && authority.is_none() {
         println!(

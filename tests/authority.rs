@@ -240,13 +240,18 @@ fn odd_authorities(socket: &Path) -> Vec<(&'static str, Option<Vec<u8>>)> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_authority_form_is_served_on_all_seven_rpcs() {
+/// An agent giving this test's uid `spiffe://example.org/raw`.
+async fn agent_serving_this_uid() -> TestAgent {
     let cfg = format!(
         "[[entry]]\nspiffe_id = \"spiffe://example.org/raw\"\nselectors = [\"unix:uid:{}\"]\n",
         euid()
     );
-    let agent = TestAgent::start(&cfg).await;
+    TestAgent::start(&cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_authority_form_is_served_on_all_seven_rpcs() {
+    let agent = agent_serving_this_uid().await;
     let socket = agent.socket.clone();
     tokio::task::block_in_place(|| {
         let mut baseline = Raw::connect(&socket);
@@ -312,11 +317,7 @@ async fn admin_socket_ignores_the_authority_too() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_header_input_ends_only_its_own_connection() {
-    let cfg = format!(
-        "[[entry]]\nspiffe_id = \"spiffe://example.org/raw\"\nselectors = [\"unix:uid:{}\"]\n",
-        euid()
-    );
-    let agent = TestAgent::start(&cfg).await;
+    let agent = agent_serving_this_uid().await;
     let socket = agent.socket.clone();
     tokio::task::block_in_place(|| {
         let (path, msg) = &rpcs()[0];
@@ -368,6 +369,52 @@ async fn bad_header_input_ends_only_its_own_connection() {
             conn.call_with_block(&[0x80], msg),
             Outcome::GoAway(_)
         ));
+    });
+    agent.shutdown().await;
+}
+
+/// A connection whose first request has an authority h2 accepts (`localhost`: the Rust and Go
+/// stacks) is no longer normalised after it; a later request on it with an authority h2 refuses has
+/// that one stream reset by h2, and the connection goes on serving. (A client's stack sends the same
+/// authority on every request; a connection that starts with an odd one is normalised throughout:
+/// `every_authority_form_is_served_on_all_seven_rpcs`.) An HPACK bomb on such a connection meets
+/// h2's own header list limit and ends only its own stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_starts_plain_passes_through_to_h2() {
+    let agent = agent_serving_this_uid().await;
+    let socket = agent.socket.clone();
+    tokio::task::block_in_place(|| {
+        let (path, msg) = &rpcs()[0];
+        let c_core = odd_authorities(&socket)[0].1.clone().unwrap();
+        let mut conn = Raw::connect(&socket);
+        assert_eq!(conn.call(path, Some(b"localhost"), msg), Outcome::Message);
+        assert!(matches!(
+            conn.call(path, Some(&c_core), msg),
+            Outcome::Reset(_)
+        ));
+        assert_eq!(conn.call(path, Some(b"localhost"), msg), Outcome::Message);
+
+        // The bomb: one 4,000-byte field put in the table (literal with incremental indexing,
+        // RFC 7541 §6.2.1), then a request naming it 100 times (index 62: the newest entry).
+        let mut conn = Raw::connect(&socket);
+        let mut block = Raw::request_block(path, Some(b"localhost"));
+        block.extend([0x40, 5]);
+        block.extend(b"x-big");
+        block.extend([0x7f, 0xa1, 0x1e]); // 4,000 = 127 + 3,873 (33 | 0x80, then 30)
+        block.extend(vec![b'v'; 4000]);
+        assert_eq!(conn.call_with_block(&block, msg), Outcome::Message);
+        let mut bomb = Raw::request_block(path, Some(b"localhost"));
+        bomb.extend([0xbe; 100]);
+        let got = conn.call_with_block(&bomb, msg);
+        assert!(
+            matches!(got, Outcome::Reset(_) | Outcome::GoAway(_)),
+            "an HPACK bomb got {got:?}"
+        );
+        assert_eq!(
+            Raw::connect(&socket).call(path, Some(b"localhost"), msg),
+            Outcome::Message,
+            "a new connection after the bomb"
+        );
     });
     agent.shutdown().await;
 }

@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn lanyard(args: &[&str]) -> std::process::Output {
-    Command::new(lanyard_bin())
+    run(lanyard_bin().as_ref(), args)
+}
+
+/// Runs `program` with `args` (no `SPIFFE_ENDPOINT_SOCKET` from the test's environment).
+fn run(program: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(program)
         .args(args)
         .env_remove("SPIFFE_ENDPOINT_SOCKET")
         .output()
@@ -468,6 +473,19 @@ fn jwt_commands() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("spiffe://example.org: 1 key(s): "));
     let out = lanyard(&["fetch", "jwt", "--socket", &endpoint]);
     assert!(!out.status.success(), "--audience is required");
+
+    // The executable defines the two C math functions it calls (src/main.rs): after serving, the
+    // agent has not loaded the C math library (its mapping was ~0.5 MB of resident memory).
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", agent.id())).unwrap();
+    let libm: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains("/libm.so") || l.contains("/libm-"))
+        .collect();
+    assert!(
+        libm.is_empty(),
+        "the agent maps libm (a dependency calls a math function src/main.rs does not define?):\n{}",
+        libm.join("\n")
+    );
     signal(&agent, libc::SIGTERM);
     assert!(wait_exit(&mut agent, 10).success());
 }
@@ -542,4 +560,27 @@ fn a_bad_worker_thread_count_is_refused_by_name() {
             "{err}"
         );
     }
+}
+
+/// The kernel keeps 15 bytes of a program's name (`comm`) and may cut a multi-byte character in
+/// two: `/proc/<pid>/status` and `stat` then hold bytes that are not UTF-8. Such a caller is
+/// attested like any other (it once got no identity: its `status` was read as a UTF-8 string).
+#[test]
+fn a_program_name_cut_mid_character_gets_its_identity() {
+    let dir = open_tempdir();
+    let me = euid();
+    let config = write_config(dir.path(), &entry("/named", me));
+    let (mut agent, endpoint) = spawn_agent(&["--config", config.to_str().unwrap()]);
+    // Nine two-byte characters: 18 bytes, cut after the first byte of the eighth.
+    let client = dir.path().join("ééééééééé");
+    std::fs::copy(lanyard_bin(), &client).unwrap();
+    let out = run(&client, &["fetch", "x509", "--socket", &endpoint]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/named"));
+    signal(&agent, libc::SIGTERM);
+    assert!(wait_exit(&mut agent, 10).success());
 }

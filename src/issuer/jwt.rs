@@ -144,6 +144,21 @@ impl JwtCache {
         })
     }
 
+    /// The cached token for `req` while more than half its life remains — what [`JwtCache::get`]
+    /// returns without signing — looked up without copying the request. `None`: call `get`.
+    pub fn cached(&self, req: &JwtRequest) -> Option<Arc<JwtSvid>> {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock().ok()?;
+        let slot = state.slots.get_mut(req)?;
+        let current = slot
+            .current
+            .as_ref()
+            .filter(|c| more_than_half_left(c, now))?
+            .clone();
+        slot.last_used = Instant::now();
+        Some(current)
+    }
+
     /// Drops the cached token for `req` if it is `jti` (revoked: its last holder went away), so the
     /// next request signs a new one.
     pub fn forget(&self, req: &JwtRequest, jti: &str) {
@@ -183,11 +198,7 @@ impl JwtCache {
                 }
             });
             slot.last_used = Instant::now();
-            if let Some(current) = &slot.current
-                && more_than_half_left(current, now)
-            {
-                return Ok(current.clone());
-            }
+            // No token with half its life left (the hit returned above, under this same lock).
             let rx = match &slot.pending {
                 Some(rx) => rx.clone(),
                 None => self.start_signing(state, req.clone()),
@@ -475,6 +486,21 @@ mod tests {
             "no refreshing for nobody: {}",
             cache.signed()
         );
+    }
+
+    /// `cached` answers exactly when `get` would hand out the cached token without signing.
+    #[tokio::test(start_paused = true)]
+    async fn cached_is_get_without_signing() {
+        let (_d, cache, _c) = setup(100);
+        assert!(cache.cached(&req("db")).is_none(), "nothing signed yet");
+        let first = cache.get(req("db")).await.unwrap();
+        assert_eq!(cache.cached(&req("db")).unwrap().jti, first.jti);
+        assert!(cache.cached(&req("other")).is_none());
+        // Past half of its 300 s life (no refresher runs here): `get` would sign again.
+        tokio::time::sleep(Duration::from_secs(151)).await;
+        assert!(cache.cached(&req("db")).is_none());
+        assert_ne!(cache.get(req("db")).await.unwrap().jti, first.jti);
+        assert_eq!(cache.signed(), 2);
     }
 
     #[tokio::test]

@@ -97,25 +97,8 @@ impl ProcDir {
 
     /// Reads a whole text file below the directory.
     pub fn read_to_string(&self, name: &'static str) -> Result<String, Error> {
-        let mut file = self.open_file(name)?;
-        // `/proc` files report size 0, so `Read::read_to_string` probes with growing reads (32,
-        // 32, 64, ... bytes: seven calls for `status`) after an `fstat` and an `lseek`; one
-        // page-sized read gets a whole `status` and the next says end of file.
-        let mut buf = vec![0u8; 4096];
-        let mut len = 0;
-        loop {
-            if len == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-            match file.read(&mut buf[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(classify(self.pid, name, e)),
-            }
-        }
-        buf.truncate(len);
-        String::from_utf8(buf).map_err(|e| {
+        let (bytes, _) = self.read_bytes(name, |_| false)?;
+        String::from_utf8(bytes).map_err(|e| {
             classify(
                 self.pid,
                 name,
@@ -124,18 +107,60 @@ impl ProcDir {
         })
     }
 
-    /// Effective uid and gid and the supplementary groups, from `status`.
+    /// Reads a file below the directory until end of file, or until `enough` says the bytes read so
+    /// far hold everything wanted; returns them and whether end of file was reached.
+    fn read_bytes(
+        &self,
+        name: &'static str,
+        enough: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Vec<u8>, bool), Error> {
+        let mut file = self.open_file(name)?;
+        // `/proc` files report size 0, so `Read::read_to_string` probes with growing reads (32,
+        // 32, 64, ... bytes: seven calls for `status`) after an `fstat` and an `lseek`; one
+        // page-sized read gets a whole `status`, and what is read of it is known to be enough
+        // without a second read to see the end of the file.
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            match file.read(&mut buf[len..]) {
+                Ok(0) => {
+                    buf.truncate(len);
+                    return Ok((buf, true));
+                }
+                Ok(n) => {
+                    len += n;
+                    if enough(&buf[..len]) {
+                        buf.truncate(len);
+                        return Ok((buf, false));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(self.pid, name, e)),
+            }
+        }
+    }
+
+    /// Every uid and gid and the supplementary groups, from `status` (read up to its `Groups:` line).
     pub fn credentials(&self) -> Result<Credentials, Error> {
-        Ok(self.status()?.0)
+        let (text, eof) = self.read_bytes("status", |t| {
+            StatusLines::scan(t, false, Until::Groups).groups.is_some()
+        })?;
+        parse_status(self.pid, &StatusLines::scan(&text, eof, Until::Groups))
     }
 
     /// The credentials and the permitted capability set (`CapPrm:`, a bit per capability) from one
     /// read of `status`.
     pub fn status(&self) -> Result<(Credentials, u64), Error> {
-        let text = self.read_to_string("status")?;
+        let (text, eof) = self.read_bytes("status", |t| {
+            StatusLines::scan(t, false, Until::CapPrm).cap_prm.is_some()
+        })?;
+        let lines = StatusLines::scan(&text, eof, Until::CapPrm);
         Ok((
-            parse_status(self.pid, &text)?,
-            parse_permitted_caps(self.pid, &text)?,
+            parse_status(self.pid, &lines)?,
+            parse_permitted_caps(self.pid, &lines)?,
         ))
     }
 
@@ -267,7 +292,7 @@ impl ProcDir {
 
     /// Process start time in clock ticks since boot (field 22 of `stat`).
     pub fn start_time_ticks(&self) -> Result<u64, Error> {
-        let text = self.read_to_string("stat")?;
+        let (text, _) = self.read_bytes("stat", |_| false)?;
         parse_start_time(self.pid, &text)
     }
 }
@@ -297,41 +322,97 @@ fn classify(pid: u32, file: &'static str, source: std::io::Error) -> Error {
     }
 }
 
-fn parse_status(pid: u32, text: &str) -> Result<Credentials, Error> {
+/// The last `status` line a reader needs: the scan stops there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    Groups,
+    CapPrm,
+}
+
+/// The lines of `/proc/<pid>/status` the agent reads (what follows each prefix), each the first of
+/// its name, found in one pass over the bytes. A line counts only when its newline was read (or
+/// the file ended): a line cut off by a short read is never parsed. The `Name:` line, the only one
+/// a process writes into, has its newlines escaped by the kernel, so it cannot fake another line;
+/// its other bytes need not be UTF-8, and nothing here requires them to be.
+#[derive(Default)]
+struct StatusLines<'a> {
+    uid: Option<&'a [u8]>,
+    gid: Option<&'a [u8]>,
+    groups: Option<&'a [u8]>,
+    cap_prm: Option<&'a [u8]>,
+}
+
+impl<'a> StatusLines<'a> {
+    fn scan(text: &'a [u8], eof: bool, until: Until) -> Self {
+        let mut out = Self::default();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            let line = match line.strip_suffix(b"\n") {
+                Some(line) => line,
+                None if eof => line,
+                None => break,
+            };
+            let (slot, last) = if let Some(rest) = line.strip_prefix(b"Uid:") {
+                (&mut out.uid, rest)
+            } else if let Some(rest) = line.strip_prefix(b"Gid:") {
+                (&mut out.gid, rest)
+            } else if let Some(rest) = line.strip_prefix(b"Groups:") {
+                (&mut out.groups, rest)
+            } else if let Some(rest) = line.strip_prefix(b"CapPrm:") {
+                (&mut out.cap_prm, rest)
+            } else {
+                continue;
+            };
+            slot.get_or_insert(last);
+            let done = match until {
+                Until::Groups => out.groups.is_some(),
+                Until::CapPrm => out.cap_prm.is_some(),
+            };
+            if done {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// The whitespace-separated numbers of a line, each `None` if it is not one.
+fn numbers(rest: &[u8]) -> impl Iterator<Item = Option<u32>> + '_ {
+    words(rest).map(|w| std::str::from_utf8(w).ok()?.parse().ok())
+}
+
+/// Like [`numbers`], for fields wider than 32 bits.
+fn numbers_u64(rest: &[u8]) -> impl Iterator<Item = Option<u64>> + '_ {
+    words(rest).map(|w| std::str::from_utf8(w).ok()?.parse().ok())
+}
+
+fn words(rest: &[u8]) -> impl Iterator<Item = &[u8]> {
+    rest.split(u8::is_ascii_whitespace)
+        .filter(|w| !w.is_empty())
+}
+
+fn parse_status(pid: u32, lines: &StatusLines<'_>) -> Result<Credentials, Error> {
     let fmt = |what| Error::ProcFormat {
         pid,
         file: "status",
         what,
     };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
-    };
     // "Uid:\treal\teffective\tsaved\tfs"
-    let uid = field("Uid:").ok_or_else(|| fmt("no Uid line"))?;
-    let gid = field("Gid:").ok_or_else(|| fmt("no Gid line"))?;
-    let four = |v: &[&str], what| -> Result<[u32; 4], Error> {
+    let four = |line: Option<&[u8]>, missing, bad| -> Result<[u32; 4], Error> {
+        let mut values = numbers(line.ok_or_else(|| fmt(missing))?);
         let mut out = [0u32; 4];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = v
-                .get(i)
-                .and_then(|x| x.parse().ok())
-                .ok_or_else(|| fmt(what))?;
+        for slot in &mut out {
+            *slot = values.next().flatten().ok_or_else(|| fmt(bad))?;
         }
         Ok(out)
     };
-    let uids = four(&uid, "bad Uid line")?;
-    let gids = four(&gid, "bad Gid line")?;
-    let (effective_uid, effective_gid) = (uids[1], gids[1]);
-    let supplementary_gids = field("Groups:")
-        .unwrap_or_default()
-        .iter()
-        .map(|g| g.parse().map_err(|_| fmt("bad Groups line")))
+    let uids = four(lines.uid, "no Uid line", "bad Uid line")?;
+    let gids = four(lines.gid, "no Gid line", "bad Gid line")?;
+    let supplementary_gids = numbers(lines.groups.unwrap_or_default())
+        .map(|g| g.ok_or_else(|| fmt("bad Groups line")))
         .collect::<Result<_, _>>()?;
     Ok(Credentials {
-        effective_uid,
-        effective_gid,
+        effective_uid: uids[1],
+        effective_gid: gids[1],
         supplementary_gids,
         uids,
         gids,
@@ -339,9 +420,10 @@ fn parse_status(pid: u32, text: &str) -> Result<Credentials, Error> {
 }
 
 /// The `CapPrm:` line: the permitted capability set as a bit mask.
-fn parse_permitted_caps(pid: u32, text: &str) -> Result<u64, Error> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("CapPrm:"))
+fn parse_permitted_caps(pid: u32, lines: &StatusLines<'_>) -> Result<u64, Error> {
+    lines
+        .cap_prm
+        .and_then(|hex| std::str::from_utf8(hex).ok())
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .ok_or(Error::ProcFormat {
             pid,
@@ -350,10 +432,12 @@ fn parse_permitted_caps(pid: u32, text: &str) -> Result<u64, Error> {
         })
 }
 
-fn parse_start_time(pid: u32, text: &str) -> Result<u64, Error> {
-    // The command name (field 2) may hold spaces and parentheses; fields after the last ')' are plain.
+fn parse_start_time(pid: u32, text: &[u8]) -> Result<u64, Error> {
+    // The command name (field 2) may hold spaces, parentheses and bytes that are not UTF-8; fields
+    // after the last ')' are plain.
     let after = text
-        .rfind(')')
+        .iter()
+        .rposition(|&b| b == b')')
         .map(|i| &text[i + 1..])
         .ok_or(Error::ProcFormat {
             pid,
@@ -361,10 +445,9 @@ fn parse_start_time(pid: u32, text: &str) -> Result<u64, Error> {
             what: "no command name",
         })?;
     // `after` starts at field 3 (state); start time is field 22.
-    after
-        .split_whitespace()
+    numbers_u64(after)
         .nth(22 - 3)
-        .and_then(|v| v.parse().ok())
+        .flatten()
         .ok_or(Error::ProcFormat {
             pid,
             file: "stat",
@@ -376,33 +459,122 @@ fn parse_start_time(pid: u32, text: &str) -> Result<u64, Error> {
 mod tests {
     use super::*;
 
+    fn creds(text: &[u8]) -> Result<Credentials, Error> {
+        parse_status(1, &StatusLines::scan(text, true, Until::Groups))
+    }
+
+    fn caps(text: &[u8]) -> Result<u64, Error> {
+        parse_permitted_caps(1, &StatusLines::scan(text, true, Until::CapPrm))
+    }
+
     #[test]
     fn parses_status() {
         let text =
-            "Name:\tx\nUid:\t1000\t1001\t1002\t1003\nGid:\t50\t51\t52\t53\nGroups:\t4 24 27 \n";
-        let c = parse_status(1, text).unwrap();
+            b"Name:\tx\nUid:\t1000\t1001\t1002\t1003\nGid:\t50\t51\t52\t53\nGroups:\t4 24 27 \n";
+        let c = creds(text).unwrap();
         assert_eq!(c.effective_uid, 1001);
         assert_eq!(c.effective_gid, 51);
+        assert_eq!(c.uids, [1000, 1001, 1002, 1003]);
+        assert_eq!(c.gids, [50, 51, 52, 53]);
         assert_eq!(c.supplementary_gids, vec![4, 24, 27]);
-        let c = parse_status(1, "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").unwrap();
+        let c = creds(b"Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").unwrap();
         assert!(c.supplementary_gids.is_empty());
-        assert!(parse_status(1, "Gid:\t0\t0\t0\t0\n").is_err());
+        assert!(creds(b"Gid:\t0\t0\t0\t0\n").is_err());
+        assert!(
+            creds(b"Uid:\t0\t0\t0\nGid:\t0\t0\t0\t0\n").is_err(),
+            "three uids"
+        );
+        assert!(creds(b"Uid:\t0\tx\t0\t0\nGid:\t0\t0\t0\t0\n").is_err());
+        assert!(creds(b"Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t4 x\n").is_err());
+    }
+
+    /// A process names itself (`prctl(PR_SET_NAME)`) with any bytes but a newline (the kernel
+    /// escapes it): its credentials are read all the same, and its name cannot fake a line.
+    #[test]
+    fn a_name_that_is_not_utf8_or_looks_like_a_line_changes_nothing() {
+        let text = b"Name:\t\xff\xfe Uid:\t0\t0\t0\t0\\nUid:\t0\nUid:\t7\t7\t7\t7\nGid:\t8\t8\t8\t8\nGroups:\t\n";
+        let c = creds(text).unwrap();
+        assert_eq!((c.effective_uid, c.effective_gid), (7, 8));
+        let stat = b"42 (\xff) x) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987 1000 10";
+        assert_eq!(parse_start_time(42, stat).unwrap(), 987);
+    }
+
+    /// A line is used only once its newline was read: a `Groups:` line cut off by a short read is
+    /// not taken for the whole of it (it would drop groups); at the end of the file it is.
+    #[test]
+    fn a_line_cut_off_by_a_short_read_is_not_parsed() {
+        let text = b"Uid:\t1\t1\t1\t1\nGid:\t2\t2\t2\t2\nGroups:\t4 2";
+        assert!(
+            StatusLines::scan(text, false, Until::Groups)
+                .groups
+                .is_none()
+        );
+        assert_eq!(creds(text).unwrap().supplementary_gids, vec![4, 2]);
+        let cut = StatusLines::scan(b"Uid:\t1\t1\t1\t1\nGi", false, Until::Groups);
+        assert!(cut.uid.is_some() && cut.gid.is_none());
+        // The first of a name counts; the scan stops at the line asked for.
+        let two = StatusLines::scan(
+            b"Groups:\t1\nGroups:\t2\nCapPrm:\t1\n",
+            false,
+            Until::Groups,
+        );
+        assert_eq!(two.groups, Some(&b"\t1"[..]));
+        assert!(two.cap_prm.is_none());
     }
 
     #[test]
     fn parses_permitted_caps() {
-        let text = "Uid:\t0\t0\t0\t0\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n";
-        assert_eq!(parse_permitted_caps(1, text).unwrap(), 0x1ff_ffff_ffff);
-        let none = "CapPrm:\t0000000000000000\n";
-        assert_eq!(parse_permitted_caps(1, none).unwrap(), 0);
-        assert!(parse_permitted_caps(1, "CapPrm:\tzz\n").is_err());
-        assert!(parse_permitted_caps(1, "Uid:\t0\t0\t0\t0\n").is_err());
+        let text = b"Uid:\t0\t0\t0\t0\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n";
+        assert_eq!(caps(text).unwrap(), 0x1ff_ffff_ffff);
+        assert_eq!(caps(b"CapPrm:\t0000000000000000\n").unwrap(), 0);
+        assert!(caps(b"CapPrm:\tzz\n").is_err());
+        assert!(caps(b"Uid:\t0\t0\t0\t0\n").is_err());
     }
 
     #[test]
     fn parses_start_time_with_odd_command_names() {
-        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 123456 1000 10";
+        let stat =
+            b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 123456 1000 10";
         assert_eq!(parse_start_time(42, stat).unwrap(), 123456);
+    }
+
+    /// A `Groups:` line longer than the first page-sized read (1,000 groups, about 7 KB) is read
+    /// whole: the read goes on until the line's newline.
+    #[test]
+    fn a_groups_line_longer_than_a_page_is_read_whole() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "setgroups needs root, and CI runs as root"
+            );
+            eprintln!("*** SKIPPED a_groups_line_longer_than_a_page_is_read_whole: needs root ***");
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let groups: Vec<libc::gid_t> = (100_000..101_000).collect();
+        let set = groups.clone();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: only the setgroups syscall runs between fork and exec, on memory owned by the
+        // closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(set.len(), set.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let dir = ProcDir::open(child.id()).unwrap();
+        let read = (dir.credentials(), dir.status());
+        let _ = child.kill();
+        let _ = child.wait();
+        let creds = read.0.unwrap();
+        assert_eq!(creds.supplementary_gids, groups);
+        assert_eq!(read.1.unwrap().0, creds);
     }
 
     #[test]
@@ -411,6 +583,11 @@ mod tests {
         let creds = me.credentials().unwrap();
         // SAFETY: geteuid has no preconditions.
         assert_eq!(creds.effective_uid, unsafe { libc::geteuid() });
+        let (all, _caps) = me.status().unwrap();
+        assert_eq!(
+            all, creds,
+            "credentials() stops at Groups:, status() reads on to CapPrm:"
+        );
         assert_eq!(me.exe_path().unwrap(), std::env::current_exe().unwrap());
         assert!(me.start_time_ticks().unwrap() > 0);
         // The namespace read from the link is the namespace file's inode.

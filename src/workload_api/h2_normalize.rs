@@ -18,6 +18,14 @@
 //! without being buffered. The h2 server advertises the default header table size (4096), which is
 //! the bound our decoder enforces on the client's size updates.
 //!
+//! A client whose first request carries an authority h2 accepts (`localhost`, `[::]:50051`: the
+//! Rust and Go stacks), or none, has nothing to normalise: that first block is handed to h2 as it
+//! came, and from then on every byte of the connection passes unchanged, read straight into h2's
+//! buffer ([`Normalizer::passes_through`]), and h2's decoder keeps the client's table itself. A
+//! client of that kind sends the same authority on every request; one that later sends another
+//! authority h2 refuses gets that stream reset by h2, as from any h2 server. The decision is made
+//! once, on the first block, because the two ways of keeping h2's table right cannot be mixed.
+//!
 //! Bad input never reaches a panic: a block that does not decode, a CONTINUATION out of place, a
 //! PUSH_PROMISE from a client, or a block over [`MAX_HEADER_BLOCK`] (encoded or decoded) makes the
 //! normaliser hand h2 one HEADERS frame that h2's decoder refuses, so h2 answers with its own
@@ -88,6 +96,8 @@ enum State {
     Frame,
     /// Copying the payload of a frame that is not ours to read; the count is what is left.
     Pass(usize),
+    /// The first request needed no normalising: everything passes unchanged from here on.
+    Through,
     /// Refused: nothing more is handed to h2.
     Closed,
 }
@@ -141,6 +151,12 @@ impl Normalizer {
         self.blocks > 0
     }
 
+    /// Whether every byte from now on passes unchanged (the first request's authority was one h2
+    /// accepts): the caller may hand h2 the socket's bytes directly once its output is drained.
+    pub(crate) fn passes_through(&self) -> bool {
+        self.state == State::Through
+    }
+
     /// Whether the connection was refused: after the refusal frame, h2 must read end-of-stream.
     pub(crate) fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -159,7 +175,7 @@ impl Normalizer {
                     input.clear();
                     return;
                 }
-                State::Raw => {
+                State::Raw | State::Through => {
                     out.extend_from_slice(input);
                     input.clear();
                     return;
@@ -305,10 +321,14 @@ impl Normalizer {
         let Some(open) = self.open.take() else {
             return Err(Error::StrayContinuation);
         };
+        let first = self.blocks == 0;
         self.blocks += 1;
         let mut fields = Vec::with_capacity(self.block.len() + 64);
         let mut listed = 0usize;
         let mut over = false;
+        // The `:authority` fields of the block, and whether each is one h2 accepts as it is.
+        let mut authorities = 0usize;
+        let mut accepted = true;
         // Huffman-coded strings made plain first (see `huffman`): same fields, same table updates.
         self.plain.clear();
         let block = match huffman::unhuffman(&self.block, &mut self.plain) {
@@ -323,7 +343,10 @@ impl Normalizer {
                     over = true;
                     return;
                 }
-                if name.as_ref() != b":authority" {
+                if name.as_ref() == b":authority" {
+                    authorities += 1;
+                    accepted &= h2_accepts_authority(&value);
+                } else {
                     put_literal(&mut fields, &name, &value);
                 }
             });
@@ -337,6 +360,19 @@ impl Normalizer {
         }
         if over {
             return Err(Error::TooLarge);
+        }
+        if first && authorities <= 1 && accepted {
+            // Nothing to normalise: h2 gets this block as the client encoded it (its decoder then
+            // starts from the client's table) and every later byte unchanged.
+            write_block(out, &open, &self.block);
+            tracing::debug!(
+                "the first request's authority needs no normalising: the connection passes through"
+            );
+            self.state = State::Through;
+            self.decoder = Decoder::new();
+            self.block = Vec::new();
+            self.plain = Vec::new();
+            return Ok(());
         }
         self.block.clear();
         write_block(out, &open, &fields);
@@ -355,6 +391,12 @@ impl Normalizer {
         out.put_u8(0x80);
         self.state = State::Closed;
     }
+}
+
+/// Whether h2 takes `value` as a request's authority (it parses `:authority` with the `http`
+/// crate's `Authority` and resets the stream when that fails).
+fn h2_accepts_authority(value: &[u8]) -> bool {
+    tonic::codegen::http::uri::Authority::try_from(value).is_ok()
 }
 
 /// A literal header field without indexing, new name, no Huffman coding (RFC 7541 §6.2.2).

@@ -122,11 +122,17 @@ pub(super) async fn fetch(
             audiences: ask.audiences.clone(),
             ttl: identity.jwt_ttl,
         };
-        // A token that must be signed is a new credential: it counts against the caller's rate.
-        if !ctx.jwt.is_fresh(&req) {
-            ctx.shares.new_credential(attested.uid())?;
-        }
-        let mut jwt = ctx.jwt.get(req.clone()).await?;
+        let mut jwt = match ctx.jwt.cached(&req) {
+            Some(jwt) => jwt,
+            None => {
+                // A token that must be signed is a new credential: it counts against the caller's
+                // rate (one already being signed for someone else does not).
+                if !ctx.jwt.is_fresh(&req) {
+                    ctx.shares.new_credential(attested.uid())?;
+                }
+                ctx.jwt.get(req.clone()).await?
+            }
+        };
         // A cached token whose last holder exited (revoked) is not handed to anyone again.
         if ctx.inventory.revoked_jwt(&jwt.jti).is_some() {
             ctx.jwt.forget(&req, &jwt.jti);

@@ -217,6 +217,13 @@ impl AsyncRead for PeerStream {
                 // Refused: h2 has its GOAWAY frame; now the connection reads as closed.
                 return Poll::Ready(Ok(()));
             }
+            if this.normalizer.passes_through() && this.pending.is_empty() {
+                // Nothing left to normalise on this connection: the socket reads into h2's buffer.
+                if this.pending.capacity() > 0 {
+                    this.pending = BytesMut::new();
+                }
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             // The socket is read into h2's own buffer, used here as scratch space (no buffer of
             // our own per connection); the bytes are moved out before anything is handed over.
             let before = buf.filled().len();

@@ -59,9 +59,23 @@ enum Seen {
     Other(Frame),
 }
 
-/// Reads the output like h2 does, with a fresh decoder, and checks that no frame is over the
-/// default maximum frame size and that the block uses no dynamic table.
+/// How the output was written: normalised (literals without indexing, never padded) or passed
+/// through as the client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Normalised,
+    Through,
+}
+
+/// Reads normalised output like h2 does, with a fresh decoder (see [`read_output_as`]).
 fn read_output(out: &[u8]) -> Vec<Seen> {
+    read_output_as(out, Mode::Normalised)
+}
+
+/// Reads the output like h2 does, with one decoder for the connection, and checks that no frame is
+/// over the default maximum frame size; normalised output must also use no dynamic table and no
+/// padding.
+fn read_output_as(out: &[u8], mode: Mode) -> Vec<Seen> {
     assert!(out.starts_with(PREFACE));
     let mut decoder = Decoder::new();
     let mut seen = Vec::new();
@@ -76,11 +90,16 @@ fn read_output(out: &[u8]) -> Vec<Seen> {
         match f.kind {
             HEADERS => {
                 assert!(open.is_none(), "HEADERS inside an open block");
-                assert_eq!(f.flags & PADDED, 0, "the output is never padded");
+                let mut payload = &f.payload[..];
+                if f.flags & PADDED != 0 {
+                    assert_eq!(mode, Mode::Through, "normalised output is never padded");
+                    let pad = usize::from(payload[0]);
+                    payload = &payload[1..payload.len() - pad];
+                }
                 let (priority, frag) = if f.flags & PRIORITY != 0 {
-                    (Some(f.payload[..5].to_vec()), f.payload[5..].to_vec())
+                    (Some(payload[..5].to_vec()), payload[5..].to_vec())
                 } else {
-                    (None, f.payload.clone())
+                    (None, payload.to_vec())
                 };
                 open = Some((f.stream, f.flags & END_STREAM != 0, priority, frag));
                 if f.flags & END_HEADERS == 0 {
@@ -104,9 +123,17 @@ fn read_output(out: &[u8]) -> Vec<Seen> {
             }
         }
         let (stream, end_stream, priority, block) = open.take().unwrap();
-        // Only literals without indexing: the decoder's dynamic table must stay empty.
-        let fields = decoder.decode(&block).expect("output block decodes");
-        assert!(block.first().is_none_or(|b| *b == 0x00));
+        let fields = match decoder.decode(&block) {
+            Ok(fields) => fields,
+            // A block of nothing but a table size update, passed through as the client sent it (h2
+            // applies the update and refuses the empty request).
+            Err(DecoderError::SizeUpdateAtEnd) if mode == Mode::Through => Vec::new(),
+            Err(e) => panic!("output block does not decode: {e:?}"),
+        };
+        if mode == Mode::Normalised {
+            // Only literals without indexing: the decoder's dynamic table must stay empty.
+            assert!(block.first().is_none_or(|b| *b == 0x00));
+        }
         seen.push(Seen::Block {
             stream,
             end_stream,
@@ -242,7 +269,6 @@ fn odd_authorities_are_dropped_and_the_rest_kept_in_order() {
         &b"tmp%2Fx%2Fworkload.sock"[..],
         b"%2Ftmp%2Fx%2Fworkload.sock",
         b"/tmp/x/workload.sock",
-        b"localhost",
         b"",
         b"\xff\xfe not utf-8",
     ] {
@@ -287,6 +313,137 @@ fn a_request_without_authority_is_unchanged_in_meaning() {
             fields
         }]
     );
+}
+
+/// The Rust and Go stacks send an authority h2 accepts: their connections pass through after the
+/// first request, which h2 receives as the client encoded it (dynamic table included), and every
+/// later frame byte for byte — even a request with an authority h2 will refuse (h2 resets that
+/// stream, as any h2 server would).
+#[test]
+fn a_first_request_with_an_authority_h2_accepts_lets_the_connection_through() {
+    for authority in [&b"localhost"[..], b"[::]:50051", b"example.org:443"] {
+        assert!(h2_accepts_authority(authority));
+        let mut enc = Encoder::default();
+        let flags = Encoder::HUFFMAN_VALUE | Encoder::WITH_INDEXING;
+        let first = request_fields(authority, "/SpiffeWorkloadAPI/FetchX509SVID");
+        let second = request_fields(authority, "/SpiffeWorkloadAPI/FetchJWTSVID");
+        let third = request_fields(
+            b"tmp%2Fx%2Fworkload.sock",
+            "/SpiffeWorkloadAPI/FetchJWTSVID",
+        );
+        let mut input = PREFACE.to_vec();
+        input.extend(block_frames(
+            1,
+            &encode(&mut enc, &first, flags),
+            &[5],
+            Some(3),
+            true,
+            false,
+        ));
+        let first_len = input.len();
+        let data = Frame {
+            kind: 0x0,
+            flags: END_STREAM,
+            stream: 1,
+            payload: vec![0, 0, 0, 0, 0],
+        };
+        input.extend(frame_bytes(&data));
+        input.extend(block_frames(
+            3,
+            &encode(&mut enc, &second, flags),
+            &[4, 9],
+            Some(1),
+            false,
+            true,
+        ));
+        input.extend(block_frames(
+            5,
+            &encode(&mut enc, &third, flags),
+            &[],
+            None,
+            false,
+            true,
+        ));
+        for chunks in [&[1usize][..], &[7, 100], &[10_000]] {
+            let (out, n) = run(&input, chunks);
+            assert!(n.passes_through() && n.has_requests() && !n.is_closed());
+            // After the first block (framed anew: one HEADERS, no padding), the input unchanged.
+            let first_out = out.len() - (input.len() - first_len);
+            assert_eq!(out[first_out..], input[first_len..]);
+            assert_eq!(
+                read_output_as(&out, Mode::Through),
+                vec![
+                    Seen::Block {
+                        stream: 1,
+                        end_stream: false,
+                        priority: Some(vec![0, 0, 0, 0, 15]),
+                        fields: first.clone(),
+                    },
+                    Seen::Other(data.clone()),
+                    Seen::Block {
+                        stream: 3,
+                        end_stream: true,
+                        priority: None,
+                        fields: second.clone(),
+                    },
+                    Seen::Block {
+                        stream: 5,
+                        end_stream: true,
+                        priority: None,
+                        fields: third.clone(),
+                    },
+                ]
+            );
+        }
+    }
+}
+
+/// A first request whose authority h2 would refuse (gRPC's C core), or with two authorities, keeps
+/// the whole connection normalised, later requests with a plain authority included.
+#[test]
+fn an_odd_first_authority_keeps_the_connection_normalised() {
+    let mut twice = request_fields(b"localhost", "/p");
+    twice.push((b":authority".to_vec(), b"localhost".to_vec()));
+    for first in [request_fields(b"tmp%2Fx%2Fworkload.sock", "/p"), twice] {
+        let second = request_fields(b"localhost", "/q");
+        let mut enc = Encoder::default();
+        let mut input = PREFACE.to_vec();
+        input.extend(block_frames(
+            1,
+            &encode(&mut enc, &first, Encoder::WITH_INDEXING),
+            &[],
+            None,
+            false,
+            true,
+        ));
+        input.extend(block_frames(
+            3,
+            &encode(&mut enc, &second, Encoder::WITH_INDEXING),
+            &[],
+            None,
+            false,
+            true,
+        ));
+        let (out, n) = run(&input, &[13]);
+        assert!(!n.passes_through() && !n.is_closed());
+        assert_eq!(
+            read_output(&out),
+            vec![
+                Seen::Block {
+                    stream: 1,
+                    end_stream: true,
+                    priority: None,
+                    fields: without_authority(&first),
+                },
+                Seen::Block {
+                    stream: 3,
+                    end_stream: true,
+                    priority: None,
+                    fields: without_authority(&second),
+                },
+            ]
+        );
+    }
 }
 
 #[test]
@@ -455,11 +612,16 @@ fn refusals() {
 #[test]
 fn a_decoded_block_over_the_limit_is_refused_even_when_small_on_the_wire() {
     // One 4000-byte header inserted once, then referenced by index 62 many times: an HPACK bomb.
+    // (The first request's authority keeps the connection normalised; on a connection that passes
+    // through, h2's own header list limit meets the bomb: tests/authority.rs.)
     let mut input = PREFACE.to_vec();
     let mut enc = Encoder::default();
     let first = encode(
         &mut enc,
-        &[(b"x-big".to_vec(), vec![b'v'; 4000])],
+        &[
+            (b":authority".to_vec(), b"tmp%2Fx".to_vec()),
+            (b"x-big".to_vec(), vec![b'v'; 4000]),
+        ],
         Encoder::WITH_INDEXING,
     );
     input.extend(block_frames(1, &first, &[], None, false, false));
@@ -471,7 +633,7 @@ fn a_decoded_block_over_the_limit_is_refused_even_when_small_on_the_wire() {
 
 #[test]
 fn large_blocks_are_cut_at_the_frame_size() {
-    let mut fields = request_fields(b"a", "/p");
+    let mut fields = request_fields(b"tmp%2Fa", "/p");
     for i in 0..6 {
         fields.push((format!("x-meta-{i}").into_bytes(), vec![b'm'; 4000]));
     }
@@ -560,13 +722,21 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Random requests from an independent encoder (Huffman, indexing with evictions, size updates),
-    /// cut into random frames and random reads: h2 sees the same fields minus `:authority`, the
-    /// same flags and priority, and every other frame byte for byte.
+    /// cut into random frames and random reads: h2 sees the same fields minus `:authority` (all of
+    /// them, when the first request's authority is one h2 accepts), the same flags and priority,
+    /// and every other frame byte for byte.
     #[test]
     fn what_h2_sees_is_the_request_without_authority(
         blocks in prop::collection::vec(block(), 1..8),
         chunks in prop::collection::vec(1usize..300, 1..6),
     ) {
+        let authorities: Vec<&[u8]> = blocks[0]
+            .fields
+            .iter()
+            .filter(|(n, _)| n == b":authority")
+            .map(|(_, v)| &v[..])
+            .collect();
+        let through = authorities.len() <= 1 && authorities.iter().all(|a| h2_accepts_authority(a));
         let mut enc = Encoder::default();
         let mut input = PREFACE.to_vec();
         let mut want = Vec::new();
@@ -582,7 +752,7 @@ proptest! {
                 stream,
                 end_stream: b.end_stream,
                 priority: b.prio.then(|| vec![0, 0, 0, 0, 15]),
-                fields: without_authority(&b.fields),
+                fields: if through { b.fields.clone() } else { without_authority(&b.fields) },
             });
             let data = Frame { kind: 0x0, flags: 0, stream, payload: b.between.clone() };
             input.extend(frame_bytes(&data));
@@ -590,7 +760,9 @@ proptest! {
         }
         let (out, n) = run(&input, &chunks);
         prop_assert!(!n.is_closed(), "refused: {:?}", n.refusal());
-        prop_assert_eq!(read_output(&out), want);
+        prop_assert_eq!(n.passes_through(), through);
+        let mode = if through { Mode::Through } else { Mode::Normalised };
+        prop_assert_eq!(read_output_as(&out, mode), want);
     }
 
     /// Arbitrary bytes after the preface: no panic, and the output is whole frames whose header
@@ -617,6 +789,10 @@ proptest! {
         for f in &frames {
             if f.kind == HEADERS && f.payload != [0x80] && f.flags & END_HEADERS != 0 && f.flags & PRIORITY == 0 {
                 prop_assert!(decoder.decode(&f.payload).is_ok());
+                if n.passes_through() {
+                    // The first block decoded and the rest of the garbage passed on, for h2 to refuse.
+                    break;
+                }
             }
         }
         if n.is_closed() {
