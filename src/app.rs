@@ -696,8 +696,9 @@ impl Probes {
 }
 
 /// Raises the open-files limit as far as allowed and warns when the configured limits could need
-/// more file descriptors than that (each connection: a socket and a pidfd; each stream: a `/proc`
-/// directory). Returns the limit in force.
+/// more file descriptors than that (each connection: a socket, a pidfd and, once it was served, its
+/// caller's `/proc` directory; each stream at most one more `/proc` directory — streams share their
+/// connection's once it is kept). Returns the limit in force.
 fn fd_budget(limits: &crate::limits::LimitsConfig) -> u64 {
     let nofile = match crate::sys::raise_nofile() {
         Ok(n) => n,
@@ -706,7 +707,7 @@ fn fd_budget(limits: &crate::limits::LimitsConfig) -> u64 {
             return 0;
         }
     };
-    let need = (limits.max_connections as u64) * 2 + limits.max_streams as u64 + 256;
+    let need = (limits.max_connections as u64) * 3 + limits.max_streams as u64 + 256;
     if nofile < need {
         tracing::warn!(
             nofile,

@@ -176,7 +176,25 @@ async fn user_group_and_supplementary_gid_selectors() {
 async fn a_caller_that_exits_right_after_connecting_gets_nothing() {
     let agent = TestAgent::start(&entry("/me", &[&format!("unix:uid:{}", euid())])).await;
     let fd = connect_from_short_lived_child(&agent.socket);
-    // SAFETY: `fd` is a connected socket this test owns.
+    let mut client = client_over(fd).await;
+    let mut req = tonic::Request::new(X509svidRequest {});
+    req.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    let err = client
+        .fetch_x509svid(req)
+        .await
+        .expect_err("a dead caller must get nothing");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // The same uid, alive, on its own connection, is served.
+    let mut live = agent.client().await;
+    assert!(live.fetch_x509svid(X509svidRequest {}).await.is_ok());
+    agent.shutdown().await;
+}
+
+/// A Workload API client over the already connected socket `fd` (owned by the caller).
+async fn client_over(fd: i32) -> SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    // SAFETY: `fd` is a connected socket the caller owns and hands over here.
     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     std_stream.set_nonblocking(true).unwrap();
     let slot = Arc::new(Mutex::new(Some(
@@ -193,20 +211,7 @@ async fn a_caller_that_exits_right_after_connecting_gets_nothing() {
         }))
         .await
         .unwrap();
-    let mut client = SpiffeWorkloadApiClient::new(channel);
-    let mut req = tonic::Request::new(X509svidRequest {});
-    req.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    let err = client
-        .fetch_x509svid(req)
-        .await
-        .expect_err("a dead caller must get nothing");
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-
-    // The same uid, alive, on its own connection, is served.
-    let mut live = agent.client().await;
-    assert!(live.fetch_x509svid(X509svidRequest {}).await.is_ok());
-    agent.shutdown().await;
+    SpiffeWorkloadApiClient::new(channel)
 }
 
 /// Creates a socket, lets a forked child `connect()` it and exit, reaps the child, and returns the
@@ -239,5 +244,78 @@ fn connect_from_short_lived_child(path: &std::path::Path) -> i32 {
             "child connected"
         );
         fd
+    }
+}
+
+/// The connection keeps its caller's `/proc` directory once an attestation through it was
+/// confirmed (no `open` per call). A caller that was served and then exits leaves that directory
+/// reading nothing: whoever still holds the socket gets nothing on the next call, on the same
+/// connection, as on a new stream.
+#[tokio::test]
+async fn a_served_caller_that_exits_leaves_its_connection_nothing() {
+    let agent = TestAgent::start(&entry("/me", &[&format!("unix:uid:{}", euid())])).await;
+    let (fd, child) = connect_from_child_that_waits(&agent.socket);
+    let mut client = client_over(fd).await;
+    let request = || {
+        let mut req = tonic::Request::new(X509svidRequest {});
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        req
+    };
+    // The child that connected is alive: served, twice (the second call through the kept directory).
+    for _ in 0..2 {
+        let mut stream = client.fetch_x509svid(request()).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/me");
+    }
+    // SAFETY: kill and waitpid on the child forked here.
+    unsafe {
+        assert_eq!(libc::kill(child, libc::SIGKILL), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(child, &mut status, 0), child);
+    }
+    let err = client
+        .fetch_x509svid(request())
+        .await
+        .expect_err("the caller is gone: nothing for whoever holds its socket");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    agent.shutdown().await;
+}
+
+/// Like [`connect_from_short_lived_child`], but the child stays alive (blocked) until killed;
+/// returns the connected socket and the child's PID.
+fn connect_from_child_that_waits(path: &std::path::Path) -> (i32, i32) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain libc calls on values owned here; the child only calls connect, write, pause and
+    // _exit, which are async-signal-safe.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        assert!(bytes.len() < addr.sun_path.len());
+        for (i, b) in bytes.iter().enumerate() {
+            addr.sun_path[i] = *b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        let mut ready = [0i32; 2];
+        assert_eq!(libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let pid = libc::fork();
+        assert!(pid >= 0);
+        if pid == 0 {
+            let rc = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+            let byte = [u8::from(rc == 0)];
+            libc::write(ready[1], byte.as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+        libc::close(ready[1]);
+        let mut byte = [0u8];
+        assert_eq!(libc::read(ready[0], byte.as_mut_ptr().cast(), 1), 1);
+        libc::close(ready[0]);
+        assert_eq!(byte[0], 1, "child connected");
+        (fd, pid)
     }
 }

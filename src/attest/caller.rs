@@ -14,7 +14,10 @@
 //! still the one that connected before slow work reads its facts; the cached path opens the
 //! directory only ([`PinnedProcess::open`]). Facts are read relative to that directory, and
 //! [`PinnedProcess::confirm`] proves, after the last read, that the process was alive throughout
-//! (so the directory was its own) and unchanged.
+//! (so the directory was its own) and unchanged. The first directory a confirm proves is kept for
+//! the connection and used by every later attestation on it (no `open` and `close` per call): a
+//! handle on `/proc/<pid>` stays bound to the process it was opened for — once that process is
+//! gone, reads through it fail; they never reach a process that takes the PID later.
 
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, OnceLock};
@@ -68,18 +71,28 @@ pub struct Caller {
     ceiling: Arc<Ceiling>,
     /// The pidfs inode of the pidfd, looked up once per connection.
     instance: OnceLock<Option<u64>>,
+    /// The caller's `/proc` directory, once a confirm through it succeeded ([`ProvenDir`]).
+    proven: ProvenDir,
 }
+
+/// Where a connection keeps its caller's `/proc` directory. Filled only by a successful
+/// [`PinnedProcess::confirm`] through that directory — the proof that the directory was the
+/// caller's — and never replaced; idle connections (no attestation yet) hold none, so the
+/// descriptors an idle connection costs stay two (its socket and its pidfd).
+type ProvenDir = Arc<OnceLock<Arc<ProcDir>>>;
 
 /// A caller whose `/proc` directory is open and proven to belong to it.
 #[derive(Debug)]
 pub struct PinnedProcess {
     pub cred: PeerCred,
     pub pidfd: Arc<Pidfd>,
-    pub dir: ProcDir,
+    pub dir: Arc<ProcDir>,
     /// With the PID, names this process among all that ever had the PID (the inventory's holder
     /// key): the pidfs inode where the kernel has pidfs, else the start time in clock ticks.
     pub instance: u64,
     ceiling: Arc<Ceiling>,
+    /// The connection's slot for a proven directory (filled by `confirm`).
+    proven: ProvenDir,
 }
 
 impl Caller {
@@ -146,6 +159,7 @@ impl Caller {
             source,
             ceiling: Arc::new(ceiling),
             instance: OnceLock::new(),
+            proven: ProvenDir::default(),
         })
     }
 
@@ -194,8 +208,14 @@ impl PinnedProcess {
     /// "not exited" proves the caller was alive when the directory was opened, so the directory was
     /// its own and every fact read through it was the caller's (a directory handle never moves to a
     /// process that later takes the PID). The cached attestation uses this: one `poll` fewer.
+    ///
+    /// A connection whose caller was confirmed before reuses that directory (already proven the
+    /// caller's): nothing is opened.
     pub fn open(caller: &Caller) -> Result<Self, Error> {
-        let dir = ProcDir::open(caller.cred.pid).map_err(pin_error)?;
+        let dir = match caller.proven.get() {
+            Some(dir) => dir.clone(),
+            None => Arc::new(ProcDir::open(caller.cred.pid).map_err(pin_error)?),
+        };
         let pinned = Self {
             cred: caller.cred,
             pidfd: caller.pidfd.clone(),
@@ -205,6 +225,7 @@ impl PinnedProcess {
             },
             dir,
             ceiling: caller.ceiling.clone(),
+            proven: caller.proven.clone(),
         };
         Ok(pinned)
     }
@@ -237,6 +258,9 @@ impl PinnedProcess {
                 what: "mount namespace",
             });
         }
+        // Alive after the last read through `dir`: it is the caller's, for as long as it is open.
+        // The connection keeps the first one proven (a later one is the same process's anyway).
+        let _ = self.proven.set(self.dir.clone());
         Ok(exe)
     }
 
@@ -309,5 +333,40 @@ fn pin_error(e: sys::Error) -> Error {
     match e {
         sys::Error::Exited { pid } => Error::Exited { pid },
         e => Error::Pin(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    /// Nothing is kept before a confirm; the first directory a confirm proves is kept for the
+    /// connection (later opens reuse it) and never replaced; another connection has its own.
+    #[test]
+    fn the_first_confirmed_directory_is_kept_for_the_connection() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let caller = Caller::from_socket(a.as_fd()).unwrap();
+        let first = PinnedProcess::open(&caller).unwrap();
+        let second = PinnedProcess::open(&caller).unwrap();
+        assert!(!Arc::ptr_eq(&first.dir, &second.dir), "nothing kept yet");
+        first.confirm().unwrap();
+        second.confirm().unwrap();
+        let third = PinnedProcess::open(&caller).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.dir, &third.dir),
+            "the first proven is kept"
+        );
+        assert!(Arc::ptr_eq(
+            &first.dir,
+            &PinnedProcess::pin(&caller).unwrap().dir
+        ));
+        let (c, _d) = UnixStream::pair().unwrap();
+        let other = Caller::from_socket(c.as_fd()).unwrap();
+        assert!(!Arc::ptr_eq(
+            &first.dir,
+            &PinnedProcess::open(&other).unwrap().dir
+        ));
     }
 }
