@@ -214,23 +214,34 @@ async fn client_over(fd: i32) -> SpiffeWorkloadApiClient<tonic::transport::Chann
     SpiffeWorkloadApiClient::new(channel)
 }
 
+/// A new Unix stream socket and the address of `path`, for a forked child to `connect()`.
+fn socket_for(path: &std::path::Path) -> (i32, libc::sockaddr_un, libc::socklen_t) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket(2) with constant arguments; `sockaddr_un` is plain data, valid when zeroed.
+    let (fd, mut addr) = unsafe {
+        (
+            libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0),
+            std::mem::zeroed::<libc::sockaddr_un>(),
+        )
+    };
+    assert!(fd >= 0);
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len());
+    for (i, b) in bytes.iter().enumerate() {
+        addr.sun_path[i] = *b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    (fd, addr, len)
+}
+
 /// Creates a socket, lets a forked child `connect()` it and exit, reaps the child, and returns the
 /// connected socket: its peer credentials name a process that no longer exists.
 fn connect_from_short_lived_child(path: &std::path::Path) -> i32 {
-    use std::os::unix::ffi::OsStrExt;
+    let (fd, addr, len) = socket_for(path);
     // SAFETY: plain libc calls on values owned here; the child only calls connect and _exit, which
     // are async-signal-safe.
     unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let bytes = path.as_os_str().as_bytes();
-        assert!(bytes.len() < addr.sun_path.len());
-        for (i, b) in bytes.iter().enumerate() {
-            addr.sun_path[i] = *b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         let pid = libc::fork();
         assert!(pid >= 0);
         if pid == 0 {
@@ -285,20 +296,10 @@ async fn a_served_caller_that_exits_leaves_its_connection_nothing() {
 /// Like [`connect_from_short_lived_child`], but the child stays alive (blocked) until killed;
 /// returns the connected socket and the child's PID.
 fn connect_from_child_that_waits(path: &std::path::Path) -> (i32, i32) {
-    use std::os::unix::ffi::OsStrExt;
+    let (fd, addr, len) = socket_for(path);
     // SAFETY: plain libc calls on values owned here; the child only calls connect, write, pause and
     // _exit, which are async-signal-safe.
     unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let bytes = path.as_os_str().as_bytes();
-        assert!(bytes.len() < addr.sun_path.len());
-        for (i, b) in bytes.iter().enumerate() {
-            addr.sun_path[i] = *b as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         let mut ready = [0i32; 2];
         assert_eq!(libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC), 0);
         let pid = libc::fork();
