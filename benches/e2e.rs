@@ -13,6 +13,13 @@
 //!   caller that keeps `CAP_SETGID` has `/proc/<pid>/status` read on every call instead:
 //!   `LANYARD_BENCH_CLIENT_SETGID=1` measures that.
 //!
+//! - placement: measured twice, first as the kernel places the processes (as users run them),
+//!   then pinned: the client on one CPU, every server on the others (`LANYARD_BENCH_PIN=0` skips
+//!   the pinned half). Unpinned on 2 cores, three busy threads share two CPUs and the kernel
+//!   settles, for a whole run, on one server sharing the client's CPU and the other having one of
+//!   its own; which one moves the ratios from run to run (JWT between 1.1× and 1.4×). Pinned,
+//!   every server meets the same conditions.
+//!
 //! Printed: p50/p99 of the first message (X.509) and of FetchJWTSVID (cached), server CPU per call
 //! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
 //! and the agent's RSS idle and with 1,000 open streams.
@@ -44,6 +51,10 @@ fn rounds() -> usize {
 fn main() {
     if std::env::var_os("LANYARD_BENCH_CLIENT_SETGID").is_none() {
         drop_cap_setgid();
+    }
+    // Decided before any thread is pinned (it reads the CPUs this process may use).
+    if std::env::var_os("LANYARD_FLOOR_SOCKET").is_none() {
+        let _ = placement();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -89,6 +100,97 @@ fn drop_cap_setgid() {
         data[0].permitted &= !CAP_SETGID;
         data[0].inheritable &= !CAP_SETGID;
         assert_eq!(libc::syscall(libc::SYS_capset, &header, data.as_ptr()), 0);
+    }
+}
+
+/// Where the client and the servers run: `None` when placement is left to the kernel
+/// (`LANYARD_BENCH_PIN=0`, or a single CPU).
+struct Placement {
+    /// Every CPU this process may use (unpinned).
+    all: libc::cpu_set_t,
+    client: libc::cpu_set_t,
+    servers: libc::cpu_set_t,
+    client_cpu: usize,
+    server_cpus: Vec<usize>,
+}
+
+/// The placement, decided once (before the client is pinned: it reads this process's CPUs).
+fn placement() -> Option<&'static Placement> {
+    static PLACEMENT: std::sync::OnceLock<Option<Placement>> = std::sync::OnceLock::new();
+    PLACEMENT.get_or_init(decide_placement).as_ref()
+}
+
+fn decide_placement() -> Option<Placement> {
+    if std::env::var("LANYARD_BENCH_PIN").as_deref() == Ok("0") {
+        return None;
+    }
+    // SAFETY: an all-zero `cpu_set_t` is the empty set; `sched_getaffinity` fills it for this thread.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `allowed` is a writable `cpu_set_t` of the size passed.
+    let ret =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) };
+    if ret != 0 {
+        return None;
+    }
+    // SAFETY: `CPU_ISSET` reads a valid set for indexes below `CPU_SETSIZE`.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .collect();
+    let (&client_cpu, server_cpus) = cpus.split_first()?;
+    if server_cpus.is_empty() {
+        return None;
+    }
+    // SAFETY: as above; `CPU_SET` writes bits of a valid set for indexes below `CPU_SETSIZE`.
+    let (mut client, mut servers): (libc::cpu_set_t, libc::cpu_set_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    unsafe { libc::CPU_SET(client_cpu, &mut client) };
+    for &c in server_cpus {
+        unsafe { libc::CPU_SET(c, &mut servers) };
+    }
+    Some(Placement {
+        all: allowed,
+        client,
+        servers,
+        client_cpu,
+        server_cpus: server_cpus.to_vec(),
+    })
+}
+
+/// Sets the CPUs thread `tid` may run on (0: the calling thread).
+fn set_affinity(tid: i32, set: &libc::cpu_set_t) {
+    // SAFETY: `set` is a valid `cpu_set_t` of the size passed.
+    let ret = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    assert_eq!(
+        ret,
+        0,
+        "sched_setaffinity({tid}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Every thread of process `pid` onto `set` (threads it starts later inherit it from theirs).
+fn set_process_affinity(pid: u32, set: &libc::cpu_set_t) {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+                set_affinity(tid, set);
+            }
+        }
+    }
+}
+
+/// Pinned: this process (the client) on its CPU and `servers` on theirs; otherwise everything
+/// back on every CPU.
+fn place(pinned: bool, servers: &[u32]) {
+    let Some(p) = placement() else { return };
+    let (client, server) = if pinned {
+        (&p.client, &p.servers)
+    } else {
+        (&p.all, &p.all)
+    };
+    set_process_affinity(std::process::id(), client);
+    for &pid in servers {
+        set_process_affinity(pid, server);
     }
 }
 
@@ -262,6 +364,72 @@ fn pct(d: &mut [Duration], q: f64) -> f64 {
     d[((d.len() as f64 * q) as usize).min(d.len() - 1)].as_secs_f64() * 1e6
 }
 
+/// A measured row: name, X.509 p50 and p99, JWT p50 and p99 (µs), CPU per call (µs), switches per call.
+type Row = (&'static str, f64, f64, f64, f64, f64, f64);
+
+/// 200 warm-up rounds per target, then `rounds()` interleaved rounds; one row per target.
+async fn measure(targets: &mut [Target]) -> Vec<Row> {
+    for t in targets.iter_mut() {
+        for _ in 0..200 {
+            t.round().await;
+        }
+        t.x509.clear();
+        t.jwt.clear();
+        t.ticks = 0;
+        t.switches = 0;
+    }
+    let calls = rounds();
+    for _ in 0..calls {
+        for t in targets.iter_mut() {
+            t.round().await;
+        }
+    }
+    let hz = 100.0; // clock ticks per second (USER_HZ)
+    let mut rows = Vec::new();
+    for t in targets.iter_mut() {
+        let cpu_us = t.ticks as f64 / hz * 1e6 / (2.0 * calls as f64);
+        let sw = t.switches as f64 / (2.0 * calls as f64);
+        rows.push((
+            t.name,
+            pct(&mut t.x509, 0.5),
+            pct(&mut t.x509, 0.99),
+            pct(&mut t.jwt, 0.5),
+            pct(&mut t.jwt, 0.99),
+            cpu_us,
+            sw,
+        ));
+    }
+    rows
+}
+
+/// The table and the ratios to the floor (and to spire-agent when it ran).
+fn print_rows(rows: &[Row]) {
+    println!(
+        "\n| server | X.509 first message p50 / p99 | JWT (cached) p50 / p99 | server CPU per call | context switches per call |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, x50, x99, j50, j99, cpu, sw) in rows {
+        println!(
+            "| {name} | {x50:.0} / {x99:.0} µs | {j50:.0} / {j99:.0} µs | {cpu:.0} µs | {sw:.1} |"
+        );
+    }
+    let ratio = |l: &Row, f: &Row, what: &str| {
+        println!(
+            "{what}: X.509 p50 {:.2}×, p99 {:.2}×; JWT p50 {:.2}×, p99 {:.2}×; CPU per call {:.2}×",
+            l.1 / f.1,
+            l.2 / f.2,
+            l.3 / f.3,
+            l.4 / f.4,
+            l.5 / f.5.max(1e-9)
+        );
+    };
+    println!();
+    ratio(&rows[1], &rows[0], "lanyard / floor");
+    if rows.get(2).is_some_and(|r| r.0 == "spire-agent") {
+        ratio(&rows[1], &rows[2], "lanyard / spire-agent");
+    }
+}
+
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let uid = lanyard::sys::euid();
@@ -278,9 +446,8 @@ async fn run() {
     let agent_pid = agent.pid();
     println!(
         "lanyard end-to-end bench ({} cores): agent pid {agent_pid}, {} interleaved rounds, client {}",
-        std::thread::available_parallelism()
-            .map(std::num::NonZero::get)
-            .unwrap_or(0),
+        // SAFETY: `sysconf` has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
         rounds(),
         if std::env::var_os("LANYARD_BENCH_CLIENT_SETGID").is_none() {
             "without CAP_SETGID (its groups cannot change: credentials checked with one ioctl)"
@@ -288,6 +455,13 @@ async fn run() {
             "with CAP_SETGID if root (its groups may change: /proc/<pid>/status read on every call)"
         }
     );
+    match placement() {
+        Some(p) => println!(
+            "placement: the client on CPU {}, every server on CPU {:?} (LANYARD_BENCH_PIN=0 leaves it to the kernel)",
+            p.client_cpu, p.server_cpus
+        ),
+        None => println!("placement: left to the kernel (LANYARD_BENCH_PIN=0 or one CPU)"),
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_mb(agent_pid);
     let code = code_mb(agent_pid);
@@ -366,62 +540,34 @@ async fn run() {
             "\n*** SKIPPED spire-agent side by side: set SPIRE_AGENT_SOCKET (and SPIRE_AGENT_PID) to a running spire-agent with an entry for uid {uid} ***\n"
         ),
     }
-    // Warm-up, then interleave call by call.
-    for t in &mut targets {
-        for _ in 0..200 {
-            t.round().await;
-        }
-        t.x509.clear();
-        t.jwt.clear();
-        t.ticks = 0;
-        t.switches = 0;
-    }
-    let calls = rounds();
-    for _ in 0..calls {
-        for t in &mut targets {
-            t.round().await;
-        }
-    }
-    let hz = 100.0; // clock ticks per second (USER_HZ)
-    let mut rows = Vec::new();
-    for t in &mut targets {
-        let cpu_us = t.ticks as f64 / hz * 1e6 / (2.0 * calls as f64);
-        let sw = t.switches as f64 / (2.0 * calls as f64);
-        rows.push((
-            t.name,
-            pct(&mut t.x509, 0.5),
-            pct(&mut t.x509, 0.99),
-            pct(&mut t.jwt, 0.5),
-            pct(&mut t.jwt, 0.99),
-            cpu_us,
-            sw,
-        ));
-    }
-    println!(
-        "\n| server | X.509 first message p50 / p99 | JWT (cached) p50 / p99 | server CPU per call | context switches per call |"
-    );
-    println!("|---|---|---|---|---|");
-    for (name, x50, x99, j50, j99, cpu, sw) in &rows {
-        println!(
-            "| {name} | {x50:.0} / {x99:.0} µs | {j50:.0} / {j99:.0} µs | {cpu:.0} µs | {sw:.1} |"
-        );
-    }
-    let ratio = |l: &Row, f: &Row, what: &str| {
-        println!(
-            "{what}: X.509 p50 {:.2}×, p99 {:.2}×; JWT p50 {:.2}×, p99 {:.2}×; CPU per call {:.2}×",
-            l.1 / f.1,
-            l.2 / f.2,
-            l.3 / f.3,
-            l.4 / f.4,
-            l.5 / f.5.max(1e-9)
-        );
+    // Each placement in turn (see the module documentation): warm-up, then interleave call by call.
+    let servers: Vec<u32> = targets.iter().filter_map(|t| t.pid).collect();
+    let phases: &[bool] = if placement().is_some() {
+        &[false, true]
+    } else {
+        &[false]
     };
-    println!();
-    ratio(&rows[1], &rows[0], "lanyard / floor");
-    let spire = rows.get(2).map(|r| r.0 == "spire-agent").unwrap_or(false);
-    if spire {
-        ratio(&rows[1], &rows[2], "lanyard / spire-agent");
+    let mut spire = false;
+    for &pinned in phases {
+        place(pinned, &servers);
+        let rows = measure(&mut targets).await;
+        println!(
+            "\n{}",
+            if pinned {
+                let p =
+                    placement().map_or((0, Vec::new()), |p| (p.client_cpu, p.server_cpus.clone()));
+                format!(
+                    "Pinned: the client on CPU {}, every server on CPU {:?} (same conditions for each server):",
+                    p.0, p.1
+                )
+            } else {
+                "As the kernel places them (as users run it; on 2 cores one server shares the client's CPU, which one is the kernel's choice for the run):".to_owned()
+            }
+        );
+        print_rows(&rows);
+        spire = rows.get(2).is_some_and(|r| r.0 == "spire-agent");
     }
+    place(false, &servers);
     // Memory: idle, then with 1,000 open streams on 10 connections.
     let mut memory = vec![(name, agent_socket.clone(), agent_pid, idle)];
     if spire && let Some(pid) = targets[2].pid {
@@ -559,9 +705,6 @@ async fn scale(uid: u32) {
     drop(clients);
     drop(agent);
 }
-
-/// One printed row: name, X.509 p50/p99, JWT p50/p99, CPU per call, switches per call.
-type Row = (&'static str, f64, f64, f64, f64, f64, f64);
 
 /// `n` open FetchX509SVID streams to `socket`, `per_connection` on each connection, each past its
 /// first message.

@@ -3,6 +3,7 @@
 //! - [`peer`]: peer credentials and the peer's pidfd from a connected Unix socket.
 //! - [`pidfd`]: a handle on one process that survives PID reuse.
 //! - [`proc`]: `/proc/<pid>` read through a directory handle pinned to one process.
+//! - [`socket`]: a socket read straight into a caller's buffer.
 //! - [`users`]: user and group names through the system's name service.
 
 pub mod exec_events;
@@ -10,6 +11,7 @@ pub mod peer;
 pub mod pidfd;
 pub mod proc;
 pub mod sock_diag;
+pub mod socket;
 pub mod users;
 
 use std::io;

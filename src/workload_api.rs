@@ -4,6 +4,7 @@
 //! matched against the policy, and then it is answered from the issuer's cache. Streams hold no state
 //! of their own beyond what they last sent.
 
+mod conn;
 pub(crate) mod exec_hub;
 pub(crate) mod gate;
 pub(crate) mod h2_normalize;

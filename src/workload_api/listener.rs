@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 
+use super::conn::Conn;
 use super::h2_normalize::Normalizer;
 use crate::attest::Caller;
 use crate::limits::{AnswerSlot, ConnectionSlot, Refusal, Shares};
@@ -104,7 +105,7 @@ const REFUSED_GRACE: Duration = Duration::from_secs(1);
 /// An accepted connection with its peer. What the client sends reaches h2 through the
 /// [`Normalizer`], which drops the meaningless `:authority` every gRPC stack fills differently.
 pub(crate) struct PeerStream {
-    inner: UnixStream,
+    inner: Conn,
     peer: PeerInfo,
     normalizer: Normalizer,
     /// Read from the socket, not yet consumed by the normaliser (a partial frame).
@@ -126,7 +127,13 @@ impl PeerStream {
     /// `peer_pidfd` false takes the path of kernels without `SO_PEERPIDFD`. With `shares`, the
     /// connection takes a place in its uid's share first (only the cheap `SO_PEERCRED` read comes
     /// before that); a connection over a limit is answered with the refusal and closed soon.
-    pub(crate) fn new(inner: UnixStream, peer_pidfd: bool, shares: Option<&Shares>) -> Self {
+    ///
+    /// Fails only when the socket cannot be registered with the runtime (see [`Conn`]).
+    pub(crate) fn new(
+        inner: UnixStream,
+        peer_pidfd: bool,
+        shares: Option<&Shares>,
+    ) -> io::Result<Self> {
         let mut slot = None;
         let mut refused = None;
         let mut answering = None;
@@ -159,8 +166,8 @@ impl PeerStream {
             (None, Some(s)) => (Some(s.config().connection_idle), false),
             (None, None) => (None, false),
         };
-        Self {
-            inner,
+        Ok(Self {
+            inner: Conn::new(inner)?,
             peer: PeerInfo {
                 caller: Arc::new(caller),
                 refused,
@@ -172,7 +179,7 @@ impl PeerStream {
             hard_deadline,
             _slot: slot,
             _answering: answering,
-        }
+        })
     }
 
     /// Whether the connection is past its deadline: then it reads as closed.
@@ -222,12 +229,12 @@ impl AsyncRead for PeerStream {
                 if this.pending.capacity() > 0 {
                     this.pending = BytesMut::new();
                 }
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+                return this.inner.poll_read(cx, buf);
             }
             // The socket is read into h2's own buffer, used here as scratch space (no buffer of
             // our own per connection); the bytes are moved out before anything is handed over.
             let before = buf.filled().len();
-            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            ready!(this.inner.poll_read(cx, buf))?;
             if buf.filled().len() == before {
                 return Poll::Ready(Ok(()));
             }
@@ -251,15 +258,15 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.inner.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.inner.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.inner.poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -267,11 +274,13 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.inner.poll_write_vectored(cx, bufs)
     }
 
+    /// No: h2 then copies small messages into its own buffer, and a whole answer leaves in one
+    /// write (see [`Conn`]).
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 }
 
@@ -309,7 +318,12 @@ impl tokio_stream::Stream for Incoming {
         match self.listener.poll_accept(cx) {
             Poll::Ready(Ok((stream, _))) => {
                 let shares = self.shares.as_ref();
-                Poll::Ready(Some(Ok(PeerStream::new(stream, self.peer_pidfd, shares))))
+                let peer = PeerStream::new(stream, self.peer_pidfd, shares);
+                if let Err(e) = &peer {
+                    // The connection is closed; the server goes on accepting.
+                    tracing::warn!(error = %e, "cannot register an accepted connection; closed it");
+                }
+                Poll::Ready(Some(peer))
             }
             Poll::Ready(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed; retrying in 100ms");
