@@ -258,6 +258,39 @@ async fn idle_connection_flood_does_not_starve_another_uid() {
     attack.stop();
 }
 
+/// 700 connections from one uid that are each served once and then idle: served connections are not
+/// closed for idling, so the uid's share (512) is what bounds them; each holds its socket, the
+/// caller's pidfd and the `/proc` directory its first call proved (three descriptors), the rest are
+/// refused naming the limit (at most 64 answered at once, the others closed), and the agent keeps
+/// descriptors and answers for another uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_then_idle_connections_are_held_to_the_uids_share() {
+    let Some(py) = python("served_then_idle_connections_are_held_to_the_uids_share") else {
+        return;
+    };
+    let agent = Agent::start("").await;
+    open_to_all(agent.socket.parent().unwrap());
+    let before = agent.fds();
+    let attack = Attack::start(&py, &agent.socket, "served", &["700"]);
+    let ok = attack.report["codes"]["OK"].as_u64().unwrap_or(0);
+    assert!(ok >= 500, "the uid's share is served: {}", attack.report);
+    assert!(
+        attack.refusals("limits.max_connections_per_uid") >= 150,
+        "connections beyond the uid's share are refused: {}",
+        attack.report
+    );
+    // Three per served connection, one per refused connection being answered (at most 64 at once),
+    // and the holder's exit watch (one per process).
+    let fds = agent.fds();
+    assert!(
+        fds <= before + 3 * 512 + 64 + 4,
+        "the agent holds {fds} fds (was {before}): more than three per connection of one uid's share"
+    );
+    report_latency("700 served-then-idle connections", agent.victim().await);
+    assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
+    attack.stop();
+}
+
 /// Streams nobody reads: one connection gets at most 100 at once (HTTP/2 MAX_CONCURRENT_STREAMS),
 /// one uid at most its share (1000) across connections, refused with ResourceExhausted naming the
 /// limit; the victim still gets its stream.

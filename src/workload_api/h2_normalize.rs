@@ -18,8 +18,8 @@
 //! without being buffered. The h2 server advertises the default header table size (4096), which is
 //! the bound our decoder enforces on the client's size updates.
 //!
-//! A client whose first request carries an authority h2 accepts (`localhost`, `[::]:50051`: the
-//! Rust and Go stacks), or none, has nothing to normalise: that first block is handed to h2 as it
+//! A client whose first request carries an authority h2 accepts (`localhost`: the Rust and Go
+//! stacks), or none, has nothing to normalise: that first block is handed to h2 as it
 //! came, and from then on every byte of the connection passes unchanged, read straight into h2's
 //! buffer ([`Normalizer::passes_through`]), and h2's decoder keeps the client's table itself. A
 //! client of that kind sends the same authority on every request; one that later sends another

@@ -225,9 +225,11 @@ impl AsyncRead for PeerStream {
                 return Poll::Ready(Ok(()));
             }
             if this.normalizer.passes_through() && this.pending.is_empty() {
-                // Nothing left to normalise on this connection: the socket reads into h2's buffer.
-                if this.pending.capacity() > 0 {
+                // Nothing left to normalise on this connection: the socket reads into h2's buffer,
+                // and neither buffer of the normaliser is needed again.
+                if this.pending.capacity() > 0 || this.ready.capacity() > 0 {
                     this.pending = BytesMut::new();
+                    this.ready = BytesMut::new();
                 }
                 return this.inner.poll_read(cx, buf);
             }

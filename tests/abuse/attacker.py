@@ -4,6 +4,8 @@ Usage: attacker.py SOCKET MODE [ARGS]. Each mode prints one JSON line when its a
 then holds it until stdin closes (so the test can measure the agent and run a victim meanwhile).
 
   idle N              N connections that send the HTTP/2 preface and then nothing
+  served N            N connections (one grpcio channel each) that make one FetchJWTSVID call each
+                      (the same audience: one credential) and then hold the connection, idle
   streams CH PER      CH channels, PER FetchX509SVID streams each, never read
   jwt N               N FetchJWTSVID calls, each for a new audience (new credentials)
   audiences           oversized audience requests (1 MiB audience, 17 audiences, 64 KiB JWT)
@@ -82,6 +84,24 @@ def idle(path, n):
     hold({"opened": len(socks), "failed": failed})
 
 
+def served(path, n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    apis, codes, sample = [], {}, ""
+    for _ in range(n):
+        api = Api(path)
+        apis.append(api)
+        try:
+            api.jwt(strings(1, ["served-then-idle"]), metadata=HEADER, timeout=10)
+            code = "OK"
+        except api.grpc.RpcError as e:
+            code = e.code().name
+            if code == "RESOURCE_EXHAUSTED":
+                sample = e.details()
+        codes[code] = codes.get(code, 0) + 1
+    hold({"codes": codes, "sample": sample})
+
+
 def streams(path, channels, per):
     calls = []
     apis = []
@@ -154,7 +174,7 @@ def late(path, seconds):
 
 def main():
     path, mode, args = sys.argv[1], sys.argv[2], [int(a) for a in sys.argv[3:]]
-    {"idle": idle, "streams": streams, "jwt": jwt, "audiences": audiences, "late": late}[mode](path, *args)
+    {"idle": idle, "served": served, "streams": streams, "jwt": jwt, "audiences": audiences, "late": late}[mode](path, *args)
 
 
 if __name__ == "__main__":
