@@ -29,8 +29,10 @@ use tokio::io::{Interest, ReadBuf};
 
 use crate::sys::socket::register;
 
-/// At most this much written and not yet flushed is held; more waits for the socket first.
-const MAX_COLLECTED: usize = 64 * 1024;
+/// At most this much written and not yet flushed is held; more waits for the socket first. h2's own
+/// write buffer is this size, so an answer that fits it leaves in one write, and a connection whose
+/// client stopped reading holds at most this much more than h2 already does.
+const MAX_COLLECTED: usize = 16 * 1024;
 
 /// An accepted connection's socket (see the module documentation).
 pub(crate) struct Conn {
