@@ -84,22 +84,36 @@ def idle(path, n):
     hold({"opened": len(socks), "failed": failed})
 
 
-def served(path, n):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    apis, codes, sample = [], {}, ""
-    for _ in range(n):
-        api = Api(path)
-        apis.append(api)
+class Outcomes:
+    """The status codes of unary calls, counted, with the message of one ResourceExhausted kept."""
+
+    def __init__(self):
+        self.codes, self.sample = {}, ""
+
+    def call(self, api, request):
         try:
-            api.jwt(strings(1, ["served-then-idle"]), metadata=HEADER, timeout=10)
+            request()
             code = "OK"
         except api.grpc.RpcError as e:
             code = e.code().name
             if code == "RESOURCE_EXHAUSTED":
-                sample = e.details()
-        codes[code] = codes.get(code, 0) + 1
-    hold({"codes": codes, "sample": sample})
+                self.sample = e.details()
+        self.codes[code] = self.codes.get(code, 0) + 1
+
+    def report(self):
+        return {"codes": self.codes, "sample": self.sample}
+
+
+def served(path, n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    apis, outcomes = [], Outcomes()
+    for _ in range(n):
+        api = Api(path)
+        apis.append(api)
+        outcomes.call(api, lambda: api.jwt(
+            strings(1, ["served-then-idle"]), metadata=HEADER, timeout=10))
+    hold(outcomes.report())
 
 
 def streams(path, channels, per):
@@ -124,17 +138,11 @@ def streams(path, channels, per):
 
 def jwt(path, n):
     api = Api(path)
-    codes, sample = {}, ""
+    outcomes = Outcomes()
     for i in range(n):
-        try:
-            api.jwt(strings(1, [f"aud-{i}-{time.time_ns()}"]), metadata=HEADER)
-            code = "OK"
-        except api.grpc.RpcError as e:
-            code = e.code().name
-            if code == "RESOURCE_EXHAUSTED":
-                sample = e.details()
-        codes[code] = codes.get(code, 0) + 1
-    hold({"codes": codes, "sample": sample})
+        outcomes.call(api, lambda: api.jwt(
+            strings(1, [f"aud-{i}-{time.time_ns()}"]), metadata=HEADER))
+    hold(outcomes.report())
 
 
 def audiences(path):
