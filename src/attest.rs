@@ -8,7 +8,7 @@ pub mod unix;
 
 use crate::selector::SelectorSet;
 use crate::sys;
-pub use caller::{Caller, PinnedProcess};
+pub use caller::{Caller, ExeFacts, PinnedProcess};
 
 /// Why a caller could not be attested. Any of these means no identity.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +47,14 @@ pub trait Attestor: Send + Sync + 'static {
         Ok(false)
     }
 
-    /// The fast path's last step, after [`PinnedProcess::confirm`] proved every fact the caller's:
-    /// what can be known from the executable's stamps that confirm read (`exe`), such as a cached
-    /// hash. `Ok(false)`: slow work is needed after all ([`Attestor::attest`] on the blocking pool).
-    /// The default adds nothing.
+    /// The fast path's last step, after the confirm proved every fact the caller's: what can be
+    /// known from the executable as that confirm found it (`exe`: its stamps and path), such as a
+    /// cached hash. `Ok(false)`: slow work is needed after all ([`Attestor::attest`] on the
+    /// blocking pool). The default adds nothing.
     fn attest_cached_exe(
         &self,
         _process: &PinnedProcess,
-        _exe: &crate::sys::proc::FileStamp,
+        _exe: &ExeFacts,
         _out: &mut SelectorSet,
     ) -> Result<bool, Error> {
         Ok(true)
@@ -95,6 +95,11 @@ pub fn attest_fast(
 
 /// Attests an already pinned process again (it may have exec'd another program), with cached work
 /// only; `Ok(None)` when slow work is needed ([`reattest_blocking`]).
+///
+/// The executable is read last. Where the connection read it before and finds it with the same
+/// stamps, that one `stat` is the confirm ([`PinnedProcess::confirm_known`]); otherwise its path is
+/// read and the full [`PinnedProcess::confirm`] follows, and what it found is kept for the next
+/// attestation when the stamps did not change across the read.
 pub fn reattest_fast(
     pinned: &PinnedProcess,
     attestors: &[Box<dyn Attestor>],
@@ -105,13 +110,37 @@ pub fn reattest_fast(
             return Ok(None);
         }
     }
-    let exe = pinned.confirm()?;
+    let known = pinned.known_exe();
+    let exe = match known {
+        Some(known) => match pinned.confirm_known(&known)? {
+            Some(_) => known,
+            None => read_exe(pinned)?,
+        },
+        None => read_exe(pinned)?,
+    };
     for attestor in attestors {
         if !attestor.attest_cached_exe(pinned, &exe, &mut selectors)? {
             return Ok(None);
         }
     }
     Ok(Some(selectors))
+}
+
+/// Reads the executable's path and confirms (program, mount namespace, alive) after it; keeps what
+/// it found for the connection when the stamps before the path read equal those of the confirm
+/// (nothing renamed or linked in between). The stamps before are read only when a path is.
+fn read_exe(pinned: &PinnedProcess) -> Result<ExeFacts, Error> {
+    let before = match pinned.shares_agent_mount_ns() {
+        true => Some(pinned.dir.exe_stamp().map_err(read_error)?),
+        false => None,
+    };
+    let path = pinned.read_exe_path()?;
+    let stamp = pinned.confirm()?;
+    let facts = ExeFacts { stamp, path };
+    if before.is_none_or(|b| b == stamp) {
+        pinned.remember_exe(facts.clone());
+    }
+    Ok(facts)
 }
 
 /// Attests an already pinned process again. Blocking.

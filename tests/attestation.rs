@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use hyper_util::rt::TokioIo;
-use lanyard::proto::X509svidRequest;
 use lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use lanyard::proto::{JwtsvidRequest, X509svidRequest};
 use tonic::Code;
 use tonic::transport::Endpoint;
 
@@ -273,23 +273,54 @@ async fn a_served_caller_that_exits_leaves_its_connection_nothing() {
             .insert("workload.spiffe.io", "true".parse().unwrap());
         req
     };
+    let jwt_request = || {
+        let mut req = tonic::Request::new(JwtsvidRequest {
+            audience: vec!["db.example".into()],
+            spiffe_id: String::new(),
+        });
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        req
+    };
     // The child that connected is alive: served, twice (the second call through the kept directory).
     for _ in 0..2 {
         let mut stream = client.fetch_x509svid(request()).await.unwrap().into_inner();
         let first = stream.message().await.unwrap().unwrap();
         assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/me");
+        let jwt = client
+            .fetch_jwtsvid(jwt_request())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(jwt.svids[0].spiffe_id, "spiffe://example.org/me");
     }
-    // SAFETY: kill and waitpid on the child forked here.
-    unsafe {
-        assert_eq!(libc::kill(child, libc::SIGKILL), 0);
-        let mut status = 0;
-        assert_eq!(libc::waitpid(child, &mut status, 0), child);
+    // Killed but not yet reaped (a zombie: its PID is still its own), then reaped. The second call
+    // above took the path whose last read, the executable's `stat`, is also its liveness check:
+    // neither state may pass it.
+    // SAFETY: kill on the child forked here.
+    assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+    wait_until("the child is a zombie", 10, || {
+        std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+    })
+    .await;
+    for state in ["a zombie", "reaped"] {
+        if state == "reaped" {
+            let mut status = 0;
+            // SAFETY: waitpid on the child forked here.
+            assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        }
+        let err = client
+            .fetch_x509svid(request())
+            .await
+            .expect_err("the caller is gone: nothing for whoever holds its socket");
+        assert_eq!(err.code(), Code::PermissionDenied, "{state}: {err:?}");
+        let err = client
+            .fetch_jwtsvid(jwt_request())
+            .await
+            .expect_err("the caller is gone: no JWT-SVID either");
+        assert_eq!(err.code(), Code::PermissionDenied, "{state}: {err:?}");
     }
-    let err = client
-        .fetch_x509svid(request())
-        .await
-        .expect_err("the caller is gone: nothing for whoever holds its socket");
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     agent.shutdown().await;
 }
 

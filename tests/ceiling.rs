@@ -430,3 +430,126 @@ async fn groups_change_in_a_new_user_namespace_cuts_the_connection_off() {
     drop(child);
     agent.shutdown().await;
 }
+
+/// Step 1 of [`a_mount_namespace_entered_after_connect_changes_no_answer_and_no_path_is_read_there`]:
+/// a private mount namespace (the child runs as root, so it may), no exec.
+fn enter_mount_namespace(_: u8) -> bool {
+    // SAFETY: unshare is async-signal-safe.
+    unsafe { libc::unshare(libc::CLONE_NEWNS) == 0 }
+}
+
+/// The executable's path is read where it means what it says and kept for the connection with the
+/// stamps of the file it named: a later call reads neither the path nor the mount namespace. A
+/// process that enters another mount namespace after connecting (no exec, same ids) keeps the answer
+/// it had, `unix:path` as read in the agent's namespace, since nothing it is attested by changed.
+/// Once its executable's stamps change the path must be read again, and that read is checked
+/// against the mount namespace of the connect: cut off, `PermissionDenied`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mount_namespace_entered_after_connect_changes_no_answer_and_no_path_is_read_there() {
+    if !require_root(
+        "a_mount_namespace_entered_after_connect_changes_no_answer_and_no_path_is_read_there",
+    ) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::fs::canonicalize("/proc/self/exe").unwrap();
+    let cfg = entry("/tester", &format!("unix:path:{}", me.display()));
+    let agent = TestAgent::start(&cfg).await;
+    let (fd, go, answers, child) =
+        fork_connect_then_steps(&agent.socket, None, enter_mount_namespace);
+    let mut client = client_over(fd).await;
+    let fetch =
+        async |client: &mut lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+            tonic::transport::Channel,
+        >| {
+            let mut stream = client
+                .fetch_x509svid(with_header(X509svidRequest {}))
+                .await
+                .unwrap()
+                .into_inner();
+            let first = next_within(&mut stream, 10).await;
+            assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/tester");
+        };
+    fetch(&mut client).await;
+    fetch(&mut client).await;
+    assert!(
+        child_step(go, answers, 1),
+        "unshare(CLONE_NEWNS) in the child"
+    );
+    let theirs = std::fs::read_link(format!("/proc/{}/ns/mnt", child.pid)).unwrap();
+    assert_ne!(theirs, std::fs::read_link("/proc/self/ns/mnt").unwrap());
+    fetch(&mut client).await;
+    // The same mode again: only the change time moves, as a rename or a link would move it.
+    let mode = std::fs::metadata(&me).unwrap().permissions().mode();
+    std::fs::set_permissions(&me, std::fs::Permissions::from_mode(mode)).unwrap();
+    holder_gets_nothing_on(&mut client, "spiffe://example.org/tester").await;
+    drop(child);
+    agent.shutdown().await;
+}
+
+/// Renaming the executable a connection runs changes the file's stamps (its change time), so the
+/// next attestation reads its path again, though the connection kept the path it read before. An
+/// open stream is re-attested on each entry change: the first (a second identity for uid 0) keeps
+/// the path read then; after the rename, the next moves the stream from the old name's identity to
+/// the new name's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_executable_is_read_again_on_the_next_attestation() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = open_tempdir();
+    let (old, new) = (dir.path().join("app-old"), dir.path().join("app-new"));
+    std::fs::copy(lanyard_bin(), &old).unwrap();
+    let cfg = format!(
+        "{}{}",
+        entry("/app-old", &format!("unix:path:{}", old.display())),
+        entry("/app-new", &format!("unix:path:{}", new.display()))
+    );
+    let mut agent = TestAgent::start(&cfg).await;
+    let mut watch = tokio::process::Command::new(&old)
+        .args(["watch", "--socket", &agent.endpoint()])
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    // The SPIFFE IDs of the next update (`lanyard watch` prints one line per SVID).
+    let mut next_update = async || {
+        let mut ids = Vec::new();
+        let mut update = None;
+        loop {
+            let wait = Duration::from_secs(if update.is_none() { 20 } else { 1 });
+            let Ok(line) = tokio::time::timeout(wait, lines.next_line()).await else {
+                assert!(update.is_some(), "an update within 20 s");
+                break;
+            };
+            let line = line.unwrap().expect("the watch is still running");
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                    .to_owned()
+            };
+            let n = field("update=");
+            if update.get_or_insert_with(|| n.clone()) != &n {
+                panic!("update {n} began before update {update:?} was read in full");
+            }
+            ids.push(field("spiffe_id="));
+            if ids.len() == 2 {
+                break;
+            }
+        }
+        ids.sort();
+        ids
+    };
+    assert_eq!(next_update().await, ["spiffe://example.org/app-old"]);
+    agent.reload(&format!("{cfg}{}", entry("/root", "unix:uid:0")));
+    assert_eq!(
+        next_update().await,
+        ["spiffe://example.org/app-old", "spiffe://example.org/root"]
+    );
+    std::fs::rename(&old, &new).unwrap();
+    agent.reload(&cfg);
+    assert_eq!(next_update().await, ["spiffe://example.org/app-new"]);
+    drop(watch);
+    agent.shutdown().await;
+}

@@ -6,8 +6,9 @@
 //! the [`Ceiling`]: those credentials (all of them, as `/proc` shows them, which must agree with
 //! `SO_PEERCRED`), the executable the process runs and its mount namespace. Whoever holds the socket
 //! can speak on it (fork, fd passing), so every later attestation on the connection is bounded by
-//! it: a pinned process whose credentials, program or mount namespace changed is cut off
-//! ([`Error::Changed`]) and must connect again to be attested as what it is now. Identity never
+//! it: a pinned process whose credentials or program changed is cut off ([`Error::Changed`]), as is
+//! one found in another mount namespace when its executable's path is read, and must connect again
+//! to be attested as what it is now. Identity never
 //! *follows* a change (a setuid exec must not hand root's SVID to the child that kept the socket).
 //!
 //! [`PinnedProcess::pin`] opens `/proc/<pid>` and proves through the pidfd that the process is
@@ -18,9 +19,15 @@
 //! the connection and used by every later attestation on it (no `open` and `close` per call): a
 //! handle on `/proc/<pid>` stays bound to the process it was opened for — once that process is
 //! gone, reads through it fail; they never reach a process that takes the PID later.
+//!
+//! The executable's path is read only where it means what it says (the caller in the agent's mount
+//! namespace, checked after the read) and kept for the connection with the stamps of the file it
+//! named ([`ExeFacts`]). A later attestation on a proven directory that finds the same stamps uses
+//! it and reads neither the path nor the mount namespace again ([`PinnedProcess::confirm_known`]):
+//! no selector depends on the mount namespace except through that path.
 
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::Error;
 use crate::sys;
@@ -46,7 +53,8 @@ pub struct Ceiling {
     pub creds: Credentials,
     /// The executable the process ran at accept.
     pub exe: FileId,
-    /// Its mount namespace at accept.
+    /// Its mount namespace at accept: where its executable's path is read ([`ExeFacts`]); a path
+    /// read while the caller is elsewhere is refused ([`Error::Changed`]).
     pub mount_ns: NsId,
     /// Its user namespace at accept.
     pub user_ns: NsId,
@@ -73,7 +81,23 @@ pub struct Caller {
     instance: OnceLock<Option<u64>>,
     /// The caller's `/proc` directory, once a confirm through it succeeded ([`ProvenDir`]).
     proven: ProvenDir,
+    /// The executable as the connection last read it ([`ExeFacts`]).
+    known_exe: KnownExe,
 }
+
+/// What the agent knows of a caller's executable: the stamps `stat` read through its `exe` link,
+/// and the path that link named, read before those stamps and in the agent's mount namespace (else
+/// `None`: no `unix:path` selector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExeFacts {
+    pub stamp: FileStamp,
+    pub path: Option<Arc<str>>,
+}
+
+/// Where a connection keeps its [`ExeFacts`]: filled by an attestation that read the path and
+/// proved, after the read, that the program and the mount namespace were still the ceiling's and the
+/// stamps unchanged across the read; replaced whenever an attestation reads them again.
+type KnownExe = Arc<Mutex<Option<ExeFacts>>>;
 
 /// Where a connection keeps its caller's `/proc` directory. Filled only by a successful
 /// [`PinnedProcess::confirm`] through that directory — the proof that the directory was the
@@ -93,6 +117,8 @@ pub struct PinnedProcess {
     ceiling: Arc<Ceiling>,
     /// The connection's slot for a proven directory (filled by `confirm`).
     proven: ProvenDir,
+    /// The connection's [`ExeFacts`].
+    known_exe: KnownExe,
 }
 
 impl Caller {
@@ -160,6 +186,7 @@ impl Caller {
             ceiling: Arc::new(ceiling),
             instance: OnceLock::new(),
             proven: ProvenDir::default(),
+            known_exe: KnownExe::default(),
         })
     }
 
@@ -226,6 +253,7 @@ impl PinnedProcess {
             dir,
             ceiling: caller.ceiling.clone(),
             proven: caller.proven.clone(),
+            known_exe: caller.known_exe.clone(),
         };
         Ok(pinned)
     }
@@ -262,6 +290,76 @@ impl PinnedProcess {
         // The connection keeps the first one proven (a later one is the same process's anyway).
         let _ = self.proven.set(self.dir.clone());
         Ok(exe)
+    }
+
+    /// The [`ExeFacts`] this connection read before, if any, when this attestation reads through the
+    /// connection's proven directory (the only case [`PinnedProcess::confirm_known`] may be used).
+    pub fn known_exe(&self) -> Option<ExeFacts> {
+        // Proven: this very directory is the one a confirm kept for the connection (a stream's
+        // pinned process, opened before any confirm, is proven by its first).
+        if !self.proven.get().is_some_and(|d| Arc::ptr_eq(d, &self.dir)) {
+            return None;
+        }
+        self.known_exe.lock().ok()?.clone()
+    }
+
+    /// Keeps `facts` for the connection's later attestations.
+    pub fn remember_exe(&self, facts: ExeFacts) {
+        if let Ok(mut slot) = self.known_exe.lock() {
+            *slot = Some(facts);
+        }
+    }
+
+    /// The confirm of an attestation through the connection's proven directory whose executable
+    /// was read before (`known`): one `stat` of the executable, read last. `Ok(None)`: its stamps
+    /// differ from `known`'s (renamed, linked, unlinked, rewritten, its mode changed), so its path
+    /// must be read again ([`PinnedProcess::read_exe_path`], then [`PinnedProcess::confirm`]).
+    ///
+    /// Why this `stat` is enough:
+    /// - *Alive.* The directory is bound to the caller (proven), so every read through it and
+    ///   through the pidfd was the caller's. The `exe` link resolves only while the process has its
+    ///   memory, which it gives up at exit before it closes a descriptor; a `stat` that succeeds
+    ///   after every other read proves the caller had not exited when they were made (an exited one
+    ///   is [`Error::Exited`]).
+    /// - *Same program.* Device and inode equal the ceiling's, as in [`PinnedProcess::confirm`].
+    /// - *Same path.* Stamps equal to those read before the path (`known`): a rename, link or
+    ///   unlink of the file changes its change time. A directory above it renamed does not, nor
+    ///   an exec of the same file through another name: the path stays the one the file had when
+    ///   it was read (the same file, in the agent's mount namespace).
+    /// - *The mount namespace.* Nothing else a selector says depends on it: the path is never read
+    ///   here, and a path read again ([`PinnedProcess::confirm`]) is checked against the ceiling's
+    ///   namespace after the read. A process that enters another mount namespace keeps the answer
+    ///   it had (same ids, same program, the path read in the agent's namespace) until its
+    ///   executable's stamps change, and is cut off then.
+    pub fn confirm_known(&self, known: &ExeFacts) -> Result<Option<FileStamp>, Error> {
+        let exe = self.dir.exe_stamp().map_err(pin_error)?;
+        if exe.id != self.ceiling.exe {
+            return Err(Error::Changed {
+                pid: self.cred.pid,
+                what: "program (it exec'd another executable)",
+            });
+        }
+        Ok((exe == known.stamp).then_some(exe))
+    }
+
+    /// The executable's path as a `unix:path` value: `None` outside the agent's mount namespace
+    /// (a path there can name any file the caller mounted) or when it is not UTF-8. Read before the
+    /// confirm that proves it the caller's.
+    pub fn read_exe_path(&self) -> Result<Option<Arc<str>>, Error> {
+        if !self.shares_agent_mount_ns() {
+            return Ok(None);
+        }
+        let path = self.dir.exe_path().map_err(pin_error)?;
+        match path.to_str() {
+            Some(p) => Ok(Some(Arc::from(p))),
+            None => {
+                tracing::debug!(
+                    pid = self.pid(),
+                    "executable path is not UTF-8; no unix:path selector"
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// The process's credentials now, which must be exactly those it had at accept.
@@ -368,5 +466,42 @@ mod tests {
             &first.dir,
             &PinnedProcess::open(&other).unwrap().dir
         ));
+    }
+
+    /// What a connection knows of its caller's executable: nothing until an attestation read it;
+    /// then its stamps and path, offered only through the proven directory. A confirm that finds the
+    /// same stamps needs nothing more; other stamps send the attestation back to the path.
+    #[test]
+    fn the_executable_read_once_is_kept_with_its_stamps() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let caller = Caller::from_socket(a.as_fd()).unwrap();
+        let first = PinnedProcess::open(&caller).unwrap();
+        let unproven = PinnedProcess::open(&caller).unwrap();
+        assert_eq!(first.known_exe(), None, "nothing read yet");
+        let path = first.read_exe_path().unwrap();
+        let stamp = first.confirm().unwrap();
+        assert_eq!(path.as_deref(), std::env::current_exe().unwrap().to_str());
+        first.remember_exe(ExeFacts {
+            stamp,
+            path: path.clone(),
+        });
+        let known = first.known_exe().expect("kept for the connection");
+        assert_eq!(known, ExeFacts { stamp, path });
+        assert_eq!(
+            unproven.known_exe(),
+            None,
+            "a directory no confirm kept is offered nothing"
+        );
+        let later = PinnedProcess::open(&caller).unwrap();
+        assert_eq!(later.known_exe().as_ref(), Some(&known));
+        assert_eq!(later.confirm_known(&known).unwrap(), Some(stamp));
+        let mut renamed = known.clone();
+        renamed.stamp.ctime.1 += 1;
+        assert_eq!(later.confirm_known(&renamed).unwrap(), None);
+        let (c, _d) = UnixStream::pair().unwrap();
+        let other = Caller::from_socket(c.as_fd()).unwrap();
+        let other = PinnedProcess::open(&other).unwrap();
+        other.confirm().unwrap();
+        assert_eq!(other.known_exe(), None, "another connection knows nothing");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 
-use super::{Attestor, Error, PinnedProcess, read_error};
+use super::{Attestor, Error, ExeFacts, PinnedProcess, read_error};
 use crate::selector::{Selector, SelectorSet};
 use crate::sys;
 
@@ -257,7 +257,7 @@ impl UnixAttestor {
 
 impl UnixAttestor {
     /// Attests; with `allow_slow` false, returns `Ok(false)` instead of hashing or asking the name
-    /// service.
+    /// service, and leaves the path and the hash to `attest_cached_exe` (after the confirm).
     fn collect(
         &self,
         process: &PinnedProcess,
@@ -303,16 +303,11 @@ impl UnixAttestor {
         }
         // A path names a file only in the mount namespace it is read in: in another one (a
         // container, `unshare -m`) the caller may have mounted anything at `/usr/bin/app`. There
-        // only `unix:sha256`, read through the pinned `exe` link, says what runs.
-        if process.shares_agent_mount_ns() {
-            let path = process.dir.exe_path().map_err(read_error)?;
-            match path.to_str() {
-                Some(p) => out.insert(Selector::UnixPath(p.to_owned())),
-                None => tracing::debug!(
-                    pid = process.pid(),
-                    "executable path is not UTF-8; no unix:path selector"
-                ),
-            }
+        // only `unix:sha256`, read through the pinned `exe` link, says what runs (`read_exe_path`
+        // reads no path there). The fast path adds the path after its confirm, from what the
+        // connection knows of the executable (`attest_cached_exe`).
+        if allow_slow && let Some(path) = process.read_exe_path()? {
+            out.insert(Selector::UnixPath(path.to_string()));
         }
         if let Some(hex) = sha256 {
             out.insert(Selector::UnixSha256(hex));
@@ -357,10 +352,13 @@ impl Attestor for UnixAttestor {
     fn attest_cached_exe(
         &self,
         process: &PinnedProcess,
-        exe: &sys::proc::FileStamp,
+        exe: &ExeFacts,
         out: &mut SelectorSet,
     ) -> Result<bool, Error> {
-        match self.cached_hash(process, exe) {
+        if let Some(path) = &exe.path {
+            out.insert(Selector::UnixPath(path.to_string()));
+        }
+        match self.cached_hash(process, &exe.stamp) {
             Hash::Known(hex) => out.insert(Selector::UnixSha256(hex)),
             Hash::TooLarge => {}
             Hash::NeedsWork => return Ok(false),
