@@ -78,6 +78,21 @@ async fn holder_gets_nothing_on(
     }
 }
 
+/// The SPIFFE IDs in the first message of a new X.509 stream over `client`.
+async fn first_ids(
+    client: &mut lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+        tonic::transport::Channel,
+    >,
+) -> Vec<String> {
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_within(&mut stream, 10).await;
+    first.svids.into_iter().map(|s| s.spiffe_id).collect()
+}
+
 /// The reported attack: uid 65534 connects, the connecting process execs setuid-root `su` (which
 /// waits for a password nobody types), and the holder of the socket asks for SVIDs. Before the fix
 /// it received root's X.509-SVID with its key, and root's JWT-SVID.
@@ -393,25 +408,18 @@ async fn groups_change_in_a_new_user_namespace_cuts_the_connection_off() {
     let (fd, go, answers, child) =
         fork_connect_then_steps(&agent.socket, Some(NOBODY), userns_then_setgroups);
     let mut client = client_over(fd).await;
-    let fetch_nobody =
-        async |client: &mut lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
-            tonic::transport::Channel,
-        >| {
-            let mut stream = client
-                .fetch_x509svid(with_header(X509svidRequest {}))
-                .await
-                .unwrap()
-                .into_inner();
-            let first = next_within(&mut stream, 5).await;
-            let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
-            assert_eq!(ids, ["spiffe://example.org/nobody"]);
-        };
-    fetch_nobody(&mut client).await;
+    assert_eq!(
+        first_ids(&mut client).await,
+        ["spiffe://example.org/nobody"]
+    );
     assert!(
         child_step(go, answers, 1),
         "unshare(CLONE_NEWUSER) in the child"
     );
-    fetch_nobody(&mut client).await;
+    assert_eq!(
+        first_ids(&mut client).await,
+        ["spiffe://example.org/nobody"]
+    );
     std::fs::write(
         format!("/proc/{}/uid_map", child.pid),
         format!("0 {NOBODY} 1\n"),
@@ -458,27 +466,24 @@ async fn a_mount_namespace_entered_after_connect_changes_no_answer_and_no_path_i
     let (fd, go, answers, child) =
         fork_connect_then_steps(&agent.socket, None, enter_mount_namespace);
     let mut client = client_over(fd).await;
-    let fetch =
-        async |client: &mut lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<
-            tonic::transport::Channel,
-        >| {
-            let mut stream = client
-                .fetch_x509svid(with_header(X509svidRequest {}))
-                .await
-                .unwrap()
-                .into_inner();
-            let first = next_within(&mut stream, 10).await;
-            assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/tester");
-        };
-    fetch(&mut client).await;
-    fetch(&mut client).await;
+    assert_eq!(
+        first_ids(&mut client).await,
+        ["spiffe://example.org/tester"]
+    );
+    assert_eq!(
+        first_ids(&mut client).await,
+        ["spiffe://example.org/tester"]
+    );
     assert!(
         child_step(go, answers, 1),
         "unshare(CLONE_NEWNS) in the child"
     );
     let theirs = std::fs::read_link(format!("/proc/{}/ns/mnt", child.pid)).unwrap();
     assert_ne!(theirs, std::fs::read_link("/proc/self/ns/mnt").unwrap());
-    fetch(&mut client).await;
+    assert_eq!(
+        first_ids(&mut client).await,
+        ["spiffe://example.org/tester"]
+    );
     // The same mode again: only the change time moves, as a rename or a link would move it.
     let mode = std::fs::metadata(&me).unwrap().permissions().mode();
     std::fs::set_permissions(&me, std::fs::Permissions::from_mode(mode)).unwrap();
