@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,7 +25,7 @@ selectors = ["unix:uid:65534"]
 
 /// The agent as users run it: its own process, default limits.
 struct Agent {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     socket: PathBuf,
     child: KillOnDrop,
 }
@@ -49,10 +49,22 @@ impl Agent {
         let s = socket.clone();
         wait_until("the agent's socket", 20, move || s.exists()).await;
         Self {
-            _dir: dir,
+            dir,
             socket,
             child: KillOnDrop(Some(child)),
         }
+    }
+
+    /// Rewrites the configuration with `entries` and signals the agent to reload it (SIGHUP), as
+    /// an operator would.
+    fn reload(&self, entries: &str) {
+        std::fs::write(
+            self.dir.path().join("lanyard.toml"),
+            config_text(self.dir.path(), entries),
+        )
+        .unwrap();
+        // SAFETY: a signal to the agent this test started.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) }, 0);
     }
 
     fn pid(&self) -> u32 {
@@ -99,10 +111,11 @@ impl Agent {
     }
 }
 
-/// A running attacker: its report, and its stdin (closing it ends the attack).
+/// A running attacker: its report, its stdin (closing it ends the attack) and its stdout.
 struct Attack {
     report: serde_json::Value,
     stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
     child: KillOnDrop,
 }
 
@@ -128,17 +141,23 @@ impl Attack {
             .spawn()
             .unwrap();
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let report: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("attacker {mode} reported {line:?}: {e}"));
-        eprintln!("attack {mode}: {report}");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let report = next_report(&mut stdout, mode);
         Self {
             report,
             stdin,
+            stdout,
             child: KillOnDrop(Some(child)),
         }
+    }
+
+    /// Sends the attacker one line and returns the report it prints next.
+    fn ask(&mut self, line: &str) -> serde_json::Value {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        next_report(&mut self.stdout, line)
     }
 
     /// How many calls were refused with ResourceExhausted; their message must name `limit`.
@@ -159,6 +178,16 @@ impl Attack {
         drop(self.stdin.take());
         drop(self.child);
     }
+}
+
+/// The attacker's next report line (`what` names it in messages).
+fn next_report(stdout: &mut BufReader<ChildStdout>, what: &str) -> serde_json::Value {
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("attacker {what} reported {line:?}: {e}"));
+    eprintln!("attack {what}: {report}");
+    report
 }
 
 /// A Python uid 65534 can run, with the interop venv's packages (grpcio and the SPIFFE library's
@@ -313,6 +342,57 @@ async fn unread_stream_flood_is_held_to_the_uids_share() {
     );
     report_latency("1200 unread streams", agent.victim().await);
     assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
+    attack.stop();
+}
+
+/// A connection that stops reading: 100 X.509 streams with every flow-control window open (so h2
+/// sends all it has), then two entry changes push a new SVID to each — more than the socket holds.
+/// The agent's writes wait for the socket (it was full), it keeps serving the victim with no
+/// descriptor added and memory bounded, and once the attacker reads, the agent writes the rest:
+/// every stream gets all three messages, none ended, no byte lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_reading_holds_its_answers_and_loses_none() {
+    let Some((agent, mut attack)) = under_attack(
+        "a_connection_that_stops_reading_holds_its_answers_and_loses_none",
+        "stalled",
+        &["100"],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(attack.report["streams"], 100, "{}", attack.report);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fds = agent.fds();
+    for dns in ["a.example", "b.example"] {
+        agent.reload(&ENTRIES.replace(
+            "selectors = [\"unix:uid:65534\"]",
+            &format!("selectors = [\"unix:uid:65534\"]\ndns_names = [\"{dns}\"]"),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Writes waiting for the socket hold no descriptor (counted before the victim connects).
+    assert!(agent.fds() <= fds, "descriptors {} > {fds}", agent.fds());
+    assert!(agent.rss_mb() < 100, "RSS {} MB", agent.rss_mb());
+    report_latency("a connection that stopped reading", agent.victim().await);
+    let report = tokio::task::block_in_place(|| attack.ask("drain 3"));
+    let number = |key: &str| {
+        report[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {report}"))
+    };
+    // The socket held less than the agent had to send (it was full), and the rest came once the
+    // attacker read: three messages for 100 streams are about 340 KB.
+    assert!(number("queued") > 0, "{report}");
+    assert!(
+        number("read") > number("queued") + 100_000,
+        "the agent wrote the rest once the socket drained: {report}"
+    );
+    assert!(
+        number("min_messages") >= 3,
+        "every stream got all three: {report}"
+    );
+    assert_eq!(number("ended"), 0, "{report}");
     attack.stop();
 }
 

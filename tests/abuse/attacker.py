@@ -11,6 +11,11 @@ then holds it until stdin closes (so the test can measure the agent and run a vi
   audiences           oversized audience requests (1 MiB audience, 17 audiences, 64 KiB JWT)
   late S              not an attack: a default grpcio client connects, idles S seconds (past the
                       agent's connection_idle), then calls FetchJWTSVID on the same channel
+  stalled N           one raw HTTP/2 connection that opens N FetchX509SVID streams with every
+                      flow-control window at its maximum, then never reads (the agent's socket
+                      fills). On a line "drain K" from stdin it reports how many bytes were waiting
+                      in the socket, reads until every stream has K messages (or 30 s pass) and
+                      reports again
 """
 
 import json
@@ -180,9 +185,111 @@ def late(path, seconds):
     hold({"code": code})
 
 
+def frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def literal(name, value):
+    """An HPACK literal header field without indexing, new name, no Huffman coding."""
+    return b"\x00" + varint_hpack(len(name)) + name + varint_hpack(len(value)) + value
+
+
+def varint_hpack(n):
+    """An HPACK integer with a 7-bit prefix (the H bit clear)."""
+    if n < 127:
+        return bytes([n])
+    out, n = bytes([127]), n - 127
+    while n >= 128:
+        out += bytes([(n & 0x7F) | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def read_exactly(sock, n):
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("the agent closed the connection")
+        out += chunk
+    return out
+
+
+def read_frame(sock):
+    head = read_exactly(sock, 9)
+    payload = read_exactly(sock, int.from_bytes(head[:3], "big"))
+    return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
+
+
+def stalled(path, n):
+    import fcntl
+    import termios
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    biggest = (1 << 31) - 1
+    # SETTINGS_INITIAL_WINDOW_SIZE at its maximum, and the connection window opened as far.
+    s.sendall(PREFACE + frame(4, 0, 0, (4).to_bytes(2, "big") + biggest.to_bytes(4, "big"))
+              + frame(8, 0, 0, (biggest - 65535).to_bytes(4, "big")))
+    # The agent's SETTINGS comes first: acknowledged, and then nothing is read.
+    kind, flags, _, _ = read_frame(s)
+    assert kind == 4 and not flags & 1, (kind, flags)
+    s.sendall(frame(4, 1, 0, b""))
+    block = (b"\x83\x86" + b"\x04" + varint_hpack(len(b"/SpiffeWorkloadAPI/FetchX509SVID"))
+             + b"/SpiffeWorkloadAPI/FetchX509SVID" + b"\x01\x09localhost"
+             + b"\x0f\x10" + varint_hpack(16) + b"application/grpc"
+             + literal(b"te", b"trailers") + literal(b"workload.spiffe.io", b"true"))
+    ids = [2 * i + 1 for i in range(n)]
+    for sid in ids:
+        # HEADERS (END_HEADERS), then the empty request message with END_STREAM.
+        s.sendall(frame(1, 4, sid, block) + frame(0, 1, sid, b"\x00\x00\x00\x00\x00"))
+    print(json.dumps({"streams": n}), flush=True)
+    line = sys.stdin.readline().split()
+    want = int(line[1]) if len(line) == 2 and line[0] == "drain" else 1
+    queued = fcntl.ioctl(s, termios.FIONREAD, b"\0\0\0\0")
+    queued = int.from_bytes(queued, sys.byteorder)
+    data = {sid: b"" for sid in ids}
+    ended, total, deadline = {}, 0, time.time() + 30
+    s.settimeout(1)
+
+    def messages(buf):
+        count, at = 0, 0
+        while len(buf) - at >= 5:
+            size = int.from_bytes(buf[at + 1:at + 5], "big")
+            if len(buf) - at - 5 < size:
+                break
+            count, at = count + 1, at + 5 + size
+        return count
+
+    closed, buf = False, b""
+    while time.time() < deadline and any(messages(d) < want for d in data.values()):
+        try:
+            chunk = s.recv(1 << 16)
+        except socket.timeout:
+            continue
+        if not chunk:
+            closed = True
+            break
+        total, buf = total + len(chunk), buf + chunk
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            end = 9 + int.from_bytes(buf[:3], "big")
+            kind, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            payload, buf = buf[9:end], buf[end:]
+            if kind == 0 and sid in data:
+                data[sid] += payload
+            elif kind in (3, 7):  # RST_STREAM, GOAWAY
+                ended[sid] = kind
+            elif kind == 6 and not flags & 1:  # PING: answered
+                s.sendall(frame(6, 1, 0, payload))
+    counts = [messages(d) for d in data.values()]
+    hold({"queued": queued, "read": total, "min_messages": min(counts),
+          "max_messages": max(counts), "ended": len(ended), "closed": closed})
+
+
 def main():
     path, mode, args = sys.argv[1], sys.argv[2], [int(a) for a in sys.argv[3:]]
-    {"idle": idle, "served": served, "streams": streams, "jwt": jwt, "audiences": audiences, "late": late}[mode](path, *args)
+    {"idle": idle, "served": served, "streams": streams, "jwt": jwt, "audiences": audiences, "late": late,
+     "stalled": stalled}[mode](path, *args)
 
 
 if __name__ == "__main__":
