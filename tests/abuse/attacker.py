@@ -7,7 +7,8 @@ then holds it until stdin closes (so the test can measure the agent and run a vi
   served N            N connections (one grpcio channel each) that make one FetchJWTSVID call each
                       (the same audience: one credential) and then hold the connection, idle
   streams CH PER      CH channels, PER FetchX509SVID streams each, never read
-  jwt N               N FetchJWTSVID calls, each for a new audience (new credentials)
+  jwt N               N FetchJWTSVID calls, each for a new audience (new credentials); reports how
+                      long they took (seconds)
   audiences           oversized audience requests (1 MiB audience, 17 audiences, 64 KiB JWT)
   late S              not an attack: a default grpcio client connects, idles S seconds (past the
                       agent's connection_idle), then calls FetchJWTSVID on the same channel
@@ -143,11 +144,13 @@ def streams(path, channels, per):
 
 def jwt(path, n):
     api = Api(path)
+    api.grpc.channel_ready_future(api.channel).result(timeout=10)
     outcomes = Outcomes()
+    start = time.monotonic()
     for i in range(n):
         outcomes.call(api, lambda: api.jwt(
             strings(1, [f"aud-{i}-{time.time_ns()}"]), metadata=HEADER))
-    hold(outcomes.report())
+    hold({**outcomes.report(), "seconds": time.monotonic() - start})
 
 
 def audiences(path):
