@@ -110,13 +110,9 @@ pub fn reattest_fast(
             return Ok(None);
         }
     }
-    let known = pinned.known_exe();
-    let exe = match known {
-        Some(known) => match pinned.confirm_known(&known)? {
-            Some(_) => known,
-            None => read_exe(pinned)?,
-        },
-        None => read_exe(pinned)?,
+    let exe = match pinned.known_exe() {
+        Some(known) if pinned.confirm_known(&known)? => known,
+        _ => read_exe(pinned)?,
     };
     for attestor in attestors {
         if !attestor.attest_cached_exe(pinned, &exe, &mut selectors)? {

@@ -274,12 +274,7 @@ impl PinnedProcess {
         if self.pidfd.has_exited().map_err(pin_error)? {
             return Err(Error::Exited { pid });
         }
-        if exe.id != self.ceiling.exe {
-            return Err(Error::Changed {
-                pid,
-                what: "program (it exec'd another executable)",
-            });
-        }
+        self.same_program(&exe)?;
         if mount_ns != self.ceiling.mount_ns {
             return Err(Error::Changed {
                 pid,
@@ -311,7 +306,7 @@ impl PinnedProcess {
     }
 
     /// The confirm of an attestation through the connection's proven directory whose executable
-    /// was read before (`known`): one `stat` of the executable, read last. `Ok(None)`: its stamps
+    /// was read before (`known`): one `stat` of the executable, read last. `Ok(false)`: its stamps
     /// differ from `known`'s (renamed, linked, unlinked, rewritten, its mode changed), so its path
     /// must be read again ([`PinnedProcess::read_exe_path`], then [`PinnedProcess::confirm`]).
     ///
@@ -331,15 +326,22 @@ impl PinnedProcess {
     ///   namespace after the read. A process that enters another mount namespace keeps the answer
     ///   it had (same ids, same program, the path read in the agent's namespace) until its
     ///   executable's stamps change, and is cut off then.
-    pub fn confirm_known(&self, known: &ExeFacts) -> Result<Option<FileStamp>, Error> {
+    pub fn confirm_known(&self, known: &ExeFacts) -> Result<bool, Error> {
         let exe = self.dir.exe_stamp().map_err(pin_error)?;
+        self.same_program(&exe)?;
+        Ok(exe == known.stamp)
+    }
+
+    /// The executable `exe` (stamps read through the `exe` link) is the one of the ceiling, or the
+    /// caller exec'd another: [`Error::Changed`].
+    fn same_program(&self, exe: &FileStamp) -> Result<(), Error> {
         if exe.id != self.ceiling.exe {
             return Err(Error::Changed {
                 pid: self.cred.pid,
                 what: "program (it exec'd another executable)",
             });
         }
-        Ok((exe == known.stamp).then_some(exe))
+        Ok(())
     }
 
     /// The executable's path as a `unix:path` value: `None` outside the agent's mount namespace
@@ -494,10 +496,10 @@ mod tests {
         );
         let later = PinnedProcess::open(&caller).unwrap();
         assert_eq!(later.known_exe().as_ref(), Some(&known));
-        assert_eq!(later.confirm_known(&known).unwrap(), Some(stamp));
+        assert!(later.confirm_known(&known).unwrap());
         let mut renamed = known.clone();
         renamed.stamp.ctime.1 += 1;
-        assert_eq!(later.confirm_known(&renamed).unwrap(), None);
+        assert!(!later.confirm_known(&renamed).unwrap());
         let (c, _d) = UnixStream::pair().unwrap();
         let other = Caller::from_socket(c.as_fd()).unwrap();
         let other = PinnedProcess::open(&other).unwrap();
