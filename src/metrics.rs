@@ -107,7 +107,20 @@ pub struct Metrics {
     pub svids_by_id: Family<Id, Counter>,
     id_cap: AtomicUsize,
     ids_seen: Mutex<HashSet<String>>,
+    /// The series of successful calls of each [`HOT_METHODS`] method and of successful
+    /// attestations, looked up once: a family lookup hashes its labels on every call.
+    hot_rpc: [OnceLock<(Counter, Histogram)>; HOT_METHODS.len()],
+    hot_attested: OnceLock<Counter>,
 }
+
+/// The Workload API methods whose successful calls are counted through kept handles.
+const HOT_METHODS: [&str; 5] = [
+    "FetchX509SVID",
+    "FetchJWTSVID",
+    "FetchX509Bundles",
+    "FetchJWTBundles",
+    "ValidateJWTSVID",
+];
 
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
@@ -136,6 +149,8 @@ impl Metrics {
             svids_by_id: Family::default(),
             id_cap: AtomicUsize::new(0),
             ids_seen: Mutex::new(HashSet::new()),
+            hot_rpc: Default::default(),
+            hot_attested: OnceLock::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -280,6 +295,26 @@ impl Metrics {
 
     /// One Workload API call.
     pub fn rpc(&self, method: &'static str, code: tonic::Code, took: Duration) {
+        if code == tonic::Code::Ok
+            && let Some(i) = HOT_METHODS.iter().position(|m| *m == method)
+        {
+            let (calls, seconds) = self.hot_rpc[i].get_or_init(|| {
+                (
+                    self.requests
+                        .get_or_create(&Rpc {
+                            method,
+                            code: code_name(code),
+                        })
+                        .clone(),
+                    self.request_seconds
+                        .get_or_create(&Method { method })
+                        .clone(),
+                )
+            });
+            calls.inc();
+            seconds.observe(took.as_secs_f64());
+            return;
+        }
         self.requests
             .get_or_create(&Rpc {
                 method,
@@ -289,6 +324,21 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&Method { method })
             .observe(took.as_secs_f64());
+    }
+
+    /// One attestation and its outcome.
+    pub fn attestation(&self, outcome: &'static str) {
+        if outcome == "ok" {
+            self.hot_attested
+                .get_or_init(|| {
+                    self.attestations
+                        .get_or_create(&Outcome { outcome })
+                        .clone()
+                })
+                .inc();
+            return;
+        }
+        self.count(&self.attestations, outcome);
     }
 
     pub fn count(&self, family: &Family<Outcome, Counter>, outcome: &'static str) {
@@ -331,6 +381,33 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_handles_count_into_the_same_series_as_the_families() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.rpc("FetchJWTSVID", tonic::Code::Ok, Duration::from_micros(90));
+            m.attestation("ok");
+        }
+        m.rpc(
+            "FetchJWTSVID",
+            tonic::Code::PermissionDenied,
+            Duration::from_micros(90),
+        );
+        m.rpc("NotAMethod", tonic::Code::Ok, Duration::from_micros(90));
+        m.attestation("changed");
+        let text = m.render();
+        for series in [
+            r#"lanyard_workload_api_requests_total{method="FetchJWTSVID",code="Ok"} 3"#,
+            r#"lanyard_workload_api_requests_total{method="FetchJWTSVID",code="PermissionDenied"} 1"#,
+            r#"lanyard_workload_api_requests_total{method="NotAMethod",code="Ok"} 1"#,
+            r#"lanyard_workload_api_request_duration_seconds_count{method="FetchJWTSVID"} 4"#,
+            r#"outcome="ok"} 3"#,
+            r#"outcome="changed"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
+    }
 
     #[test]
     fn renders_openmetrics_with_bounded_labels() {

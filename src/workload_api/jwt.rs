@@ -106,7 +106,7 @@ pub(super) async fn fetch(
             Some(aud) => {
                 first_refusal.get_or_insert_with(|| Error::AudienceForbidden {
                     audience: aud.to_owned(),
-                    spiffe_id: identity.spiffe_id.to_string(),
+                    spiffe_id: identity.spiffe_id.as_str().to_owned(),
                 });
             }
         }
@@ -144,8 +144,8 @@ pub(super) async fn fetch(
         deliveries.push(Delivery {
             kind: Kind::Jwt,
             serial: jwt.jti.clone(),
-            spiffe_id: identity.spiffe_id.to_string(),
-            entry_id: identity.entry_id.to_string(),
+            spiffe_id: identity.spiffe_id.as_str().to_owned(),
+            entry_id: identity.entry_id.as_str().to_owned(),
             issued_at: jwt.issued_at,
             not_after: jwt.expires_at,
             rotation: false,
@@ -153,7 +153,7 @@ pub(super) async fn fetch(
         });
         crate::metrics::metrics().delivered(identity.spiffe_id.as_str());
         out.push(Jwtsvid {
-            spiffe_id: identity.spiffe_id.to_string(),
+            spiffe_id: identity.spiffe_id.as_str().to_owned(),
             svid: jwt.token.clone(),
             hint: identity.hint.clone(),
         });

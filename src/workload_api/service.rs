@@ -59,8 +59,7 @@ impl WorkloadApi {
             },
             Err(_) => "error",
         };
-        let m = crate::metrics::metrics();
-        m.count(&m.attestations, outcome);
+        crate::metrics::metrics().attestation(outcome);
         result
     }
 
@@ -237,7 +236,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let attested = self.attest(&request).await.map_err(|e| to_status(&e))?;
             let handed_on = request
                 .metadata()
-                .get(super::header::HANDED_ON)
+                .get(&*super::header::HANDED_ON_KEY)
                 .is_some_and(|v| v == "true");
             let svids = super::jwt::fetch(&self.ctx, &attested, ask, handed_on)
                 .await

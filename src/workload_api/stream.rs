@@ -450,15 +450,15 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         let mut deliveries = Vec::new();
         for (identity, svid) in self.identities.iter().zip(&svids) {
             let Some(svid) = svid else { continue };
-            now_delivered.insert(identity.spiffe_id.to_string(), svid.serial.clone());
+            now_delivered.insert(identity.spiffe_id.as_str().to_owned(), svid.serial.clone());
             let before = self.delivered.get(identity.spiffe_id.as_str());
             if before != Some(&svid.serial) {
                 crate::metrics::metrics().delivered(identity.spiffe_id.as_str());
                 deliveries.push(Delivery {
                     kind: Kind::X509,
                     serial: svid.serial.clone(),
-                    spiffe_id: identity.spiffe_id.to_string(),
-                    entry_id: identity.entry_id.to_string(),
+                    spiffe_id: identity.spiffe_id.as_str().to_owned(),
+                    entry_id: identity.entry_id.as_str().to_owned(),
                     issued_at: svid.not_before,
                     not_after: svid.not_after,
                     rotation: before.is_some(),
@@ -517,7 +517,7 @@ pub(super) fn render_svids(view: &View<'_>) -> crate::proto::X509svidResponse {
         .filter_map(|(identity, svid)| {
             let svid = svid.as_ref()?;
             Some(crate::proto::X509svid {
-                spiffe_id: identity.spiffe_id.to_string(),
+                spiffe_id: identity.spiffe_id.as_str().to_owned(),
                 x509_svid: svid.chain_der().to_vec(),
                 x509_svid_key: svid.key_pkcs8_der().to_vec(),
                 bundle: bundle.to_vec(),
