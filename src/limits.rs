@@ -2,7 +2,8 @@
 //!
 //! Counted per uid (the `SO_PEERCRED` uid of the connection, which a caller cannot change): open
 //! connections, open streams, and new credentials (a token bucket on first X.509 mints and JWT cache
-//! misses). Agent-wide caps sit above the shares. A caller over *its share* is refused with
+//! misses). A caller in a user namespace that a user other than root made counts against that
+//! user's share (`Ceiling::share_uid`): the subordinate uids a user maps there are still that user. Agent-wide caps sit above the shares. A caller over *its share* is refused with
 //! `ResourceExhausted` naming the limit; an agent over an agent-wide cap sheds load with
 //! `Unavailable` (EP-5). Connections that open no stream within `connection_idle` are closed.
 

@@ -12,6 +12,7 @@ pub mod pidfd;
 pub mod proc;
 pub mod sock_diag;
 pub mod socket;
+pub mod userns;
 pub mod users;
 
 use std::io;

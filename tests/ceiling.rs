@@ -439,6 +439,196 @@ async fn groups_change_in_a_new_user_namespace_cuts_the_connection_off() {
     agent.shutdown().await;
 }
 
+/// Where the processes of [`connect_as_uids_of_a_new_namespace`] connect: set before the fork (a
+/// step may not allocate), read with `try_lock` after it; the tests that use it take turns
+/// ([`NAMESPACE_TESTS`]).
+static AGENT_ADDR: std::sync::Mutex<Option<libc::sockaddr_un>> = std::sync::Mutex::new(None);
+static NAMESPACE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The steps of [`subordinate_uids_count_against_the_share_of_the_user_who_mapped_them`]: 1 enters
+/// a new user namespace; any other `n` (once the test has mapped ids) forks a process that becomes
+/// uid `n` of that namespace, connects to the agent on descriptor 3 and waits (killed with its
+/// parent).
+fn userns_then_connect_as(step: u8) -> bool {
+    // SAFETY: unshare, fork, prctl, setuid, close_range, socket, connect and pause are
+    // async-signal-safe; the address was prepared before the test forked.
+    unsafe {
+        if step == 1 {
+            return libc::unshare(libc::CLONE_NEWUSER) == 0;
+        }
+        let Some(addr) = AGENT_ADDR.try_lock().ok().and_then(|a| *a) else {
+            return false;
+        };
+        let pid = libc::fork();
+        if pid != 0 {
+            return pid > 0;
+        }
+        // After the setuid, which clears the parent-death signal.
+        if libc::setuid(libc::uid_t::from(step)) != 0 {
+            libc::_exit(3);
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if fd != 3 || libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+            libc::_exit(4);
+        }
+        loop {
+            libc::pause();
+        }
+    }
+}
+
+/// A copy of descriptor 3 of process `pid` once that is a connected socket other than `inherited`
+/// (the `socket:[inode]` its parent passed on, which it closes first) (`pidfd_getfd`, as root).
+async fn connected_socket_of(pid: i32, inherited: &std::path::Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap_or_default();
+        if link.as_os_str().is_empty() || link == inherited {
+            assert!(Instant::now() < deadline, "process {pid} made no socket");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        // SAFETY: pidfd_open and pidfd_getfd on a process of this test; getpeername into a
+        // zeroed address of the size passed.
+        unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+            if pidfd >= 0 {
+                let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, 3, 0) as i32;
+                libc::close(pidfd);
+                if fd >= 0 {
+                    let mut addr: libc::sockaddr_un = std::mem::zeroed();
+                    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                    if libc::getpeername(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len)
+                        == 0
+                    {
+                        return fd;
+                    }
+                    libc::close(fd);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Forks a child (as `maker`, or root) that connects to `agent`, enters a new user namespace (so
+/// `maker` made it) where the test maps uids 0..16 to `first_uid`.., and then forks processes that
+/// connect as its uids 2, 3, 4 and 5 one after the other and stay connected; each asks for a
+/// JWT-SVID. Returns the SPIFFE IDs served and the messages of the refusals.
+async fn connect_as_uids_of_a_new_namespace(
+    agent: &TestAgent,
+    maker: Option<u32>,
+    first_uid: u32,
+) -> (Vec<String>, Vec<String>) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero `sockaddr_un` is valid; the path is shorter than `sun_path`.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (i, b) in agent.socket.as_os_str().as_bytes().iter().enumerate() {
+        addr.sun_path[i] = *b as libc::c_char;
+    }
+    *AGENT_ADDR.lock().unwrap() = Some(addr);
+    let (fd, go, answers, child) =
+        fork_connect_then_steps(&agent.socket, maker, userns_then_connect_as);
+    let mut own = client_over(fd).await;
+    assert_eq!(first_ids(&mut own).await.len(), 1, "the maker is served");
+    assert!(
+        child_step(go, answers, 1),
+        "unshare(CLONE_NEWUSER) in the child"
+    );
+    std::fs::write(
+        format!("/proc/{}/uid_map", child.pid),
+        format!("0 {first_uid} 16\n"),
+    )
+    .unwrap();
+    let inherited = std::fs::read_link(format!("/proc/{}/fd/3", child.pid)).unwrap();
+    let (mut served, mut refused) = (Vec::new(), Vec::new());
+    for inner_uid in 2..=5u8 {
+        assert!(
+            child_step(go, answers, inner_uid),
+            "fork as uid {inner_uid}"
+        );
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.pid)).unwrap();
+        let grandchild: i32 = children.split_whitespace().last().unwrap().parse().unwrap();
+        let mut client = client_over(connected_socket_of(grandchild, &inherited).await).await;
+        let reply = client
+            .fetch_jwtsvid(with_header(JwtsvidRequest {
+                audience: vec!["share".into()],
+                spiffe_id: String::new(),
+            }))
+            .await;
+        match reply {
+            Ok(reply) => served.push(reply.into_inner().svids[0].spiffe_id.clone()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused.push(status.message().to_owned());
+            }
+        }
+        // Each connection stays open (its process waits), so the next one finds it counted.
+        std::mem::forget(client);
+    }
+    drop(child);
+    (served, refused)
+}
+
+/// A user with subordinate uids (what `newuidmap` maps for a user listed in `/etc/subuid`; here the
+/// test, as root, writes the map) runs processes as several of them inside a user namespace it made.
+/// To the kernel each is another user, with a share of its own; to the agent they all count against
+/// the share of the user who made the namespace (uid 65534, whose own connection is already one of
+/// its three): two more are served, the other two are refused naming that uid and the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn subordinate_uids_count_against_the_share_of_the_user_who_mapped_them() {
+    if !require_root("subordinate_uids_count_against_the_share_of_the_user_who_mapped_them") {
+        return;
+    }
+    let cfg = format!(
+        "[limits]\nmax_connections_per_uid = 3\n{}",
+        entry("/nogroup", &format!("unix:gid:{NOBODY}"))
+    );
+    let _turn = NAMESPACE_TESTS.lock().await;
+    let agent = TestAgent::start(&cfg).await;
+    let (served, refused) = connect_as_uids_of_a_new_namespace(&agent, Some(NOBODY), 300_000).await;
+    assert_eq!(
+        served, ["spiffe://example.org/nogroup"; 2],
+        "refused: {refused:?}"
+    );
+    assert_eq!(refused.len(), 2);
+    for message in &refused {
+        assert!(
+            message.contains(&format!("uid {NOBODY} has 3 open connections"))
+                && message.contains("limits.max_connections_per_uid"),
+            "{message}"
+        );
+    }
+    agent.shutdown().await;
+}
+
+/// A user namespace root made (as a container runtime makes one per container, mapping each to
+/// uids of its own) leaves each uid in it its own share: all four are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn uids_of_a_namespace_root_made_keep_their_own_shares() {
+    if !require_root("uids_of_a_namespace_root_made_keep_their_own_shares") {
+        return;
+    }
+    let cfg = format!(
+        "[limits]\nmax_connections_per_uid = 3\n{}",
+        entry("/rootgroup", "unix:gid:0")
+    );
+    let _turn = NAMESPACE_TESTS.lock().await;
+    let agent = TestAgent::start(&cfg).await;
+    let (served, refused) = connect_as_uids_of_a_new_namespace(&agent, None, 310_000).await;
+    assert_eq!(
+        served, ["spiffe://example.org/rootgroup"; 4],
+        "refused: {refused:?}"
+    );
+    agent.shutdown().await;
+}
+
 /// Step 1 of [`a_mount_namespace_entered_after_connect_changes_no_answer_and_no_path_is_read_there`]:
 /// a private mount namespace (the child runs as root, so it may), no exec.
 fn enter_mount_namespace(_: u8) -> bool {

@@ -26,7 +26,7 @@
 //! it and reads neither the path nor the mount namespace again ([`PinnedProcess::confirm_known`]):
 //! no selector depends on the mount namespace except through that path.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::Error;
@@ -64,6 +64,10 @@ pub struct Ceiling {
     /// stays in `user_ns` — and then its uids and gids alone (one ioctl) say whether its
     /// credentials changed; otherwise `/proc/<pid>/status` is read on every attestation.
     pub may_set_groups: bool,
+    /// The uid whose fair shares (`limits.rs`) the connection counts against: its own effective
+    /// uid, or, for a caller in a user namespace a user other than root made, that user's
+    /// ([`sys::userns::share_owner`]): a user's subordinate uids are still that user.
+    pub share_uid: u32,
 }
 
 /// `CAP_SETGID`'s bit in a capability set.
@@ -161,12 +165,22 @@ impl Caller {
             }
         }
         let (creds, permitted) = dir.status().map_err(pin_error)?;
+        let user_ns = dir.user_ns().map_err(pin_error)?;
+        // Read before the liveness check below, which proves the directory was the caller's.
+        let share_uid = match agent_user_ns() {
+            Some(agent) if agent != user_ns => {
+                let ns = dir.open_file("ns/user").map_err(pin_error)?;
+                sys::userns::share_owner(OwnedFd::from(ns), agent.0).unwrap_or(cred.uid)
+            }
+            _ => cred.uid,
+        };
         let ceiling = Ceiling {
             exe: dir.exe_id().map_err(pin_error)?,
             mount_ns: dir.mount_ns().map_err(pin_error)?,
-            user_ns: dir.user_ns().map_err(pin_error)?,
+            user_ns,
             may_set_groups: permitted & CAP_SETGID != 0,
             creds,
+            share_uid,
         };
         if pidfd.has_exited().map_err(pin_error)? {
             return Err(Error::Exited { pid });
@@ -416,6 +430,22 @@ impl PinnedProcess {
     pub fn pid(&self) -> u32 {
         self.cred.pid
     }
+
+    /// The uid whose fair shares the connection counts against ([`Ceiling::share_uid`]).
+    pub fn share_uid(&self) -> u32 {
+        self.ceiling.share_uid
+    }
+}
+
+/// The agent's own user namespace, read once (`None` if it cannot be read: then every caller counts
+/// against its own uid's shares).
+fn agent_user_ns() -> Option<NsId> {
+    static NS: OnceLock<Option<NsId>> = OnceLock::new();
+    *NS.get_or_init(|| {
+        ProcDir::open(std::process::id())
+            .and_then(|d| d.user_ns())
+            .ok()
+    })
 }
 
 /// The agent's own mount namespace, read once (`None` if it cannot be read: then no caller is

@@ -128,7 +128,7 @@ pub(super) async fn fetch(
                 // A token that must be signed is a new credential: it counts against the caller's
                 // rate (one already being signed for someone else does not).
                 if !ctx.jwt.is_fresh(&req) {
-                    ctx.shares.new_credential(attested.uid())?;
+                    ctx.shares.new_credential(attested.share_uid())?;
                 }
                 ctx.jwt.get(req.clone()).await?
             }

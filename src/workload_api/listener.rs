@@ -126,7 +126,9 @@ impl PeerStream {
     /// Records the peer of a freshly accepted connection (and the ceiling of what it can get);
     /// `peer_pidfd` false takes the path of kernels without `SO_PEERPIDFD`. With `shares`, the
     /// connection takes a place in its uid's share first (only the cheap `SO_PEERCRED` read comes
-    /// before that); a connection over a limit is answered with the refusal and closed soon.
+    /// before that); a caller in a user namespace that another user made then moves to that user's
+    /// share (`Ceiling::share_uid`, known once the caller is). A connection over a limit is answered
+    /// with the refusal and closed soon.
     ///
     /// Fails only when the socket cannot be registered with the runtime (see [`Conn`]).
     pub(crate) fn new(
@@ -137,23 +139,39 @@ impl PeerStream {
         let mut slot = None;
         let mut refused = None;
         let mut answering = None;
+        let mut refuse = |shares: &Shares, uid: u32, r: Refusal| {
+            tracing::debug!(uid, limit = %r, "connection over its share");
+            refused = Some(Arc::new(r));
+            answering = shares.answer_refusal();
+        };
+        // A peer whose credentials cannot be read counts under a uid no process has.
+        let uid = crate::sys::peer::peer_cred(inner.as_fd()).map_or(u32::MAX, |c| c.uid);
         if let Some(shares) = shares {
-            // A peer whose credentials cannot be read counts under a uid no process has.
-            let uid = crate::sys::peer::peer_cred(inner.as_fd()).map_or(u32::MAX, |c| c.uid);
             match shares.connect(uid) {
                 Ok(s) => slot = Some(s),
-                Err(r) => {
-                    tracing::debug!(uid, limit = %r, "connection over its share");
-                    refused = Some(Arc::new(r));
-                    answering = shares.answer_refusal();
-                }
+                Err(r) => refuse(shares, uid, r),
             }
         }
-        let caller = if refused.is_some() {
+        let mut caller = if slot.is_none() && shares.is_some() {
             Err("the connection is over a limit".to_owned())
         } else {
             Caller::from_socket_with(inner.as_fd(), peer_pidfd).map_err(|e| e.to_string())
         };
+        // Subordinate uids of a user count against that user's share: the connection's place moves
+        // there (its place in its own uid's share is given back first).
+        if let (Some(shares), Ok(c)) = (shares, &caller)
+            && c.ceiling().share_uid != uid
+        {
+            let owner = c.ceiling().share_uid;
+            slot = None;
+            match shares.connect(owner) {
+                Ok(s) => slot = Some(s),
+                Err(r) => {
+                    refuse(shares, owner, r);
+                    caller = Err("the connection is over a limit".to_owned());
+                }
+            }
+        }
         if let Err(e) = &caller
             && refused.is_none()
         {

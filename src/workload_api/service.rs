@@ -158,7 +158,7 @@ impl WorkloadApi {
         let share = self
             .ctx
             .shares
-            .stream(attested.uid())
+            .stream(attested.share_uid())
             .map_err(|r| to_status(&Error::Limit(r)))?;
         let permit = (permit, share);
         let (watcher, first) = Watcher::open(self.ctx.clone(), attested, render, with_svids, act)

@@ -34,9 +34,10 @@ pub(super) struct Attested {
 }
 
 impl Attested {
-    /// The caller's uid (bounded by the connection's ceiling: the uid it connected as).
-    pub(super) fn uid(&self) -> u32 {
-        self.holder.uid
+    /// The uid whose fair shares the caller counts against: the one it connected as, or the user
+    /// that made its user namespace ([`crate::attest::caller::Ceiling::share_uid`]).
+    pub(super) fn share_uid(&self) -> u32 {
+        self.pinned.share_uid()
     }
 
     /// Builds the inventory's view of the caller from what attestation found.
@@ -330,7 +331,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                         let claim = self.ctx.issuer.claim(&req);
                         if claim.is_some() {
                             // Refused: the claim is given back as it drops.
-                            self.ctx.shares.new_credential(self.attested.uid())?;
+                            self.ctx.shares.new_credential(self.attested.share_uid())?;
                         }
                         let rx = self.ctx.issuer.subscribe(req.clone()).await?;
                         if let Some(claim) = claim {
