@@ -441,20 +441,24 @@ impl PinnedProcess {
 /// against its own uid's shares).
 fn agent_user_ns() -> Option<NsId> {
     static NS: OnceLock<Option<NsId>> = OnceLock::new();
-    *NS.get_or_init(|| {
-        ProcDir::open(std::process::id())
-            .and_then(|d| d.user_ns())
-            .ok()
-    })
+    agent_ns(&NS, ProcDir::user_ns)
 }
 
 /// The agent's own mount namespace, read once (`None` if it cannot be read: then no caller is
 /// taken to share it).
 fn agent_mount_ns() -> Option<NsId> {
     static NS: OnceLock<Option<NsId>> = OnceLock::new();
-    *NS.get_or_init(|| {
+    agent_ns(&NS, ProcDir::mount_ns)
+}
+
+/// One of the agent's own namespaces, read into `cell` on first use.
+fn agent_ns(
+    cell: &OnceLock<Option<NsId>>,
+    read: fn(&ProcDir) -> Result<NsId, sys::Error>,
+) -> Option<NsId> {
+    *cell.get_or_init(|| {
         ProcDir::open(std::process::id())
-            .and_then(|d| d.mount_ns())
+            .and_then(|d| read(&d))
             .ok()
     })
 }
