@@ -11,29 +11,57 @@ use crate::sys::exec_events::ExecEvents;
 /// Streams interested in exec events, by PID.
 #[derive(Default)]
 pub(crate) struct ExecHub {
-    map: Mutex<HashMap<u32, Vec<Weak<Notify>>>>,
+    map: Mutex<Registry>,
 }
+
+/// The notifiers by PID. Dropped notifiers are swept out when a list, or the map, has doubled since
+/// the last sweep, so a registration costs O(1) amortised however many streams one process (or
+/// every process) holds open.
+#[derive(Default)]
+struct Registry {
+    by_pid: HashMap<u32, Vec<Weak<Notify>>>,
+    /// The map's length at which it is swept next.
+    sweep_at: usize,
+}
+
+/// Below this many PIDs the map is never swept as a whole.
+const SWEEP_MIN: usize = 4096;
 
 impl ExecHub {
     /// A notifier that fires when `pid` execs (kept alive by the caller; dropped when it stops caring).
     pub(crate) fn register(&self, pid: u32) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() > 4096 {
-                map.retain(|_, v| {
+        if let Ok(mut reg) = self.map.lock() {
+            let reg = &mut *reg;
+            if reg.by_pid.len() > reg.sweep_at.max(SWEEP_MIN) {
+                reg.by_pid.retain(|_, v| {
                     v.retain(|w| w.strong_count() > 0);
                     !v.is_empty()
                 });
+                reg.sweep_at = reg.by_pid.len() * 2;
             }
-            let list = map.entry(pid).or_default();
-            list.retain(|w| w.strong_count() > 0);
+            let list = reg.by_pid.entry(pid).or_default();
+            if list.len() == list.capacity() {
+                // Full: sweep before it grows (it doubles only when the live ones fill it).
+                list.retain(|w| w.strong_count() > 0);
+            }
             list.push(Arc::downgrade(&notify));
         }
         notify
     }
 
+    /// How many notifiers are held for `pid`, dropped ones included (for tests).
+    #[cfg(test)]
+    fn held(&self, pid: u32) -> usize {
+        self.map
+            .lock()
+            .map(|r| r.by_pid.get(&pid).map_or(0, Vec::len))
+            .unwrap_or(0)
+    }
+
     fn notify(&self, pids: Option<&[u32]>) {
-        let Ok(mut map) = self.map.lock() else { return };
+        let Ok(mut reg) = self.map.lock() else { return };
+        let map = &mut reg.by_pid;
         let wake = |list: &mut Vec<Weak<Notify>>| {
             list.retain(|w| match w.upgrade() {
                 Some(n) => {
@@ -82,5 +110,43 @@ impl ExecHub {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many streams of one process: dropped notifiers do not pile up, live ones all fire.
+    #[tokio::test]
+    async fn one_process_with_many_streams() {
+        let hub = ExecHub::default();
+        let live: Vec<_> = (0..1000).map(|_| hub.register(7)).collect();
+        for _ in 0..100_000 {
+            drop(hub.register(7));
+        }
+        // Live ones kept; dropped ones swept whenever the list filled: at most as many again.
+        assert!(hub.held(7) <= 2 * 1024 + 1, "held {}", hub.held(7));
+        hub.notify(Some(&[7]));
+        for n in &live {
+            tokio::time::timeout(std::time::Duration::from_secs(1), n.notified())
+                .await
+                .expect("every live notifier fires");
+        }
+        drop(live);
+        drop(hub.register(7));
+        hub.notify(Some(&[7]));
+        assert!(hub.held(7) <= 1, "dropped ones are swept on notify");
+    }
+
+    /// Many processes that came and went: the map is swept, not grown without bound.
+    #[test]
+    fn many_processes_swept() {
+        let hub = ExecHub::default();
+        for pid in 0..50_000 {
+            drop(hub.register(pid));
+        }
+        let len = hub.map.lock().unwrap().by_pid.len();
+        assert!(len <= SWEEP_MIN + 1, "map holds {len} PIDs");
     }
 }
