@@ -137,6 +137,8 @@ pub enum Error {
     },
     #[error("{path}: {why}")]
     BadFile { path: String, why: String },
+    #[error("aws-lc could not generate or serialise a P-256 key")]
+    KeyGeneration,
     #[error("the signing CA has expired; no SVID can be minted")]
     SignerExpired,
     #[error("SPIRE server: {0}")]

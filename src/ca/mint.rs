@@ -3,9 +3,11 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    SignatureAlgorithm,
 };
 use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
@@ -158,11 +160,44 @@ pub fn generate_key() -> Result<KeyPair, Error> {
     KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(Error::Rcgen)
 }
 
+/// A leaf's fresh P-256 key, made by aws-lc directly: the PKCS#8 handed to the workload and the
+/// public point the certificate carries. (rcgen's `KeyPair::generate_for` parses its own PKCS#8
+/// back, and that parse checks the key by deriving the public point again: a third P-256 scalar
+/// multiplication per mint, after the key's own and the signature's, for a key the agent never
+/// signs with.)
+struct LeafKey {
+    pkcs8: Zeroizing<Vec<u8>>,
+    public: Vec<u8>,
+}
+
+impl LeafKey {
+    fn generate() -> Result<Self, Error> {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+            .map_err(|_| Error::KeyGeneration)?;
+        let pkcs8 = pair.to_pkcs8v1().map_err(|_| Error::KeyGeneration)?;
+        let pkcs8 = Zeroizing::new(pkcs8.as_ref().to_vec());
+        Ok(Self {
+            pkcs8,
+            public: pair.public_key().as_ref().to_vec(),
+        })
+    }
+}
+
+impl PublicKeyData for LeafKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
 /// Mints an X.509-SVID leaf: one URI SAN (X5-1), cA=false (X5-2), critical KeyUsage with
 /// digitalSignature only (X5-3), serverAuth+clientAuth (X5-4), empty subject with a critical SAN
 /// (X5-5), valid now and never past the signer (X5-6), PKCS#8 key (X5-7).
 pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<X509Svid, Error> {
-    let key = generate_key()?;
+    let key = LeafKey::generate()?;
     let not_before = (now - BACKDATE).max(signer.not_before);
     let not_after = (now + req.ttl).min(signer.not_after);
     if not_after <= now {
@@ -201,7 +236,7 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
         spiffe_id: req.spiffe_id.clone(),
         chain,
         chain_der,
-        key_pkcs8: Zeroizing::new(key.serialize_der()),
+        key_pkcs8: key.pkcs8,
         serial: crate::encoding::hex(&serial),
         // rcgen writes whole seconds.
         not_before: truncate_to_seconds(not_before),
