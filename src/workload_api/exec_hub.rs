@@ -11,7 +11,7 @@ use crate::sys::exec_events::ExecEvents;
 /// Streams interested in exec events, by PID.
 #[derive(Default)]
 pub(crate) struct ExecHub {
-    map: Mutex<Registry>,
+    registry: Mutex<Registry>,
 }
 
 /// The notifiers by PID. Dropped notifiers are swept out when a list, or the map, has doubled since
@@ -31,7 +31,7 @@ impl ExecHub {
     /// A notifier that fires when `pid` execs (kept alive by the caller; dropped when it stops caring).
     pub(crate) fn register(&self, pid: u32) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
-        if let Ok(mut reg) = self.map.lock() {
+        if let Ok(mut reg) = self.registry.lock() {
             let reg = &mut *reg;
             if reg.by_pid.len() > reg.sweep_at.max(SWEEP_MIN) {
                 reg.by_pid.retain(|_, v| {
@@ -53,14 +53,16 @@ impl ExecHub {
     /// How many notifiers are held for `pid`, dropped ones included (for tests).
     #[cfg(test)]
     fn held(&self, pid: u32) -> usize {
-        self.map
+        self.registry
             .lock()
             .map(|r| r.by_pid.get(&pid).map_or(0, Vec::len))
             .unwrap_or(0)
     }
 
     fn notify(&self, pids: Option<&[u32]>) {
-        let Ok(mut reg) = self.map.lock() else { return };
+        let Ok(mut reg) = self.registry.lock() else {
+            return;
+        };
         let map = &mut reg.by_pid;
         let wake = |list: &mut Vec<Weak<Notify>>| {
             list.retain(|w| match w.upgrade() {
@@ -146,7 +148,7 @@ mod tests {
         for pid in 0..50_000 {
             drop(hub.register(pid));
         }
-        let len = hub.map.lock().unwrap().by_pid.len();
+        let len = hub.registry.lock().unwrap().by_pid.len();
         assert!(len <= SWEEP_MIN + 1, "map holds {len} PIDs");
     }
 }
