@@ -56,3 +56,86 @@ async fn garbage_and_abrupt_disconnects_leave_the_agent_serving() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     agent.shutdown().await;
 }
+
+/// A connection over its uid's share is answered with the refusal naming the limit and then closed
+/// by the agent at once, which gives back its place among the 64 refused connections kept to be
+/// answered. So a client that connects again and again, keeping every connection it made, has each
+/// one answered — none is closed unanswered, however fast it comes back (each connection here is
+/// made, asked and answered in well under the second a refused connection may wait for a request)
+/// — and each reads the end of the connection after its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_answered_then_closed_one_after_another() {
+    let agent = TestAgent::start(&format!(
+        "[limits]\nmax_connections_per_uid = 1\n\
+         [[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:{}\"]\n",
+        euid()
+    ))
+    .await;
+    // The uid's one place, taken by a served client.
+    let mut holder = agent.client().await;
+    let jwt = || lanyard::proto::JwtsvidRequest {
+        audience: vec!["a".into()],
+        spiffe_id: String::new(),
+    };
+    holder
+        .fetch_jwtsvid(jwt())
+        .await
+        .expect("the holder is served");
+    let mut kept = Vec::new();
+    for i in 0..200 {
+        let io = tokio::net::UnixStream::connect(&agent.socket)
+            .await
+            .unwrap();
+        let (mut send, conn) = h2::client::handshake(io).await.unwrap();
+        let closed = tokio::spawn(conn);
+        let request = http::Request::post("http://localhost/SpiffeWorkloadAPI/FetchJWTSVID")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("workload.spiffe.io", "true")
+            .body(())
+            .unwrap();
+        let (answer, mut body) = send.send_request(request, false).unwrap();
+        // A JWTSVIDRequest for audience "a", gRPC-framed.
+        body.send_data(
+            bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0x0a, 1, b'a']),
+            true,
+        )
+        .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("answered")
+            .unwrap_or_else(|e| panic!("connection {i} closed unanswered: {e}"));
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            header("grpc-status"),
+            "8",
+            "connection {i}: {:?}",
+            answer.headers()
+        );
+        assert!(
+            header("grpc-message").contains("limits.max_connections_per_uid"),
+            "connection {i}: {:?}",
+            answer.headers()
+        );
+        // The client keeps its side open, and comes back at once.
+        kept.push((send, closed));
+    }
+    for (i, (_send, closed)) in kept.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} is closed by the agent after its answer"))
+            .unwrap()
+            .ok();
+    }
+    holder
+        .fetch_jwtsvid(jwt())
+        .await
+        .expect("the holder is still served");
+    agent.shutdown().await;
+}

@@ -99,7 +99,8 @@ pub(crate) struct PeerInfo {
     pub(crate) refused: Option<Arc<Refusal>>,
 }
 
-/// How long a connection over a limit is kept, to answer its first request with the refusal.
+/// How long a connection over a limit is kept at most, waiting for a request to answer with the
+/// refusal; once its first answer is sent, it is closed at once (and its answering place freed).
 const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
 /// An accepted connection with its peer. What the client sends reaches h2 through the
@@ -118,8 +119,13 @@ pub(crate) struct PeerStream {
     hard_deadline: bool,
     /// This connection's place in its uid's share (given back when the connection is dropped).
     _slot: Option<ConnectionSlot>,
-    /// Over a limit: the place in the few refused connections answered before closing.
-    _answering: Option<AnswerSlot>,
+    /// Over a limit: the place in the few refused connections answered before closing, given back
+    /// as soon as the first answer has been sent.
+    answering: Option<AnswerSlot>,
+    /// Over a limit and answered: watches what h2 writes for the end of the first answer.
+    watch: Option<AnswerWatch>,
+    /// The end of an answer was written; the next flush that completes sends it.
+    answer_written: bool,
 }
 
 impl PeerStream {
@@ -184,6 +190,7 @@ impl PeerStream {
             (None, Some(s)) => (Some(s.config().connection_idle), false),
             (None, None) => (None, false),
         };
+        let watch = answering.as_ref().map(|_| AnswerWatch::default());
         Ok(Self {
             inner: Conn::new(inner)?,
             peer: PeerInfo {
@@ -196,8 +203,36 @@ impl PeerStream {
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
             hard_deadline,
             _slot: slot,
-            _answering: answering,
+            answering,
+            watch,
+            answer_written: false,
         })
+    }
+
+    /// Notes what h2 wrote (accepted by the socket layer, `n` bytes of `bufs`).
+    fn wrote(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        for b in bufs {
+            if n == 0 || self.answer_written {
+                break;
+            }
+            let take = n.min(b.len());
+            self.answer_written = watch.wrote(&b[..take]);
+            n -= take;
+        }
+    }
+
+    /// After a flush: a refused connection whose answer is now sent ends here — its answering
+    /// place is given back, and h2 reads the end of the connection (woken to see it).
+    fn flushed(&mut self, cx: &mut Context<'_>) {
+        if self.answer_written && self.watch.is_some() {
+            self.watch = None;
+            self.answering = None;
+            self.deadline = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// Whether the connection is past its deadline: then it reads as closed.
@@ -274,15 +309,18 @@ impl AsyncRead for PeerStream {
 
 impl AsyncWrite for PeerStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.inner.poll_flush(cx))?;
+        this.flushed(cx);
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -290,11 +328,14 @@ impl AsyncWrite for PeerStream {
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let n = ready!(this.inner.poll_write_vectored(cx, bufs))?;
+        this.wrote(bufs, n);
+        Poll::Ready(Ok(n))
     }
 
     /// No: h2 then copies small messages into its own buffer, and a whole answer leaves in one
@@ -355,5 +396,129 @@ impl tokio_stream::Stream for Incoming {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Follows the HTTP/2 frames the agent writes on a refused connection, to see its first answer end:
+/// a complete header block with END_STREAM (the trailers-only status a refusal is) or a DATA frame
+/// with END_STREAM, on any stream. Only frame headers are read; payloads are skipped by length.
+#[derive(Default)]
+struct AnswerWatch {
+    /// The frame header being read, and how many of its bytes have been seen.
+    head: [u8; FRAME_HEADER],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    skip: usize,
+    /// The current frame ends a stream once all of it is written.
+    ends: bool,
+    /// An open header block (HEADERS without END_HEADERS) ends its stream.
+    block_ends: bool,
+    answered: bool,
+}
+
+const FRAME_HEADER: usize = 9;
+
+impl AnswerWatch {
+    /// Takes the next written bytes; true once a frame ending a stream has been written whole.
+    fn wrote(&mut self, mut bytes: &[u8]) -> bool {
+        const DATA: u8 = 0x0;
+        const HEADERS: u8 = 0x1;
+        const CONTINUATION: u8 = 0x9;
+        const END_STREAM: u8 = 0x1;
+        const END_HEADERS: u8 = 0x4;
+        while !bytes.is_empty() && !self.answered {
+            if self.have < FRAME_HEADER {
+                let n = (FRAME_HEADER - self.have).min(bytes.len());
+                self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have < FRAME_HEADER {
+                    break;
+                }
+                let h = self.head;
+                self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                let (kind, flags) = (h[3], h[4]);
+                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                self.ends = stream != 0
+                    && match kind {
+                        DATA => flags & END_STREAM != 0,
+                        HEADERS => {
+                            self.block_ends = flags & END_STREAM != 0;
+                            self.block_ends && flags & END_HEADERS != 0
+                        }
+                        CONTINUATION => self.block_ends && flags & END_HEADERS != 0,
+                        _ => false,
+                    };
+            }
+            let n = self.skip.min(bytes.len());
+            self.skip -= n;
+            bytes = &bytes[n..];
+            if self.skip == 0 {
+                self.have = 0;
+                self.answered = self.ends;
+            }
+        }
+        self.answered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AnswerWatch;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// What h2 writes before a refusal: its SETTINGS, the ACK of the client's, a WINDOW_UPDATE.
+    fn preamble() -> Vec<u8> {
+        let mut out = frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+        out.extend(frame(0x4, 0x1, 0, &[]));
+        out.extend(frame(0x8, 0, 0, &[0, 0, 0x10, 0]));
+        out
+    }
+
+    #[test]
+    fn a_trailers_only_answer_is_seen_once_written_whole_in_any_split() {
+        let mut bytes = preamble();
+        // A header block that ends stream 1 in one frame (END_STREAM | END_HEADERS), payload 40.
+        bytes.extend(frame(0x1, 0x5, 1, &[0x88; 40]));
+        for cut in 1..bytes.len() {
+            let mut w = AnswerWatch::default();
+            assert!(
+                !w.wrote(&bytes[..cut]),
+                "not answered before all of it: cut {cut}"
+            );
+            assert!(w.wrote(&bytes[cut..]), "answered once written: cut {cut}");
+        }
+        let mut w = AnswerWatch::default();
+        for b in &bytes[..bytes.len() - 1] {
+            assert!(!w.wrote(std::slice::from_ref(b)));
+        }
+        assert!(w.wrote(&bytes[bytes.len() - 1..]), "byte by byte");
+    }
+
+    #[test]
+    fn only_a_frame_that_ends_a_stream_answers() {
+        let mut w = AnswerWatch::default();
+        // Headers that open an answer, a message: not the end.
+        assert!(!w.wrote(&preamble()));
+        assert!(!w.wrote(&frame(0x1, 0x4, 1, &[0x88])));
+        assert!(!w.wrote(&frame(0x0, 0, 1, &[0; 300])));
+        // END_STREAM-like flags on stream 0 (a SETTINGS ACK, a PING ACK) end nothing.
+        assert!(!w.wrote(&frame(0x4, 0x1, 0, &[])));
+        assert!(!w.wrote(&frame(0x6, 0x1, 0, &[0; 8])));
+        // A GOAWAY or RST_STREAM is not an answer either.
+        assert!(!w.wrote(&frame(0x3, 0, 1, &[0, 0, 0, 8])));
+        // A trailer block split into HEADERS(END_STREAM) + CONTINUATION(END_HEADERS).
+        assert!(!w.wrote(&frame(0x1, 0x1, 1, &[0x40; 10])));
+        assert!(w.wrote(&frame(0x9, 0x4, 1, &[0x40; 10])));
+        // A DATA frame that ends its stream answers too.
+        let mut w = AnswerWatch::default();
+        assert!(w.wrote(&frame(0x0, 0x1, 3, b"x")));
     }
 }
