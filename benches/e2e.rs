@@ -22,7 +22,9 @@
 //!
 //! Printed: p50/p99 of the first message (X.509) and of FetchJWTSVID (cached), server CPU per call
 //! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
-//! and the agent's RSS idle and with 1,000 open streams.
+//! and the agent's RSS idle and with 1,000 open streams; then, on an agent with the per-uid limits
+//! raised, 10,000 open streams (RSS, a rotation's fan-out, an entry change's), from this process and
+//! then from 1,000 child processes (see [`scale`]).
 
 #[path = "support/agent.rs"]
 mod agent;
@@ -617,23 +619,50 @@ async fn run() {
 /// 10,000 open streams on one agent (limits raised for one uid to hold them): RSS; how long an SVID
 /// rotation (a 1-minute TTL, rotated at about half-life) takes from its first delivery to its last;
 /// and an entry change (SIGHUP with a new DNS name: a new SVID for every stream), from the signal.
+/// First with every stream from this process (one holder in the inventory: a rotation records one
+/// row), then spread over 1,000 processes of 10 streams each (1,000 holders: a rotation records
+/// 1,000 rows and marks 1,000 superseded, each process re-attested).
 async fn scale(uid: u32) {
     const STREAMS: usize = 10_000;
-    let dir = tempfile::tempdir().unwrap();
+    const PROCESSES: usize = 1_000;
     let entry = |dns: &str| {
         format!(
-            "[limits]\nmax_streams = 20000\nmax_streams_per_uid = 20000\n[[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"1m\"\ndns_names = [\"{dns}\"]\n"
+            "[limits]\nmax_connections_per_uid = 2000\nmax_streams = 20000\nmax_streams_per_uid = 20000\n\
+             new_credentials_per_second = 100000\nnew_credentials_burst = 100000\n\
+             [[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"1m\"\ndns_names = [\"{dns}\"]\n"
         )
     };
-    let agent = Agent::start(dir.path(), &entry("before.bench.example.org"), "error").await;
-    let (socket, pid) = (agent.socket.clone(), agent.pid());
-    let (clients, streams) = open_streams(&socket, STREAMS, 100).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    println!(
-        "\nlanyard RSS with {STREAMS} open streams: {:.1} MB",
-        rss_mb(pid)
-    );
-    // Every stream's next two messages: the rotation, then the entry change.
+    for processes in [1, PROCESSES] {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::start(dir.path(), &entry("before.bench.example.org"), "error").await;
+        let (socket, pid) = (agent.socket.clone(), agent.pid());
+        let mut holders = Holders(Vec::new());
+        let (clients, streams) = if processes == 1 {
+            open_streams(&socket, STREAMS, 100).await
+        } else {
+            open_streams_from(&socket, &mut holders, processes, STREAMS / processes).await
+        };
+        let from = if processes == 1 {
+            "from this process".to_owned()
+        } else {
+            format!("from {processes} processes, {} each", STREAMS / processes)
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        println!(
+            "\nlanyard RSS with {STREAMS} open streams {from}: {:.1} MB",
+            rss_mb(pid)
+        );
+        fan_out(streams, &agent, &entry("after.bench.example.org")).await;
+        drop(clients);
+        drop(holders);
+        drop(agent);
+    }
+}
+
+/// Times the next two messages of every stream in `streams`: the rotation, then the entry change
+/// made by rewriting the agent's config with `changed` and sending SIGHUP.
+async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, agent: &Agent, changed: &str) {
+    let n = streams.len();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for mut s in streams {
         let tx = tx.clone();
@@ -649,39 +678,36 @@ async fn scale(uid: u32) {
         });
     }
     drop(tx);
-    let mut rotation = Vec::with_capacity(STREAMS);
-    while rotation.len() < STREAMS {
+    let mut rotation = Vec::with_capacity(n);
+    while rotation.len() < n {
         match tokio::time::timeout(Duration::from_secs(90), rx.recv()).await {
             Ok(Some((0, t))) => rotation.push(t),
             _ => break,
         }
     }
     rotation.sort();
-    if rotation.len() == STREAMS {
+    if rotation.len() == n {
         let first = rotation[0];
         println!(
-            "rotation on all {STREAMS} open streams, from its first delivery: p50 {:.0} ms, last {:.0} ms",
-            (rotation[STREAMS / 2] - first).as_secs_f64() * 1e3,
-            (rotation[STREAMS - 1] - first).as_secs_f64() * 1e3
+            "rotation on all {n} open streams, from its first delivery: p50 {:.0} ms, last {:.0} ms",
+            (rotation[n / 2] - first).as_secs_f64() * 1e3,
+            (rotation[n - 1] - first).as_secs_f64() * 1e3
         );
     } else {
         println!(
-            "rotation: only {} of {STREAMS} streams got it within 90 s",
+            "rotation: only {} of {n} streams got it within 90 s",
             rotation.len()
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    std::fs::write(
-        &agent.config,
-        agent::config_text(dir.path(), &entry("after.bench.example.org")),
-    )
-    .unwrap();
+    let dir = agent.config.parent().unwrap();
+    std::fs::write(&agent.config, agent::config_text(dir, changed)).unwrap();
     let t0 = Instant::now();
     let _ = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
+        .args(["-HUP", &agent.pid().to_string()])
         .status();
-    let mut change = Vec::with_capacity(STREAMS);
-    while change.len() < STREAMS {
+    let mut change = Vec::with_capacity(n);
+    while change.len() < n {
         match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
             Ok(Some((1, t))) => change.push(t - t0),
             Ok(Some(_)) => {}
@@ -689,21 +715,143 @@ async fn scale(uid: u32) {
         }
     }
     change.sort();
-    if change.len() == STREAMS {
+    if change.len() == n {
         println!(
-            "entry change (SIGHUP) to the new SVID on all {STREAMS} open streams: first {:.0} ms, p50 {:.0} ms, last {:.0} ms",
+            "entry change (SIGHUP) to the new SVID on all {n} open streams: first {:.0} ms, p50 {:.0} ms, last {:.0} ms",
             change[0].as_secs_f64() * 1e3,
-            change[STREAMS / 2].as_secs_f64() * 1e3,
-            change[STREAMS - 1].as_secs_f64() * 1e3
+            change[n / 2].as_secs_f64() * 1e3,
+            change[n - 1].as_secs_f64() * 1e3
         );
     } else {
         println!(
-            "entry change: only {} of {STREAMS} streams got the new SVID within 60 s",
+            "entry change: only {} of {n} streams got the new SVID within 60 s",
             change.len()
         );
     }
-    drop(clients);
-    drop(agent);
+}
+
+/// Child processes that each made one connection to the agent (so the agent sees each as its own
+/// caller) and then wait, holding their copy of it; killed and reaped when dropped.
+struct Holders(Vec<i32>);
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: killing and reaping our own children.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// A connection to `socket` made by a new child process: the socket is created here, the child
+/// connects it (the kernel records the child as the peer), keeps only it and waits to be killed.
+fn connect_from_child(socket: &Path, holders: &mut Holders) -> std::os::unix::net::UnixStream {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // Everything the child uses is made before the fork: it only makes system calls.
+    // SAFETY: plain system calls on values owned here; the child calls only async-signal-safe
+    // functions and never returns.
+    unsafe {
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let path = socket.as_os_str().as_bytes();
+        assert!(path.len() < addr.sun_path.len(), "socket path too long");
+        for (d, s) in addr.sun_path.iter_mut().zip(path) {
+            *d = *s as libc::c_char;
+        }
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut pipe = [0; 2];
+        assert_eq!(libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let pid = libc::fork();
+        if pid == 0 {
+            let ok: u8 = (libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            ) == 0)
+                .into();
+            libc::write(pipe[1], (&raw const ok).cast(), 1);
+            // Only the connection stays open (as descriptor 3).
+            if fd != 3 {
+                libc::dup2(fd, 3);
+            }
+            libc::close_range(4, u32::MAX, 0);
+            loop {
+                libc::pause();
+            }
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        holders.0.push(pid);
+        libc::close(pipe[1]);
+        let mut ok = 0u8;
+        let n = libc::read(pipe[0], (&raw mut ok).cast(), 1);
+        libc::close(pipe[0]);
+        assert!(
+            n == 1 && ok == 1,
+            "a child could not connect to {}",
+            socket.display()
+        );
+        std::os::unix::net::UnixStream::from_raw_fd(fd)
+    }
+}
+
+/// Adds the Workload API's security header, as `lanyard::client::connect` does on the channels it
+/// makes (this one is made over a child's connection).
+fn workload_header(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    Ok(req)
+}
+
+/// `per_process` open FetchX509SVID streams on each of `processes` connections, each connection
+/// made by its own child process (see [`connect_from_child`]), each stream past its first message.
+async fn open_streams_from(
+    socket: &Path,
+    holders: &mut Holders,
+    processes: usize,
+    per_process: usize,
+) -> (Vec<WorkloadClient>, Vec<tonic::Streaming<X509svidResponse>>) {
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..processes {
+        let conn = connect_from_child(socket, holders);
+        conn.set_nonblocking(true).unwrap();
+        let slot = std::sync::Mutex::new(Some(tokio::net::UnixStream::from_std(conn).unwrap()));
+        let slot = std::sync::Arc::new(slot);
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let s = slot.lock().unwrap().take();
+                async move {
+                    s.map(hyper_util::rt::TokioIo::new)
+                        .ok_or_else(|| std::io::Error::other("the child's connection was used"))
+                }
+            }))
+            .await
+            .unwrap();
+        let mut c: WorkloadClient =
+            spiffe_workload_api_client::SpiffeWorkloadApiClient::with_interceptor(
+                channel,
+                workload_header
+                    as fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+            );
+        for _ in 0..per_process {
+            let mut s = c
+                .fetch_x509svid(X509svidRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            s.next().await.unwrap().unwrap();
+            streams.push(s);
+        }
+        clients.push(c);
+    }
+    (clients, streams)
 }
 
 /// `n` open FetchX509SVID streams to `socket`, `per_connection` on each connection, each past its
