@@ -840,15 +840,7 @@ async fn open_streams_from(
                 workload_header
                     as fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
             );
-        for _ in 0..per_process {
-            let mut s = c
-                .fetch_x509svid(X509svidRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            s.next().await.unwrap().unwrap();
-            streams.push(s);
-        }
+        open_on(&mut c, per_process, &mut streams).await;
         clients.push(c);
     }
     (clients, streams)
@@ -867,18 +859,28 @@ async fn open_streams(
         let mut c = lanyard::client::connect(&format!("unix://{}", socket.display()))
             .await
             .unwrap();
-        for _ in 0..per_connection.min(n - streams.len()) {
-            let mut s = c
-                .fetch_x509svid(X509svidRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            s.next().await.unwrap().unwrap();
-            streams.push(s);
-        }
+        let k = per_connection.min(n - streams.len());
+        open_on(&mut c, k, &mut streams).await;
         clients.push(c);
     }
     (clients, streams)
+}
+
+/// Opens `k` FetchX509SVID streams on `c` into `streams`, each past its first message.
+async fn open_on(
+    c: &mut WorkloadClient,
+    k: usize,
+    streams: &mut Vec<tonic::Streaming<X509svidResponse>>,
+) {
+    for _ in 0..k {
+        let mut s = c
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        s.next().await.unwrap().unwrap();
+        streams.push(s);
+    }
 }
 
 /// The SPIRE server's CLI and the registration entry behind each agent's identity.
@@ -928,15 +930,8 @@ impl EntryChanges {
         uid: u32,
         round: usize,
     ) -> Duration {
-        let mut c = lanyard::client::connect(&format!("unix://{}", socket.display()))
-            .await
-            .unwrap();
-        let mut s = c
-            .fetch_x509svid(X509svidRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        s.next().await.unwrap().unwrap();
+        let (_client, mut streams) = open_streams(socket, 1, 1).await;
+        let mut s = streams.pop().unwrap();
         let out = Command::new(&self.server)
             .args([
                 "entry",
