@@ -50,13 +50,13 @@ pub(crate) const MAX_HEADER_BLOCK: usize = 32 * 1024;
 const MAX_FRAME: usize = 16_384;
 /// The header table size h2 advertises (HPACK default): the most a client's size update may ask for.
 const HEADER_TABLE_SIZE: usize = 4096;
-const FRAME_HEADER: usize = 9;
+pub(super) const FRAME_HEADER: usize = 9;
 
-const HEADERS: u8 = 0x1;
+pub(super) const HEADERS: u8 = 0x1;
 const PUSH_PROMISE: u8 = 0x5;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+pub(super) const CONTINUATION: u8 = 0x9;
+pub(super) const END_STREAM: u8 = 0x1;
+pub(super) const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 

@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 
 use super::conn::Conn;
+use super::h2_normalize::FRAME_HEADER;
 use super::h2_normalize::Normalizer;
 use crate::attest::Caller;
 use crate::limits::{AnswerSlot, ConnectionSlot, Refusal, Shares};
@@ -122,10 +123,9 @@ pub(crate) struct PeerStream {
     /// Over a limit: the place in the few refused connections answered before closing, given back
     /// as soon as the first answer has been sent.
     answering: Option<AnswerSlot>,
-    /// Over a limit and answered: watches what h2 writes for the end of the first answer.
+    /// Over a limit and answered: watches what h2 writes for the end of the first answer (once
+    /// seen, the next flush that completes sends it).
     watch: Option<AnswerWatch>,
-    /// The end of an answer was written; the next flush that completes sends it.
-    answer_written: bool,
 }
 
 impl PeerStream {
@@ -205,7 +205,6 @@ impl PeerStream {
             _slot: slot,
             answering,
             watch,
-            answer_written: false,
         })
     }
 
@@ -215,11 +214,13 @@ impl PeerStream {
             return;
         };
         for b in bufs {
-            if n == 0 || self.answer_written {
+            if n == 0 {
                 break;
             }
             let take = n.min(b.len());
-            self.answer_written = watch.wrote(&b[..take]);
+            if watch.wrote(&b[..take]) {
+                break;
+            }
             n -= take;
         }
     }
@@ -227,7 +228,7 @@ impl PeerStream {
     /// After a flush: a refused connection whose answer is now sent ends here — its answering
     /// place is given back, and h2 reads the end of the connection (woken to see it).
     fn flushed(&mut self, cx: &mut Context<'_>) {
-        if self.answer_written && self.watch.is_some() {
+        if self.watch.as_ref().is_some_and(|w| w.answered) {
             self.watch = None;
             self.answering = None;
             self.deadline = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
@@ -416,16 +417,11 @@ struct AnswerWatch {
     answered: bool,
 }
 
-const FRAME_HEADER: usize = 9;
-
 impl AnswerWatch {
     /// Takes the next written bytes; true once a frame ending a stream has been written whole.
     fn wrote(&mut self, mut bytes: &[u8]) -> bool {
+        use super::h2_normalize::{CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
         const DATA: u8 = 0x0;
-        const HEADERS: u8 = 0x1;
-        const CONTINUATION: u8 = 0x9;
-        const END_STREAM: u8 = 0x1;
-        const END_HEADERS: u8 = 0x4;
         while !bytes.is_empty() && !self.answered {
             if self.have < FRAME_HEADER {
                 let n = (FRAME_HEADER - self.have).min(bytes.len());
