@@ -9,6 +9,12 @@ use std::time::{Duration, SystemTime};
 pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> SystemTime;
+
+    /// Whether this clock moves with `tokio::time` (which tests may pause and let auto-advance
+    /// whenever the runtime looks idle): waits on other threads must then be visible to tokio.
+    fn follows_tokio_time(&self) -> bool {
+        false
+    }
 }
 
 /// The system clock.
@@ -41,6 +47,10 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> SystemTime {
         self.base + self.start.elapsed()
+    }
+
+    fn follows_tokio_time(&self) -> bool {
+        true
     }
 }
 

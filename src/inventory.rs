@@ -357,13 +357,19 @@ impl Inventory {
             at: secs(self.shared.clock.now()),
             done,
         })?;
-        // Waited for on the blocking pool, so tokio knows work is in flight (with paused time in
-        // tests the clock must not jump ahead while a commit is pending).
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || wait.blocking_recv())
-            .await
-            .map_err(|_| Error::Stopped)?
-            .map_err(|_| Error::Stopped)?;
+        let result = if self.shared.clock.follows_tokio_time() {
+            // Waited for on the blocking pool, so tokio knows work is in flight: with paused time
+            // (tests) the clock must not jump ahead while a commit is pending.
+            tokio::task::spawn_blocking(move || wait.blocking_recv())
+                .await
+                .map_err(|_| Error::Stopped)?
+        } else {
+            // The writer thread's answer wakes this task directly (no blocking-pool thread per
+            // waiting commit: a rotation across 1,000 holders waits on 1,000 commits at once).
+            wait.await
+        }
+        .map_err(|_| Error::Stopped)?;
         let m = crate::metrics::metrics();
         m.inventory_commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -384,21 +390,34 @@ impl Inventory {
 
     /// Withdraws some (or, with `None`, all) credentials of a holder. Returns at once; the write joins
     /// the next batch.
+    ///
+    /// An X.509-SVID this holder no longer holds here was already withdrawn (by another stream of
+    /// the same process after a rotation, or with all its credentials when it exited): nothing is
+    /// written for it again. JWT-SVIDs are always written (the per-holder memory forgets some).
     pub fn withdraw(&self, holder: Holder, which: Option<Vec<(Kind, String)>>, reason: Reason) {
-        if let Ok(mut held) = self.shared.held.lock() {
-            match &which {
+        let which = match self.shared.held.lock() {
+            Ok(mut held) => match which {
                 None => {
                     held.remove(&holder);
+                    None
                 }
                 Some(keys) => {
-                    if let Some(map) = held.get_mut(&holder) {
-                        for k in keys {
-                            map.remove(k);
-                        }
+                    let map = held.get_mut(&holder);
+                    let keys: Vec<(Kind, String)> = match map {
+                        Some(map) => keys
+                            .into_iter()
+                            .filter(|k| map.remove(k).is_some() || k.0 == Kind::Jwt)
+                            .collect(),
+                        None => keys.into_iter().filter(|k| k.0 == Kind::Jwt).collect(),
+                    };
+                    if keys.is_empty() {
+                        return;
                     }
+                    Some(keys)
                 }
-            }
-        }
+            },
+            Err(_) => which,
+        };
         let at = secs(self.shared.clock.now());
         if let Err(e) = self.send(Op::Withdraw {
             holder,
@@ -595,6 +614,37 @@ mod tests {
             2,
             "durable across reopen"
         );
+    }
+
+    /// Ten streams of one process each withdraw the serial a rotation superseded: one write; a
+    /// credential delivered again after its withdrawal is a new row, withdrawn again in its turn
+    /// (the skip never leaves a row live).
+    #[tokio::test]
+    async fn a_withdrawal_repeated_by_every_stream_is_written_once_and_never_skipped_wrongly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inv, _writer) = open_with_writer(dir.path());
+        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
+        let h = holder(pidfd, std::process::id());
+        let old = vec![(Kind::X509, "01".to_owned())];
+        inv.record(&h, &[delivery("01")]).await.unwrap();
+        inv.record(&h, &[delivery("02")]).await.unwrap();
+        for _ in 0..10 {
+            inv.withdraw(h.holder, Some(old.clone()), Reason::Superseded);
+        }
+        inv.record(&h, &[delivery("01")]).await.unwrap();
+        let live = |rows: &[Record], serial: &str| {
+            rows.iter()
+                .filter(|r| r.serial == serial && r.withdrawn_at.is_none())
+                .count()
+        };
+        let rows = inv.query(Filter::default()).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(live(&rows, "01"), 1, "delivered again: a new live row");
+        inv.withdraw(h.holder, Some(old.clone()), Reason::Superseded);
+        inv.withdraw(h.holder, Some(old), Reason::Superseded);
+        let rows = inv.query(Filter::default()).await.unwrap();
+        assert_eq!(live(&rows, "01"), 0, "every row of 01 withdrawn");
+        assert_eq!(live(&rows, "02"), 1);
     }
 
     /// Many first deliveries of one credential to one holder at once: one row, and every caller

@@ -10,7 +10,7 @@ use rustls_pki_types::pem::PemObject;
 pub struct X509Bundle {
     certs: Vec<CertificateDer<'static>>,
     /// The certificates concatenated, computed once: every Workload API message carries it.
-    der: Vec<u8>,
+    der: bytes::Bytes,
 }
 
 /// Why a bundle file could not be used.
@@ -34,8 +34,11 @@ pub enum Error {
 impl X509Bundle {
     /// A bundle of the given certificates.
     pub fn new(certs: Vec<CertificateDer<'static>>) -> Self {
-        let der = certs.iter().flat_map(|c| c.iter().copied()).collect();
-        Self { certs, der }
+        let der: Vec<u8> = certs.iter().flat_map(|c| c.iter().copied()).collect();
+        Self {
+            certs,
+            der: der.into(),
+        }
     }
 
     /// Reads a PEM file of CA certificates.
@@ -73,6 +76,11 @@ impl X509Bundle {
 
     /// DER certificates concatenated, as the Workload API carries bundles (X5-11).
     pub fn concat_der(&self) -> Vec<u8> {
+        self.der.to_vec()
+    }
+
+    /// The concatenated DER, shared (no copy): what a message of every stream carries.
+    pub fn der_shared(&self) -> bytes::Bytes {
         self.der.clone()
     }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+use bytes::Bytes;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
@@ -42,9 +43,11 @@ pub struct Signer {
 pub struct X509Svid {
     pub spiffe_id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
-    /// `chain` concatenated, computed once at mint.
-    chain_der: Vec<u8>,
-    key_pkcs8: Zeroizing<Vec<u8>>,
+    /// `chain` concatenated, computed once at mint; shared with every message that carries it.
+    chain_der: Bytes,
+    /// Shared with every message that carries it; the buffer is zeroed when the last of them and
+    /// the SVID are gone.
+    key_pkcs8: Bytes,
     pub serial: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
@@ -121,12 +124,12 @@ impl X509Svid {
             .first()
             .ok_or_else(|| Error::BadCertificate("empty certificate chain".into()))?;
         let (not_before, not_after, serial) = cert_facts(leaf)?;
-        let chain_der = chain.iter().flat_map(|c| c.iter().copied()).collect();
+        let chain_der = concat(&chain);
         Ok(Self {
             spiffe_id,
             chain,
             chain_der,
-            key_pkcs8,
+            key_pkcs8: Bytes::from_owner(key_pkcs8),
             serial,
             not_before,
             not_after,
@@ -142,6 +145,25 @@ impl X509Svid {
     pub fn chain_der(&self) -> &[u8] {
         &self.chain_der
     }
+
+    /// The key, shared (no copy) for a message.
+    pub(crate) fn key_shared(&self) -> Bytes {
+        self.key_pkcs8.clone()
+    }
+
+    /// The chain, shared (no copy) for a message.
+    pub(crate) fn chain_shared(&self) -> Bytes {
+        self.chain_der.clone()
+    }
+}
+
+/// Certificates concatenated, leaf first.
+fn concat(chain: &[CertificateDer<'static>]) -> Bytes {
+    chain
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 impl fmt::Debug for X509Svid {
@@ -231,12 +253,12 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
     let mut chain = Vec::with_capacity(1 + signer.chain.len());
     chain.push(cert.der().clone());
     chain.extend(signer.chain.iter().cloned());
-    let chain_der = chain.iter().flat_map(|c| c.iter().copied()).collect();
+    let chain_der = concat(&chain);
     Ok(X509Svid {
         spiffe_id: req.spiffe_id.clone(),
         chain,
         chain_der,
-        key_pkcs8: key.pkcs8,
+        key_pkcs8: Bytes::from_owner(key.pkcs8),
         serial: crate::encoding::hex(&serial),
         // rcgen writes whole seconds.
         not_before: truncate_to_seconds(not_before),

@@ -510,7 +510,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
 /// FetchX509SVID messages: one X509SVID per identity, default first (ST-7), own bundle in each (TB-1),
 /// federated bundles for the entries that federate (TB-2).
 pub(super) fn render_svids(view: &View<'_>) -> crate::proto::X509svidResponse {
-    let bundle = view.ca.bundle.der();
+    let bundle = view.ca.bundle.der_shared();
     let svids = view
         .identities
         .iter()
@@ -519,9 +519,9 @@ pub(super) fn render_svids(view: &View<'_>) -> crate::proto::X509svidResponse {
             let svid = svid.as_ref()?;
             Some(crate::proto::X509svid {
                 spiffe_id: identity.spiffe_id.as_str().to_owned(),
-                x509_svid: svid.chain_der().to_vec(),
-                x509_svid_key: svid.key_pkcs8_der().to_vec(),
-                bundle: bundle.to_vec(),
+                x509_svid: svid.chain_shared(),
+                x509_svid_key: svid.key_shared(),
+                bundle: bundle.clone(),
                 hint: identity.hint.clone(),
             })
         })
