@@ -394,7 +394,13 @@ impl Inventory {
     /// An X.509-SVID this holder no longer holds here was already withdrawn (by another stream of
     /// the same process after a rotation, or with all its credentials when it exited): nothing is
     /// written for it again. JWT-SVIDs are always written (the per-holder memory forgets some).
-    pub fn withdraw(&self, holder: Holder, which: Option<Vec<(Kind, String)>>, reason: Reason) {
+    /// Returns whether a write was queued.
+    pub fn withdraw(
+        &self,
+        holder: Holder,
+        which: Option<Vec<(Kind, String)>>,
+        reason: Reason,
+    ) -> bool {
         let which = match self.shared.held.lock() {
             Ok(mut held) => match which {
                 None => {
@@ -411,7 +417,7 @@ impl Inventory {
                         None => keys.into_iter().filter(|k| k.0 == Kind::Jwt).collect(),
                     };
                     if keys.is_empty() {
-                        return;
+                        return false;
                     }
                     Some(keys)
                 }
@@ -426,7 +432,9 @@ impl Inventory {
             at,
         }) {
             tracing::error!(error = %e, "cannot record a withdrawal");
+            return false;
         }
+        true
     }
 
     /// Marks every held credential withdrawn (agent stopping) and waits for it to be written.
@@ -504,6 +512,20 @@ mod tests {
         (inv, std::thread::spawn(move || writer.run()))
     }
 
+    /// An inventory in a new directory with its writer running, and this process as a holder.
+    fn with_this_process() -> (
+        tempfile::TempDir,
+        Inventory,
+        std::thread::JoinHandle<()>,
+        HolderInfo,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (inv, writer) = open_with_writer(dir.path());
+        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
+        let h = holder(pidfd, std::process::id());
+        (dir, inv, writer, h)
+    }
+
     fn delivery(serial: &str) -> Delivery {
         Delivery {
             kind: Kind::X509,
@@ -522,10 +544,7 @@ mod tests {
     /// same rows to the same holder succeeds (it used to fail with `Stopped`).
     #[tokio::test]
     async fn a_delivery_dropped_in_mid_commit_does_not_fail_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let (inv, writer) = open_with_writer(dir.path());
-        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
-        let h = holder(pidfd, std::process::id());
+        let (_dir, inv, writer, h) = with_this_process();
         let rows = [delivery("cc")];
         {
             let mut first = std::pin::pin!(inv.record(&h, &rows));
@@ -621,16 +640,15 @@ mod tests {
     /// (the skip never leaves a row live).
     #[tokio::test]
     async fn a_withdrawal_repeated_by_every_stream_is_written_once_and_never_skipped_wrongly() {
-        let dir = tempfile::tempdir().unwrap();
-        let (inv, _writer) = open_with_writer(dir.path());
-        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
-        let h = holder(pidfd, std::process::id());
+        let (_dir, inv, _writer, h) = with_this_process();
         let old = vec![(Kind::X509, "01".to_owned())];
         inv.record(&h, &[delivery("01")]).await.unwrap();
         inv.record(&h, &[delivery("02")]).await.unwrap();
-        for _ in 0..10 {
-            inv.withdraw(h.holder, Some(old.clone()), Reason::Superseded);
-        }
+        let written: Vec<bool> = (0..10)
+            .map(|_| inv.withdraw(h.holder, Some(old.clone()), Reason::Superseded))
+            .collect();
+        assert_eq!(written.iter().filter(|w| **w).count(), 1, "{written:?}");
+        assert!(written[0], "the first withdrawal is the one written");
         inv.record(&h, &[delivery("01")]).await.unwrap();
         let live = |rows: &[Record], serial: &str| {
             rows.iter()
@@ -640,8 +658,8 @@ mod tests {
         let rows = inv.query(Filter::default()).await.unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(live(&rows, "01"), 1, "delivered again: a new live row");
-        inv.withdraw(h.holder, Some(old.clone()), Reason::Superseded);
-        inv.withdraw(h.holder, Some(old), Reason::Superseded);
+        assert!(inv.withdraw(h.holder, Some(old.clone()), Reason::Superseded));
+        assert!(!inv.withdraw(h.holder, Some(old), Reason::Superseded));
         let rows = inv.query(Filter::default()).await.unwrap();
         assert_eq!(live(&rows, "01"), 0, "every row of 01 withdrawn");
         assert_eq!(live(&rows, "02"), 1);
@@ -651,10 +669,7 @@ mod tests {
     /// returns only once that row is durable.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_first_deliveries_write_one_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let (inv, _writer) = open_with_writer(dir.path());
-        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
-        let h = holder(pidfd, std::process::id());
+        let (_dir, inv, _writer, h) = with_this_process();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..50 {
             let (inv, h) = (inv.clone(), h.clone());
