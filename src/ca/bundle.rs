@@ -13,6 +13,15 @@ pub struct X509Bundle {
     der: bytes::Bytes,
 }
 
+/// Certificates concatenated in order, as the Workload API carries a chain or a bundle.
+pub(crate) fn concat(certs: &[CertificateDer<'static>]) -> bytes::Bytes {
+    certs
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 /// Why a bundle file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,11 +43,8 @@ pub enum Error {
 impl X509Bundle {
     /// A bundle of the given certificates.
     pub fn new(certs: Vec<CertificateDer<'static>>) -> Self {
-        let der: Vec<u8> = certs.iter().flat_map(|c| c.iter().copied()).collect();
-        Self {
-            certs,
-            der: der.into(),
-        }
+        let der = concat(&certs);
+        Self { certs, der }
     }
 
     /// Reads a PEM file of CA certificates.
@@ -82,11 +88,6 @@ impl X509Bundle {
     /// The concatenated DER, shared (no copy): what a message of every stream carries.
     pub fn der_shared(&self) -> bytes::Bytes {
         self.der.clone()
-    }
-
-    /// The concatenated DER, borrowed.
-    pub fn der(&self) -> &[u8] {
-        &self.der
     }
 
     /// PEM text, one CERTIFICATE block per certificate.

@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 use super::Error;
+use super::bundle::concat;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 /// Leaves are backdated by this much so a peer whose clock is slightly behind accepts them.
@@ -141,29 +142,16 @@ impl X509Svid {
         &self.key_pkcs8
     }
 
-    /// The chain as concatenated DER, leaf first, as the Workload API carries it.
-    pub fn chain_der(&self) -> &[u8] {
-        &self.chain_der
-    }
-
     /// The key, shared (no copy) for a message.
     pub(crate) fn key_shared(&self) -> Bytes {
         self.key_pkcs8.clone()
     }
 
-    /// The chain, shared (no copy) for a message.
+    /// The chain as concatenated DER, leaf first, as the Workload API carries it: shared (no copy)
+    /// for a message.
     pub(crate) fn chain_shared(&self) -> Bytes {
         self.chain_der.clone()
     }
-}
-
-/// Certificates concatenated, leaf first.
-fn concat(chain: &[CertificateDer<'static>]) -> Bytes {
-    chain
-        .iter()
-        .flat_map(|c| c.iter().copied())
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 impl fmt::Debug for X509Svid {
