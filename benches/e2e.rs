@@ -24,7 +24,7 @@
 //! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
 //! and the agent's RSS idle and with 1,000 open streams; then, on an agent with the per-uid limits
 //! raised, 10,000 open streams (RSS, a rotation's fan-out, an entry change's), from this process and
-//! then from 1,000 child processes (see [`scale`]).
+//! then from 1,000 child processes (see [`scale`]); `LANYARD_BENCH_SCALE_ONLY=1` runs only that part.
 
 #[path = "support/agent.rs"]
 mod agent;
@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use agent::{Agent, Proc, wait_for};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lanyard::client::WorkloadClient;
 use lanyard::proto::*;
@@ -205,13 +205,18 @@ async fn floor_mode(socket: PathBuf) {
     floor::serve(listener, x509, Some(jwt)).await;
 }
 
-/// CPU time (ticks) and context switches (all threads) of `pid`.
-fn usage(pid: u32) -> (u64, u64) {
+/// CPU time (utime + stime, in ticks of USER_HZ) of `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// CPU time (ticks) and context switches (all threads) of `pid`.
+fn usage(pid: u32) -> (u64, u64) {
+    let ticks = cpu_ticks(pid);
     let mut switches = 0;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
@@ -227,6 +232,30 @@ fn usage(pid: u32) -> (u64, u64) {
         }
     }
     (ticks, switches)
+}
+
+/// When the agent whose log is `log` last published a new X.509-SVID at or before `by` (its
+/// `svid minted` debug line, logged as the SVID is handed to the streams that follow it).
+fn published_before(log: &Path, by: SystemTime) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter(|l| l.contains("svid minted"))
+        .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+        .filter(|t| *t <= by)
+        .max()
+}
+
+fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
+    to.duration_since(from).unwrap_or_default().as_secs_f64() * 1e3
+}
+
+/// Write system calls `pid` has made (`syscw` of `/proc/<pid>/io`).
+fn write_calls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -433,8 +462,12 @@ fn print_rows(rows: &[Row]) {
 }
 
 async fn run() {
-    let dir = tempfile::tempdir().unwrap();
     let uid = lanyard::sys::euid();
+    // Only the 10,000-stream part (e.g. to compare fan-out changes run after run).
+    if std::env::var_os("LANYARD_BENCH_SCALE_ONLY").is_some() {
+        return scale(uid).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
     // Joined to a SPIRE server (benches/with-spire.sh) or signing locally with one entry.
     let authority = std::env::var("LANYARD_BENCH_AUTHORITY").ok();
     let entries = match &authority {
@@ -634,7 +667,16 @@ async fn scale(uid: u32) {
     };
     for processes in [1, PROCESSES] {
         let dir = tempfile::tempdir().unwrap();
-        let agent = Agent::start(dir.path(), &entry("before.bench.example.org"), "error").await;
+        // Its mints are logged (with their time) to a file: a rotation is timed from the moment the
+        // agent published the new SVID, not only from what the first client saw.
+        let log = dir.path().join("agent.log");
+        let agent = Agent::start_logging(
+            dir.path(),
+            &entry("before.bench.example.org"),
+            "error,lanyard::issuer=debug",
+            std::fs::File::create(&log).unwrap().into(),
+        )
+        .await;
         let (socket, pid) = (agent.socket.clone(), agent.pid());
         let mut holders = Holders(Vec::new());
         let (clients, streams) = if processes == 1 {
@@ -652,7 +694,7 @@ async fn scale(uid: u32) {
             "\nlanyard RSS with {STREAMS} open streams {from}: {:.1} MB",
             rss_mb(pid)
         );
-        fan_out(streams, &agent, &entry("after.bench.example.org")).await;
+        fan_out(streams, &agent, &entry("after.bench.example.org"), &log).await;
         drop(clients);
         drop(holders);
         drop(agent);
@@ -661,7 +703,12 @@ async fn scale(uid: u32) {
 
 /// Times the next two messages of every stream in `streams`: the rotation, then the entry change
 /// made by rewriting the agent's config with `changed` and sending SIGHUP.
-async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, agent: &Agent, changed: &str) {
+async fn fan_out(
+    streams: Vec<tonic::Streaming<X509svidResponse>>,
+    agent: &Agent,
+    changed: &str,
+    log: &Path,
+) {
     let n = streams.len();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for mut s in streams {
@@ -670,7 +717,7 @@ async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, agent: &Agent
             for round in 0..2 {
                 match s.next().await {
                     Some(Ok(_)) => {
-                        let _ = tx.send((round, Instant::now()));
+                        let _ = tx.send((round, Instant::now(), SystemTime::now()));
                     }
                     _ => return,
                 }
@@ -678,20 +725,56 @@ async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, agent: &Agent
         });
     }
     drop(tx);
+    let pid = agent.pid();
+    // The agent's CPU time and write calls, sampled every 10 ms (two small reads) until the rotation
+    // has arrived: the rotation's cost is read from the second before its first delivery to its last.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = std::thread::spawn({
+        let sampling = sampling.clone();
+        move || {
+            let mut samples = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((Instant::now(), cpu_ticks(pid), write_calls(pid)));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        }
+    });
     let mut rotation = Vec::with_capacity(n);
     while rotation.len() < n {
         match tokio::time::timeout(Duration::from_secs(90), rx.recv()).await {
-            Ok(Some((0, t))) => rotation.push(t),
+            Ok(Some((0, t, at))) => rotation.push((t, at)),
             _ => break,
         }
     }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
     rotation.sort();
     if rotation.len() == n {
-        let first = rotation[0];
+        let (first, first_at) = rotation[0];
+        let (last, last_at) = rotation[n - 1];
+        let before = samples
+            .iter()
+            .rev()
+            .find(|s| s.0 + Duration::from_secs(1) <= first)
+            .unwrap_or(&samples[0]);
+        let after = samples.last().unwrap();
+        // Ticks of USER_HZ (100 a second), as in `report`.
+        let cpu_ms = (after.1 - before.1) as f64 * 10.0;
+        let published = match published_before(log, first_at) {
+            Some(p) => format!(
+                "from its publication in the agent: first {:.0} ms, last {:.0} ms; ",
+                ms_between(p, first_at),
+                ms_between(p, last_at)
+            ),
+            None => "(its publication was not found in the agent's log); ".to_owned(),
+        };
         println!(
-            "rotation on all {n} open streams, from its first delivery: p50 {:.0} ms, last {:.0} ms",
-            (rotation[n / 2] - first).as_secs_f64() * 1e3,
-            (rotation[n - 1] - first).as_secs_f64() * 1e3
+            "rotation on all {n} open streams, {published}from its first delivery: p50 {:.0} ms, last {:.0} ms; agent CPU {cpu_ms:.0} ms ({:.1} µs a stream), {} write calls",
+            (rotation[n / 2].0 - first).as_secs_f64() * 1e3,
+            (last - first).as_secs_f64() * 1e3,
+            cpu_ms * 1e3 / n as f64,
+            after.2 - before.2
         );
     } else {
         println!(
@@ -709,7 +792,7 @@ async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, agent: &Agent
     let mut change = Vec::with_capacity(n);
     while change.len() < n {
         match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some((1, t))) => change.push(t - t0),
+            Ok(Some((1, t, _))) => change.push(t - t0),
             Ok(Some(_)) => {}
             _ => break,
         }

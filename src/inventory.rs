@@ -288,22 +288,12 @@ impl Inventory {
         let mine = if fresh.is_empty() {
             Ok(())
         } else {
-            let keys: Vec<((Kind, String), String)> = fresh
-                .iter()
-                .map(|d| ((d.kind, d.serial.clone()), d.spiffe_id.clone()))
-                .collect();
-            // The commit and its bookkeeping run to the end in a task of their own even if this
-            // caller goes away (a stream dropped in mid-delivery): other deliveries of the same rows
-            // wait on `tx`, and the keys must leave `pending`.
-            let this = self.clone();
-            let holder = holder.clone();
-            let finish = tokio::spawn(async move {
-                let result = this.commit(&holder, fresh).await;
-                this.settle(who, &keys, &result);
-                tx.send_replace(Some(result.clone()));
-                result
-            });
-            finish.await.unwrap_or(Err(Error::Stopped))
+            // The writer settles the commit itself as soon as it is durable: the keys leave
+            // `pending` (and are held), and every delivery waiting on them is woken, even if this
+            // caller has gone away meanwhile (a stream dropped in mid-delivery), and without a
+            // turn in the runtime's queue first (behind, say, the other streams a rotation woke).
+            let wait = self.commit(holder, fresh, tx);
+            self.wait_commit(wait).await
         };
         // Rows another delivery is writing: delivered only once that commit is durable.
         for mut commit in others {
@@ -348,17 +338,51 @@ impl Inventory {
         }
     }
 
-    /// Writes `rows` for `holder` and waits until they are durable.
-    async fn commit(&self, holder: &HolderInfo, rows: Vec<Delivery>) -> Result<(), Error> {
-        let (done, wait) = oneshot::channel();
-        self.send(Op::Record {
+    /// Queues `rows` for `holder`; the writer, once they are durable (or failed), settles them
+    /// ([`Inventory::settle`]), tells those waiting on `tx`, and answers the returned receiver.
+    fn commit(
+        &self,
+        holder: &HolderInfo,
+        rows: Vec<Delivery>,
+        tx: tokio::sync::watch::Sender<Option<Result<(), Error>>>,
+    ) -> oneshot::Receiver<Result<(), Error>> {
+        let who = holder.holder;
+        let keys: Vec<((Kind, String), String)> = rows
+            .iter()
+            .map(|d| ((d.kind, d.serial.clone()), d.spiffe_id.clone()))
+            .collect();
+        let (answer, wait) = oneshot::channel();
+        let this = self.clone();
+        let started = std::time::Instant::now();
+        let done = store::Done::new(move |result: Result<(), Error>| {
+            this.settle(who, &keys, &result);
+            let m = crate::metrics::metrics();
+            m.inventory_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            m.count(
+                &m.inventory_writes,
+                if result.is_ok() { "ok" } else { "error" },
+            );
+            if let Ok(mut last) = this.shared.write_error.lock() {
+                *last = result.as_ref().err().map(ToString::to_string);
+            }
+            tx.send_replace(Some(result.clone()));
+            let _ = answer.send(result);
+        });
+        // Refused (the writer has stopped): the op is dropped with `done`, which settles as
+        // `Stopped`.
+        let _ = self.send(Op::Record {
             holder: holder.clone(),
             rows,
             at: secs(self.shared.clock.now()),
             done,
-        })?;
-        let started = std::time::Instant::now();
-        let result = if self.shared.clock.follows_tokio_time() {
+        });
+        wait
+    }
+
+    /// Waits for the writer's answer to a commit.
+    async fn wait_commit(&self, wait: oneshot::Receiver<Result<(), Error>>) -> Result<(), Error> {
+        if self.shared.clock.follows_tokio_time() {
             // Waited for on the blocking pool, so tokio knows work is in flight: with paused time
             // (tests) the clock must not jump ahead while a commit is pending.
             tokio::task::spawn_blocking(move || wait.blocking_recv())
@@ -369,18 +393,7 @@ impl Inventory {
             // waiting commit: a rotation across 1,000 holders waits on 1,000 commits at once).
             wait.await
         }
-        .map_err(|_| Error::Stopped)?;
-        let m = crate::metrics::metrics();
-        m.inventory_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        m.count(
-            &m.inventory_writes,
-            if result.is_ok() { "ok" } else { "error" },
-        );
-        if let Ok(mut last) = self.shared.write_error.lock() {
-            *last = result.as_ref().err().map(ToString::to_string);
-        }
-        result
+        .map_err(|_| Error::Stopped)?
     }
 
     /// Why the last write failed, while no write has succeeded since.
@@ -559,6 +572,47 @@ mod tests {
             .await
             .expect("the second delivery waited forever")
             .expect("the second delivery of the same rows is recorded");
+        assert_eq!(inv.query(Filter::default()).await.unwrap().len(), 1);
+        inv.close();
+        writer.join().unwrap();
+    }
+
+    /// A commit is settled by the writer as soon as it is durable — held, no longer pending — with
+    /// no turn of the runtime in between: a rotation that woke thousands of streams at once does
+    /// not hold back the deliveries waiting on that commit (nor the ones that would find it held)
+    /// until every other woken stream has run.
+    #[tokio::test]
+    async fn a_commit_is_settled_by_the_writer_without_a_turn_of_the_runtime() {
+        let (_dir, inv, writer, h) = with_this_process();
+        let rows = [delivery("dd")];
+        let key = (Kind::X509, "dd".to_owned());
+        let mut first = std::pin::pin!(inv.record(&h, &rows));
+        std::future::poll_fn(|cx| {
+            assert!(first.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        // This thread is the runtime's only one, and it blocks: nothing else of the runtime runs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let held = |inv: &Inventory| {
+            inv.shared
+                .held
+                .lock()
+                .unwrap()
+                .get(&h.holder)
+                .is_some_and(|k| k.contains_key(&key))
+        };
+        while !held(&inv) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit was not settled without the runtime"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(inv.shared.pending.lock().unwrap().is_empty());
+        // The caller learns it too, and the same rows again cost nothing.
+        first.await.unwrap();
+        inv.record(&h, &rows).await.unwrap();
         assert_eq!(inv.query(Filter::default()).await.unwrap().len(), 1);
         inv.close();
         writer.join().unwrap();

@@ -27,6 +27,11 @@ impl Agent {
     /// Writes the config (socket, admin socket and data under `dir`, health off, then `extra`)
     /// and starts `lanyard agent` on it with `RUST_LOG=log`; returns once the socket exists.
     pub(crate) async fn start(dir: &Path, extra: &str, log: &str) -> Self {
+        Self::start_logging(dir, extra, log, Stdio::inherit()).await
+    }
+
+    /// As [`Agent::start`], with the agent's log lines (stderr) going to `stderr`.
+    pub(crate) async fn start_logging(dir: &Path, extra: &str, log: &str, stderr: Stdio) -> Self {
         let socket = dir.join("agent.sock");
         let config = dir.join("lanyard.toml");
         std::fs::write(&config, config_text(dir, extra)).unwrap();
@@ -35,6 +40,7 @@ impl Agent {
                 .args(["agent", "--config", config.to_str().unwrap()])
                 .env("RUST_LOG", log)
                 .stdout(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .unwrap(),
         );

@@ -28,7 +28,7 @@ pub(super) enum Op {
         holder: HolderInfo,
         rows: Vec<Delivery>,
         at: i64,
-        done: oneshot::Sender<Result<(), Error>>,
+        done: Done,
     },
     Withdraw {
         holder: Holder,
@@ -46,6 +46,33 @@ pub(super) enum Op {
         now: i64,
         reply: oneshot::Sender<Result<Vec<Record>, Error>>,
     },
+}
+
+/// What follows a record's commit, run by whoever ends the record: the writer once the batch is
+/// durable (or failed), or, with `Stopped`, whatever drops it unanswered (the writer gone).
+pub(super) struct Done(Option<Then>);
+
+/// The work a [`Done`] carries.
+type Then = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+impl Done {
+    pub(super) fn new(then: impl FnOnce(Result<(), Error>) + Send + 'static) -> Self {
+        Self(Some(Box::new(then)))
+    }
+
+    pub(super) fn send(mut self, result: Result<(), Error>) {
+        if let Some(then) = self.0.take() {
+            then(result);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(then) = self.0.take() {
+            then(Err(Error::Stopped));
+        }
+    }
 }
 
 /// The writer: run it on a thread of its own (it blocks).
@@ -244,7 +271,8 @@ fn writer(
         }
         for op in batch {
             match op {
-                Op::Record { done, .. } | Op::WithdrawAll { done, .. } => {
+                Op::Record { done, .. } => done.send(result.clone()),
+                Op::WithdrawAll { done, .. } => {
                     let _ = done.send(result.clone());
                 }
                 Op::Query { filter, now, reply } => {
