@@ -26,6 +26,22 @@ use tokio::time::Instant;
 use crate::ca::{CaSnapshot, SvidRequest, X509Svid, mint};
 use crate::clock::{Backoff, SharedClock};
 
+/// The issuer's publications so far (every change of an SVID's state that wakes its streams), in
+/// this process. Counted before each is sent: a stream reads it once woken, and an attestation that
+/// began when the count had reached that value began after the publication that woke the stream.
+static PUBLICATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of publications so far ([`PUBLICATIONS`]).
+pub(crate) fn publications() -> u64 {
+    PUBLICATIONS.load(Ordering::SeqCst)
+}
+
+/// Publishes `state` to the streams of one SVID, counted first.
+fn publish(tx: &watch::Sender<SvidState>, state: SvidState) {
+    PUBLICATIONS.fetch_add(1, Ordering::SeqCst);
+    tx.send_replace(state);
+}
+
 /// Retry delays of a failed rotation (capped further by the SVID's expiry).
 const RETRY: Backoff = Backoff {
     first: Duration::from_secs(1),
@@ -222,7 +238,7 @@ impl Issuer {
         });
         let retry = matches!(*slot.tx.borrow(), SvidState::Failed(_));
         if retry {
-            slot.tx.send_replace(SvidState::Pending);
+            publish(&slot.tx, SvidState::Pending);
         }
         // The wall clock jumped past the SVID (a suspended machine, a clock step) before its
         // rotation timer, which follows the monotonic clock, fired: mint now.
@@ -341,7 +357,7 @@ impl Issuer {
                     rotate_in = ?rotate_in,
                     "svid minted"
                 );
-                slot.tx.send_replace(SvidState::Ready(Arc::new(svid)));
+                publish(&slot.tx, SvidState::Ready(Arc::new(svid)));
                 if let Ok(mut index) = self.published.write() {
                     index.insert(req.clone(), slot.tx.clone());
                 }
@@ -372,10 +388,13 @@ impl Issuer {
                     }
                     // Expired (or never minted): nothing valid to publish. Retry while held.
                     Some(_) => {
-                        slot.tx.send_replace(SvidState::Failed(
-                            format!("the SVID expired and minting a new one fails: {message}")
-                                .into(),
-                        ));
+                        publish(
+                            &slot.tx,
+                            SvidState::Failed(
+                                format!("the SVID expired and minting a new one fails: {message}")
+                                    .into(),
+                            ),
+                        );
                         if let Ok(mut index) = self.published.write() {
                             index.remove(req);
                         }
@@ -385,7 +404,7 @@ impl Issuer {
                     // Never minted, or failing since it expired: retried while anyone holds it
                     // (an unheld slot is dropped when the timer fires).
                     None => {
-                        slot.tx.send_replace(SvidState::Failed(message.clone()));
+                        publish(&slot.tx, SvidState::Failed(message.clone()));
                         self.schedule(req, RETRY.delay(failures));
                         "svid mint failed; retrying while it is wanted"
                     }

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub streams_open: Gauge,
     pub svid_mints: Family<Mint, Counter>,
     pub attestations: Family<Outcome, Counter>,
+    /// Re-attestations before a push: afresh, or shared with another stream of the connection.
+    pub reattestations: Family<Outcome, Counter>,
     /// SDS responses Envoy rejected (NACK).
     pub sds_nacks: Family<Outcome, Counter>,
     pub kubelet_requests: Family<Outcome, Counter>,
@@ -111,6 +113,7 @@ pub struct Metrics {
     /// attestations, looked up once: a family lookup hashes its labels on every call.
     hot_rpc: [OnceLock<(Counter, Histogram)>; HOT_METHODS.len()],
     hot_attested: OnceLock<Counter>,
+    hot_reattested: [OnceLock<Counter>; 2],
 }
 
 /// The Workload API methods whose successful calls are counted through kept handles.
@@ -138,6 +141,7 @@ impl Metrics {
             streams_open: Gauge::default(),
             svid_mints: Family::default(),
             attestations: Family::default(),
+            reattestations: Family::default(),
             sds_nacks: Family::default(),
             kubelet_requests: Family::default(),
             kubelet_seconds: latency(),
@@ -151,6 +155,7 @@ impl Metrics {
             ids_seen: Mutex::new(HashSet::new()),
             hot_rpc: Default::default(),
             hot_attested: OnceLock::new(),
+            hot_reattested: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -187,6 +192,12 @@ impl Metrics {
             "lanyard_attestations",
             "Caller attestations by outcome (ok, or why no identity)",
             m.attestations.clone(),
+        );
+        registry.register(
+            "lanyard_stream_reattestations",
+            "Callers attested again before a push, by outcome: afresh (from the kernel) or shared \
+             (another stream of the same connection attested the process after the change both push)",
+            m.reattestations.clone(),
         );
         registry.register(
             "lanyard_sds_rejections",
@@ -266,6 +277,7 @@ impl Metrics {
                 "error",
             ],
         );
+        zero(&m.reattestations, &["afresh", "shared"]);
         zero(&m.kubelet_requests, &["ok", "error"]);
         zero(&m.sds_nacks, &["nack"]);
         zero(&m.inventory_writes, &["ok", "error"]);
@@ -339,6 +351,18 @@ impl Metrics {
             return;
         }
         self.count(&self.attestations, outcome);
+    }
+
+    /// One re-attestation before a push, shared with another stream of the connection or not.
+    pub fn reattestation(&self, shared: bool) {
+        let outcome = if shared { "shared" } else { "afresh" };
+        self.hot_reattested[usize::from(shared)]
+            .get_or_init(|| {
+                self.reattestations
+                    .get_or_create(&Outcome { outcome })
+                    .clone()
+            })
+            .inc();
     }
 
     pub fn count(&self, family: &Family<Outcome, Counter>, outcome: &'static str) {

@@ -231,6 +231,71 @@ async fn exec_of_an_entitled_program_after_connect_gives_the_holder_nothing() {
     agent2.shutdown().await;
 }
 
+/// Several open streams on one connection whose process then execs another program, with exec
+/// events off (so only the re-attestation before a push can catch it): the rotation that follows
+/// reaches none of them. A rotation attests a connection's process once for all its streams, but
+/// only with an attestation begun after the rotation's publication — never one from before the
+/// exec (one is kept from an entry change just before it) — so every stream is cut off.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_after_an_exec_reaches_none_of_the_connections_streams() {
+    if !require_root("a_rotation_after_an_exec_reaches_none_of_the_connections_streams") {
+        return;
+    }
+    let sleep = std::fs::canonicalize("/usr/bin/sleep").unwrap();
+    let sleep = sleep.to_str().unwrap();
+    let cfg = format!(
+        "[attestation]\nexec_events = false\n[svid]\nx509_ttl = \"1m\"\n{}",
+        entry("/nobody", &format!("unix:uid:{NOBODY}"))
+    );
+    let mut agent = TestAgent::start(&cfg).await;
+    let (fd, go, child) = fork_connect_then_exec(&agent.socket, Some(NOBODY), &[sleep, "120"]);
+    let mut client = client_over(fd).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut stream = client
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = next_within(&mut stream, 5).await;
+        assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/nobody");
+        streams.push(stream);
+    }
+    // An entry change that changes nothing for them: each stream attests the process again (and
+    // sends nothing), and the connection keeps that attestation.
+    agent.reload(&format!("{cfg}{}", entry("/other", "unix:uid:4242")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let_it_exec(go, child.pid, sleep);
+    // The rotation comes at about half of the 1-minute life.
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let next = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio_stream::StreamExt::next(stream),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("stream {i}: neither cut off nor rotated in 60 s"));
+        let status = match next {
+            Some(Err(status)) => status,
+            Some(Ok(msg)) => panic!(
+                "stream {i}: the process that exec'd got the rotated SVID of {:?}",
+                msg.svids.iter().map(|s| &s.spiffe_id).collect::<Vec<_>>()
+            ),
+            None => panic!("stream {i} ended without a status"),
+        };
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "stream {i}: {status:?}"
+        );
+        assert!(
+            status.message().contains("changed its program"),
+            "stream {i}: {status:?}"
+        );
+    }
+    drop(child);
+    agent.shutdown().await;
+}
+
 /// A program bind-mounted over `/usr/bin/sleep` in a private mount namespace (what any container
 /// can do) runs as "/usr/bin/sleep" there. It must not get the `unix:path:/usr/bin/sleep` identity;
 /// `unix:sha256` (read through the pinned exe link) still identifies what really runs.

@@ -30,6 +30,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::Error;
+use crate::selector::SelectorSet;
 use crate::sys;
 use crate::sys::peer::{self, PeerCred};
 use crate::sys::pidfd::Pidfd;
@@ -87,6 +88,8 @@ pub struct Caller {
     proven: ProvenDir,
     /// The executable as the connection last read it ([`ExeFacts`]).
     known_exe: KnownExe,
+    /// The connection's newest successful re-attestation ([`Recent`]).
+    recent: Recent,
 }
 
 /// What the agent knows of a caller's executable: the stamps `stat` read through its `exe` link,
@@ -102,6 +105,10 @@ pub struct ExeFacts {
 /// proved, after the read, that the program and the mount namespace were still the ceiling's and the
 /// stamps unchanged across the read; replaced whenever an attestation reads them again.
 type KnownExe = Arc<Mutex<Option<ExeFacts>>>;
+
+/// Where a connection keeps its newest successful re-attestation, with the issuer's publication
+/// count read before it began ([`PinnedProcess::recent_attestation`]).
+type Recent = Arc<Mutex<Option<(u64, SelectorSet)>>>;
 
 /// Where a connection keeps its caller's `/proc` directory. Filled only by a successful
 /// [`PinnedProcess::confirm`] through that directory — the proof that the directory was the
@@ -123,6 +130,8 @@ pub struct PinnedProcess {
     proven: ProvenDir,
     /// The connection's [`ExeFacts`].
     known_exe: KnownExe,
+    /// The connection's newest re-attestation.
+    recent: Recent,
 }
 
 impl Caller {
@@ -201,6 +210,7 @@ impl Caller {
             instance: OnceLock::new(),
             proven: ProvenDir::default(),
             known_exe: KnownExe::default(),
+            recent: Recent::default(),
         })
     }
 
@@ -268,6 +278,7 @@ impl PinnedProcess {
             ceiling: caller.ceiling.clone(),
             proven: caller.proven.clone(),
             known_exe: caller.known_exe.clone(),
+            recent: caller.recent.clone(),
         };
         Ok(pinned)
     }
@@ -310,6 +321,35 @@ impl PinnedProcess {
             return None;
         }
         self.known_exe.lock().ok()?.clone()
+    }
+
+    /// What a re-attestation of this connection's process found, if one succeeded that began after
+    /// the issuer's publication count reached `since` (read by the caller after the publication
+    /// that woke it): a re-attestation made after that publication, of this same pinned process,
+    /// by another stream of the connection woken by it. `None`: attest afresh.
+    pub fn recent_attestation(&self, since: u64) -> Option<SelectorSet> {
+        match &*self.recent.lock().ok()? {
+            Some((at, selectors)) if *at >= since => Some(selectors.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps a successful re-attestation, begun when the publication count was `at`, for the
+    /// connection's other streams (the newest is kept).
+    pub fn keep_attestation(&self, at: u64, selectors: &SelectorSet) {
+        if let Ok(mut slot) = self.recent.lock()
+            && slot.as_ref().is_none_or(|(kept, _)| *kept <= at)
+        {
+            *slot = Some((at, selectors.clone()));
+        }
+    }
+
+    /// Forgets the connection's kept re-attestation (one failed, or the process exec'd): the
+    /// connection's other streams attest afresh.
+    pub fn forget_attestation(&self) {
+        if let Ok(mut slot) = self.recent.lock() {
+            *slot = None;
+        }
     }
 
     /// Keeps `facts` for the connection's later attestations.
@@ -539,5 +579,50 @@ mod tests {
         let other = PinnedProcess::open(&other).unwrap();
         other.confirm().unwrap();
         assert_eq!(other.known_exe(), None, "another connection knows nothing");
+    }
+
+    /// A connection's kept re-attestation stands for another of its streams only when it began at
+    /// or after the publication that woke that stream; the newest is kept; a failure or an exec
+    /// forgets it; another connection never sees it.
+    #[test]
+    fn a_kept_reattestation_stands_only_for_what_woke_before_it_began() {
+        use crate::selector::Selector;
+        let (a, _b) = UnixStream::pair().unwrap();
+        let caller = Caller::from_socket(a.as_fd()).unwrap();
+        let (one, two) = (
+            PinnedProcess::open(&caller).unwrap(),
+            PinnedProcess::open(&caller).unwrap(),
+        );
+        let mut found = SelectorSet::new();
+        found.insert(Selector::UnixUid(1000));
+        assert_eq!(two.recent_attestation(0), None, "nothing kept yet");
+        one.keep_attestation(7, &found);
+        assert_eq!(two.recent_attestation(7).as_ref(), Some(&found));
+        assert_eq!(two.recent_attestation(3).as_ref(), Some(&found));
+        assert_eq!(
+            two.recent_attestation(8),
+            None,
+            "began before the publication that woke the stream"
+        );
+        let mut older = SelectorSet::new();
+        older.insert(Selector::UnixUid(1));
+        two.keep_attestation(5, &older);
+        assert_eq!(
+            one.recent_attestation(7).as_ref(),
+            Some(&found),
+            "an older one does not replace the newest"
+        );
+        let (c, _d) = UnixStream::pair().unwrap();
+        let other = Caller::from_socket(c.as_fd()).unwrap();
+        assert_eq!(
+            PinnedProcess::open(&other).unwrap().recent_attestation(0),
+            None
+        );
+        one.forget_attestation();
+        assert_eq!(
+            two.recent_attestation(0),
+            None,
+            "forgotten for every stream"
+        );
     }
 }

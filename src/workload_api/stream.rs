@@ -67,6 +67,13 @@ impl Attested {
     }
 }
 
+/// Whether an exec of the caller was reported and not yet seen (consumes the report).
+fn exec_reported(exec: &tokio::sync::Notify) -> bool {
+    let notified = std::pin::pin!(exec.notified());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    notified.poll(&mut cx).is_ready()
+}
+
 fn exe_of(selectors: &SelectorSet) -> String {
     selectors
         .iter()
@@ -177,6 +184,8 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         let pid = self.attested.pinned.pid();
         let exec = exec.unwrap_or_else(|| self.ctx.exec.register(pid));
         loop {
+            // Woken by an SVID's publication: the count read then ([`crate::issuer::publications`]).
+            let mut woken_by = None;
             let outcome = tokio::select! {
                 _ = tx.closed() => return,
                 _ = crate::shutdown::signalled(&mut shutdown) => Err(Error::ShuttingDown),
@@ -195,12 +204,24 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                     Ok(()) => Ok(()),
                     Err(_) => Err(Error::ShuttingDown),
                 },
-                Some(_) = self.updates.next(), if !self.updates.is_empty() => self.check_svids(),
+                Some(_) = self.updates.next(), if !self.updates.is_empty() => {
+                    woken_by = Some(crate::issuer::publications());
+                    self.check_svids()
+                }
                 // The caller exec'd: re-attested below before anything is sent.
-                _ = exec.notified() => Ok(()),
+                _ = exec.notified() => {
+                    // Afresh, and not by another stream's attestation from before the exec.
+                    self.attested.pinned.forget_attestation();
+                    Ok(())
+                }
             };
+            // An exec reported since (kept as a permit while this stream was busy): afresh.
+            if woken_by.is_some() && exec_reported(&exec) {
+                self.attested.pinned.forget_attestation();
+                woken_by = None;
+            }
             let outcome = match outcome {
-                Ok(()) => self.reattest().await,
+                Ok(()) => self.reattest(woken_by).await,
                 Err(e) => Err(e),
             };
             let sent = match outcome {
@@ -253,9 +274,50 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     /// Attests the pinned process again before a push. A process that exec'd another program or
     /// changed credentials fails here (`attest::Error::Changed`) and the stream ends; selectors may
     /// still change otherwise (a pod's labels), and then entitlements are matched again.
-    async fn reattest(&mut self) -> Result<(), Error> {
+    ///
+    /// `woken_by`: the stream was woken by an SVID's publication, and this is the publication
+    /// count read then. A re-attestation of the same process by another stream of the connection
+    /// that began after that publication stands for this one
+    /// ([`crate::attest::PinnedProcess::recent_attestation`]): a rotation pushed to the many
+    /// streams of one connection attests the process once, not once per stream.
+    async fn reattest(&mut self, woken_by: Option<u64>) -> Result<(), Error> {
         let pinned = self.attested.pinned.clone();
-        let attestors = self.ctx.attestors.clone();
+        let recent = woken_by.and_then(|since| pinned.recent_attestation(since));
+        crate::metrics::metrics().reattestation(recent.is_some());
+        let selectors = match recent {
+            Some(selectors) => selectors,
+            None => {
+                let began = crate::issuer::publications();
+                match Self::attest_afresh(pinned.clone(), self.ctx.attestors.clone()).await {
+                    Ok(selectors) => {
+                        pinned.keep_attestation(began, &selectors);
+                        selectors
+                    }
+                    Err(e) => {
+                        pinned.forget_attestation();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let pid = pinned.pid();
+        if selectors != self.attested.selectors {
+            tracing::info!(pid, selectors = %selectors, "caller's selectors changed; re-matching");
+            self.attested.holder.exe = exe_of(&selectors);
+            self.attested.selectors = selectors;
+            self.rematch().await?;
+        } else if self.act.is_some() && self.cedar.borrow().is_some() {
+            // Policies may depend on time: decided again before every push.
+            self.rematch().await?;
+        }
+        Ok(())
+    }
+
+    /// Attests the pinned process again, from the kernel.
+    async fn attest_afresh(
+        pinned: Arc<PinnedProcess>,
+        attestors: Arc<Vec<Box<dyn crate::attest::Attestor>>>,
+    ) -> Result<SelectorSet, Error> {
         let pid = pinned.pid();
         let fast = crate::attest::reattest_fast(&pinned, &attestors);
         let selectors = match fast {
@@ -272,16 +334,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             .map_err(|source| Error::Attestation { pid, source })?,
             Err(source) => return Err(Error::Attestation { pid, source }),
         };
-        if selectors != self.attested.selectors {
-            tracing::info!(pid, selectors = %selectors, "caller's selectors changed; re-matching");
-            self.attested.holder.exe = exe_of(&selectors);
-            self.attested.selectors = selectors;
-            self.rematch().await?;
-        } else if self.act.is_some() && self.cedar.borrow().is_some() {
-            // Policies may depend on time: decided again before every push.
-            self.rematch().await?;
-        }
-        Ok(())
+        Ok(selectors)
     }
 
     async fn on_policy_change(&mut self) -> Result<(), Error> {
