@@ -7,8 +7,6 @@ mod common;
 
 use common::*;
 use lanyard::metrics::{Outcome, metrics};
-use lanyard::proto::X509svidRequest;
-use tokio_stream::StreamExt;
 
 fn reattested(outcome: &'static str) -> u64 {
     metrics()
@@ -31,15 +29,7 @@ async fn a_rotation_attests_each_connection_once_not_each_stream() {
     let mut clients = Vec::new();
     for _ in 0..2 {
         let mut c = agent.client().await;
-        for _ in 0..10 {
-            let mut s = c
-                .fetch_x509svid(X509svidRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            s.next().await.unwrap().unwrap();
-            streams.push(s);
-        }
+        streams.extend(open_x509_streams(&mut c, 10).await);
         clients.push(c);
     }
     let (afresh, shared) = (reattested("afresh"), reattested("shared"));

@@ -67,16 +67,7 @@ async fn many_streams_of_one_uid_share_one_new_credential_on_an_entry_change() {
     };
     let mut agent = TestAgent::start(&entry("before.example.org")).await;
     let mut client = agent.client().await;
-    let mut streams = Vec::new();
-    for _ in 0..60 {
-        let mut s = client
-            .fetch_x509svid(X509svidRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        s.next().await.unwrap().unwrap();
-        streams.push(s);
-    }
+    let mut streams = open_x509_streams(&mut client, 60).await;
     agent.reload(&entry("after.example.org"));
     for (i, s) in streams.iter_mut().enumerate() {
         let next = tokio::time::timeout(std::time::Duration::from_secs(10), s.next())

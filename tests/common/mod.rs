@@ -172,6 +172,24 @@ pub(crate) fn ids_in(output: &Output) -> Vec<String> {
         .collect()
 }
 
+/// `n` open FetchX509SVID streams on `client`, each past its first message.
+pub(crate) async fn open_x509_streams(
+    client: &mut lanyard::client::WorkloadClient,
+    n: usize,
+) -> Vec<tonic::Streaming<lanyard::proto::X509svidResponse>> {
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = client
+            .fetch_x509svid(lanyard::proto::X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        next_within(&mut s, 10).await;
+        streams.push(s);
+    }
+    streams
+}
+
 /// Waits for a stream's next message, failing the test after `secs`.
 pub(crate) async fn next_within<S, T>(stream: &mut S, secs: u64) -> T
 where
