@@ -34,11 +34,16 @@ use crate::sys::socket::register;
 /// client stopped reading holds at most this much more than h2 already does.
 const MAX_COLLECTED: usize = 16 * 1024;
 
+/// How many times in a row a flush is put off while other streams are making a push.
+const MAX_DEFERRED: u8 = 4;
+
 /// An accepted connection's socket (see the module documentation).
 pub(crate) struct Conn {
     socket: Socket,
     /// Written by h2, not yet sent: sent in one `write` at the next flush.
     collected: BytesMut,
+    /// Flushes put off since the last send.
+    deferred: u8,
 }
 
 /// The registered socket.
@@ -60,6 +65,7 @@ impl Conn {
                 writable_too: false,
             },
             collected: BytesMut::new(),
+            deferred: 0,
         })
     }
 
@@ -111,6 +117,16 @@ impl Conn {
 
     /// Sends everything collected.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.collected.is_empty()
+            && self.deferred < MAX_DEFERRED
+            && self.collected.len() < MAX_COLLECTED / 2
+            && super::stream::pushes_under_way()
+        {
+            self.deferred += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.deferred = 0;
         self.poll_send_collected(cx)
     }
 
@@ -239,6 +255,59 @@ mod tests {
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"goaway");
+    }
+
+    /// While other streams are making a push, a flush is put off (the connection's task is woken to
+    /// come back after them), at most [`MAX_DEFERRED`] times in a row; what it collected meanwhile
+    /// then leaves in one write.
+    #[tokio::test]
+    async fn a_flush_waits_for_pushes_under_way_a_bounded_number_of_times() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (mut conn, mut peer) = pair();
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let pushing = super::super::stream::Pushing::start();
+        let mut expected = Vec::new();
+        for i in 0..MAX_DEFERRED {
+            let piece = format!("answer {i}|");
+            write(&mut conn, piece.as_bytes()).await;
+            expected.extend_from_slice(piece.as_bytes());
+            assert!(
+                conn.poll_flush(&mut cx).is_pending(),
+                "flush {i} is put off while a push is under way"
+            );
+            assert_eq!(
+                woken.0.load(Ordering::SeqCst),
+                usize::from(i) + 1,
+                "and the task is woken to come back"
+            );
+            let mut none = [0u8; 8];
+            assert_eq!(
+                peer.try_read(&mut none).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock,
+                "nothing sent while the flush is put off"
+            );
+        }
+        write(&mut conn, b"last").await;
+        expected.extend_from_slice(b"last");
+        assert!(
+            conn.poll_flush(&mut cx).is_ready(),
+            "never put off more than MAX_DEFERRED times in a row"
+        );
+        drop(pushing);
+        let mut got = vec![0u8; 1024];
+        let n = peer.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], &expected[..], "everything, at the last flush");
+        // The count starts again after a send.
+        assert_eq!(conn.deferred, 0);
     }
 
     /// A client that stops reading: writes wait (registered for writable from then on) and go on

@@ -4,14 +4,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::listener::PeerInfo;
 use super::status::to_status;
-use super::stream::{Attested, Watcher, render_bundles, render_svids};
+use super::stream::{Attested, Following, Watcher, render_bundles, render_svids};
 use super::{Context, Error, header};
 use crate::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use crate::proto::*;
@@ -164,39 +163,58 @@ impl WorkloadApi {
         let (watcher, first) = Watcher::open(self.ctx.clone(), attested, render, with_svids, act)
             .await
             .map_err(|e| to_status(&e))?;
-        let (tx, rx) = mpsc::channel(4);
-        // The channel is empty and has room: this cannot fail.
-        let _ = tx.try_send(Ok(first));
         Ok(Watch {
-            rx,
-            run: Some(Box::pin(watcher.run(tx, permit, exec))),
+            first: Some(first),
+            step: None,
+            following: Some(Box::new(watcher.follow(permit, exec))),
         })
     }
 }
 
+/// One call of [`Following::next`], holding the stream's state until it completes.
+type Step<M> = Pin<Box<dyn Future<Output = (Box<Following<M>>, Option<Result<M, Status>>)> + Send>>;
+
 /// An open stream: the watcher runs inside whatever polls the stream (the response body's task),
-/// so a stream costs no task of its own, and dropping the stream (the caller cancelled or went
-/// away) drops the watcher with it.
+/// so a stream costs no task or channel of its own, and dropping the stream (the caller cancelled
+/// or went away) drops the watcher with it.
 pub(super) struct Watch<M> {
-    rx: mpsc::Receiver<Result<M, Status>>,
-    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The first message, made when the stream was opened.
+    first: Option<M>,
+    /// The call making the next message, while one is under way.
+    step: Option<Step<M>>,
+    /// The stream's state between calls; `None` once it has ended.
+    following: Option<Box<Following<M>>>,
 }
 
-impl<M> Stream for Watch<M> {
+// Nothing in it is pinned in place (the step is boxed).
+impl<M> Unpin for Watch<M> {}
+
+impl<M: Clone + PartialEq + Send + 'static> Stream for Watch<M> {
     type Item = Result<M, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        // What is queued goes first (the first message was queued at open).
-        if let Poll::Ready(Some(item)) = self.rx.poll_recv(cx) {
-            return Poll::Ready(Some(item));
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
         }
-        if let Some(run) = self.run.as_mut()
-            && run.as_mut().poll(cx).is_ready()
-        {
-            // The watcher ended; what it sent last is still queued.
-            self.run = None;
+        if self.step.is_none() {
+            let Some(mut following) = self.following.take() else {
+                return Poll::Ready(None);
+            };
+            self.step = Some(Box::pin(async move {
+                let item = following.next().await;
+                (following, item)
+            }));
         }
-        self.rx.poll_recv(cx)
+        let Some(step) = self.step.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (following, item) = std::task::ready!(step.as_mut().poll(cx));
+        self.step = None;
+        // After an error status the stream ends: its permits go with it.
+        if matches!(item, Some(Ok(_))) {
+            self.following = Some(following);
+        }
+        Poll::Ready(item)
     }
 }
 

@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 use tonic::Status;
@@ -64,6 +65,32 @@ impl Attested {
             selectors,
             holder,
         }
+    }
+}
+
+/// Streams making a push now: woken by a change, their message not yet handed over.
+static PUSHING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any stream is making a push now (a rotation's or an entry change's fan-out under way):
+/// a connection then puts off its flush a little, so the messages of its other streams go out in
+/// the same write ([`super::conn`]).
+pub(super) fn pushes_under_way() -> bool {
+    PUSHING.load(Ordering::Relaxed) > 0
+}
+
+/// Counted in [`PUSHING`] while it lives.
+pub(super) struct Pushing;
+
+impl Pushing {
+    pub(super) fn start() -> Self {
+        PUSHING.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for Pushing {
+    fn drop(&mut self) {
+        PUSHING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -168,106 +195,22 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         Ok((w, first))
     }
 
-    /// Follows changes until the caller leaves, loses its entitlement, or the agent stops.
+    /// Follows changes from here on: see [`Following`].
     /// `exec`: the caller's exec notifier, registered before it was attested (one is registered
     /// here when none was).
-    pub(super) async fn run(
-        mut self,
-        tx: mpsc::Sender<Result<M, Status>>,
-        _permit: (OwnedSemaphorePermit, crate::limits::StreamSlot),
+    pub(super) fn follow(
+        self,
+        permit: (OwnedSemaphorePermit, crate::limits::StreamSlot),
         exec: Option<Arc<tokio::sync::Notify>>,
-    ) {
-        // No exit watch of its own: when the caller exits its connection closes (caught by
-        // `tx.closed()`), the inventory's per-process watch withdraws its credentials, and a connection
-        // handed to another process is caught by the re-attestation before the next push.
-        let mut shutdown = self.ctx.shutdown.clone();
-        let pid = self.attested.pinned.pid();
-        let exec = exec.unwrap_or_else(|| self.ctx.exec.register(pid));
-        loop {
-            // Woken by an SVID's publication: the count read then ([`crate::issuer::publications`]).
-            let mut woken_by = None;
-            let outcome = tokio::select! {
-                _ = tx.closed() => return,
-                _ = crate::shutdown::signalled(&mut shutdown) => Err(Error::ShuttingDown),
-                changed = self.policy.changed() => match changed {
-                    Ok(()) => self.on_policy_change().await,
-                    Err(_) => Err(Error::ShuttingDown),
-                },
-                changed = self.cedar.changed() => match changed {
-                    Ok(()) => {
-                        self.cedar.borrow_and_update();
-                        self.rematch().await
-                    }
-                    Err(_) => Err(Error::ShuttingDown),
-                },
-                changed = self.ca.changed() => match changed {
-                    Ok(()) => Ok(()),
-                    Err(_) => Err(Error::ShuttingDown),
-                },
-                Some(_) = self.updates.next(), if !self.updates.is_empty() => {
-                    woken_by = Some(crate::issuer::publications());
-                    self.check_svids()
-                }
-                // The caller exec'd: re-attested below before anything is sent.
-                _ = exec.notified() => {
-                    // Afresh, and not by another stream's attestation from before the exec.
-                    self.attested.pinned.forget_attestation();
-                    Ok(())
-                }
-            };
-            // An exec reported since (kept as a permit while this stream was busy): afresh.
-            if woken_by.is_some() && exec_reported(&exec) {
-                self.attested.pinned.forget_attestation();
-                woken_by = None;
-            }
-            let outcome = match outcome {
-                Ok(()) => self.reattest(woken_by).await,
-                Err(e) => Err(e),
-            };
-            let sent = match outcome {
-                Ok(()) => self.send_if_changed(&tx).await,
-                Err(
-                    e @ Error::Attestation {
-                        source: crate::attest::Error::Kubernetes { .. },
-                        ..
-                    },
-                ) => {
-                    // The pod could not be resolved (kubelet unreachable, never seen): say why.
-                    let _ = tx.send(Err(to_status(&e))).await;
-                    return;
-                }
-                Err(Error::Attestation { source, .. })
-                    if !matches!(source, crate::attest::Error::Changed { .. }) =>
-                {
-                    tracing::debug!(pid, "caller gone during re-attestation; stream closed");
-                    return;
-                }
-                Err(e) => {
-                    // Lost its entitlement, or the pinned process exec'd or changed credentials
-                    // (cut off, never followed): what it holds is withdrawn.
-                    let cut_off = match e {
-                        Error::PolicyDenied(_) => Some(Reason::PolicyDenied),
-                        Error::EntitlementLost
-                        | Error::Attestation {
-                            source: crate::attest::Error::Changed { .. },
-                            ..
-                        } => Some(Reason::EntitlementRemoved),
-                        _ => None,
-                    };
-                    if let Some(reason) = cut_off {
-                        self.ctx.inventory.withdraw(
-                            self.attested.holder.holder,
-                            Some(self.delivered_keys()),
-                            reason,
-                        );
-                    }
-                    let _ = tx.send(Err(to_status(&e))).await;
-                    return;
-                }
-            };
-            if !sent {
-                return;
-            }
+    ) -> Following<M> {
+        let shutdown = self.ctx.shutdown.clone();
+        let exec = exec.unwrap_or_else(|| self.ctx.exec.register(self.attested.pinned.pid()));
+        Following {
+            watcher: self,
+            shutdown,
+            exec,
+            _permit: permit,
+            ended: false,
         }
     }
 
@@ -478,19 +421,16 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         })
     }
 
-    /// Sends the current state if it differs from what was last sent (ST-3: no message when nothing
-    /// changed). Returns false when the caller is gone or the delivery could not be recorded.
-    async fn send_if_changed(&mut self, tx: &mpsc::Sender<Result<M, Status>>) -> bool {
+    /// The current state, if it differs from what was last sent (ST-3: no message when nothing
+    /// changed), recorded in the inventory first.
+    async fn changed_message(&mut self) -> Result<Option<M>, Error> {
         let msg = self.render_now();
         if self.last.as_ref() == Some(&msg) {
-            return true;
+            return Ok(None);
         }
-        if let Err(e) = self.record_delivery().await {
-            let _ = tx.send(Err(to_status(&e))).await;
-            return false;
-        }
+        self.record_delivery().await?;
         self.last = Some(msg.clone());
-        tx.send(Ok(msg)).await.is_ok()
+        Ok(Some(msg))
     }
 
     /// Records the SVIDs about to be delivered (durably, before delivery) and withdraws the ones this
@@ -557,6 +497,124 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             .values()
             .map(|s| (Kind::X509, s.clone()))
             .collect()
+    }
+}
+
+/// An open stream after its first message: the next message is made when whoever reads the
+/// stream asks for it (the response body's task, see `service::Watch`), so a push costs no task
+/// or channel hop of its own, and dropping it (the caller cancelled or went away) ends the watch.
+/// It holds the stream's permits until then.
+pub(super) struct Following<M> {
+    watcher: Watcher<M>,
+    shutdown: watch::Receiver<bool>,
+    exec: Arc<tokio::sync::Notify>,
+    _permit: (OwnedSemaphorePermit, crate::limits::StreamSlot),
+    /// The stream has ended (its last item was an error status).
+    ended: bool,
+}
+
+impl<M: Clone + PartialEq + Send + 'static> Following<M> {
+    /// The next message once something changes; an error status when the stream must end (the
+    /// caller lost its entitlement, changed, or the agent stops), then `None`. `None` alone when the
+    /// caller went away. Not cancel-safe: `service::Watch` polls each call to completion.
+    pub(super) async fn next(&mut self) -> Option<Result<M, Status>> {
+        if self.ended {
+            return None;
+        }
+        // No exit watch of its own: when the caller exits its connection closes (the stream is
+        // dropped), the inventory's per-process watch withdraws its credentials, and a connection
+        // handed to another process is caught by the re-attestation before the next push.
+        let w = &mut self.watcher;
+        let pid = w.attested.pinned.pid();
+        loop {
+            // Woken by an SVID's publication: the count read then ([`crate::issuer::publications`]).
+            let mut woken_by = None;
+            let outcome = tokio::select! {
+                _ = crate::shutdown::signalled(&mut self.shutdown) => Err(Error::ShuttingDown),
+                changed = w.policy.changed() => match changed {
+                    Ok(()) => w.on_policy_change().await,
+                    Err(_) => Err(Error::ShuttingDown),
+                },
+                changed = w.cedar.changed() => match changed {
+                    Ok(()) => {
+                        w.cedar.borrow_and_update();
+                        w.rematch().await
+                    }
+                    Err(_) => Err(Error::ShuttingDown),
+                },
+                changed = w.ca.changed() => match changed {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Error::ShuttingDown),
+                },
+                Some(_) = w.updates.next(), if !w.updates.is_empty() => {
+                    woken_by = Some(crate::issuer::publications());
+                    w.check_svids()
+                }
+                // The caller exec'd: re-attested below before anything is sent.
+                _ = self.exec.notified() => {
+                    // Afresh, and not by another stream's attestation from before the exec.
+                    w.attested.pinned.forget_attestation();
+                    Ok(())
+                }
+            };
+            let _pushing = Pushing::start();
+            // An exec reported since (kept as a permit while this stream was busy): afresh.
+            if woken_by.is_some() && exec_reported(&self.exec) {
+                w.attested.pinned.forget_attestation();
+                woken_by = None;
+            }
+            let outcome = match outcome {
+                Ok(()) => w.reattest(woken_by).await,
+                Err(e) => Err(e),
+            };
+            let e = match outcome {
+                Ok(()) => match w.changed_message().await {
+                    Ok(None) => continue,
+                    Ok(Some(msg)) => return Some(Ok(msg)),
+                    // The delivery could not be recorded: not sent.
+                    Err(e) => e,
+                },
+                Err(
+                    e @ Error::Attestation {
+                        source: crate::attest::Error::Kubernetes { .. },
+                        ..
+                    },
+                ) => {
+                    // The pod could not be resolved (kubelet unreachable, never seen): say why.
+                    e
+                }
+                Err(Error::Attestation { source, .. })
+                    if !matches!(source, crate::attest::Error::Changed { .. }) =>
+                {
+                    tracing::debug!(pid, "caller gone during re-attestation; stream closed");
+                    self.ended = true;
+                    return None;
+                }
+                Err(e) => {
+                    // Lost its entitlement, or the pinned process exec'd or changed credentials
+                    // (cut off, never followed): what it holds is withdrawn.
+                    let cut_off = match e {
+                        Error::PolicyDenied(_) => Some(Reason::PolicyDenied),
+                        Error::EntitlementLost
+                        | Error::Attestation {
+                            source: crate::attest::Error::Changed { .. },
+                            ..
+                        } => Some(Reason::EntitlementRemoved),
+                        _ => None,
+                    };
+                    if let Some(reason) = cut_off {
+                        w.ctx.inventory.withdraw(
+                            w.attested.holder.holder,
+                            Some(w.delivered_keys()),
+                            reason,
+                        );
+                    }
+                    e
+                }
+            };
+            self.ended = true;
+            return Some(Err(to_status(&e)));
+        }
     }
 }
 
