@@ -404,6 +404,47 @@ async fn ep5_stream_limit_is_unavailable() {
     agent.shutdown().await;
 }
 
+/// EP-5 with ST-5: a stream the agent ends (its caller lost every identity) gives its slot back
+/// when it ends, not when the client lets go of it: with a limit of one stream, the client still
+/// holding the ended stream opens a new one once it is entitled again.
+#[tokio::test]
+async fn a_stream_the_agent_ends_gives_back_its_slot_at_once() {
+    let me = euid();
+    let limits = "[limits]\nmax_streams = 1\n";
+    let mut agent = TestAgent::start(&format!("{limits}{}", uid_entry("/a", me, ""))).await;
+    let mut c = agent.client().await;
+    let mut first = c
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    next_within(&mut first, 5).await;
+    agent.reload(&format!(
+        "{limits}{}",
+        uid_entry("/a", me.wrapping_add(7), "")
+    ));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), first.message())
+        .await
+        .expect("the stream ends within 5 s");
+    assert_eq!(ended.unwrap_err().code(), Code::PermissionDenied);
+    agent.reload(&format!("{limits}{}", uid_entry("/a", me, "")));
+    let mut again = None;
+    for _ in 0..100 {
+        match c.fetch_x509svid(X509svidRequest {}).await {
+            Ok(s) => {
+                again = Some(s.into_inner());
+                break;
+            }
+            // Not entitled yet (the reload is still being read) or, wrongly, no slot.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let mut again = again.expect("a new stream opens while the ended one is still held");
+    next_within(&mut again, 5).await;
+    drop(first);
+    agent.shutdown().await;
+}
+
 /// Shutdown ends open streams with Unavailable (clients reconnect) and removes the socket.
 #[tokio::test]
 async fn shutdown_ends_streams_with_unavailable_and_removes_the_socket() {
