@@ -413,12 +413,7 @@ async fn a_stream_the_agent_ends_gives_back_its_slot_at_once() {
     let limits = "[limits]\nmax_streams = 1\n";
     let mut agent = TestAgent::start(&format!("{limits}{}", uid_entry("/a", me, ""))).await;
     let mut c = agent.client().await;
-    let mut first = c
-        .fetch_x509svid(X509svidRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    next_within(&mut first, 5).await;
+    let mut first = open_x509_streams(&mut c, 1).await.remove(0);
     agent.reload(&format!(
         "{limits}{}",
         uid_entry("/a", me.wrapping_add(7), "")
