@@ -210,7 +210,7 @@ impl<M: Clone + PartialEq + Send + 'static> Stream for Watch<M> {
         };
         let (following, item) = std::task::ready!(step.as_mut().poll(cx));
         self.step = None;
-        // After an error status the stream ends: its permits go with it.
+        // After anything but a message the stream has ended: its permits go with it.
         if matches!(item, Some(Ok(_))) {
             self.following = Some(following);
         }

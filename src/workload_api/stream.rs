@@ -210,7 +210,6 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             shutdown,
             exec,
             _permit: permit,
-            ended: false,
         }
     }
 
@@ -500,6 +499,21 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     }
 }
 
+/// What woke a stream.
+enum Woke {
+    Shutdown,
+    /// Entries or templates changed.
+    Policy,
+    /// Cedar policies were reloaded.
+    Cedar,
+    /// The trust bundle changed.
+    Bundle,
+    /// One of its SVIDs was published (a rotation, or a failure).
+    Svid,
+    /// The caller exec'd.
+    Exec,
+}
+
 /// An open stream after its first message: the next message is made when whoever reads the
 /// stream asks for it (the response body's task, see `service::Watch`), so a push costs no task
 /// or channel hop of its own, and dropping it (the caller cancelled or went away) ends the watch.
@@ -509,55 +523,60 @@ pub(super) struct Following<M> {
     shutdown: watch::Receiver<bool>,
     exec: Arc<tokio::sync::Notify>,
     _permit: (OwnedSemaphorePermit, crate::limits::StreamSlot),
-    /// The stream has ended (its last item was an error status).
-    ended: bool,
 }
 
 impl<M: Clone + PartialEq + Send + 'static> Following<M> {
     /// The next message once something changes; an error status when the stream must end (the
-    /// caller lost its entitlement, changed, or the agent stops), then `None`. `None` alone when the
-    /// caller went away. Not cancel-safe: `service::Watch` polls each call to completion.
+    /// caller lost its entitlement, changed, or the agent stops); `None` when the caller went away.
+    /// After anything but a message the stream has ended: `service::Watch` drops it (and its
+    /// permits) then, and polls each call to completion (it is not cancel-safe).
     pub(super) async fn next(&mut self) -> Option<Result<M, Status>> {
-        if self.ended {
-            return None;
-        }
         // No exit watch of its own: when the caller exits its connection closes (the stream is
         // dropped), the inventory's per-process watch withdraws its credentials, and a connection
         // handed to another process is caught by the re-attestation before the next push.
         let w = &mut self.watcher;
         let pid = w.attested.pinned.pid();
         loop {
-            // Woken by an SVID's publication: the count read then ([`crate::issuer::publications`]).
-            let mut woken_by = None;
-            let outcome = tokio::select! {
-                _ = crate::shutdown::signalled(&mut self.shutdown) => Err(Error::ShuttingDown),
+            let woke = tokio::select! {
+                _ = crate::shutdown::signalled(&mut self.shutdown) => Woke::Shutdown,
                 changed = w.policy.changed() => match changed {
-                    Ok(()) => w.on_policy_change().await,
-                    Err(_) => Err(Error::ShuttingDown),
+                    Ok(()) => Woke::Policy,
+                    Err(_) => Woke::Shutdown,
                 },
                 changed = w.cedar.changed() => match changed {
-                    Ok(()) => {
-                        w.cedar.borrow_and_update();
-                        w.rematch().await
-                    }
-                    Err(_) => Err(Error::ShuttingDown),
+                    Ok(()) => Woke::Cedar,
+                    Err(_) => Woke::Shutdown,
                 },
                 changed = w.ca.changed() => match changed {
-                    Ok(()) => Ok(()),
-                    Err(_) => Err(Error::ShuttingDown),
+                    Ok(()) => Woke::Bundle,
+                    Err(_) => Woke::Shutdown,
                 },
-                Some(_) = w.updates.next(), if !w.updates.is_empty() => {
+                Some(_) = w.updates.next(), if !w.updates.is_empty() => Woke::Svid,
+                // The caller exec'd: re-attested below before anything is sent.
+                _ = self.exec.notified() => Woke::Exec,
+            };
+            // Counted from here until the message is handed over (or the push ends).
+            let _pushing = Pushing::start();
+            // Woken by an SVID's publication: the count read then ([`crate::issuer::publications`]).
+            let mut woken_by = None;
+            let outcome = match woke {
+                Woke::Shutdown => Err(Error::ShuttingDown),
+                Woke::Policy => w.on_policy_change().await,
+                Woke::Cedar => {
+                    w.cedar.borrow_and_update();
+                    w.rematch().await
+                }
+                Woke::Bundle => Ok(()),
+                Woke::Svid => {
                     woken_by = Some(crate::issuer::publications());
                     w.check_svids()
                 }
-                // The caller exec'd: re-attested below before anything is sent.
-                _ = self.exec.notified() => {
+                Woke::Exec => {
                     // Afresh, and not by another stream's attestation from before the exec.
                     w.attested.pinned.forget_attestation();
                     Ok(())
                 }
             };
-            let _pushing = Pushing::start();
             // An exec reported since (kept as a permit while this stream was busy): afresh.
             if woken_by.is_some() && exec_reported(&self.exec) {
                 w.attested.pinned.forget_attestation();
@@ -587,7 +606,6 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                     if !matches!(source, crate::attest::Error::Changed { .. }) =>
                 {
                     tracing::debug!(pid, "caller gone during re-attestation; stream closed");
-                    self.ended = true;
                     return None;
                 }
                 Err(e) => {
@@ -612,7 +630,6 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                     e
                 }
             };
-            self.ended = true;
             return Some(Err(to_status(&e)));
         }
     }
