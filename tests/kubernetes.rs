@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,11 +40,13 @@ struct FakeKubelet {
     token_path: PathBuf,
     requests: Arc<AtomicUsize>,
     answer: Arc<Mutex<Answer>>,
+    /// How long each request waits before its answer, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl FakeKubelet {
     /// A TLS kubelet on 127.0.0.1 with a certificate from its own CA (written to `dir`), answering
-    /// each request after `delay`.
+    /// each request after `delay` (see [`FakeKubelet::set_delay`]).
     async fn start(dir: &Path, delay: Duration) -> Self {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -75,18 +77,23 @@ impl FakeKubelet {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
         let answer = Arc::new(Mutex::new(Answer::Pods(
             json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
         )));
         {
-            let (requests, answer) = (requests.clone(), answer.clone());
+            let (requests, answer, delay_ms) = (requests.clone(), answer.clone(), delay_ms.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
                         return;
                     };
-                    let (acceptor, requests, answer) =
-                        (acceptor.clone(), requests.clone(), answer.clone());
+                    let (acceptor, requests, answer, delay_ms) = (
+                        acceptor.clone(),
+                        requests.clone(),
+                        answer.clone(),
+                        delay_ms.clone(),
+                    );
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
                             return;
@@ -94,6 +101,7 @@ impl FakeKubelet {
                         let service = hyper::service::service_fn(
                             move |req: hyper::Request<hyper::body::Incoming>| {
                                 let (requests, answer) = (requests.clone(), answer.clone());
+                                let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
                                 async move {
                                     requests.fetch_add(1, Ordering::SeqCst);
                                     tokio::time::sleep(delay).await;
@@ -134,11 +142,18 @@ impl FakeKubelet {
             token_path,
             requests,
             answer,
+            delay_ms,
         }
     }
 
     fn serve(&self, answer: Answer) {
         *self.answer.lock().unwrap() = answer;
+    }
+
+    /// Requests from now on are answered after `delay`.
+    fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     fn requests(&self) -> usize {
@@ -242,13 +257,11 @@ impl Drop for PodCgroup {
     }
 }
 
-/// Runs `lanyard fetch x509 --json` (plus `args`) as a child that first moves itself into `cgroup`.
-fn fetch_in_cgroup(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
+/// `lanyard` with `args`, as a child that first moves itself into `cgroup`.
+fn lanyard_in_cgroup(cgroup: &Path, args: &[&str]) -> Command {
     let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
     let mut cmd = Command::new(lanyard_bin());
-    cmd.args(["fetch", "x509", "--json", "--socket", endpoint])
-        .args(args)
-        .env_remove("SPIFFE_ENDPOINT_SOCKET");
+    cmd.args(args).env_remove("SPIFFE_ENDPOINT_SOCKET");
     // SAFETY: open, write and close are async-signal-safe; `procs` was allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -265,7 +278,13 @@ fn fetch_in_cgroup(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
             Ok(())
         });
     }
-    cmd.output().unwrap()
+    cmd
+}
+
+/// Runs `lanyard fetch x509 --json` (plus `args`) as a child that first moves itself into `cgroup`.
+fn fetch_in_cgroup(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
+    let mut cmd = lanyard_in_cgroup(cgroup, &["fetch", "x509", "--json", "--socket", endpoint]);
+    cmd.args(args).output().unwrap()
 }
 
 async fn fetch_in(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
@@ -511,6 +530,95 @@ async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_name
         waited >= Duration::from_millis(3500),
         "gave up after {waited:?}"
     );
+    agent.shutdown().await;
+}
+
+/// A push that one process holds up does not hold up anyone else's answers. While any stream is
+/// making a push, a connection puts off its flush so that a fan-out leaves in fewer writes — but
+/// only a few times in a row (`conn::MAX_DEFERRED`). Here another process keeps a push under way
+/// for 8 s: its stream is woken by an entry change that gives it a new identity, and the
+/// re-attestation before that push waits on a kubelet that answers after 8 s. A process outside
+/// the pod still gets its answer at once; the pod process gets its update once the kubelet answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_held_up_by_one_process_does_not_hold_up_another_connections_answer() {
+    let Some(cg) = PodCgroup::create(
+        "a_push_held_up_by_one_process_does_not_hold_up_another_connections_answer",
+    ) else {
+        return;
+    };
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    let config = |extra: &str| {
+        format!(
+            "{}{TEMPLATE}{extra}",
+            kubelet.config("request_timeout = \"30s\"\ncontainer_wait = \"30s\"")
+        )
+    };
+    let mut agent = TestAgent::start(&config("")).await;
+
+    // The pod process follows its X.509 stream (`lanyard watch`: a line per SVID per update).
+    let mut watch = lanyard_in_cgroup(&cg.leaf, &["watch", "--socket", &agent.endpoint()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line_with =
+        async |lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str, secs: u64| {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, lines.recv()).await {
+                    Ok(Some(line)) if line.contains(what) => return line,
+                    Ok(Some(_)) => {}
+                    _ => panic!("`lanyard watch` printed no line with {what:?} within {secs} s"),
+                }
+            }
+        };
+    line_with(&mut lines, "update=1", 30).await;
+
+    // From now on the kubelet answers after 8 s; the pod's snapshot is let expire.
+    kubelet.set_delay(Duration::from_secs(8));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let asked = kubelet.requests();
+    agent.reload(&config(
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/shop/any\"\nselectors = [\"k8s:ns:shop\"]\n",
+    ));
+    wait_until(
+        "the pod process's re-attestation asks the kubelet",
+        10,
+        || kubelet.requests() > asked,
+    )
+    .await;
+    let held_up = Instant::now();
+
+    // Meanwhile a process outside the pod asks on a connection of its own.
+    let out = fetch_root(&agent.endpoint()).await;
+    let took = held_up.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ids_in(&out), ["spiffe://example.org/host-root"]);
+    assert!(
+        took < Duration::from_secs(4),
+        "the answer waited {took:?} for another process's push (held up for 8 s)"
+    );
+
+    // The held-up push goes out once the kubelet answers, with the new identity.
+    let update = line_with(&mut lines, "spiffe://example.org/shop/any", 20).await;
+    assert!(update.contains("update=2"), "{update}");
+    assert!(held_up.elapsed() >= Duration::from_secs(7), "{update}");
+    let _ = watch.kill();
+    let _ = watch.wait();
     agent.shutdown().await;
 }
 
