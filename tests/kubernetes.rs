@@ -257,12 +257,14 @@ impl Drop for PodCgroup {
     }
 }
 
-/// `lanyard` with `args`, as a child that first moves itself into `cgroup`.
-fn lanyard_in_cgroup(cgroup: &Path, args: &[&str]) -> Command {
+/// `lanyard` with `args`, as a child that first moves itself into `cgroup` (then, with `uid`, drops
+/// to that uid and gid with no supplementary groups).
+fn lanyard_in_cgroup(cgroup: &Path, uid: Option<u32>, args: &[&str]) -> Command {
     let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
     let mut cmd = Command::new(lanyard_bin());
     cmd.args(args).env_remove("SPIFFE_ENDPOINT_SOCKET");
-    // SAFETY: open, write and close are async-signal-safe; `procs` was allocated before the fork.
+    // SAFETY: open, write, close, setgroups, setgid and setuid are async-signal-safe; `procs` was
+    // allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
@@ -275,6 +277,13 @@ fn lanyard_in_cgroup(cgroup: &Path, args: &[&str]) -> Command {
             if n != 1 {
                 return Err(err);
             }
+            if let Some(uid) = uid
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -283,7 +292,11 @@ fn lanyard_in_cgroup(cgroup: &Path, args: &[&str]) -> Command {
 
 /// Runs `lanyard fetch x509 --json` (plus `args`) as a child that first moves itself into `cgroup`.
 fn fetch_in_cgroup(cgroup: &Path, endpoint: &str, args: &[&str]) -> Output {
-    let mut cmd = lanyard_in_cgroup(cgroup, &["fetch", "x509", "--json", "--socket", endpoint]);
+    let mut cmd = lanyard_in_cgroup(
+        cgroup,
+        None,
+        &["fetch", "x509", "--json", "--socket", endpoint],
+    );
     cmd.args(args).output().unwrap()
 }
 
@@ -533,9 +546,9 @@ async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_name
     agent.shutdown().await;
 }
 
-/// A push that one process holds up does not hold up anyone else's answers. While any stream is
+/// A push that another user's process holds up does not hold up anyone else's answers. While any stream is
 /// making a push, a connection puts off its flush so that a fan-out leaves in fewer writes — but
-/// only a few times in a row (`conn::MAX_DEFERRED`). Here another process keeps a push under way
+/// only a few times in a row (`conn::MAX_DEFERRED`). Here uid 65534 keeps a push under way
 /// for 8 s: its stream is woken by an entry change that gives it a new identity, and the
 /// re-attestation before that push waits on a kubelet that answers after 8 s. A process outside
 /// the pod still gets its answer at once; the pod process gets its update once the kubelet answers.
@@ -557,12 +570,17 @@ async fn a_push_held_up_by_one_process_does_not_hold_up_another_connections_answ
     };
     let mut agent = TestAgent::start(&config("")).await;
 
-    // The pod process follows its X.509 stream (`lanyard watch`: a line per SVID per update).
-    let mut watch = lanyard_in_cgroup(&cg.leaf, &["watch", "--socket", &agent.endpoint()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // The pod process, another user (uid 65534), follows its X.509 stream (`lanyard watch`: a line
+    // per SVID per update).
+    let mut watch = lanyard_in_cgroup(
+        &cg.leaf,
+        Some(65534),
+        &["watch", "--socket", &agent.endpoint()],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     let stdout = watch.stdout.take().unwrap();
     std::thread::spawn(move || {
