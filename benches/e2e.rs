@@ -679,10 +679,22 @@ async fn scale(uid: u32) {
         .await;
         let (socket, pid) = (agent.socket.clone(), agent.pid());
         let mut holders = Holders(Vec::new());
-        let (clients, streams) = if processes == 1 {
-            open_streams(&socket, STREAMS, 100).await
+        // The bench's ends of the connections, when it made them itself: read on a missed
+        // rotation (see `fan_out`).
+        let (clients, streams, conns) = if processes == 1 {
+            let (c, s) = open_streams(&socket, STREAMS, 100).await;
+            (
+                c,
+                s,
+                Conns {
+                    per: 100,
+                    fds: Vec::new(),
+                },
+            )
         } else {
-            open_streams_from(&socket, &mut holders, processes, STREAMS / processes).await
+            let per = STREAMS / processes;
+            let (c, s, fds) = open_streams_from(&socket, &mut holders, processes, per).await;
+            (c, s, Conns { per, fds })
         };
         let from = if processes == 1 {
             "from this process".to_owned()
@@ -694,37 +706,60 @@ async fn scale(uid: u32) {
             "\nlanyard RSS with {STREAMS} open streams {from}: {:.1} MB",
             rss_mb(pid)
         );
-        fan_out(streams, &agent, &entry("after.bench.example.org"), &log).await;
+        fan_out(
+            streams,
+            &conns,
+            &agent,
+            &entry("after.bench.example.org"),
+            &log,
+        )
+        .await;
         drop(clients);
         drop(holders);
         drop(agent);
     }
 }
 
+/// How the streams given to [`fan_out`] sit on connections: `per` consecutive streams share one,
+/// whose descriptor at the bench's end is `fds[i]` when the bench made it (empty otherwise).
+struct Conns {
+    per: usize,
+    fds: Vec<std::os::fd::RawFd>,
+}
+
+/// What one stream's reader saw: its index, the round, and when — or how it ended instead.
+type Seen = (usize, u8, Result<(Instant, SystemTime), String>);
+
 /// Times the next two messages of every stream in `streams`: the rotation, then the entry change
 /// made by rewriting the agent's config with `changed` and sending SIGHUP.
 async fn fan_out(
     streams: Vec<tonic::Streaming<X509svidResponse>>,
+    conns: &Conns,
     agent: &Agent,
     changed: &str,
     log: &Path,
 ) {
     let n = streams.len();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for mut s in streams {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
+    for (i, mut s) in streams.into_iter().enumerate() {
         let tx = tx.clone();
         tokio::spawn(async move {
             for round in 0..2 {
-                match s.next().await {
-                    Some(Ok(_)) => {
-                        let _ = tx.send((round, Instant::now(), SystemTime::now()));
-                    }
-                    _ => return,
+                let seen = match s.next().await {
+                    Some(Ok(_)) => Ok((Instant::now(), SystemTime::now())),
+                    Some(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                    None => Err("ended by the agent".to_owned()),
+                };
+                let ended = seen.is_err();
+                let _ = tx.send((i, round, seen));
+                if ended {
+                    return;
                 }
             }
         });
     }
     drop(tx);
+    let mut ended: Vec<String> = Vec::new();
     let pid = agent.pid();
     // The agent's CPU time and write calls, and the clients' CPU time (every stream is read in
     // this process), sampled every 10 ms (three small reads) until the rotation has arrived: the
@@ -747,9 +782,14 @@ async fn fan_out(
         }
     });
     let mut rotation = Vec::with_capacity(n);
-    while rotation.len() < n {
+    let mut got = vec![false; n];
+    while rotation.len() + ended.len() < n {
         match tokio::time::timeout(Duration::from_secs(90), rx.recv()).await {
-            Ok(Some((0, t, at))) => rotation.push((t, at)),
+            Ok(Some((i, 0, Ok((t, at))))) => {
+                got[i] = true;
+                rotation.push((t, at));
+            }
+            Ok(Some((_, _, Err(why)))) => ended.push(why),
             _ => break,
         }
     }
@@ -789,8 +829,9 @@ async fn fan_out(
         );
     } else {
         println!(
-            "rotation: only {} of {n} streams got it within 90 s",
-            rotation.len()
+            "rotation: only {} of {n} streams got it within 90 s; {}",
+            rotation.len(),
+            missed(&got, conns, &ended)
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -801,9 +842,10 @@ async fn fan_out(
         .args(["-HUP", &agent.pid().to_string()])
         .status();
     let mut change = Vec::with_capacity(n);
-    while change.len() < n {
+    while change.len() + ended.len() < n {
         match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some((1, t, _))) => change.push(t - t0),
+            Ok(Some((_, 1, Ok((t, _))))) => change.push(t - t0),
+            Ok(Some((_, _, Err(why)))) => ended.push(why),
             Ok(Some(_)) => {}
             _ => break,
         }
@@ -818,10 +860,55 @@ async fn fan_out(
         );
     } else {
         println!(
-            "entry change: only {} of {n} streams got the new SVID within 60 s",
-            change.len()
+            "entry change: only {} of {n} streams got the new SVID within 60 s; {} streams ended{}",
+            change.len(),
+            ended.len(),
+            ended
+                .first()
+                .map_or(String::new(), |e| format!(" (first: {e})"))
         );
     }
+}
+
+/// Where a rotation that did not reach every stream was held up: the streams that missed it, by
+/// connection, and — on connections the bench made itself — the bytes the agent had sent that
+/// were waiting unread at the bench's end (not zero: the client did not read them; zero: the agent
+/// had not sent them).
+fn missed(got: &[bool], conns: &Conns, ended: &[String]) -> String {
+    let mut by_conn: std::collections::BTreeMap<usize, usize> = Default::default();
+    for (i, _) in got.iter().enumerate().filter(|(_, g)| !**g) {
+        *by_conn.entry(i / conns.per).or_default() += 1;
+    }
+    let whole = by_conn.values().filter(|&&k| k == conns.per).count();
+    let mut text = format!(
+        "missed on {} connections ({whole} of them whole); {} streams ended{}",
+        by_conn.len(),
+        ended.len(),
+        ended
+            .first()
+            .map_or(String::new(), |e| format!(" (first: {e})"))
+    );
+    if !conns.fds.is_empty() {
+        let unread: Vec<i32> = by_conn
+            .keys()
+            .filter_map(|&c| conns.fds.get(c))
+            .map(|&fd| {
+                let mut queued: libc::c_int = 0;
+                // SAFETY: FIONREAD on a descriptor this process holds, into a c_int.
+                match unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut queued) } {
+                    0 => queued,
+                    _ => -1,
+                }
+            })
+            .collect();
+        let waiting = unread.iter().filter(|&&b| b > 0).count();
+        text += &format!(
+            "; bytes waiting unread at the bench's end of those connections: {waiting} of {} connections hold some (total {} bytes)",
+            unread.len(),
+            unread.iter().filter(|&&b| b > 0).sum::<i32>()
+        );
+    }
+    text
 }
 
 /// Child processes that each made one connection to the agent (so the agent sees each as its own
@@ -904,17 +991,25 @@ fn workload_header(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, to
 }
 
 /// `per_process` open FetchX509SVID streams on each of `processes` connections, each connection
-/// made by its own child process (see [`connect_from_child`]), each stream past its first message.
+/// made by its own child process (see [`connect_from_child`]), each stream past its first message;
+/// with the bench's end of each connection (valid while its client lives).
 async fn open_streams_from(
     socket: &Path,
     holders: &mut Holders,
     processes: usize,
     per_process: usize,
-) -> (Vec<WorkloadClient>, Vec<tonic::Streaming<X509svidResponse>>) {
+) -> (
+    Vec<WorkloadClient>,
+    Vec<tonic::Streaming<X509svidResponse>>,
+    Vec<std::os::fd::RawFd>,
+) {
+    use std::os::fd::AsRawFd;
     let mut clients = Vec::new();
     let mut streams = Vec::new();
+    let mut fds = Vec::new();
     for _ in 0..processes {
         let conn = connect_from_child(socket, holders);
+        fds.push(conn.as_raw_fd());
         conn.set_nonblocking(true).unwrap();
         let slot = std::sync::Mutex::new(Some(tokio::net::UnixStream::from_std(conn).unwrap()));
         let slot = std::sync::Arc::new(slot);
@@ -937,7 +1032,7 @@ async fn open_streams_from(
         open_on(&mut c, per_process, &mut streams).await;
         clients.push(c);
     }
-    (clients, streams)
+    (clients, streams, fds)
 }
 
 /// `n` open FetchX509SVID streams to `socket`, `per_connection` on each connection, each past its
