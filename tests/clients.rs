@@ -122,6 +122,35 @@ async fn python_spiffe_library_with_default_options() {
     agent.shutdown().await;
 }
 
+/// The same library, for a process no entry matches: each call fails at once with
+/// PERMISSION_DENIED and the agent's reason, as the library shows it to its user (not a hang, not
+/// a retry loop, not an empty answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn python_spiffe_library_is_told_why_it_is_refused() {
+    if !prepare(
+        "python",
+        &["python3"],
+        "python_spiffe_library_is_told_why_it_is_refused",
+    ) {
+        return;
+    }
+    // An entry for another uid only.
+    let agent = TestAgent::start(&entry("/python", euid().wrapping_add(7))).await;
+    let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/python/client.py"
+    ))
+    .args(["--refused", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("python", "refused", &out);
+    assert_eq!(
+        exercised(&report),
+        ["fetch_x509_svid refused", "fetch_jwt_svid refused"]
+    );
+    agent.shutdown().await;
+}
+
 fn go_bin() -> PathBuf {
     interop_dir().join("bin/interop-go")
 }
@@ -138,6 +167,26 @@ async fn go_spiffe_sources_and_jwt_validation() {
     let report = accept("go", "sources", &out);
     assert_eq!(report["validated"], "spiffe://example.org/go");
     assert!(exercised(&report).contains(&"jwtsvid.ParseAndValidate"));
+    agent.shutdown().await;
+}
+
+/// go-spiffe, for a process no entry matches: each fetch fails at once with PermissionDenied and
+/// the agent's reason, as go-spiffe hands it to its caller.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_is_told_why_it_is_refused() {
+    if !prepare("go", &["go"], "go_spiffe_is_told_why_it_is_refused") {
+        return;
+    }
+    // An entry for another uid only.
+    let agent = TestAgent::start(&entry("/go", euid().wrapping_add(7))).await;
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["refused", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("go", "refused", &out);
+    assert_eq!(
+        exercised(&report),
+        ["FetchX509SVID refused", "FetchJWTSVID refused"]
+    );
     agent.shutdown().await;
 }
 

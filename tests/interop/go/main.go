@@ -5,6 +5,8 @@
 //	interop watch ID N TIMEOUT       WatchX509Context until N distinct SVID serials were seen
 //	interop mtls-server ADDR PEER_ID spiffetls listener; answers one client, then exits
 //	interop mtls-client ADDR PEER_ID spiffetls dial; prints what the server answered
+//	interop refused AUDIENCE         a process no entry matches: each fetch fails at once with
+//	                                 PermissionDenied and the agent's reason
 //
 // Each prints one JSON line on success and exits 1 with the reason on failure.
 package main
@@ -18,6 +20,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -48,7 +51,7 @@ func report(fields map[string]any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: interop sources|watch|mtls-server|mtls-client ...")
+		fail("usage: interop sources|watch|mtls-server|mtls-client|refused ...")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
@@ -63,6 +66,8 @@ func main() {
 		mtlsServer(ctx, os.Args[2], os.Args[3])
 	case "mtls-client":
 		mtlsClient(ctx, os.Args[2], os.Args[3])
+	case "refused":
+		refused(ctx, os.Args[2])
 	default:
 		fail("unknown command %q", os.Args[1])
 	}
@@ -231,4 +236,47 @@ func mtlsClient(ctx context.Context, addr, peer string) {
 		fail("read: %v", err)
 	}
 	report(map[string]any{"reply": reply, "exercised": []string{"spiffetls.Dial"}})
+}
+
+// refused: every fetch of a process no entry matches fails at once, as gRPC's PermissionDenied with
+// the agent's reason (what go-spiffe hands its caller), not after retries and not with an empty answer.
+func refused(ctx context.Context, audience string) {
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	defer client.Close()
+	const reason = "no registration entry matches this process"
+	calls := []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"FetchX509SVID", func(ctx context.Context) error {
+			_, err := client.FetchX509SVID(ctx)
+			return err
+		}},
+		{"FetchJWTSVID", func(ctx context.Context) error {
+			_, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
+			return err
+		}},
+	}
+	var done []string
+	for _, c := range calls {
+		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		began := time.Now()
+		err := c.call(callCtx)
+		cancel()
+		if err == nil {
+			fail("%s gave an SVID to an unmatched process", c.name)
+		}
+		text := err.Error()
+		if took := time.Since(began); took > 5*time.Second {
+			fail("%s refused after %v, not at once: %s", c.name, took, text)
+		}
+		if !strings.Contains(text, "code = PermissionDenied") || !strings.Contains(text, reason) {
+			fail("%s refusal does not say PermissionDenied and why: %s", c.name, text)
+		}
+		done = append(done, c.name+" refused")
+	}
+	report(map[string]any{"exercised": done})
 }

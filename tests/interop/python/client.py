@@ -1,12 +1,15 @@
 """The official Python SPIFFE library (PyPI `spiffe`, on grpcio) against a live lanyard agent.
 
 Default options only: the library finds the agent through SPIFFE_ENDPOINT_SOCKET, as a user's
-program does. Usage: client.py EXPECTED_SPIFFE_ID AUDIENCE. Prints one JSON line naming what was
-exercised; any failure raises and exits non-zero.
+program does. Usage: client.py EXPECTED_SPIFFE_ID AUDIENCE, or client.py --refused AUDIENCE for a
+process no entry matches (each call must fail at once with PERMISSION_DENIED and the agent's reason,
+as the library reports it). Prints one JSON line naming what was exercised; any failure raises and
+exits non-zero.
 """
 
 import json
 import sys
+import time
 from importlib.metadata import version
 
 from spiffe import JwtSource, JwtSvid, WorkloadApiClient, X509Source
@@ -17,7 +20,40 @@ def check(cond, what):
         raise SystemExit(f"interop check failed: {what}")
 
 
+def refused(audience):
+    """Every call of a process no entry matches is refused, naming why; none hangs or retries."""
+    done = []
+    reason = "no registration entry matches this process"
+    with WorkloadApiClient() as client:
+        for name, call in (
+            ("fetch_x509_svid", lambda: client.fetch_x509_svid(timeout=10)),
+            ("fetch_jwt_svid", lambda: client.fetch_jwt_svid(audience={audience}, timeout=10)),
+        ):
+            began = time.monotonic()
+            try:
+                call()
+            except Exception as e:  # the library's own error type, carrying gRPC's code and details
+                text = str(e)
+                took = time.monotonic() - began
+                check(took < 5, f"{name} refused at once, not after retries ({took:.1f} s)")
+                check("PERMISSION_DENIED" in text, f"{name} refused with PERMISSION_DENIED: {text}")
+                check(reason in text, f"{name} refusal names the agent's reason: {text}")
+                done.append(f"{name} refused")
+                continue
+            raise SystemExit(f"interop check failed: {name} gave an SVID to an unmatched process")
+    return done
+
+
 def main():
+    if sys.argv[1] == "--refused":
+        done = refused(sys.argv[2])
+        print(json.dumps({
+            "library": "spiffe (PyPI)",
+            "version": version("spiffe"),
+            "grpcio": version("grpcio"),
+            "exercised": done,
+        }))
+        return
     want_id, audience = sys.argv[1], sys.argv[2]
     done = []
 
