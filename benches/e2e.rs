@@ -245,6 +245,36 @@ fn published_before(log: &Path, by: SystemTime) -> Option<SystemTime> {
         .max()
 }
 
+/// The serials of every SVID the agent logged as minted so far (`svid minted ... serial=HEX`),
+/// as big-endian bytes without leading zeros.
+fn minted_serials(log: &Path) -> std::collections::HashSet<Vec<u8>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("svid minted"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("serial=")))
+        .map(|hex| {
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            strip_zeros(&bytes)
+        })
+        .collect()
+}
+
+/// The serial of the default SVID's leaf in `msg`, as in [`minted_serials`] (empty if none).
+fn leaf_serial(msg: &X509svidResponse) -> Vec<u8> {
+    msg.svids
+        .first()
+        .and_then(|s| x509_parser::parse_x509_certificate(&s.x509_svid).ok())
+        .map(|(_, cert)| strip_zeros(cert.tbs_certificate.raw_serial()))
+        .unwrap_or_default()
+}
+
+fn strip_zeros(bytes: &[u8]) -> Vec<u8> {
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    bytes[first..].to_vec()
+}
+
 fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
     to.duration_since(from).unwrap_or_default().as_secs_f64() * 1e3
 }
@@ -732,6 +762,13 @@ type Seen = (usize, u8, Result<(Instant, SystemTime), String>);
 
 /// Times the next two messages of every stream in `streams`: the rotation, then the entry change
 /// made by rewriting the agent's config with `changed` and sending SIGHUP.
+///
+/// The rotation timed is the first one published after this starts. On a slow host, opening 10,000
+/// streams from 1,000 processes can take longer than the SVID's half-life, so a rotation may come
+/// while they are being opened: the streams open then hold it unread, and those opened after it
+/// got that SVID as their first message and have nothing pending. A message carrying an SVID the
+/// agent had minted before this started (its `svid minted` lines in `log`) is therefore read and
+/// set aside, not counted as the rotation.
 async fn fan_out(
     streams: Vec<tonic::Streaming<X509svidResponse>>,
     conns: &Conns,
@@ -740,12 +777,21 @@ async fn fan_out(
     log: &Path,
 ) {
     let n = streams.len();
+    let minted_before = std::sync::Arc::new(minted_serials(log));
+    let earlier = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
     for (i, mut s) in streams.into_iter().enumerate() {
         let tx = tx.clone();
+        let (minted_before, earlier) = (minted_before.clone(), earlier.clone());
         tokio::spawn(async move {
-            for round in 0..2 {
+            let mut round = 0;
+            while round < 2 {
                 let seen = match s.next().await {
+                    Some(Ok(msg)) if round == 0 && minted_before.contains(&leaf_serial(&msg)) => {
+                        // A rotation from before the fan-out began, held unread: set aside.
+                        earlier.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
                     Some(Ok(_)) => Ok((Instant::now(), SystemTime::now())),
                     Some(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
                     None => Err("ended by the agent".to_owned()),
@@ -755,6 +801,7 @@ async fn fan_out(
                 if ended {
                     return;
                 }
+                round += 1;
             }
         });
     }
@@ -783,6 +830,7 @@ async fn fan_out(
     });
     let mut rotation = Vec::with_capacity(n);
     let mut got = vec![false; n];
+    let mut early = 0usize;
     while rotation.len() + ended.len() < n {
         match tokio::time::timeout(Duration::from_secs(90), rx.recv()).await {
             Ok(Some((i, 0, Ok((t, at))))) => {
@@ -790,10 +838,18 @@ async fn fan_out(
                 rotation.push((t, at));
             }
             Ok(Some((_, _, Err(why)))) => ended.push(why),
-            _ => break,
+            // A second new message before the entry change: not expected; counted.
+            Ok(Some((_, _, Ok(_)))) => early += 1,
+            Ok(None) | Err(_) => break,
         }
     }
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let earlier = earlier.load(std::sync::atomic::Ordering::Relaxed);
+    if earlier > 0 || early > 0 {
+        println!(
+            "({earlier} streams first held a rotation published while the streams were being opened, set aside; {early} got a second new message before the entry change)"
+        );
+    }
     let samples = sampler.join().unwrap();
     rotation.sort();
     if rotation.len() == n {
