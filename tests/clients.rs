@@ -91,6 +91,17 @@ fn exercised(report: &serde_json::Value) -> Vec<&str> {
         .collect()
 }
 
+/// Runs `tests/interop/python/client.py` with `args` in the matrix's venv against `agent`.
+fn python_client(args: &[&str], agent: &TestAgent) -> Output {
+    let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/python/client.py"
+    ))
+    .args(args);
+    tokio::task::block_in_place(|| run(cmd, agent))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn python_spiffe_library_with_default_options() {
     if !prepare(
@@ -101,13 +112,7 @@ async fn python_spiffe_library_with_default_options() {
         return;
     }
     let agent = TestAgent::start(&entry("/python", euid())).await;
-    let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/python/client.py"
-    ))
-    .args(["spiffe://example.org/python", "db.example"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let out = python_client(&["spiffe://example.org/python", "db.example"], &agent);
     let report = accept("python", "sources", &out);
     assert_eq!(
         exercised(&report),
@@ -136,13 +141,7 @@ async fn python_spiffe_library_is_told_why_it_is_refused() {
     }
     // An entry for another uid only.
     let agent = TestAgent::start(&entry("/python", euid().wrapping_add(7))).await;
-    let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/python/client.py"
-    ))
-    .args(["--refused", "db.example"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let out = python_client(&["--refused", "db.example"], &agent);
     let report = accept("python", "refused", &out);
     assert_eq!(
         exercised(&report),
