@@ -268,6 +268,38 @@ async fn java_spiffe_sources_with_default_options() {
         return;
     }
     let agent = TestAgent::start(&entry("/java", euid())).await;
+    let out = java_client(&["spiffe://example.org/java", "db.example"], &agent);
+    let report = accept("java", "sources", &out);
+    assert!(exercised(&report).contains(&"DefaultX509Source"));
+    assert!(exercised(&report).contains(&"DefaultJwtSource"));
+    agent.shutdown().await;
+}
+
+/// java-spiffe, for a process no entry matches: each fetch fails at once with PERMISSION_DENIED
+/// and the agent's reason in what the library throws (its own exception, with gRPC's status as
+/// the cause).
+#[tokio::test(flavor = "multi_thread")]
+async fn java_spiffe_is_told_why_it_is_refused() {
+    if !prepare(
+        "java",
+        &["java", "mvn"],
+        "java_spiffe_is_told_why_it_is_refused",
+    ) {
+        return;
+    }
+    // An entry for another uid only.
+    let agent = TestAgent::start(&entry("/java", euid().wrapping_add(7))).await;
+    let out = java_client(&["--refused", "db.example"], &agent);
+    let report = accept("java", "refused", &out);
+    assert_eq!(
+        exercised(&report),
+        ["fetchX509Context refused", "fetchJwtSvid refused"]
+    );
+    agent.shutdown().await;
+}
+
+/// Runs the compiled `interop.Main` with `args` against `agent`.
+fn java_client(args: &[&str], agent: &TestAgent) -> Output {
     let classpath = std::fs::read_to_string(interop_dir().join("java.classpath")).unwrap();
     let mut cmd = Command::new("java");
     cmd.arg("-cp")
@@ -276,10 +308,7 @@ async fn java_spiffe_sources_with_default_options() {
             interop_dir().join("java/classes").display(),
             classpath.trim()
         ))
-        .args(["interop.Main", "spiffe://example.org/java", "db.example"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
-    let report = accept("java", "sources", &out);
-    assert!(exercised(&report).contains(&"DefaultX509Source"));
-    assert!(exercised(&report).contains(&"DefaultJwtSource"));
-    agent.shutdown().await;
+        .arg("interop.Main")
+        .args(args);
+    tokio::task::block_in_place(|| run(cmd, agent))
 }

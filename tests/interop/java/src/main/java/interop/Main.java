@@ -15,8 +15,10 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * java-spiffe against a live lanyard agent with default options. Usage: Main EXPECTED_ID AUDIENCE.
- * Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
+ * java-spiffe against a live lanyard agent with default options. Usage: Main EXPECTED_ID AUDIENCE,
+ * or Main --refused AUDIENCE for a process no entry matches (each fetch must fail at once with
+ * PERMISSION_DENIED and the agent's reason, somewhere in what the library throws). Prints one JSON
+ * line naming what was exercised; exits 1 with the reason on failure.
  */
 public final class Main {
   private static void check(boolean ok, String what) {
@@ -26,7 +28,55 @@ public final class Main {
     }
   }
 
+  /** An exception and its causes, as one text (the library wraps gRPC's status in its own). */
+  private static String chain(Throwable e) {
+    StringBuilder text = new StringBuilder();
+    for (Throwable t = e; t != null; t = t.getCause()) {
+      text.append(t).append(" <- ");
+    }
+    return text.toString();
+  }
+
+  private interface Call {
+    void run() throws Exception;
+  }
+
+  private static List<String> refused(String audience) throws Exception {
+    List<String> done = new ArrayList<>();
+    String reason = "no registration entry matches this process";
+    try (WorkloadApiClient client = DefaultWorkloadApiClient.newClient()) {
+      String[] names = {"fetchX509Context", "fetchJwtSvid"};
+      Call[] calls = {client::fetchX509Context, () -> client.fetchJwtSvid(audience)};
+      for (int i = 0; i < calls.length; i++) {
+        long began = System.nanoTime();
+        try {
+          calls[i].run();
+        } catch (Exception e) {
+          String text = chain(e);
+          double took = (System.nanoTime() - began) / 1e9;
+          check(took < 5, names[i] + " refused at once, not after retries (" + took + " s)");
+          check(text.contains("PERMISSION_DENIED"), names[i] + " refused with PERMISSION_DENIED: " + text);
+          check(text.contains(reason), names[i] + " refusal names the agent's reason: " + text);
+          done.add(names[i] + " refused");
+          continue;
+        }
+        check(false, names[i] + " gave an SVID to an unmatched process");
+      }
+    }
+    return done;
+  }
+
+  private static void report(List<String> done) {
+    String version = DefaultX509Source.class.getPackage().getImplementationVersion();
+    System.out.println("{\"library\":\"io.spiffe:java-spiffe-core\",\"version\":\""
+        + (version == null ? "0.8.11" : version) + "\",\"exercised\":[\"" + String.join("\",\"", done) + "\"]}");
+  }
+
   public static void main(String[] args) throws Exception {
+    if (args[0].equals("--refused")) {
+      report(refused(args[1]));
+      System.exit(0);
+    }
     String want = args[0];
     String audience = args[1];
     List<String> done = new ArrayList<>();
@@ -72,9 +122,7 @@ public final class Main {
       done.add("fetchJwtBundles");
     }
 
-    String version = DefaultX509Source.class.getPackage().getImplementationVersion();
-    System.out.println("{\"library\":\"io.spiffe:java-spiffe-core\",\"version\":\""
-        + (version == null ? "0.8.11" : version) + "\",\"exercised\":[\"" + String.join("\",\"", done) + "\"]}");
+    report(done);
     System.exit(0);
   }
 }
