@@ -245,34 +245,55 @@ fn published_before(log: &Path, by: SystemTime) -> Option<SystemTime> {
         .max()
 }
 
-/// The serials of every SVID the agent logged as minted so far (`svid minted ... serial=HEX`),
-/// as big-endian bytes without leading zeros.
-fn minted_serials(log: &Path) -> std::collections::HashSet<Vec<u8>> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.contains("svid minted"))
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("serial=")))
-        .map(|hex| {
-            let bytes: Vec<u8> = (0..hex.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                .collect();
-            strip_zeros(&bytes)
-        })
-        .collect()
+/// The SVIDs the agent had minted before the fan-out began: the serials of its `svid minted ...
+/// serial=HEX` lines (lowercase hex of the serial's bytes, `lanyard::encoding::hex`). Each
+/// distinct chain a stream receives is parsed once, not once per stream: the check sits on the
+/// clients' side of a timed fan-out.
+struct MintedBefore {
+    serials: std::collections::HashSet<String>,
+    /// Chains seen so far, and whether each carries one of `serials`.
+    seen: std::sync::Mutex<Vec<(bytes::Bytes, bool)>>,
 }
 
-/// The serial of the default SVID's leaf in `msg`, as in [`minted_serials`] (empty if none).
-fn leaf_serial(msg: &X509svidResponse) -> Vec<u8> {
-    msg.svids
+impl MintedBefore {
+    fn read(log: &Path) -> Self {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let serials = text
+            .lines()
+            .filter(|l| l.contains("svid minted"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("serial=")))
+            .map(str::to_owned)
+            .collect();
+        Self {
+            serials,
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the default SVID of `msg` is one of them.
+    fn carries(&self, msg: &X509svidResponse) -> bool {
+        let Some(chain) = msg.svids.first().map(|s| &s.x509_svid) else {
+            return false;
+        };
+        let mut seen = self.seen.lock().unwrap();
+        if let Some((_, old)) = seen.iter().find(|(c, _)| c == chain) {
+            return *old;
+        }
+        let old = x509_parser::parse_x509_certificate(chain).is_ok_and(|(_, leaf)| {
+            self.serials
+                .contains(&lanyard::encoding::hex(leaf.tbs_certificate.raw_serial()))
+        });
+        seen.push((chain.clone(), old));
+        old
+    }
+}
+
+/// `n streams ended`, with the first reason.
+fn ended_text(ended: &[String]) -> String {
+    let first = ended
         .first()
-        .and_then(|s| x509_parser::parse_x509_certificate(&s.x509_svid).ok())
-        .map(|(_, cert)| strip_zeros(cert.tbs_certificate.raw_serial()))
-        .unwrap_or_default()
-}
-
-fn strip_zeros(bytes: &[u8]) -> Vec<u8> {
-    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes[first..].to_vec()
+        .map_or(String::new(), |e| format!(" (first: {e})"));
+    format!("{} streams ended{first}", ended.len())
 }
 
 fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
@@ -777,7 +798,7 @@ async fn fan_out(
     log: &Path,
 ) {
     let n = streams.len();
-    let minted_before = std::sync::Arc::new(minted_serials(log));
+    let minted_before = std::sync::Arc::new(MintedBefore::read(log));
     let earlier = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
     for (i, mut s) in streams.into_iter().enumerate() {
@@ -786,13 +807,16 @@ async fn fan_out(
         tokio::spawn(async move {
             let mut round = 0;
             while round < 2 {
-                let seen = match s.next().await {
-                    Some(Ok(msg)) if round == 0 && minted_before.contains(&leaf_serial(&msg)) => {
+                let next = s.next().await;
+                // When it arrived, before anything is checked.
+                let at = (Instant::now(), SystemTime::now());
+                let seen = match next {
+                    Some(Ok(msg)) if round == 0 && minted_before.carries(&msg) => {
                         // A rotation from before the fan-out began, held unread: set aside.
                         earlier.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         continue;
                     }
-                    Some(Ok(_)) => Ok((Instant::now(), SystemTime::now())),
+                    Some(Ok(_)) => Ok(at),
                     Some(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
                     None => Err("ended by the agent".to_owned()),
                 };
@@ -916,12 +940,9 @@ async fn fan_out(
         );
     } else {
         println!(
-            "entry change: only {} of {n} streams got the new SVID within 60 s; {} streams ended{}",
+            "entry change: only {} of {n} streams got the new SVID within 60 s; {}",
             change.len(),
-            ended.len(),
-            ended
-                .first()
-                .map_or(String::new(), |e| format!(" (first: {e})"))
+            ended_text(&ended)
         );
     }
 }
@@ -937,12 +958,9 @@ fn missed(got: &[bool], conns: &Conns, ended: &[String]) -> String {
     }
     let whole = by_conn.values().filter(|&&k| k == conns.per).count();
     let mut text = format!(
-        "missed on {} connections ({whole} of them whole); {} streams ended{}",
+        "missed on {} connections ({whole} of them whole); {}",
         by_conn.len(),
-        ended.len(),
-        ended
-            .first()
-            .map_or(String::new(), |e| format!(" (first: {e})"))
+        ended_text(ended)
     );
     if !conns.fds.is_empty() {
         let unread: Vec<i32> = by_conn
