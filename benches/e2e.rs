@@ -196,13 +196,47 @@ fn place(pinned: bool, servers: &[u32]) {
     }
 }
 
-/// Floor mode: serve the messages in the files next to the socket.
+/// Floor mode: serve the messages in the files next to the socket (`jwt.bin` when present); on
+/// each SIGUSR1, send the X.509 message again on every open stream.
 async fn floor_mode(socket: PathBuf) {
     let dir = socket.parent().unwrap();
     let x509 = X509svidResponse::decode(&std::fs::read(dir.join("x509.bin")).unwrap()[..]).unwrap();
-    let jwt = JwtsvidResponse::decode(&std::fs::read(dir.join("jwt.bin")).unwrap()[..]).unwrap();
+    let jwt = std::fs::read(dir.join("jwt.bin"))
+        .ok()
+        .map(|b| JwtsvidResponse::decode(&b[..]).unwrap());
+    let (push, pushes) = tokio::sync::watch::channel(0u64);
+    let mut usr1 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).unwrap();
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            push.send_modify(|n| *n += 1);
+        }
+    });
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    floor::serve(listener, x509, Some(jwt)).await;
+    floor::serve(listener, x509, jwt, pushes).await;
+}
+
+/// Starts the floor in its own process (this binary in floor mode) on a socket in `dir`, serving
+/// `x509` (and `jwt`); returns once its socket exists.
+async fn start_floor(
+    dir: &Path,
+    x509: &X509svidResponse,
+    jwt: Option<&JwtsvidResponse>,
+) -> (Proc, PathBuf) {
+    std::fs::write(dir.join("x509.bin"), x509.encode_to_vec()).unwrap();
+    if let Some(jwt) = jwt {
+        std::fs::write(dir.join("jwt.bin"), jwt.encode_to_vec()).unwrap();
+    }
+    let socket = dir.join("floor.sock");
+    let floor = Proc(
+        Command::new(std::env::current_exe().unwrap())
+            .env("LANYARD_FLOOR_SOCKET", &socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&socket).await;
+    (floor, socket)
 }
 
 /// CPU time (utime + stime, in ticks of USER_HZ) of `pid`.
@@ -256,6 +290,14 @@ struct MintedBefore {
 }
 
 impl MintedBefore {
+    /// None: every message counts (the floor's push).
+    fn none() -> Self {
+        Self {
+            serials: Default::default(),
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     fn read(log: &Path) -> Self {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let serials = text
@@ -595,17 +637,7 @@ async fn run() {
         .into_inner();
     let floor_dir = dir.path().join("floor");
     std::fs::create_dir(&floor_dir).unwrap();
-    std::fs::write(floor_dir.join("x509.bin"), sample.encode_to_vec()).unwrap();
-    std::fs::write(floor_dir.join("jwt.bin"), jwt_sample.encode_to_vec()).unwrap();
-    let floor_socket = floor_dir.join("floor.sock");
-    let floor = Proc(
-        Command::new(std::env::current_exe().unwrap())
-            .env("LANYARD_FLOOR_SOCKET", &floor_socket)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(&floor_socket).await;
+    let (floor, floor_socket) = start_floor(&floor_dir, &sample, Some(&jwt_sample)).await;
     let mut targets = vec![
         Target::new(
             "floor (bare tonic, own process)",
@@ -701,14 +733,14 @@ async fn run() {
 }
 
 /// 10,000 open streams on one agent (limits raised for one uid to hold them): RSS; how long an SVID
-/// rotation (a 1-minute TTL, rotated at about half-life) takes from its first delivery to its last;
-/// and an entry change (SIGHUP with a new DNS name: a new SVID for every stream), from the signal.
-/// First with every stream from this process (one holder in the inventory: a rotation records one
-/// row), then spread over 1,000 processes of 10 streams each (1,000 holders: a rotation records
-/// 1,000 rows and marks 1,000 superseded, each process re-attested).
+/// rotation (a 1-minute TTL, rotated at about half-life) takes from its publication to its last
+/// delivery; and an entry change (SIGHUP with a new DNS name: a new SVID for every stream), from
+/// the signal. First with every stream from this process (one holder in the inventory: a rotation
+/// records one row), then spread over 1,000 processes of 10 streams each (1,000 holders: a rotation
+/// records 1,000 rows and marks 1,000 superseded, each process re-attested). After each, the floor
+/// (its own process) with the same streams, pushing the agent's last message once to all of them:
+/// what the same fan-out costs with nothing but tonic, on the same cores.
 async fn scale(uid: u32) {
-    const STREAMS: usize = 10_000;
-    const PROCESSES: usize = 1_000;
     let entry = |dns: &str| {
         format!(
             "[limits]\nmax_connections_per_uid = 2000\nmax_streams = 20000\nmax_streams_per_uid = 20000\n\
@@ -728,46 +760,92 @@ async fn scale(uid: u32) {
             std::fs::File::create(&log).unwrap().into(),
         )
         .await;
-        let (socket, pid) = (agent.socket.clone(), agent.pid());
-        let mut holders = Holders(Vec::new());
-        // The bench's ends of the connections, when it made them itself: read on a missed
-        // rotation (see `fan_out`).
-        let (clients, streams, conns) = if processes == 1 {
-            let (c, s) = open_streams(&socket, STREAMS, 100).await;
-            (
-                c,
-                s,
-                Conns {
-                    per: 100,
-                    fds: Vec::new(),
-                },
-            )
-        } else {
-            let per = STREAMS / processes;
-            let (c, s, fds) = open_streams_from(&socket, &mut holders, processes, per).await;
-            (c, s, Conns { per, fds })
-        };
         let from = if processes == 1 {
             "from this process".to_owned()
         } else {
             format!("from {processes} processes, {} each", STREAMS / processes)
         };
+        let mut holders = Holders(Vec::new());
+        let (clients, streams, conns) = open_layout(&agent.socket, &mut holders, processes).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         println!(
             "\nlanyard RSS with {STREAMS} open streams {from}: {:.1} MB",
-            rss_mb(pid)
+            rss_mb(agent.pid())
         );
         fan_out(
             streams,
             &conns,
-            &agent,
-            &entry("after.bench.example.org"),
-            &log,
+            Push::Agent {
+                agent: &agent,
+                changed: &entry("after.bench.example.org"),
+                log: &log,
+            },
         )
         .await;
+        // What the agent sends now, for the floor to push.
+        let sample = lanyard::client::connect(&agent.endpoint())
+            .await
+            .unwrap()
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .next()
+            .await
+            .unwrap()
+            .unwrap();
         drop(clients);
         drop(holders);
         drop(agent);
+
+        let floor_dir = dir.path().join("floor");
+        std::fs::create_dir(&floor_dir).unwrap();
+        let (floor, socket) = start_floor(&floor_dir, &sample, None).await;
+        let mut holders = Holders(Vec::new());
+        let (clients, streams, conns) = open_layout(&socket, &mut holders, processes).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        println!(
+            "floor RSS with {STREAMS} open streams {from}: {:.1} MB",
+            rss_mb(floor.0.id())
+        );
+        fan_out(streams, &conns, Push::Floor { pid: floor.0.id() }).await;
+        drop(clients);
+        drop(holders);
+        drop(floor);
+    }
+}
+
+/// Streams in [`scale`]: 10,000, from this process or spread over `PROCESSES` child processes.
+const STREAMS: usize = 10_000;
+const PROCESSES: usize = 1_000;
+
+/// [`STREAMS`] open FetchX509SVID streams to `socket`, each past its first message: from this
+/// process on 100 connections (`processes` 1), or on one connection from each of `processes`
+/// children (held by `holders`).
+async fn open_layout(
+    socket: &Path,
+    holders: &mut Holders,
+    processes: usize,
+) -> (
+    Vec<WorkloadClient>,
+    Vec<tonic::Streaming<X509svidResponse>>,
+    Conns,
+) {
+    if processes == 1 {
+        let (c, s) = open_streams(socket, STREAMS, 100).await;
+        // The bench's ends of these connections are tonic's: not read on a missed rotation.
+        (
+            c,
+            s,
+            Conns {
+                per: 100,
+                fds: Vec::new(),
+            },
+        )
+    } else {
+        let per = STREAMS / processes;
+        let (c, s, fds) = open_streams_from(socket, holders, processes, per).await;
+        (c, s, Conns { per, fds })
     }
 }
 
@@ -781,8 +859,21 @@ struct Conns {
 /// What one stream's reader saw: its index, the round, and when — or how it ended instead.
 type Seen = (usize, u8, Result<(Instant, SystemTime), String>);
 
-/// Times the next two messages of every stream in `streams`: the rotation, then the entry change
-/// made by rewriting the agent's config with `changed` and sending SIGHUP.
+/// What sends the message [`fan_out`] times to every stream.
+enum Push<'a> {
+    /// The agent's next rotation, published on its own (its mints logged in `log`); then an entry
+    /// change, made by rewriting its config with `changed` and sending SIGHUP.
+    Agent {
+        agent: &'a Agent,
+        changed: &'a str,
+        log: &'a Path,
+    },
+    /// The floor, told by the bench (SIGUSR1) to send its message again on every stream.
+    Floor { pid: u32 },
+}
+
+/// Times the next message of every stream in `streams` (the rotation, or the floor's push), and on
+/// the agent the one after it (the entry change).
 ///
 /// The rotation timed is the first one published after this starts. On a slow host, opening 10,000
 /// streams from 1,000 processes can take longer than the SVID's half-life, so a rotation may come
@@ -790,15 +881,16 @@ type Seen = (usize, u8, Result<(Instant, SystemTime), String>);
 /// got that SVID as their first message and have nothing pending. A message carrying an SVID the
 /// agent had minted before this started (its `svid minted` lines in `log`) is therefore read and
 /// set aside, not counted as the rotation.
-async fn fan_out(
-    streams: Vec<tonic::Streaming<X509svidResponse>>,
-    conns: &Conns,
-    agent: &Agent,
-    changed: &str,
-    log: &Path,
-) {
+async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, conns: &Conns, push: Push<'_>) {
     let n = streams.len();
-    let minted_before = std::sync::Arc::new(MintedBefore::read(log));
+    let (pid, rounds) = match push {
+        Push::Agent { agent, .. } => (agent.pid(), 2),
+        Push::Floor { pid } => (pid, 1),
+    };
+    let minted_before = std::sync::Arc::new(match push {
+        Push::Agent { log, .. } => MintedBefore::read(log),
+        Push::Floor { .. } => MintedBefore::none(),
+    });
     let earlier = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
     for (i, mut s) in streams.into_iter().enumerate() {
@@ -806,7 +898,7 @@ async fn fan_out(
         let (minted_before, earlier) = (minted_before.clone(), earlier.clone());
         tokio::spawn(async move {
             let mut round = 0;
-            while round < 2 {
+            while round < rounds {
                 let next = s.next().await;
                 // When it arrived, before anything is checked.
                 let at = (Instant::now(), SystemTime::now());
@@ -818,7 +910,7 @@ async fn fan_out(
                     }
                     Some(Ok(_)) => Ok(at),
                     Some(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-                    None => Err("ended by the agent".to_owned()),
+                    None => Err("ended by the server".to_owned()),
                 };
                 let ended = seen.is_err();
                 let _ = tx.send((i, round, seen));
@@ -827,12 +919,14 @@ async fn fan_out(
                 }
                 round += 1;
             }
+            // Read to its end (the server going away), not dropped: dropping it would reset the
+            // stream while others are still being timed.
+            while s.next().await.is_some() {}
         });
     }
     drop(tx);
     let mut ended: Vec<String> = Vec::new();
-    let pid = agent.pid();
-    // The agent's CPU time and write calls, and the clients' CPU time (every stream is read in
+    // The server's CPU time and write calls, and the clients' CPU time (every stream is read in
     // this process), sampled every 10 ms (three small reads) until the rotation has arrived: the
     // rotation's cost is read from the second before its first delivery to its last.
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -852,6 +946,17 @@ async fn fan_out(
             samples
         }
     });
+    // The floor pushes when told, once the sampler has a second to look back on.
+    let signalled = match push {
+        Push::Floor { pid } => {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let at = SystemTime::now();
+            // SAFETY: signalling the floor, our own child.
+            assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+            Some(at)
+        }
+        Push::Agent { .. } => None,
+    };
     let mut rotation = Vec::with_capacity(n);
     let mut got = vec![false; n];
     let mut early = 0usize;
@@ -888,19 +993,35 @@ async fn fan_out(
         // Ticks of USER_HZ (100 a second), as in `report`.
         let cpu_ms = (after.1 - before.1) as f64 * 10.0;
         let clients_ms = (after.3 - before.3) as f64 * 10.0;
-        let published = match published_before(log, first_at) {
-            Some(p) => format!(
-                "from its publication in the agent: first {:.0} ms, last {:.0} ms; ",
-                ms_between(p, first_at),
-                ms_between(p, last_at)
+        let (who, what, published) = match (&push, signalled) {
+            (Push::Agent { log, .. }, _) => (
+                "agent",
+                "rotation",
+                match published_before(log, first_at) {
+                    Some(p) => format!(
+                        "from its publication in the agent: first {:.0} ms, last {:.0} ms; ",
+                        ms_between(p, first_at),
+                        ms_between(p, last_at)
+                    ),
+                    None => "(its publication was not found in the agent's log); ".to_owned(),
+                },
             ),
-            None => "(its publication was not found in the agent's log); ".to_owned(),
+            (Push::Floor { .. }, Some(at)) => (
+                "floor",
+                "floor's push",
+                format!(
+                    "from the signal: first {:.0} ms, last {:.0} ms; ",
+                    ms_between(at, first_at),
+                    ms_between(at, last_at)
+                ),
+            ),
+            (Push::Floor { .. }, None) => unreachable!("the floor is always signalled"),
         };
-        // The clients share the machine's cores with the agent: on a busy fan-out the two together
+        // The clients share the machine's cores with the server: on a busy fan-out the two together
         // bound how soon the last delivery can come (their CPU time over the cores there are).
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         println!(
-            "rotation on all {n} open streams, {published}from its first delivery: p50 {:.0} ms, last {:.0} ms; agent CPU {cpu_ms:.0} ms ({:.1} µs a stream), {} write calls; clients' CPU {clients_ms:.0} ms (agent and clients over {cores} cores: {:.0} ms)",
+            "{what} on all {n} open streams, {published}from its first delivery: p50 {:.0} ms, last {:.0} ms; {who} CPU {cpu_ms:.0} ms ({:.1} µs a stream), {} write calls; clients' CPU {clients_ms:.0} ms ({who} and clients over {cores} cores: {:.0} ms)",
             (rotation[n / 2].0 - first).as_secs_f64() * 1e3,
             (last - first).as_secs_f64() * 1e3,
             cpu_ms * 1e3 / n as f64,
@@ -914,6 +1035,9 @@ async fn fan_out(
             missed(&got, conns, &ended)
         );
     }
+    let Push::Agent { agent, changed, .. } = push else {
+        return;
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let dir = agent.config.parent().unwrap();
     std::fs::write(&agent.config, agent::config_text(dir, changed)).unwrap();

@@ -348,7 +348,9 @@ async fn jwt_numbers(client: &mut lanyard::client::WorkloadClient, agent: &lanya
 
 async fn spawn_bare(path: &Path, msg: X509svidResponse) {
     let listener = tokio::net::UnixListener::bind(path).unwrap();
-    tokio::spawn(floor::serve(listener, msg, None));
+    // Never pushed to: the sender is dropped at once.
+    let (_, pushes) = tokio::sync::watch::channel(0);
+    tokio::spawn(floor::serve(listener, msg, None, pushes));
 }
 
 /// Entry change (admin call returned) to the new message on an open stream, and process exit to the
