@@ -150,6 +150,40 @@ async fn python_spiffe_library_is_told_why_it_is_refused() {
     agent.shutdown().await;
 }
 
+/// A uid's share of new credentials (first mints, JWT cache misses) set to one, refilled once in
+/// 1,000 s: the second new credential is over its share.
+fn one_new_credential(path: &str) -> String {
+    format!(
+        "[limits]\nnew_credentials_per_second = 0.001\nnew_credentials_burst = 1\n{}",
+        entry(path, euid())
+    )
+}
+
+/// The same library, for a uid over its share of new credentials: its first is given, the next
+/// JWT-SVID and X.509-SVID fail at once with RESOURCE_EXHAUSTED naming the limit, as the library
+/// shows it (a client can tell "retry later" from "no identity").
+#[tokio::test(flavor = "multi_thread")]
+async fn python_spiffe_library_is_told_it_is_over_its_share() {
+    if !prepare(
+        "python",
+        &["python3"],
+        "python_spiffe_library_is_told_it_is_over_its_share",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&one_new_credential("/python")).await;
+    let out = python_client(&["--limited", "db.example"], &agent);
+    let report = accept("python", "limited", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "fetch_jwt_svid over its share refused",
+            "fetch_x509_svid over its share refused"
+        ]
+    );
+    agent.shutdown().await;
+}
+
 fn go_bin() -> PathBuf {
     interop_dir().join("bin/interop-go")
 }
@@ -185,6 +219,28 @@ async fn go_spiffe_is_told_why_it_is_refused() {
     assert_eq!(
         exercised(&report),
         ["FetchX509SVID refused", "FetchJWTSVID refused"]
+    );
+    agent.shutdown().await;
+}
+
+/// go-spiffe, for a uid over its share of new credentials: its first is given, the next
+/// JWT-SVID and X.509-SVID fail at once with ResourceExhausted naming the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_is_told_it_is_over_its_share() {
+    if !prepare("go", &["go"], "go_spiffe_is_told_it_is_over_its_share") {
+        return;
+    }
+    let agent = TestAgent::start(&one_new_credential("/go")).await;
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["limited", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("go", "limited", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "FetchJWTSVID over its share refused",
+            "FetchX509SVID over its share refused"
+        ]
     );
     agent.shutdown().await;
 }
@@ -294,6 +350,31 @@ async fn java_spiffe_is_told_why_it_is_refused() {
     assert_eq!(
         exercised(&report),
         ["fetchX509Context refused", "fetchJwtSvid refused"]
+    );
+    agent.shutdown().await;
+}
+
+/// java-spiffe, for a uid over its share of new credentials: its first is given, the next
+/// JWT-SVID and X.509-SVID fail at once with RESOURCE_EXHAUSTED naming the limit, found along the
+/// cause chain of what the library throws.
+#[tokio::test(flavor = "multi_thread")]
+async fn java_spiffe_is_told_it_is_over_its_share() {
+    if !prepare(
+        "java",
+        &["java", "mvn"],
+        "java_spiffe_is_told_it_is_over_its_share",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&one_new_credential("/java")).await;
+    let out = java_client(&["--limited", "db.example"], &agent);
+    let report = accept("java", "limited", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "fetchJwtSvid over its share refused",
+            "fetchX509Context over its share refused"
+        ]
     );
     agent.shutdown().await;
 }

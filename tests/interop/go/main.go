@@ -7,6 +7,8 @@
 //	interop mtls-client ADDR PEER_ID spiffetls dial; prints what the server answered
 //	interop refused AUDIENCE         a process no entry matches: each fetch fails at once with
 //	                                 PermissionDenied and the agent's reason
+//	interop limited AUDIENCE         a uid whose share of new credentials is one: the first is
+//	                                 given, the next fail at once with ResourceExhausted naming it
 //
 // Each prints one JSON line on success and exits 1 with the reason on failure.
 package main
@@ -51,7 +53,7 @@ func report(fields map[string]any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: interop sources|watch|mtls-server|mtls-client|refused ...")
+		fail("usage: interop sources|watch|mtls-server|mtls-client|refused|limited ...")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
@@ -68,6 +70,8 @@ func main() {
 		mtlsClient(ctx, os.Args[2], os.Args[3])
 	case "refused":
 		refused(ctx, os.Args[2])
+	case "limited":
+		limited(ctx, os.Args[2])
 	default:
 		fail("unknown command %q", os.Args[1])
 	}
@@ -238,6 +242,50 @@ func mtlsClient(ctx context.Context, addr, peer string) {
 	report(map[string]any{"reply": reply, "exercised": []string{"spiffetls.Dial"}})
 }
 
+// call is one Workload API call made through go-spiffe.
+type call struct {
+	name string
+	call func(context.Context) error
+}
+
+// refusedCalls: each call fails at once with gRPC's code (as go-spiffe's error text names it) and
+// the agent's reason; `wrongly` says what a call that succeeded did wrong.
+func refusedCalls(ctx context.Context, calls []call, code, reason, wrongly string) []string {
+	var done []string
+	for _, c := range calls {
+		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		began := time.Now()
+		err := c.call(callCtx)
+		cancel()
+		if err == nil {
+			fail("%s %s", c.name, wrongly)
+		}
+		text := err.Error()
+		if took := time.Since(began); took > 5*time.Second {
+			fail("%s refused after %v, not at once: %s", c.name, took, text)
+		}
+		if !strings.Contains(text, "code = "+code) || !strings.Contains(text, reason) {
+			fail("%s refusal does not say %s and why: %s", c.name, code, text)
+		}
+		done = append(done, c.name)
+	}
+	return done
+}
+
+func fetchX509(client *workloadapi.Client) call {
+	return call{"FetchX509SVID", func(ctx context.Context) error {
+		_, err := client.FetchX509SVID(ctx)
+		return err
+	}}
+}
+
+func fetchJWT(client *workloadapi.Client, audience string) call {
+	return call{"FetchJWTSVID", func(ctx context.Context) error {
+		_, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
+		return err
+	}}
+}
+
 // refused: every fetch of a process no entry matches fails at once, as gRPC's PermissionDenied with
 // the agent's reason (what go-spiffe hands its caller), not after retries and not with an empty answer.
 func refused(ctx context.Context, audience string) {
@@ -246,37 +294,31 @@ func refused(ctx context.Context, audience string) {
 		fail("workloadapi.New: %v", err)
 	}
 	defer client.Close()
-	const reason = "no registration entry matches this process"
-	calls := []struct {
-		name string
-		call func(context.Context) error
-	}{
-		{"FetchX509SVID", func(ctx context.Context) error {
-			_, err := client.FetchX509SVID(ctx)
-			return err
-		}},
-		{"FetchJWTSVID", func(ctx context.Context) error {
-			_, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
-			return err
-		}},
+	var done []string
+	for _, name := range refusedCalls(ctx, []call{fetchX509(client), fetchJWT(client, audience)},
+		"PermissionDenied", "no registration entry matches this process",
+		"gave an SVID to an unmatched process") {
+		done = append(done, name+" refused")
+	}
+	report(map[string]any{"exercised": done})
+}
+
+// limited: a uid whose share of new credentials is one (limits.new_credentials_burst = 1) gets its
+// first; the next JWT-SVID and X.509-SVID fail at once as ResourceExhausted naming the limit.
+func limited(ctx context.Context, audience string) {
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	defer client.Close()
+	if _, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience}); err != nil {
+		fail("the new credential within the uid's share: %v", err)
 	}
 	var done []string
-	for _, c := range calls {
-		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		began := time.Now()
-		err := c.call(callCtx)
-		cancel()
-		if err == nil {
-			fail("%s gave an SVID to an unmatched process", c.name)
-		}
-		text := err.Error()
-		if took := time.Since(began); took > 5*time.Second {
-			fail("%s refused after %v, not at once: %s", c.name, took, text)
-		}
-		if !strings.Contains(text, "code = PermissionDenied") || !strings.Contains(text, reason) {
-			fail("%s refusal does not say PermissionDenied and why: %s", c.name, text)
-		}
-		done = append(done, c.name+" refused")
+	for _, name := range refusedCalls(ctx, []call{fetchJWT(client, audience+".other"), fetchX509(client)},
+		"ResourceExhausted", "faster than its share",
+		"gave a new credential beyond the uid's share") {
+		done = append(done, name+" over its share refused")
 	}
 	report(map[string]any{"exercised": done})
 }

@@ -3,8 +3,9 @@
 Default options only: the library finds the agent through SPIFFE_ENDPOINT_SOCKET, as a user's
 program does. Usage: client.py EXPECTED_SPIFFE_ID AUDIENCE, or client.py --refused AUDIENCE for a
 process no entry matches (each call must fail at once with PERMISSION_DENIED and the agent's reason,
-as the library reports it). Prints one JSON line naming what was exercised; any failure raises and
-exits non-zero.
+as the library reports it), or client.py --limited AUDIENCE for a uid whose share of new credentials
+is one (the second and third must fail at once with RESOURCE_EXHAUSTED naming the limit). Prints
+one JSON line naming what was exercised; any failure raises and exits non-zero.
 """
 
 import json
@@ -20,33 +21,62 @@ def check(cond, what):
         raise SystemExit(f"interop check failed: {what}")
 
 
-def refused(audience):
-    """Every call of a process no entry matches is refused, naming why; none hangs or retries."""
+def refused_calls(calls, code, reason, wrongly):
+    """Each call fails at once with gRPC's `code` and the agent's `reason` in the library's error."""
     done = []
-    reason = "no registration entry matches this process"
-    with WorkloadApiClient() as client:
-        for name, call in (
-            ("fetch_x509_svid", lambda: client.fetch_x509_svid(timeout=10)),
-            ("fetch_jwt_svid", lambda: client.fetch_jwt_svid(audience={audience}, timeout=10)),
-        ):
-            began = time.monotonic()
-            try:
-                call()
-            except Exception as e:  # the library's own error type, carrying gRPC's code and details
-                text = str(e)
-                took = time.monotonic() - began
-                check(took < 5, f"{name} refused at once, not after retries ({took:.1f} s)")
-                check("PERMISSION_DENIED" in text, f"{name} refused with PERMISSION_DENIED: {text}")
-                check(reason in text, f"{name} refusal names the agent's reason: {text}")
-                done.append(f"{name} refused")
-                continue
-            raise SystemExit(f"interop check failed: {name} gave an SVID to an unmatched process")
+    for name, call in calls:
+        began = time.monotonic()
+        try:
+            call()
+        except Exception as e:  # the library's own error type, carrying gRPC's code and details
+            text = str(e)
+            took = time.monotonic() - began
+            check(took < 5, f"{name} refused at once, not after retries ({took:.1f} s)")
+            check(code in text, f"{name} refused with {code}: {text}")
+            check(reason in text, f"{name} refusal names the agent's reason: {text}")
+            done.append(name)
+            continue
+        raise SystemExit(f"interop check failed: {name} {wrongly}")
     return done
 
 
+def refused(audience):
+    """Every call of a process no entry matches is refused, naming why; none hangs or retries."""
+    with WorkloadApiClient() as client:
+        done = refused_calls(
+            (
+                ("fetch_x509_svid", lambda: client.fetch_x509_svid(timeout=10)),
+                ("fetch_jwt_svid", lambda: client.fetch_jwt_svid(audience={audience}, timeout=10)),
+            ),
+            "PERMISSION_DENIED",
+            "no registration entry matches this process",
+            "gave an SVID to an unmatched process",
+        )
+    return [f"{name} refused" for name in done]
+
+
+def limited(audience):
+    """A uid whose share of new credentials is one (limits.new_credentials_burst = 1): its first
+    new credential is given, the next ones are refused at once with RESOURCE_EXHAUSTED naming the
+    limit; none hangs or retries."""
+    with WorkloadApiClient() as client:
+        token = client.fetch_jwt_svid(audience={audience}, timeout=10)
+        check(token.audience == {audience}, f"the credential within its share: {token.audience}")
+        done = refused_calls(
+            (
+                ("fetch_jwt_svid", lambda: client.fetch_jwt_svid(audience={audience + ".other"}, timeout=10)),
+                ("fetch_x509_svid", lambda: client.fetch_x509_svid(timeout=10)),
+            ),
+            "RESOURCE_EXHAUSTED",
+            "faster than its share",
+            "gave a new credential beyond the uid's share",
+        )
+    return [f"{name} over its share refused" for name in done]
+
+
 def main():
-    if sys.argv[1] == "--refused":
-        done = refused(sys.argv[2])
+    if sys.argv[1] in ("--refused", "--limited"):
+        done = (refused if sys.argv[1] == "--refused" else limited)(sys.argv[2])
         print(json.dumps({
             "library": "spiffe (PyPI)",
             "version": version("spiffe"),

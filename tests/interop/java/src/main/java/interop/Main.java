@@ -17,8 +17,10 @@ import java.util.List;
 /**
  * java-spiffe against a live lanyard agent with default options. Usage: Main EXPECTED_ID AUDIENCE,
  * or Main --refused AUDIENCE for a process no entry matches (each fetch must fail at once with
- * PERMISSION_DENIED and the agent's reason, somewhere in what the library throws). Prints one JSON
- * line naming what was exercised; exits 1 with the reason on failure.
+ * PERMISSION_DENIED and the agent's reason, somewhere in what the library throws), or Main --limited
+ * AUDIENCE for a uid whose share of new credentials is one (the second and third must fail at once
+ * with RESOURCE_EXHAUSTED naming the limit). Prints one JSON line naming what was exercised; exits 1
+ * with the reason on failure.
  */
 public final class Main {
   private static void check(boolean ok, String what) {
@@ -41,26 +43,58 @@ public final class Main {
     void run() throws Exception;
   }
 
+  /**
+   * Each call fails at once with gRPC's {@code code} and the agent's {@code reason} somewhere in
+   * what the library throws; {@code wrongly} says what a call that succeeded did wrong.
+   */
+  private static List<String> refusedCalls(
+      String[] names, Call[] calls, String code, String reason, String wrongly) {
+    List<String> done = new ArrayList<>();
+    for (int i = 0; i < calls.length; i++) {
+      long began = System.nanoTime();
+      try {
+        calls[i].run();
+      } catch (Exception e) {
+        String text = chain(e);
+        double took = (System.nanoTime() - began) / 1e9;
+        check(took < 5, names[i] + " refused at once, not after retries (" + took + " s)");
+        check(text.contains(code), names[i] + " refused with " + code + ": " + text);
+        check(text.contains(reason), names[i] + " refusal names the agent's reason: " + text);
+        done.add(names[i]);
+        continue;
+      }
+      check(false, names[i] + " " + wrongly);
+    }
+    return done;
+  }
+
   private static List<String> refused(String audience) throws Exception {
     List<String> done = new ArrayList<>();
-    String reason = "no registration entry matches this process";
     try (WorkloadApiClient client = DefaultWorkloadApiClient.newClient()) {
       String[] names = {"fetchX509Context", "fetchJwtSvid"};
       Call[] calls = {client::fetchX509Context, () -> client.fetchJwtSvid(audience)};
-      for (int i = 0; i < calls.length; i++) {
-        long began = System.nanoTime();
-        try {
-          calls[i].run();
-        } catch (Exception e) {
-          String text = chain(e);
-          double took = (System.nanoTime() - began) / 1e9;
-          check(took < 5, names[i] + " refused at once, not after retries (" + took + " s)");
-          check(text.contains("PERMISSION_DENIED"), names[i] + " refused with PERMISSION_DENIED: " + text);
-          check(text.contains(reason), names[i] + " refusal names the agent's reason: " + text);
-          done.add(names[i] + " refused");
-          continue;
-        }
-        check(false, names[i] + " gave an SVID to an unmatched process");
+      for (String name : refusedCalls(names, calls, "PERMISSION_DENIED",
+          "no registration entry matches this process", "gave an SVID to an unmatched process")) {
+        done.add(name + " refused");
+      }
+    }
+    return done;
+  }
+
+  /**
+   * A uid whose share of new credentials is one (limits.new_credentials_burst = 1): its first is
+   * given, the next JWT-SVID and X.509-SVID fail at once with RESOURCE_EXHAUSTED naming the limit.
+   */
+  private static List<String> limited(String audience) throws Exception {
+    List<String> done = new ArrayList<>();
+    try (WorkloadApiClient client = DefaultWorkloadApiClient.newClient()) {
+      JwtSvid first = client.fetchJwtSvid(audience);
+      check(first.getAudience().contains(audience), "the credential within its share: " + first.getAudience());
+      String[] names = {"fetchJwtSvid", "fetchX509Context"};
+      Call[] calls = {() -> client.fetchJwtSvid(audience + ".other"), client::fetchX509Context};
+      for (String name : refusedCalls(names, calls, "RESOURCE_EXHAUSTED", "faster than its share",
+          "gave a new credential beyond the uid's share")) {
+        done.add(name + " over its share refused");
       }
     }
     return done;
@@ -75,6 +109,10 @@ public final class Main {
   public static void main(String[] args) throws Exception {
     if (args[0].equals("--refused")) {
       report(refused(args[1]));
+      System.exit(0);
+    }
+    if (args[0].equals("--limited")) {
+      report(limited(args[1]));
       System.exit(0);
     }
     String want = args[0];
