@@ -24,7 +24,8 @@
 //! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
 //! and the agent's RSS idle and with 1,000 open streams; then, on an agent with the per-uid limits
 //! raised, 10,000 open streams (RSS, a rotation's fan-out, an entry change's), from this process and
-//! then from 1,000 child processes (see [`scale`]); `LANYARD_BENCH_SCALE_ONLY=1` runs only that part.
+//! then from 1,000 child processes, each followed by the floor's fan-out to the same streams (see
+//! [`scale`]); `LANYARD_BENCH_SCALE_ONLY=1` runs only that part.
 
 #[path = "support/agent.rs"]
 mod agent;
@@ -883,9 +884,9 @@ enum Push<'a> {
 /// set aside, not counted as the rotation.
 async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, conns: &Conns, push: Push<'_>) {
     let n = streams.len();
-    let (pid, rounds) = match push {
-        Push::Agent { agent, .. } => (agent.pid(), 2),
-        Push::Floor { pid } => (pid, 1),
+    let (pid, rounds, who, what) = match push {
+        Push::Agent { agent, .. } => (agent.pid(), 2, "agent", "rotation"),
+        Push::Floor { pid } => (pid, 1, "floor", "floor's push"),
     };
     let minted_before = std::sync::Arc::new(match push {
         Push::Agent { log, .. } => MintedBefore::read(log),
@@ -993,27 +994,19 @@ async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, conns: &Conns
         // Ticks of USER_HZ (100 a second), as in `report`.
         let cpu_ms = (after.1 - before.1) as f64 * 10.0;
         let clients_ms = (after.3 - before.3) as f64 * 10.0;
-        let (who, what, published) = match (&push, signalled) {
-            (Push::Agent { log, .. }, _) => (
-                "agent",
-                "rotation",
-                match published_before(log, first_at) {
-                    Some(p) => format!(
-                        "from its publication in the agent: first {:.0} ms, last {:.0} ms; ",
-                        ms_between(p, first_at),
-                        ms_between(p, last_at)
-                    ),
-                    None => "(its publication was not found in the agent's log); ".to_owned(),
-                },
-            ),
-            (Push::Floor { .. }, Some(at)) => (
-                "floor",
-                "floor's push",
-                format!(
-                    "from the signal: first {:.0} ms, last {:.0} ms; ",
-                    ms_between(at, first_at),
-                    ms_between(at, last_at)
+        let published = match (&push, signalled) {
+            (Push::Agent { log, .. }, _) => match published_before(log, first_at) {
+                Some(p) => format!(
+                    "from its publication in the agent: first {:.0} ms, last {:.0} ms; ",
+                    ms_between(p, first_at),
+                    ms_between(p, last_at)
                 ),
+                None => "(its publication was not found in the agent's log); ".to_owned(),
+            },
+            (Push::Floor { .. }, Some(at)) => format!(
+                "from the signal: first {:.0} ms, last {:.0} ms; ",
+                ms_between(at, first_at),
+                ms_between(at, last_at)
             ),
             (Push::Floor { .. }, None) => unreachable!("the floor is always signalled"),
         };
@@ -1030,7 +1023,7 @@ async fn fan_out(streams: Vec<tonic::Streaming<X509svidResponse>>, conns: &Conns
         );
     } else {
         println!(
-            "rotation: only {} of {n} streams got it within 90 s; {}",
+            "{what}: only {} of {n} streams got it within 90 s; {}",
             rotation.len(),
             missed(&got, conns, &ended)
         );
