@@ -125,6 +125,21 @@ fn attestation_cost() {
     report("attestation (pin + unix selectors, cached hash)", samples);
 }
 
+/// How many times a second `f` runs on this one thread: 200 warm-up calls, then counted for two
+/// seconds.
+fn per_second(mut f: impl FnMut()) -> f64 {
+    for _ in 0..200 {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        f();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 fn mint_throughput() {
     let td = TrustDomain::parse("example.org").unwrap();
     let (key, cert) =
@@ -135,17 +150,9 @@ fn mint_throughput() {
         ttl: Duration::from_secs(3600),
         dns_names: vec![],
     };
-    // Warm up, then count for two seconds on this one thread.
-    for _ in 0..200 {
+    let rate = per_second(|| {
         mint::mint_svid(&signer, &req, SystemTime::now()).unwrap();
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs(2) {
-        mint::mint_svid(&signer, &req, SystemTime::now()).unwrap();
-        n += 1;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    });
     // The floor of a mint on this machine: the cryptography alone, as aws-lc does it (a fresh
     // P-256 key with its PKCS#8, and one ECDSA signature over a leaf-sized message), so a mint
     // rate that moves with the host can be told from one that moves with the code.
@@ -158,16 +165,7 @@ fn mint_throughput() {
         std::hint::black_box(leaf.to_pkcs8v1().unwrap());
         std::hint::black_box(ca.sign(&rng, &tbs).unwrap());
     };
-    for _ in 0..200 {
-        crypto();
-    }
-    let start = Instant::now();
-    let mut k = 0u64;
-    while start.elapsed() < Duration::from_secs(2) {
-        crypto();
-        k += 1;
-    }
-    let floor = k as f64 / start.elapsed().as_secs_f64();
+    let floor = per_second(crypto);
     println!(
         "mint: {rate:.0} X.509-SVIDs/s on one core ({:.1} us each); the cryptography alone (aws-lc: a P-256 key and its PKCS#8, one ECDSA signature): {floor:.0}/s ({:.1} us), so a mint is {:.2}x it",
         1e6 / rate,
