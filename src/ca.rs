@@ -6,6 +6,7 @@
 pub mod authority;
 pub mod bundle;
 pub mod jwt;
+mod leaf;
 pub mod mint;
 
 use std::fmt;

@@ -1,4 +1,5 @@
-//! Certificate minting with rcgen: roots, intermediates and X.509-SVID leaves (SPEC.md §5).
+//! Certificate minting: roots and intermediates with rcgen, X.509-SVID leaves written directly
+//! (`leaf.rs`) when the signer's key is P-256 and with rcgen otherwise (SPEC.md §5).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::Error;
 use super::bundle::concat;
+use super::leaf::{LeafFields, LeafTemplate};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 /// Leaves are backdated by this much so a peer whose clock is slightly behind accepts them.
@@ -38,6 +40,8 @@ pub struct Signer {
     not_before: SystemTime,
     not_after: SystemTime,
     serial: String,
+    /// What its leaves share, written once (`None` when its key is not P-256: rcgen writes them).
+    leaf: Option<LeafTemplate>,
 }
 
 /// A minted X.509-SVID: certificate chain (leaf first) and its private key.
@@ -61,8 +65,21 @@ impl Signer {
         cert: CertificateDer<'static>,
         chain: Vec<CertificateDer<'static>>,
     ) -> Result<Self, Error> {
-        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(Error::Rcgen)?;
         let (not_before, not_after, serial) = cert_facts(&cert)?;
+        let leaf = {
+            let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+                .map_err(|e| Error::BadCertificate(e.to_string()))?;
+            let key_id = parsed
+                .iter_extensions()
+                .find_map(|ext| match ext.parsed_extension() {
+                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                        Some(id.0)
+                    }
+                    _ => None,
+                });
+            LeafTemplate::new(&key, parsed.subject().as_raw(), key_id)
+        };
+        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(Error::Rcgen)?;
         Ok(Self {
             issuer,
             cert,
@@ -70,6 +87,7 @@ impl Signer {
             not_before,
             not_after,
             serial,
+            leaf,
         })
     }
 
@@ -213,6 +231,50 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
     if not_after <= now {
         return Err(Error::SignerExpired);
     }
+    let serial = random_serial();
+    // Whole seconds, as the certificate carries them.
+    let not_before = truncate_to_seconds(not_before);
+    let not_after = truncate_to_seconds(not_after);
+    let leaf = match &signer.leaf {
+        Some(template) => {
+            let tbs = template.tbs(&LeafFields {
+                serial: &serial,
+                not_before,
+                not_after,
+                uri: req.spiffe_id.as_str(),
+                dns_names: &req.dns_names,
+                public_point: &key.public,
+            })?;
+            CertificateDer::from(LeafTemplate::sign(tbs, signer.issuer().key())?)
+        }
+        None => leaf_params(req, &serial, not_before, not_after)?
+            .signed_by(&key, signer.issuer())
+            .map_err(Error::Rcgen)?
+            .der()
+            .clone(),
+    };
+    let mut chain = Vec::with_capacity(1 + signer.chain.len());
+    chain.push(leaf);
+    chain.extend(signer.chain.iter().cloned());
+    let chain_der = concat(&chain);
+    Ok(X509Svid {
+        spiffe_id: req.spiffe_id.clone(),
+        chain,
+        chain_der,
+        key_pkcs8: Bytes::from_owner(key.pkcs8),
+        serial: crate::encoding::hex(&serial),
+        not_before,
+        not_after,
+    })
+}
+
+/// A leaf's parameters for rcgen, for a signer whose key is not P-256 (X5-1 to X5-6).
+fn leaf_params(
+    req: &SvidRequest,
+    serial: &[u8; 16],
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.subject_alt_names = Vec::with_capacity(1 + req.dns_names.len());
@@ -232,26 +294,9 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
     ];
     params.not_before = not_before.into();
     params.not_after = not_after.into();
-    let serial = random_serial();
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.serial_number = Some(SerialNumber::from_slice(serial));
     params.use_authority_key_identifier_extension = true;
-    let cert = params
-        .signed_by(&key, signer.issuer())
-        .map_err(Error::Rcgen)?;
-    let mut chain = Vec::with_capacity(1 + signer.chain.len());
-    chain.push(cert.der().clone());
-    chain.extend(signer.chain.iter().cloned());
-    let chain_der = concat(&chain);
-    Ok(X509Svid {
-        spiffe_id: req.spiffe_id.clone(),
-        chain,
-        chain_der,
-        key_pkcs8: Bytes::from_owner(key.pkcs8),
-        serial: crate::encoding::hex(&serial),
-        // rcgen writes whole seconds.
-        not_before: truncate_to_seconds(not_before),
-        not_after: truncate_to_seconds(not_after),
-    })
+    Ok(params)
 }
 
 /// Parameters of a signing certificate for `td` (X5-8, X5-9).
@@ -355,4 +400,169 @@ pub fn cert_facts(cert: &[u8]) -> Result<(SystemTime, SystemTime, String), Error
         to_system(&v.not_after),
         crate::encoding::hex(parsed.raw_serial()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The leaf `leaf.rs` writes and the one rcgen writes from the same inputs have the same
+    /// to-be-signed bytes (the signatures differ: ECDSA draws a fresh nonce).
+    fn assert_same_tbs(
+        signer: &Signer,
+        rcgen_issuer: &Issuer<'_, KeyPair>,
+        req: &SvidRequest,
+        now: SystemTime,
+    ) {
+        let key = LeafKey::generate().unwrap();
+        let serial = random_serial();
+        let not_before = truncate_to_seconds(now - BACKDATE);
+        let not_after = truncate_to_seconds(now + req.ttl);
+        let ours = signer
+            .leaf
+            .as_ref()
+            .expect("a P-256 signer has a leaf template")
+            .tbs(&LeafFields {
+                serial: &serial,
+                not_before,
+                not_after,
+                uri: req.spiffe_id.as_str(),
+                dns_names: &req.dns_names,
+                public_point: &key.public,
+            })
+            .unwrap();
+        let theirs = leaf_params(req, &serial, not_before, not_after)
+            .unwrap()
+            .signed_by(&key, rcgen_issuer)
+            .unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(theirs.der()).unwrap();
+        assert_eq!(
+            ours,
+            parsed.tbs_certificate.as_ref(),
+            "TBS differs from rcgen's for {req:?}"
+        );
+    }
+
+    fn requests() -> Vec<SvidRequest> {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        vec![
+            SvidRequest {
+                spiffe_id: id("spiffe://example.org/a"),
+                ttl: Duration::from_secs(3600),
+                dns_names: vec![],
+            },
+            SvidRequest {
+                spiffe_id: id(&format!("spiffe://example.org/{}x", "long/".repeat(60))),
+                ttl: Duration::from_secs(3600),
+                dns_names: (0..20)
+                    .map(|i| format!("svc-{i}.ns.svc.cluster.local"))
+                    .collect(),
+            },
+        ]
+    }
+
+    #[test]
+    fn leaves_written_directly_match_rcgen_below_a_root_and_an_intermediate() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let now = SystemTime::now();
+        let (key, cert) = self_signed_root(&td, now, Duration::from_secs(86400)).unwrap();
+        let root = Signer::new(key, cert.clone(), vec![]).unwrap();
+        let (ikey, icert) = intermediate(&td, &root, now, Duration::from_secs(3600)).unwrap();
+        let inter = Signer::new(ikey, icert.clone(), vec![icert.clone()]).unwrap();
+        for req in requests() {
+            assert_same_tbs(&root, root.issuer(), &req, now);
+            assert_same_tbs(&inter, inter.issuer(), &req, now);
+        }
+        // A leaf valid past 2049 is written with GeneralizedTime, as rcgen does.
+        let late = SystemTime::UNIX_EPOCH + Duration::from_secs(2_524_600_000);
+        let (key, cert) = self_signed_root(&td, late, Duration::from_secs(86400)).unwrap();
+        let root = Signer::new(key, cert, vec![]).unwrap();
+        assert_same_tbs(&root, root.issuer(), &requests()[0], late);
+    }
+
+    #[test]
+    fn a_signer_without_a_subject_key_identifier_gets_one_derived_as_rcgen_does() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let now = SystemTime::now();
+        let params = ca_params(
+            &td,
+            "no ski",
+            now - BACKDATE,
+            now + Duration::from_secs(3600),
+            None,
+        )
+        .unwrap();
+        let key = generate_key().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        let template = LeafTemplate::new(&key, parsed.subject().as_raw(), None).unwrap();
+        let mut signer = Signer::new(key, cert.der().clone(), vec![]).unwrap();
+        signer.leaf = Some(template);
+        // rcgen's issuer from parameters derives the key id from the key (SHA-256, 20 bytes).
+        let issuer = Issuer::from_params(&params, signer.issuer().key());
+        let req = &requests()[0];
+        let key = LeafKey::generate().unwrap();
+        let serial = random_serial();
+        let (nb, na) = (truncate_to_seconds(now), truncate_to_seconds(now + req.ttl));
+        let ours = signer.leaf.as_ref().unwrap().tbs(&LeafFields {
+            serial: &serial,
+            not_before: nb,
+            not_after: na,
+            uri: req.spiffe_id.as_str(),
+            dns_names: &req.dns_names,
+            public_point: &key.public,
+        });
+        let theirs = leaf_params(req, &serial, nb, na)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(theirs.der()).unwrap();
+        assert_eq!(ours.unwrap(), parsed.tbs_certificate.as_ref());
+    }
+
+    #[test]
+    fn a_signer_whose_key_is_not_p256_mints_through_rcgen() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let now = SystemTime::now();
+        let params = ca_params(
+            &td,
+            "p384",
+            now - BACKDATE,
+            now + Duration::from_secs(3600),
+            None,
+        )
+        .unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let signer = Signer::new(key, cert.der().clone(), vec![]).unwrap();
+        assert!(signer.leaf.is_none());
+        let svid = mint_svid(&signer, &requests()[1], now).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&svid.chain[0]).unwrap();
+        assert_eq!(
+            leaf.signature_algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.4.3.3"
+        );
+    }
+
+    #[test]
+    fn a_leaf_written_directly_is_signed_by_its_signer() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let now = SystemTime::now();
+        let (key, cert) = self_signed_root(&td, now, Duration::from_secs(86400)).unwrap();
+        let root = Signer::new(key, cert.clone(), vec![]).unwrap();
+        let svid = mint_svid(&root, &requests()[1], now).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&svid.chain[0]).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        let public = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            ca.public_key().subject_public_key.data.as_ref(),
+        );
+        public
+            .verify(
+                leaf.tbs_certificate.as_ref(),
+                leaf.signature_value.data.as_ref(),
+            )
+            .expect("the signature verifies under the signer's key");
+        assert_eq!(crate::encoding::hex(leaf.raw_serial()), svid.serial);
+    }
 }
