@@ -40,7 +40,9 @@ go_part() {
 
 java_part() {
     local stamp
-    stamp=$(stamp_of "$here/java/pom.xml" "$here"/java/src/main/java/interop/*.java)
+    # The classpath holds absolute paths into $out/m2: a target directory moved or copied to another
+    # checkout must resolve it again, so the stamp covers where it lives too.
+    stamp=$( (echo "$out"; cat "$here/java/pom.xml" "$here"/java/src/main/java/interop/*.java) | sha256sum | cut -d' ' -f1)
     if [ -f "$out/java.classpath" ] && [ "$(cat "$out/java.stamp" 2>/dev/null)" = "$stamp" ]; then
         return 0
     fi
