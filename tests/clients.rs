@@ -184,6 +184,37 @@ async fn python_spiffe_library_is_told_it_is_over_its_share() {
     agent.shutdown().await;
 }
 
+/// A uid whose share of open streams is one.
+fn one_stream(path: &str) -> String {
+    format!("[limits]\nmax_streams_per_uid = 1\n{}", entry(path, euid()))
+}
+
+/// The same library, for a uid whose share of open streams is one: an X509Source holds it,
+/// another stream is refused at once with RESOURCE_EXHAUSTED naming `limits.max_streams_per_uid`,
+/// a unary call is still answered, and the slot comes back when the source is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_spiffe_library_is_told_it_is_over_its_streams() {
+    if !prepare(
+        "python",
+        &["python3"],
+        "python_spiffe_library_is_told_it_is_over_its_streams",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&one_stream("/python")).await;
+    let out = python_client(&["--streams", "db.example"], &agent);
+    let report = accept("python", "streams", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "fetch_x509_svid beyond the uid's streams refused",
+            "fetch_jwt_svid beside the held stream",
+            "fetch_x509_svid after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
 fn go_bin() -> PathBuf {
     interop_dir().join("bin/interop-go")
 }
@@ -240,6 +271,30 @@ async fn go_spiffe_is_told_it_is_over_its_share() {
         [
             "FetchJWTSVID over its share refused",
             "FetchX509SVID over its share refused"
+        ]
+    );
+    agent.shutdown().await;
+}
+
+/// go-spiffe, for a uid whose share of open streams is one: an X509Source holds it, another
+/// FetchX509SVID fails at once with ResourceExhausted naming `limits.max_streams_per_uid`, a unary
+/// FetchJWTSVID is still answered, and the slot comes back when the source is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_is_told_it_is_over_its_streams() {
+    if !prepare("go", &["go"], "go_spiffe_is_told_it_is_over_its_streams") {
+        return;
+    }
+    let agent = TestAgent::start(&one_stream("/go")).await;
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["streams", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("go", "streams", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "FetchX509SVID beyond the uid's streams refused",
+            "FetchJWTSVID beside the held stream",
+            "FetchX509SVID after the source closed"
         ]
     );
     agent.shutdown().await;
@@ -380,6 +435,32 @@ async fn java_spiffe_is_told_it_is_over_its_share() {
 }
 
 /// Runs the compiled `interop.Main` with `args` against `agent`.
+/// java-spiffe, for a uid whose share of open streams is one: a DefaultX509Source holds it,
+/// another stream is refused at once with RESOURCE_EXHAUSTED naming `limits.max_streams_per_uid`,
+/// a unary call is still answered, and the slot comes back when the source is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn java_spiffe_is_told_it_is_over_its_streams() {
+    if !prepare(
+        "java",
+        &["java", "mvn"],
+        "java_spiffe_is_told_it_is_over_its_streams",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&one_stream("/java")).await;
+    let out = java_client(&["--streams", "db.example"], &agent);
+    let report = accept("java", "streams", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "fetchX509Context beyond the uid's streams refused",
+            "fetchJwtSvid beside the held stream",
+            "fetchX509Context after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
 fn java_client(args: &[&str], agent: &TestAgent) -> Output {
     let classpath = std::fs::read_to_string(interop_dir().join("java.classpath")).unwrap();
     let mut cmd = Command::new("java");

@@ -9,6 +9,10 @@
 //	                                 PermissionDenied and the agent's reason
 //	interop limited AUDIENCE         a uid whose share of new credentials is one: the first is
 //	                                 given, the next fail at once with ResourceExhausted naming it
+//	interop streams AUDIENCE         a uid whose share of open streams is one: an X509Source holds
+//	                                 it; another stream fails at once with ResourceExhausted naming
+//	                                 it, a unary JWT call is still answered, and once the source is
+//	                                 closed a stream opens again
 //
 // Each prints one JSON line on success and exits 1 with the reason on failure.
 package main
@@ -53,7 +57,7 @@ func report(fields map[string]any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: interop sources|watch|mtls-server|mtls-client|refused|limited ...")
+		fail("usage: interop sources|watch|mtls-server|mtls-client|refused|limited|streams ...")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
@@ -72,6 +76,8 @@ func main() {
 		refused(ctx, os.Args[2])
 	case "limited":
 		limited(ctx, os.Args[2])
+	case "streams":
+		streams(ctx, os.Args[2])
 	default:
 		fail("unknown command %q", os.Args[1])
 	}
@@ -320,5 +326,48 @@ func limited(ctx context.Context, audience string) {
 		"gave a new credential beyond the uid's share") {
 		done = append(done, name+" over its share refused")
 	}
+	report(map[string]any{"exercised": done})
+}
+
+// streams: a uid whose share of open streams is one (limits.max_streams_per_uid = 1). An X509Source
+// (go-spiffe's watch, one stream) holds it; a second stream fails at once as ResourceExhausted naming
+// the limit; FetchJWTSVID, unary, is not a stream and is answered; once the source is closed its slot
+// comes back and a stream is served again (the library does not have to be restarted).
+func streams(ctx context.Context, audience string) {
+	source, err := workloadapi.NewX509Source(ctx)
+	if err != nil {
+		fail("NewX509Source within the uid's share: %v", err)
+	}
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	defer client.Close()
+	var done []string
+	for _, name := range refusedCalls(ctx, []call{fetchX509(client)},
+		"ResourceExhausted", "limits.max_streams_per_uid",
+		"opened a stream beyond the uid's share") {
+		done = append(done, name+" beyond the uid's streams refused")
+	}
+	if _, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience}); err != nil {
+		fail("FetchJWTSVID (unary) beside the held stream: %v", err)
+	}
+	done = append(done, "FetchJWTSVID beside the held stream")
+	if err := source.Close(); err != nil {
+		fail("X509Source.Close: %v", err)
+	}
+	// The agent learns of the closed stream from the client's RST_STREAM: a moment, not a restart.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := client.FetchX509SVID(ctx)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("FetchX509SVID 5 s after the source closed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	done = append(done, "FetchX509SVID after the source closed")
 	report(map[string]any{"exercised": done})
 }

@@ -4,7 +4,10 @@ Default options only: the library finds the agent through SPIFFE_ENDPOINT_SOCKET
 program does. Usage: client.py EXPECTED_SPIFFE_ID AUDIENCE, or client.py --refused AUDIENCE for a
 process no entry matches (each call must fail at once with PERMISSION_DENIED and the agent's reason,
 as the library reports it), or client.py --limited AUDIENCE for a uid whose share of new credentials
-is one (the second and third must fail at once with RESOURCE_EXHAUSTED naming the limit). Prints
+is one (the second and third must fail at once with RESOURCE_EXHAUSTED naming the limit), or
+client.py --streams AUDIENCE for a uid whose share of open streams is one (an X509Source holds it;
+another stream fails at once with RESOURCE_EXHAUSTED naming the limit; a unary JWT call is still
+answered; the slot comes back once the source is closed). Prints
 one JSON line naming what was exercised; any failure raises and exits non-zero.
 """
 
@@ -74,9 +77,42 @@ def limited(audience):
     return [f"{name} over its share refused" for name in done]
 
 
+def streams(audience):
+    """A uid whose share of open streams is one (limits.max_streams_per_uid = 1): an X509Source (the
+    library's watch, one stream) holds it; fetch_x509_svid, another stream, is refused at once with
+    RESOURCE_EXHAUSTED naming the limit; fetch_jwt_svid, unary, is answered; once the source is
+    closed the slot comes back without restarting anything."""
+    with WorkloadApiClient() as client:
+        with X509Source():
+            done = [
+                f"{name} beyond the uid's streams refused"
+                for name in refused_calls(
+                    (("fetch_x509_svid", lambda: client.fetch_x509_svid(timeout=10)),),
+                    "RESOURCE_EXHAUSTED",
+                    "limits.max_streams_per_uid",
+                    "opened a stream beyond the uid's share",
+                )
+            ]
+            token = client.fetch_jwt_svid(audience={audience}, timeout=10)
+            check(token.audience == {audience}, f"the unary call beside the held stream: {token.audience}")
+            done.append("fetch_jwt_svid beside the held stream")
+        # The agent learns of the closed stream from the client's RST_STREAM: a moment.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                client.fetch_x509_svid(timeout=10)
+                break
+            except Exception as e:
+                check(time.monotonic() < deadline, f"fetch_x509_svid 5 s after the source closed: {e}")
+                time.sleep(0.05)
+        done.append("fetch_x509_svid after the source closed")
+    return done
+
+
 def main():
-    if sys.argv[1] in ("--refused", "--limited"):
-        done = (refused if sys.argv[1] == "--refused" else limited)(sys.argv[2])
+    cases = {"--refused": refused, "--limited": limited, "--streams": streams}
+    if sys.argv[1] in cases:
+        done = cases[sys.argv[1]](sys.argv[2])
         print(json.dumps({
             "library": "spiffe (PyPI)",
             "version": version("spiffe"),

@@ -19,8 +19,10 @@ import java.util.List;
  * or Main --refused AUDIENCE for a process no entry matches (each fetch must fail at once with
  * PERMISSION_DENIED and the agent's reason, somewhere in what the library throws), or Main --limited
  * AUDIENCE for a uid whose share of new credentials is one (the second and third must fail at once
- * with RESOURCE_EXHAUSTED naming the limit). Prints one JSON line naming what was exercised; exits 1
- * with the reason on failure.
+ * with RESOURCE_EXHAUSTED naming the limit), or Main --streams AUDIENCE for a uid whose share of open
+ * streams is one (a DefaultX509Source holds it; another stream fails at once with RESOURCE_EXHAUSTED
+ * naming the limit; a unary JWT call is still answered; the slot comes back once the source is
+ * closed). Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
  */
 public final class Main {
   private static void check(boolean ok, String what) {
@@ -100,6 +102,42 @@ public final class Main {
     return done;
   }
 
+  /**
+   * A uid whose share of open streams is one (limits.max_streams_per_uid = 1): a DefaultX509Source
+   * (the library's watch, one stream) holds it; fetchX509Context, another stream, fails at once
+   * with RESOURCE_EXHAUSTED naming the limit; fetchJwtSvid, unary, is answered; once the source is
+   * closed the slot comes back without restarting anything.
+   */
+  private static List<String> streams(String audience) throws Exception {
+    List<String> done = new ArrayList<>();
+    try (WorkloadApiClient client = DefaultWorkloadApiClient.newClient()) {
+      try (X509Source source = DefaultX509Source.newSource()) {
+        String[] names = {"fetchX509Context"};
+        Call[] calls = {client::fetchX509Context};
+        for (String name : refusedCalls(names, calls, "RESOURCE_EXHAUSTED",
+            "limits.max_streams_per_uid", "opened a stream beyond the uid's share")) {
+          done.add(name + " beyond the uid's streams refused");
+        }
+        JwtSvid token = client.fetchJwtSvid(audience);
+        check(token.getAudience().contains(audience), "the unary call beside the held stream");
+        done.add("fetchJwtSvid beside the held stream");
+      }
+      // The agent learns of the closed stream from the client's RST_STREAM: a moment.
+      long deadline = System.nanoTime() + 5_000_000_000L;
+      while (true) {
+        try {
+          client.fetchX509Context();
+          break;
+        } catch (Exception e) {
+          check(System.nanoTime() < deadline, "fetchX509Context 5 s after the source closed: " + chain(e));
+          Thread.sleep(50);
+        }
+      }
+      done.add("fetchX509Context after the source closed");
+    }
+    return done;
+  }
+
   private static void report(List<String> done) {
     String version = DefaultX509Source.class.getPackage().getImplementationVersion();
     System.out.println("{\"library\":\"io.spiffe:java-spiffe-core\",\"version\":\""
@@ -113,6 +151,10 @@ public final class Main {
     }
     if (args[0].equals("--limited")) {
       report(limited(args[1]));
+      System.exit(0);
+    }
+    if (args[0].equals("--streams")) {
+      report(streams(args[1]));
       System.exit(0);
     }
     String want = args[0];
