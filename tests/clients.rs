@@ -184,6 +184,14 @@ async fn python_spiffe_library_is_told_it_is_over_its_share() {
     agent.shutdown().await;
 }
 
+/// A uid whose share of connections is one.
+fn one_connection(path: &str) -> String {
+    format!(
+        "[limits]\nmax_connections_per_uid = 1\n{}",
+        entry(path, euid())
+    )
+}
+
 /// A uid whose share of open streams is one.
 fn one_stream(path: &str) -> String {
     format!("[limits]\nmax_streams_per_uid = 1\n{}", entry(path, euid()))
@@ -210,6 +218,33 @@ async fn python_spiffe_library_is_told_it_is_over_its_streams() {
             "fetch_x509_svid beyond the uid's streams refused",
             "fetch_jwt_svid beside the held stream",
             "fetch_x509_svid after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
+/// The same library, for a uid whose share of connections is one: grpcio (C core) shares one
+/// connection among a process's channels to the same socket, so an X509Source and a second client
+/// in one process are served on it; another Python process is refused at once with
+/// RESOURCE_EXHAUSTED naming `limits.max_connections_per_uid`, and served once the source closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_spiffe_library_is_told_it_is_over_its_connections() {
+    if !prepare(
+        "python",
+        &["python3"],
+        "python_spiffe_library_is_told_it_is_over_its_connections",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&one_connection("/python")).await;
+    let out = python_client(&["--connections", "db.example"], &agent);
+    let report = accept("python", "connections", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "second client in the same process served on its one connection",
+            "fetch_x509_svid from another process beyond the uid's connections refused",
+            "fetch_x509_svid from another process after the source closed"
         ]
     );
     agent.shutdown().await;
@@ -295,6 +330,34 @@ async fn go_spiffe_is_told_it_is_over_its_streams() {
             "FetchX509SVID beyond the uid's streams refused",
             "FetchJWTSVID beside the held stream",
             "FetchX509SVID after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
+/// go-spiffe, for a uid whose share of connections is one: an X509Source holds it, a second
+/// client's calls (its own connection) fail at once with ResourceExhausted naming
+/// `limits.max_connections_per_uid`, and that same client is served once the source is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_is_told_it_is_over_its_connections() {
+    if !prepare(
+        "go",
+        &["go"],
+        "go_spiffe_is_told_it_is_over_its_connections",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&one_connection("/go")).await;
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["connections", "db.example"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    let report = accept("go", "connections", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "FetchX509SVID beyond the uid's connections refused",
+            "FetchJWTSVID beyond the uid's connections refused",
+            "FetchJWTSVID after the source closed"
         ]
     );
     agent.shutdown().await;
@@ -456,6 +519,32 @@ async fn java_spiffe_is_told_it_is_over_its_streams() {
             "fetchX509Context beyond the uid's streams refused",
             "fetchJwtSvid beside the held stream",
             "fetchX509Context after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
+/// java-spiffe, for a uid whose share of connections is one: a DefaultX509Source holds it, a
+/// second client's calls (its own channel) fail at once with RESOURCE_EXHAUSTED naming
+/// `limits.max_connections_per_uid`, and that same client is served once the source is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn java_spiffe_is_told_it_is_over_its_connections() {
+    if !prepare(
+        "java",
+        &["java", "mvn"],
+        "java_spiffe_is_told_it_is_over_its_connections",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&one_connection("/java")).await;
+    let out = java_client(&["--connections", "db.example"], &agent);
+    let report = accept("java", "connections", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "fetchX509Context beyond the uid's connections refused",
+            "fetchJwtSvid beyond the uid's connections refused",
+            "fetchJwtSvid after the source closed"
         ]
     );
     agent.shutdown().await;

@@ -218,9 +218,7 @@ impl PeerStream {
                 break;
             }
             let take = n.min(b.len());
-            if watch.wrote(&b[..take]) {
-                break;
-            }
+            watch.wrote(&b[..take]);
             n -= take;
         }
     }
@@ -320,6 +318,14 @@ impl AsyncWrite for PeerStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.inner.poll_flush(cx))?;
+        if let Some(goaway) = this.watch.as_mut().and_then(AnswerWatch::goaway) {
+            // Into the connection's empty buffer (whole, see `Conn`), sent by one more flush.
+            ready!(
+                this.inner
+                    .poll_write_vectored(cx, &[io::IoSlice::new(&goaway)])
+            )?;
+            ready!(this.inner.poll_flush(cx))?;
+        }
         this.flushed(cx);
         Poll::Ready(Ok(()))
     }
@@ -414,15 +420,22 @@ struct AnswerWatch {
     ends: bool,
     /// An open header block (HEADERS without END_HEADERS) ends its stream.
     block_ends: bool,
+    /// The stream of the current frame.
+    stream: u32,
     answered: bool,
+    /// The stream the first answer ended (valid once `answered`).
+    answered_stream: u32,
+    /// The GOAWAY after the answer was handed out.
+    goaway_taken: bool,
 }
 
 impl AnswerWatch {
     /// Takes the next written bytes; true once a frame ending a stream has been written whole.
+    /// Frames after that are followed too, so that [`Self::goaway`] knows where one ends.
     fn wrote(&mut self, mut bytes: &[u8]) -> bool {
         use super::h2_normalize::{CONTINUATION, END_HEADERS, END_STREAM, HEADERS};
         const DATA: u8 = 0x0;
-        while !bytes.is_empty() && !self.answered {
+        while !bytes.is_empty() {
             if self.have < FRAME_HEADER {
                 let n = (FRAME_HEADER - self.have).min(bytes.len());
                 self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
@@ -435,6 +448,7 @@ impl AnswerWatch {
                 self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
                 let (kind, flags) = (h[3], h[4]);
                 let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                self.stream = stream;
                 self.ends = stream != 0
                     && match kind {
                         DATA => flags & END_STREAM != 0,
@@ -451,10 +465,31 @@ impl AnswerWatch {
             bytes = &bytes[n..];
             if self.skip == 0 {
                 self.have = 0;
-                self.answered = self.ends;
+                if self.ends && !self.answered {
+                    self.answered = true;
+                    self.answered_stream = self.stream;
+                }
             }
         }
         self.answered
+    }
+
+    /// Once the first answer is written and the bytes written so far end on a frame boundary: a
+    /// GOAWAY (NO_ERROR) naming the answered stream as the last one taken, handed out once. A
+    /// client that sent another request on the refused connection before it saw the close then
+    /// knows that request was not acted on, and sends it again on a new connection (where it meets
+    /// the refusal, with its reason) instead of failing it with a bare end of file.
+    fn goaway(&mut self) -> Option<[u8; FRAME_HEADER + 8]> {
+        if !self.answered || self.goaway_taken || self.have != 0 || self.skip != 0 {
+            return None;
+        }
+        self.goaway_taken = true;
+        const GOAWAY: u8 = 0x7;
+        let mut frame = [0u8; FRAME_HEADER + 8];
+        frame[2] = 8;
+        frame[3] = GOAWAY;
+        frame[9..13].copy_from_slice(&self.answered_stream.to_be_bytes());
+        Some(frame)
     }
 }
 
@@ -496,6 +531,27 @@ mod tests {
             assert!(!w.wrote(std::slice::from_ref(b)));
         }
         assert!(w.wrote(&bytes[bytes.len() - 1..]), "byte by byte");
+    }
+
+    #[test]
+    fn after_the_answer_a_goaway_names_its_stream_once_at_a_frame_boundary() {
+        let mut w = AnswerWatch::default();
+        assert!(!w.wrote(&preamble()));
+        assert_eq!(w.goaway(), None, "nothing answered yet");
+        // Stream 3 answered, then half of another frame written after it.
+        let answer = frame(0x1, 0x5, 3, &[0x88; 12]);
+        let next = frame(0x0, 0x0, 5, &[0; 20]);
+        let mut bytes = answer.clone();
+        bytes.extend_from_slice(&next[..10]);
+        assert!(w.wrote(&bytes));
+        assert_eq!(w.goaway(), None, "not in the middle of a frame");
+        w.wrote(&next[10..]);
+        let goaway = w.goaway().expect("at a frame boundary");
+        assert_eq!(
+            goaway,
+            *frame(0x7, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0]).as_slice()
+        );
+        assert_eq!(w.goaway(), None, "handed out once");
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //	                                 it; another stream fails at once with ResourceExhausted naming
 //	                                 it, a unary JWT call is still answered, and once the source is
 //	                                 closed a stream opens again
+//	interop connections AUDIENCE     a uid whose share of connections is one: an X509Source holds
+//	                                 it; a second client's calls fail at once with
+//	                                 ResourceExhausted naming it; once the source is closed the
+//	                                 second client is served
 //
 // Each prints one JSON line on success and exits 1 with the reason on failure.
 package main
@@ -57,7 +61,7 @@ func report(fields map[string]any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: interop sources|watch|mtls-server|mtls-client|refused|limited|streams ...")
+		fail("usage: interop sources|watch|mtls-server|mtls-client|refused|limited|streams|connections ...")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
@@ -78,6 +82,8 @@ func main() {
 		limited(ctx, os.Args[2])
 	case "streams":
 		streams(ctx, os.Args[2])
+	case "connections":
+		connections(ctx, os.Args[2])
 	default:
 		fail("unknown command %q", os.Args[1])
 	}
@@ -369,5 +375,45 @@ func streams(ctx context.Context, audience string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	done = append(done, "FetchX509SVID after the source closed")
+	report(map[string]any{"exercised": done})
+}
+
+// connections: a uid whose share of connections is one (limits.max_connections_per_uid = 1). An
+// X509Source (its own gRPC connection) holds it; a second client, a connection of its own, has
+// each call refused at once as ResourceExhausted naming the limit (the agent answers the refused
+// connection's first request, then closes it); once the source is closed the same second client
+// reconnects and is served.
+func connections(ctx context.Context, audience string) {
+	source, err := workloadapi.NewX509Source(ctx)
+	if err != nil {
+		fail("NewX509Source within the uid's share: %v", err)
+	}
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	defer client.Close()
+	var done []string
+	for _, name := range refusedCalls(ctx, []call{fetchX509(client), fetchJWT(client, audience)},
+		"ResourceExhausted", "limits.max_connections_per_uid",
+		"was served on a connection beyond the uid's share") {
+		done = append(done, name+" beyond the uid's connections refused")
+	}
+	if err := source.Close(); err != nil {
+		fail("X509Source.Close: %v", err)
+	}
+	// gRPC reconnects with its own backoff (1 s at first): allow it a few rounds.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("FetchJWTSVID 20 s after the source closed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	done = append(done, "FetchJWTSVID after the source closed")
 	report(map[string]any{"exercised": done})
 }

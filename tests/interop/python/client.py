@@ -7,11 +7,13 @@ as the library reports it), or client.py --limited AUDIENCE for a uid whose shar
 is one (the second and third must fail at once with RESOURCE_EXHAUSTED naming the limit), or
 client.py --streams AUDIENCE for a uid whose share of open streams is one (an X509Source holds it;
 another stream fails at once with RESOURCE_EXHAUSTED naming the limit; a unary JWT call is still
-answered; the slot comes back once the source is closed). Prints
+answered; the slot comes back once the source is closed), or client.py --connections AUDIENCE for a
+uid whose share of connections is one (see `connections`). Prints
 one JSON line naming what was exercised; any failure raises and exits non-zero.
 """
 
 import json
+import subprocess
 import sys
 import time
 from importlib.metadata import version
@@ -109,8 +111,64 @@ def streams(audience):
     return done
 
 
+def fetch_in_another_process():
+    """fetch_x509_svid from a new Python process (a connection of its own): None when served, else
+    the library's error text."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--fetch-once", ""], capture_output=True, text=True, timeout=60
+    )
+    check(out.returncode == 0, f"--fetch-once failed: {out.stderr}")
+    return json.loads(out.stdout)["error"]
+
+
+def fetch_once(_):
+    """One fetch_x509_svid; prints {"error": null} or the library's error text."""
+    began = time.monotonic()
+    try:
+        with WorkloadApiClient() as client:
+            client.fetch_x509_svid(timeout=10)
+        error = None
+    except Exception as e:
+        error = f"{e} (after {time.monotonic() - began:.1f} s)"
+    print(json.dumps({"error": error}))
+    raise SystemExit(0)
+
+
+def connections(audience):
+    """A uid whose share of connections is one (limits.max_connections_per_uid = 1). grpcio (C core)
+    shares one connection among the channels of a process that name the same target, so an
+    X509Source and a second WorkloadApiClient in one process are both served on it. Another Python
+    process (a connection of its own) is refused at once with RESOURCE_EXHAUSTED naming the limit;
+    once the source and client are closed, a new process is served."""
+    done = []
+    with X509Source():
+        with WorkloadApiClient() as client:
+            token = client.fetch_jwt_svid(audience={audience}, timeout=10)
+            check(token.audience == {audience}, "a second client in the same process")
+            done.append("second client in the same process served on its one connection")
+            began = time.monotonic()
+            error = fetch_in_another_process()
+            check(error is not None, "another process was served beyond the uid's share of connections")
+            check(time.monotonic() - began < 15, f"another process refused at once: {error}")
+            check("RESOURCE_EXHAUSTED" in error, f"refused with RESOURCE_EXHAUSTED: {error}")
+            check("limits.max_connections_per_uid" in error, f"the refusal names the limit: {error}")
+            done.append("fetch_x509_svid from another process beyond the uid's connections refused")
+    deadline = time.monotonic() + 10
+    while (error := fetch_in_another_process()) is not None:
+        check(time.monotonic() < deadline, f"another process 10 s after the source closed: {error}")
+        time.sleep(0.1)
+    done.append("fetch_x509_svid from another process after the source closed")
+    return done
+
+
 def main():
-    cases = {"--refused": refused, "--limited": limited, "--streams": streams}
+    cases = {
+        "--refused": refused,
+        "--limited": limited,
+        "--streams": streams,
+        "--connections": connections,
+        "--fetch-once": fetch_once,
+    }
     if sys.argv[1] in cases:
         done = cases[sys.argv[1]](sys.argv[2])
         print(json.dumps({

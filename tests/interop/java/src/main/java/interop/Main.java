@@ -22,7 +22,8 @@ import java.util.List;
  * with RESOURCE_EXHAUSTED naming the limit), or Main --streams AUDIENCE for a uid whose share of open
  * streams is one (a DefaultX509Source holds it; another stream fails at once with RESOURCE_EXHAUSTED
  * naming the limit; a unary JWT call is still answered; the slot comes back once the source is
- * closed). Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
+ * closed), or Main --connections AUDIENCE for a uid whose share of connections is one (see
+ * {@code connections}). Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
  */
 public final class Main {
   private static void check(boolean ok, String what) {
@@ -138,6 +139,39 @@ public final class Main {
     return done;
   }
 
+  /**
+   * A uid whose share of connections is one (limits.max_connections_per_uid = 1): a
+   * DefaultX509Source (a channel of its own) holds it; a second client, another channel, has each
+   * call refused at once with RESOURCE_EXHAUSTED naming the limit; once the source is closed the
+   * same client reconnects and is served.
+   */
+  private static List<String> connections(String audience) throws Exception {
+    List<String> done = new ArrayList<>();
+    try (WorkloadApiClient client = DefaultWorkloadApiClient.newClient()) {
+      try (X509Source source = DefaultX509Source.newSource()) {
+        String[] names = {"fetchX509Context", "fetchJwtSvid"};
+        Call[] calls = {client::fetchX509Context, () -> client.fetchJwtSvid(audience)};
+        for (String name : refusedCalls(names, calls, "RESOURCE_EXHAUSTED",
+            "limits.max_connections_per_uid", "was served on a connection beyond the uid's share")) {
+          done.add(name + " beyond the uid's connections refused");
+        }
+      }
+      // gRPC reconnects with its own backoff (1 s at first): allow it a few rounds.
+      long deadline = System.nanoTime() + 20_000_000_000L;
+      while (true) {
+        try {
+          client.fetchJwtSvid(audience);
+          break;
+        } catch (Exception e) {
+          check(System.nanoTime() < deadline, "fetchJwtSvid 20 s after the source closed: " + chain(e));
+          Thread.sleep(100);
+        }
+      }
+      done.add("fetchJwtSvid after the source closed");
+    }
+    return done;
+  }
+
   private static void report(List<String> done) {
     String version = DefaultX509Source.class.getPackage().getImplementationVersion();
     System.out.println("{\"library\":\"io.spiffe:java-spiffe-core\",\"version\":\""
@@ -155,6 +189,10 @@ public final class Main {
     }
     if (args[0].equals("--streams")) {
       report(streams(args[1]));
+      System.exit(0);
+    }
+    if (args[0].equals("--connections")) {
+      report(connections(args[1]));
       System.exit(0);
     }
     String want = args[0];
