@@ -237,14 +237,13 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
     let not_after = truncate_to_seconds(not_after);
     let leaf = match &signer.leaf {
         Some(template) => {
-            let tbs = template.tbs(&LeafFields {
-                serial: &serial,
+            let tbs = template.tbs(&leaf_fields(
+                req,
+                &serial,
                 not_before,
                 not_after,
-                uri: req.spiffe_id.as_str(),
-                dns_names: &req.dns_names,
-                public_point: &key.public,
-            })?;
+                &key.public,
+            ))?;
             CertificateDer::from(LeafTemplate::sign(tbs, signer.issuer().key())?)
         }
         None => leaf_params(req, &serial, not_before, not_after)?
@@ -266,6 +265,24 @@ pub fn mint_svid(signer: &Signer, req: &SvidRequest, now: SystemTime) -> Result<
         not_before,
         not_after,
     })
+}
+
+/// What the direct encoder writes for `req`: the same fields [`leaf_params`] gives rcgen.
+fn leaf_fields<'a>(
+    req: &'a SvidRequest,
+    serial: &'a [u8; 16],
+    not_before: SystemTime,
+    not_after: SystemTime,
+    public_point: &'a [u8],
+) -> LeafFields<'a> {
+    LeafFields {
+        serial,
+        not_before,
+        not_after,
+        uri: req.spiffe_id.as_str(),
+        dns_names: &req.dns_names,
+        public_point,
+    }
 }
 
 /// A leaf's parameters for rcgen, for a signer whose key is not P-256 (X5-1 to X5-6).
@@ -422,14 +439,13 @@ mod tests {
             .leaf
             .as_ref()
             .expect("a P-256 signer has a leaf template")
-            .tbs(&LeafFields {
-                serial: &serial,
+            .tbs(&leaf_fields(
+                req,
+                &serial,
                 not_before,
                 not_after,
-                uri: req.spiffe_id.as_str(),
-                dns_names: &req.dns_names,
-                public_point: &key.public,
-            })
+                &key.public,
+            ))
             .unwrap();
         let theirs = leaf_params(req, &serial, not_before, not_after)
             .unwrap()
@@ -480,18 +496,23 @@ mod tests {
         assert_same_tbs(&root, root.issuer(), &requests()[0], late);
     }
 
-    #[test]
-    fn a_signer_without_a_subject_key_identifier_gets_one_derived_as_rcgen_does() {
-        let td = TrustDomain::parse("example.org").unwrap();
-        let now = SystemTime::now();
-        let params = ca_params(
-            &td,
-            "no ski",
+    /// A CA's parameters valid for an hour from `now`.
+    fn an_hours_ca_params(td: &TrustDomain, name: &str, now: SystemTime) -> CertificateParams {
+        ca_params(
+            td,
+            name,
             now - BACKDATE,
             now + Duration::from_secs(3600),
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_signer_without_a_subject_key_identifier_gets_one_derived_as_rcgen_does() {
+        let td = TrustDomain::parse("example.org").unwrap();
+        let now = SystemTime::now();
+        let params = an_hours_ca_params(&td, "no ski", now);
         let key = generate_key().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
@@ -504,14 +525,12 @@ mod tests {
         let key = LeafKey::generate().unwrap();
         let serial = random_serial();
         let (nb, na) = (truncate_to_seconds(now), truncate_to_seconds(now + req.ttl));
-        let ours = signer.leaf.as_ref().unwrap().tbs(&LeafFields {
-            serial: &serial,
-            not_before: nb,
-            not_after: na,
-            uri: req.spiffe_id.as_str(),
-            dns_names: &req.dns_names,
-            public_point: &key.public,
-        });
+        let ours =
+            signer
+                .leaf
+                .as_ref()
+                .unwrap()
+                .tbs(&leaf_fields(req, &serial, nb, na, &key.public));
         let theirs = leaf_params(req, &serial, nb, na)
             .unwrap()
             .signed_by(&key, &issuer)
@@ -524,14 +543,7 @@ mod tests {
     fn a_signer_whose_key_is_not_p256_mints_through_rcgen() {
         let td = TrustDomain::parse("example.org").unwrap();
         let now = SystemTime::now();
-        let params = ca_params(
-            &td,
-            "p384",
-            now - BACKDATE,
-            now + Duration::from_secs(3600),
-            None,
-        )
-        .unwrap();
+        let params = an_hours_ca_params(&td, "p384", now);
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let cert = params.self_signed(&key).unwrap();
         let signer = Signer::new(key, cert.der().clone(), vec![]).unwrap();

@@ -340,14 +340,7 @@ func limited(ctx context.Context, audience string) {
 // the limit; FetchJWTSVID, unary, is not a stream and is answered; once the source is closed its slot
 // comes back and a stream is served again (the library does not have to be restarted).
 func streams(ctx context.Context, audience string) {
-	source, err := workloadapi.NewX509Source(ctx)
-	if err != nil {
-		fail("NewX509Source within the uid's share: %v", err)
-	}
-	client, err := workloadapi.New(ctx)
-	if err != nil {
-		fail("workloadapi.New: %v", err)
-	}
+	source, client := sourceAndClient(ctx)
 	defer client.Close()
 	var done []string
 	for _, name := range refusedCalls(ctx, []call{fetchX509(client)},
@@ -363,17 +356,7 @@ func streams(ctx context.Context, audience string) {
 		fail("X509Source.Close: %v", err)
 	}
 	// The agent learns of the closed stream from the client's RST_STREAM: a moment, not a restart.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, err := client.FetchX509SVID(ctx)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			fail("FetchX509SVID 5 s after the source closed: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	servedWithin(ctx, 5*time.Second, fetchX509(client))
 	done = append(done, "FetchX509SVID after the source closed")
 	report(map[string]any{"exercised": done})
 }
@@ -384,14 +367,7 @@ func streams(ctx context.Context, audience string) {
 // connection's first request, then closes it); once the source is closed the same second client
 // reconnects and is served.
 func connections(ctx context.Context, audience string) {
-	source, err := workloadapi.NewX509Source(ctx)
-	if err != nil {
-		fail("NewX509Source within the uid's share: %v", err)
-	}
-	client, err := workloadapi.New(ctx)
-	if err != nil {
-		fail("workloadapi.New: %v", err)
-	}
+	source, client := sourceAndClient(ctx)
 	defer client.Close()
 	var done []string
 	for _, name := range refusedCalls(ctx, []call{fetchX509(client), fetchJWT(client, audience)},
@@ -403,17 +379,36 @@ func connections(ctx context.Context, audience string) {
 		fail("X509Source.Close: %v", err)
 	}
 	// gRPC reconnects with its own backoff (1 s at first): allow it a few rounds.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		_, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			fail("FetchJWTSVID 20 s after the source closed: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	servedWithin(ctx, 20*time.Second, fetchJWT(client, audience))
 	done = append(done, "FetchJWTSVID after the source closed")
 	report(map[string]any{"exercised": done})
+}
+
+// sourceAndClient: an X509Source (a watch on a connection of its own) within the uid's shares, and
+// a second client beside it.
+func sourceAndClient(ctx context.Context) (*workloadapi.X509Source, *workloadapi.Client) {
+	source, err := workloadapi.NewX509Source(ctx)
+	if err != nil {
+		fail("NewX509Source within the uid's share: %v", err)
+	}
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	return source, client
+}
+
+// servedWithin: c succeeds within d (retried every 50 ms), or the check fails naming its last error.
+func servedWithin(ctx context.Context, d time.Duration, c call) {
+	deadline := time.Now().Add(d)
+	for {
+		err := c.call(ctx)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			fail("%s not served %v after the source closed: %v", c.name, d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
