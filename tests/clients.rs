@@ -192,6 +192,45 @@ fn one_connection(path: &str) -> String {
     )
 }
 
+/// An agent that takes two connections in all, either of them from one uid; an idle connection is
+/// kept a minute (the one [`hold_connection_as_nobody`] holds).
+fn two_connections_in_all(path: &str) -> String {
+    format!(
+        "[limits]\nmax_connections = 2\nmax_connections_per_uid = 2\nconnection_idle = \"60s\"\n{}",
+        entry(path, euid())
+    )
+}
+
+/// A process of uid 65534 holding one connection to `agent` (it opened HTTP/2 and read the
+/// agent's SETTINGS, so the agent has accepted and counted it) until it is killed.
+fn hold_connection_as_nobody(agent: &TestAgent) -> std::process::Child {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("python3")
+        .uid(65534)
+        .gid(65534)
+        .args([
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect(sys.argv[1])\n\
+             s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + bytes(3) + b'\\x04' + bytes(5))\n\
+             assert len(s.recv(9)) == 9\n\
+             print('held', flush=True)\n\
+             time.sleep(600)\n",
+        ])
+        .arg(&agent.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held", "uid 65534 holds a connection");
+    child
+}
+
 /// A uid whose share of open streams is one.
 fn one_stream(path: &str) -> String {
     format!("[limits]\nmax_streams_per_uid = 1\n{}", entry(path, euid()))
@@ -357,6 +396,37 @@ async fn go_spiffe_is_told_it_is_over_its_connections() {
         [
             "FetchX509SVID beyond the uid's connections refused",
             "FetchJWTSVID beyond the uid's connections refused",
+            "FetchJWTSVID after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
+/// go-spiffe, against an agent whose two connections in all are taken (one by another uid, one by
+/// its X509Source): a second client's calls fail at once with Unavailable (the status clients
+/// retry) naming `limits.max_connections`, and it is served once the source is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_is_told_the_agent_is_over_its_connections() {
+    if !prepare(
+        "go",
+        &["go"],
+        "go_spiffe_is_told_the_agent_is_over_its_connections",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&two_connections_in_all("/go")).await;
+    let mut nobody = hold_connection_as_nobody(&agent);
+    let mut cmd = Command::new(go_bin());
+    cmd.args(["connections", "db.example", "agent"]);
+    let out = tokio::task::block_in_place(|| run(cmd, &agent));
+    nobody.kill().unwrap();
+    nobody.wait().unwrap();
+    let report = accept("go", "agent-connections", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "FetchX509SVID beyond the agent's connections refused",
+            "FetchJWTSVID beyond the agent's connections refused",
             "FetchJWTSVID after the source closed"
         ]
     );
@@ -544,6 +614,35 @@ async fn java_spiffe_is_told_it_is_over_its_connections() {
         [
             "fetchX509Context beyond the uid's connections refused",
             "fetchJwtSvid beyond the uid's connections refused",
+            "fetchJwtSvid after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
+/// java-spiffe, against an agent whose two connections in all are taken (one by another uid, one
+/// by its DefaultX509Source): a second client's calls fail at once with UNAVAILABLE naming
+/// `limits.max_connections`, and it is served once the source is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn java_spiffe_is_told_the_agent_is_over_its_connections() {
+    if !prepare(
+        "java",
+        &["java", "mvn"],
+        "java_spiffe_is_told_the_agent_is_over_its_connections",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&two_connections_in_all("/java")).await;
+    let mut nobody = hold_connection_as_nobody(&agent);
+    let out = java_client(&["--connections", "db.example", "agent"], &agent);
+    nobody.kill().unwrap();
+    nobody.wait().unwrap();
+    let report = accept("java", "agent-connections", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "fetchX509Context beyond the agent's connections refused",
+            "fetchJwtSvid beyond the agent's connections refused",
             "fetchJwtSvid after the source closed"
         ]
     );

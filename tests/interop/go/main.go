@@ -17,6 +17,9 @@
 //	                                 it; a second client's calls fail at once with
 //	                                 ResourceExhausted naming it; once the source is closed the
 //	                                 second client is served
+//	interop connections AUDIENCE agent
+//	                                 the same with the agent's connections capped at one: the
+//	                                 second client's calls fail with Unavailable naming the cap
 //
 // Each prints one JSON line on success and exits 1 with the reason on failure.
 package main
@@ -83,7 +86,7 @@ func main() {
 	case "streams":
 		streams(ctx, os.Args[2])
 	case "connections":
-		connections(ctx, os.Args[2])
+		connections(ctx, os.Args[2], len(os.Args) > 3 && os.Args[3] == "agent")
 	default:
 		fail("unknown command %q", os.Args[1])
 	}
@@ -366,14 +369,20 @@ func streams(ctx context.Context, audience string) {
 // each call refused at once as ResourceExhausted naming the limit (the agent answers the refused
 // connection's first request, then closes it); once the source is closed the same second client
 // reconnects and is served.
-func connections(ctx context.Context, audience string) {
+//
+// agentWide: the agent's own cap (limits.max_connections = 1) instead, refused as Unavailable
+// ("retry later"), the status gRPC clients retry.
+func connections(ctx context.Context, audience string, agentWide bool) {
+	code, limit, whose := "ResourceExhausted", "limits.max_connections_per_uid)", "the uid's"
+	if agentWide {
+		code, limit, whose = "Unavailable", "limits.max_connections)", "the agent's"
+	}
 	source, client := sourceAndClient(ctx)
 	defer client.Close()
 	var done []string
 	for _, name := range refusedCalls(ctx, []call{fetchX509(client), fetchJWT(client, audience)},
-		"ResourceExhausted", "limits.max_connections_per_uid",
-		"was served on a connection beyond the uid's share") {
-		done = append(done, name+" beyond the uid's connections refused")
+		code, limit, "was served on a connection beyond "+whose+" share") {
+		done = append(done, name+" beyond "+whose+" connections refused")
 	}
 	if err := source.Close(); err != nil {
 		fail("X509Source.Close: %v", err)

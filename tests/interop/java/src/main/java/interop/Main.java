@@ -22,8 +22,8 @@ import java.util.List;
  * with RESOURCE_EXHAUSTED naming the limit), or Main --streams AUDIENCE for a uid whose share of open
  * streams is one (a DefaultX509Source holds it; another stream fails at once with RESOURCE_EXHAUSTED
  * naming the limit; a unary JWT call is still answered; the slot comes back once the source is
- * closed), or Main --connections AUDIENCE for a uid whose share of connections is one (see
- * {@code connections}). Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
+ * closed), or Main --connections AUDIENCE [agent] for a uid whose share of connections (or, with
+ * "agent", the agent's) is one (see {@code connections}). Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
  */
 public final class Main {
   private static void check(boolean ok, String what) {
@@ -145,15 +145,19 @@ public final class Main {
    * call refused at once with RESOURCE_EXHAUSTED naming the limit; once the source is closed the
    * same client reconnects and is served.
    */
-  private static List<String> connections(String audience) throws Exception {
+  private static List<String> connections(String audience, boolean agentWide) throws Exception {
+    // agentWide: the agent's own cap (limits.max_connections = 1), refused as UNAVAILABLE.
+    String code = agentWide ? "UNAVAILABLE" : "RESOURCE_EXHAUSTED";
+    String limit = agentWide ? "limits.max_connections)" : "limits.max_connections_per_uid)";
+    String whose = agentWide ? "the agent's" : "the uid's";
     List<String> done = new ArrayList<>();
     try (WorkloadApiClient client = DefaultWorkloadApiClient.newClient()) {
       try (X509Source source = DefaultX509Source.newSource()) {
         String[] names = {"fetchX509Context", "fetchJwtSvid"};
         Call[] calls = {client::fetchX509Context, () -> client.fetchJwtSvid(audience)};
-        for (String name : refusedCalls(names, calls, "RESOURCE_EXHAUSTED",
-            "limits.max_connections_per_uid", "was served on a connection beyond the uid's share")) {
-          done.add(name + " beyond the uid's connections refused");
+        for (String name : refusedCalls(names, calls, code, limit,
+            "was served on a connection beyond " + whose + " share")) {
+          done.add(name + " beyond " + whose + " connections refused");
         }
       }
       // gRPC reconnects with its own backoff (1 s at first): allow it a few rounds.
@@ -192,7 +196,7 @@ public final class Main {
       System.exit(0);
     }
     if (args[0].equals("--connections")) {
-      report(connections(args[1]));
+      report(connections(args[1], args.length > 2 && args[2].equals("agent")));
       System.exit(0);
     }
     String want = args[0];
