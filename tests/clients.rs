@@ -289,6 +289,35 @@ async fn python_spiffe_library_is_told_it_is_over_its_connections() {
     agent.shutdown().await;
 }
 
+/// The same library, against an agent whose two connections in all are taken (one by another
+/// uid, one by the X509Source's process): another Python process is refused at once with
+/// UNAVAILABLE naming `limits.max_connections`, and served once the source closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_spiffe_library_is_told_the_agent_is_over_its_connections() {
+    if !prepare(
+        "python",
+        &["python3"],
+        "python_spiffe_library_is_told_the_agent_is_over_its_connections",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start(&two_connections_in_all("/python")).await;
+    let mut nobody = hold_connection_as_nobody(&agent);
+    let out = python_client(&["--connections", "db.example", "agent"], &agent);
+    nobody.kill().unwrap();
+    nobody.wait().unwrap();
+    let report = accept("python", "agent-connections", &out);
+    assert_eq!(
+        exercised(&report),
+        [
+            "second client in the same process served on its one connection",
+            "fetch_x509_svid from another process beyond the agent's connections refused",
+            "fetch_x509_svid from another process after the source closed"
+        ]
+    );
+    agent.shutdown().await;
+}
+
 fn go_bin() -> PathBuf {
     interop_dir().join("bin/interop-go")
 }

@@ -139,7 +139,16 @@ def connections(audience):
     shares one connection among the channels of a process that name the same target, so an
     X509Source and a second WorkloadApiClient in one process are both served on it. Another Python
     process (a connection of its own) is refused at once with RESOURCE_EXHAUSTED naming the limit;
-    once the source and client are closed, a new process is served."""
+    once the source and client are closed, a new process is served.
+
+    --connections AUDIENCE agent: the agent's own cap instead (limits.max_connections, its other
+    connection held by another uid), refused with UNAVAILABLE, the status gRPC clients retry."""
+    agent_wide = sys.argv[3:] == ["agent"]
+    code, limit, whose = (
+        ("UNAVAILABLE", "limits.max_connections)", "the agent's")
+        if agent_wide
+        else ("RESOURCE_EXHAUSTED", "limits.max_connections_per_uid)", "the uid's")
+    )
     done = []
     with X509Source():
         with WorkloadApiClient() as client:
@@ -148,11 +157,11 @@ def connections(audience):
             done.append("second client in the same process served on its one connection")
             began = time.monotonic()
             error = fetch_in_another_process()
-            check(error is not None, "another process was served beyond the uid's share of connections")
+            check(error is not None, f"another process was served beyond {whose} connections")
             check(time.monotonic() - began < 15, f"another process refused at once: {error}")
-            check("RESOURCE_EXHAUSTED" in error, f"refused with RESOURCE_EXHAUSTED: {error}")
-            check("limits.max_connections_per_uid" in error, f"the refusal names the limit: {error}")
-            done.append("fetch_x509_svid from another process beyond the uid's connections refused")
+            check(code in error, f"refused with {code}: {error}")
+            check(limit in error, f"the refusal names the limit: {error}")
+            done.append(f"fetch_x509_svid from another process beyond {whose} connections refused")
     deadline = time.monotonic() + 10
     while (error := fetch_in_another_process()) is not None:
         check(time.monotonic() < deadline, f"another process 10 s after the source closed: {error}")
