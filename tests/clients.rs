@@ -91,6 +91,71 @@ fn exercised(report: &serde_json::Value) -> Vec<&str> {
         .collect()
 }
 
+/// A client program of the matrix.
+#[derive(Clone, Copy)]
+enum Lang {
+    Python,
+    Go,
+    Java,
+}
+
+impl Lang {
+    fn name(self) -> &'static str {
+        match self {
+            Lang::Python => "python",
+            Lang::Go => "go",
+            Lang::Java => "java",
+        }
+    }
+
+    fn tools(self) -> &'static [&'static str] {
+        match self {
+            Lang::Python => &["python3"],
+            Lang::Go => &["go"],
+            Lang::Java => &["java", "mvn"],
+        }
+    }
+
+    /// Runs the language's interop program with `args` against `agent`.
+    fn run(self, args: &[&str], agent: &TestAgent) -> Output {
+        match self {
+            Lang::Python => python_client(args, agent),
+            Lang::Go => {
+                let mut cmd = Command::new(go_bin());
+                cmd.args(args);
+                tokio::task::block_in_place(|| run(cmd, agent))
+            }
+            Lang::Java => java_client(args, agent),
+        }
+    }
+}
+
+/// One case of the matrix: `lang`'s program run with `args` against an agent on `config` (with
+/// one of its connections held by uid 65534 when `hold`), recorded as `case`; it must exercise
+/// exactly `want`. `test` names the case in a SKIPPED line.
+async fn client_case(
+    lang: Lang,
+    test: &str,
+    config: &str,
+    args: &[&str],
+    (case, hold): (&str, bool),
+    want: &[&str],
+) {
+    if !prepare(lang.name(), lang.tools(), test) {
+        return;
+    }
+    let agent = TestAgent::start(config).await;
+    let mut nobody = hold.then(|| hold_connection_as_nobody(&agent));
+    let out = lang.run(args, &agent);
+    if let Some(nobody) = nobody.as_mut() {
+        nobody.kill().unwrap();
+        nobody.wait().unwrap();
+    }
+    let report = accept(lang.name(), case, &out);
+    assert_eq!(exercised(&report), want);
+    agent.shutdown().await;
+}
+
 /// Runs `tests/interop/python/client.py` with `args` in the matrix's venv against `agent`.
 fn python_client(args: &[&str], agent: &TestAgent) -> Output {
     let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
@@ -132,22 +197,15 @@ async fn python_spiffe_library_with_default_options() {
 /// a retry loop, not an empty answer).
 #[tokio::test(flavor = "multi_thread")]
 async fn python_spiffe_library_is_told_why_it_is_refused() {
-    if !prepare(
-        "python",
-        &["python3"],
+    client_case(
+        Lang::Python,
         "python_spiffe_library_is_told_why_it_is_refused",
-    ) {
-        return;
-    }
-    // An entry for another uid only.
-    let agent = TestAgent::start(&entry("/python", euid().wrapping_add(7))).await;
-    let out = python_client(&["--refused", "db.example"], &agent);
-    let report = accept("python", "refused", &out);
-    assert_eq!(
-        exercised(&report),
-        ["fetch_x509_svid refused", "fetch_jwt_svid refused"]
-    );
-    agent.shutdown().await;
+        &entry("/python", euid().wrapping_add(7)),
+        &["--refused", "db.example"],
+        ("refused", false),
+        &["fetch_x509_svid refused", "fetch_jwt_svid refused"],
+    )
+    .await;
 }
 
 /// A uid's share of new credentials (first mints, JWT cache misses) set to one, refilled once in
@@ -164,24 +222,18 @@ fn one_new_credential(path: &str) -> String {
 /// shows it (a client can tell "retry later" from "no identity").
 #[tokio::test(flavor = "multi_thread")]
 async fn python_spiffe_library_is_told_it_is_over_its_share() {
-    if !prepare(
-        "python",
-        &["python3"],
+    client_case(
+        Lang::Python,
         "python_spiffe_library_is_told_it_is_over_its_share",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&one_new_credential("/python")).await;
-    let out = python_client(&["--limited", "db.example"], &agent);
-    let report = accept("python", "limited", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &one_new_credential("/python"),
+        &["--limited", "db.example"],
+        ("limited", false),
+        &[
             "fetch_jwt_svid over its share refused",
-            "fetch_x509_svid over its share refused"
-        ]
-    );
-    agent.shutdown().await;
+            "fetch_x509_svid over its share refused",
+        ],
+    )
+    .await;
 }
 
 /// A uid whose share of connections is one.
@@ -241,25 +293,19 @@ fn one_stream(path: &str) -> String {
 /// a unary call is still answered, and the slot comes back when the source is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_spiffe_library_is_told_it_is_over_its_streams() {
-    if !prepare(
-        "python",
-        &["python3"],
+    client_case(
+        Lang::Python,
         "python_spiffe_library_is_told_it_is_over_its_streams",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&one_stream("/python")).await;
-    let out = python_client(&["--streams", "db.example"], &agent);
-    let report = accept("python", "streams", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &one_stream("/python"),
+        &["--streams", "db.example"],
+        ("streams", false),
+        &[
             "fetch_x509_svid beyond the uid's streams refused",
             "fetch_jwt_svid beside the held stream",
-            "fetch_x509_svid after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "fetch_x509_svid after the source closed",
+        ],
+    )
+    .await;
 }
 
 /// The same library, for a uid whose share of connections is one: grpcio (C core) shares one
@@ -268,25 +314,19 @@ async fn python_spiffe_library_is_told_it_is_over_its_streams() {
 /// RESOURCE_EXHAUSTED naming `limits.max_connections_per_uid`, and served once the source closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_spiffe_library_is_told_it_is_over_its_connections() {
-    if !prepare(
-        "python",
-        &["python3"],
+    client_case(
+        Lang::Python,
         "python_spiffe_library_is_told_it_is_over_its_connections",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&one_connection("/python")).await;
-    let out = python_client(&["--connections", "db.example"], &agent);
-    let report = accept("python", "connections", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &one_connection("/python"),
+        &["--connections", "db.example"],
+        ("connections", false),
+        &[
             "second client in the same process served on its one connection",
             "fetch_x509_svid from another process beyond the uid's connections refused",
-            "fetch_x509_svid from another process after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "fetch_x509_svid from another process after the source closed",
+        ],
+    )
+    .await;
 }
 
 /// The same library, against an agent whose two connections in all are taken (one by another
@@ -294,28 +334,19 @@ async fn python_spiffe_library_is_told_it_is_over_its_connections() {
 /// UNAVAILABLE naming `limits.max_connections`, and served once the source closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_spiffe_library_is_told_the_agent_is_over_its_connections() {
-    if !prepare(
-        "python",
-        &["python3"],
+    client_case(
+        Lang::Python,
         "python_spiffe_library_is_told_the_agent_is_over_its_connections",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&two_connections_in_all("/python")).await;
-    let mut nobody = hold_connection_as_nobody(&agent);
-    let out = python_client(&["--connections", "db.example", "agent"], &agent);
-    nobody.kill().unwrap();
-    nobody.wait().unwrap();
-    let report = accept("python", "agent-connections", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &two_connections_in_all("/python"),
+        &["--connections", "db.example", "agent"],
+        ("agent-connections", true),
+        &[
             "second client in the same process served on its one connection",
             "fetch_x509_svid from another process beyond the agent's connections refused",
-            "fetch_x509_svid from another process after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "fetch_x509_svid from another process after the source closed",
+        ],
+    )
+    .await;
 }
 
 fn go_bin() -> PathBuf {
@@ -341,42 +372,33 @@ async fn go_spiffe_sources_and_jwt_validation() {
 /// the agent's reason, as go-spiffe hands it to its caller.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_spiffe_is_told_why_it_is_refused() {
-    if !prepare("go", &["go"], "go_spiffe_is_told_why_it_is_refused") {
-        return;
-    }
-    // An entry for another uid only.
-    let agent = TestAgent::start(&entry("/go", euid().wrapping_add(7))).await;
-    let mut cmd = Command::new(go_bin());
-    cmd.args(["refused", "db.example"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
-    let report = accept("go", "refused", &out);
-    assert_eq!(
-        exercised(&report),
-        ["FetchX509SVID refused", "FetchJWTSVID refused"]
-    );
-    agent.shutdown().await;
+    client_case(
+        Lang::Go,
+        "go_spiffe_is_told_why_it_is_refused",
+        &entry("/go", euid().wrapping_add(7)),
+        &["refused", "db.example"],
+        ("refused", false),
+        &["FetchX509SVID refused", "FetchJWTSVID refused"],
+    )
+    .await;
 }
 
 /// go-spiffe, for a uid over its share of new credentials: its first is given, the next
 /// JWT-SVID and X.509-SVID fail at once with ResourceExhausted naming the limit.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_spiffe_is_told_it_is_over_its_share() {
-    if !prepare("go", &["go"], "go_spiffe_is_told_it_is_over_its_share") {
-        return;
-    }
-    let agent = TestAgent::start(&one_new_credential("/go")).await;
-    let mut cmd = Command::new(go_bin());
-    cmd.args(["limited", "db.example"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
-    let report = accept("go", "limited", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+    client_case(
+        Lang::Go,
+        "go_spiffe_is_told_it_is_over_its_share",
+        &one_new_credential("/go"),
+        &["limited", "db.example"],
+        ("limited", false),
+        &[
             "FetchJWTSVID over its share refused",
-            "FetchX509SVID over its share refused"
-        ]
-    );
-    agent.shutdown().await;
+            "FetchX509SVID over its share refused",
+        ],
+    )
+    .await;
 }
 
 /// go-spiffe, for a uid whose share of open streams is one: an X509Source holds it, another
@@ -384,23 +406,19 @@ async fn go_spiffe_is_told_it_is_over_its_share() {
 /// FetchJWTSVID is still answered, and the slot comes back when the source is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_spiffe_is_told_it_is_over_its_streams() {
-    if !prepare("go", &["go"], "go_spiffe_is_told_it_is_over_its_streams") {
-        return;
-    }
-    let agent = TestAgent::start(&one_stream("/go")).await;
-    let mut cmd = Command::new(go_bin());
-    cmd.args(["streams", "db.example"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
-    let report = accept("go", "streams", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+    client_case(
+        Lang::Go,
+        "go_spiffe_is_told_it_is_over_its_streams",
+        &one_stream("/go"),
+        &["streams", "db.example"],
+        ("streams", false),
+        &[
             "FetchX509SVID beyond the uid's streams refused",
             "FetchJWTSVID beside the held stream",
-            "FetchX509SVID after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "FetchX509SVID after the source closed",
+        ],
+    )
+    .await;
 }
 
 /// go-spiffe, for a uid whose share of connections is one: an X509Source holds it, a second
@@ -408,27 +426,19 @@ async fn go_spiffe_is_told_it_is_over_its_streams() {
 /// `limits.max_connections_per_uid`, and that same client is served once the source is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_spiffe_is_told_it_is_over_its_connections() {
-    if !prepare(
-        "go",
-        &["go"],
+    client_case(
+        Lang::Go,
         "go_spiffe_is_told_it_is_over_its_connections",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&one_connection("/go")).await;
-    let mut cmd = Command::new(go_bin());
-    cmd.args(["connections", "db.example"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
-    let report = accept("go", "connections", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &one_connection("/go"),
+        &["connections", "db.example"],
+        ("connections", false),
+        &[
             "FetchX509SVID beyond the uid's connections refused",
             "FetchJWTSVID beyond the uid's connections refused",
-            "FetchJWTSVID after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "FetchJWTSVID after the source closed",
+        ],
+    )
+    .await;
 }
 
 /// go-spiffe, against an agent whose two connections in all are taken (one by another uid, one by
@@ -436,30 +446,19 @@ async fn go_spiffe_is_told_it_is_over_its_connections() {
 /// retry) naming `limits.max_connections`, and it is served once the source is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_spiffe_is_told_the_agent_is_over_its_connections() {
-    if !prepare(
-        "go",
-        &["go"],
+    client_case(
+        Lang::Go,
         "go_spiffe_is_told_the_agent_is_over_its_connections",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&two_connections_in_all("/go")).await;
-    let mut nobody = hold_connection_as_nobody(&agent);
-    let mut cmd = Command::new(go_bin());
-    cmd.args(["connections", "db.example", "agent"]);
-    let out = tokio::task::block_in_place(|| run(cmd, &agent));
-    nobody.kill().unwrap();
-    nobody.wait().unwrap();
-    let report = accept("go", "agent-connections", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &two_connections_in_all("/go"),
+        &["connections", "db.example", "agent"],
+        ("agent-connections", true),
+        &[
             "FetchX509SVID beyond the agent's connections refused",
             "FetchJWTSVID beyond the agent's connections refused",
-            "FetchJWTSVID after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "FetchJWTSVID after the source closed",
+        ],
+    )
+    .await;
 }
 
 /// go-spiffe's watcher sees a 1-minute SVID rotate on its open stream (at about half-life).
@@ -553,22 +552,15 @@ async fn java_spiffe_sources_with_default_options() {
 /// the cause).
 #[tokio::test(flavor = "multi_thread")]
 async fn java_spiffe_is_told_why_it_is_refused() {
-    if !prepare(
-        "java",
-        &["java", "mvn"],
+    client_case(
+        Lang::Java,
         "java_spiffe_is_told_why_it_is_refused",
-    ) {
-        return;
-    }
-    // An entry for another uid only.
-    let agent = TestAgent::start(&entry("/java", euid().wrapping_add(7))).await;
-    let out = java_client(&["--refused", "db.example"], &agent);
-    let report = accept("java", "refused", &out);
-    assert_eq!(
-        exercised(&report),
-        ["fetchX509Context refused", "fetchJwtSvid refused"]
-    );
-    agent.shutdown().await;
+        &entry("/java", euid().wrapping_add(7)),
+        &["--refused", "db.example"],
+        ("refused", false),
+        &["fetchX509Context refused", "fetchJwtSvid refused"],
+    )
+    .await;
 }
 
 /// java-spiffe, for a uid over its share of new credentials: its first is given, the next
@@ -576,24 +568,18 @@ async fn java_spiffe_is_told_why_it_is_refused() {
 /// cause chain of what the library throws.
 #[tokio::test(flavor = "multi_thread")]
 async fn java_spiffe_is_told_it_is_over_its_share() {
-    if !prepare(
-        "java",
-        &["java", "mvn"],
+    client_case(
+        Lang::Java,
         "java_spiffe_is_told_it_is_over_its_share",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&one_new_credential("/java")).await;
-    let out = java_client(&["--limited", "db.example"], &agent);
-    let report = accept("java", "limited", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &one_new_credential("/java"),
+        &["--limited", "db.example"],
+        ("limited", false),
+        &[
             "fetchJwtSvid over its share refused",
-            "fetchX509Context over its share refused"
-        ]
-    );
-    agent.shutdown().await;
+            "fetchX509Context over its share refused",
+        ],
+    )
+    .await;
 }
 
 /// Runs the compiled `interop.Main` with `args` against `agent`.
@@ -602,25 +588,19 @@ async fn java_spiffe_is_told_it_is_over_its_share() {
 /// a unary call is still answered, and the slot comes back when the source is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn java_spiffe_is_told_it_is_over_its_streams() {
-    if !prepare(
-        "java",
-        &["java", "mvn"],
+    client_case(
+        Lang::Java,
         "java_spiffe_is_told_it_is_over_its_streams",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&one_stream("/java")).await;
-    let out = java_client(&["--streams", "db.example"], &agent);
-    let report = accept("java", "streams", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &one_stream("/java"),
+        &["--streams", "db.example"],
+        ("streams", false),
+        &[
             "fetchX509Context beyond the uid's streams refused",
             "fetchJwtSvid beside the held stream",
-            "fetchX509Context after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "fetchX509Context after the source closed",
+        ],
+    )
+    .await;
 }
 
 /// java-spiffe, for a uid whose share of connections is one: a DefaultX509Source holds it, a
@@ -628,25 +608,19 @@ async fn java_spiffe_is_told_it_is_over_its_streams() {
 /// `limits.max_connections_per_uid`, and that same client is served once the source is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn java_spiffe_is_told_it_is_over_its_connections() {
-    if !prepare(
-        "java",
-        &["java", "mvn"],
+    client_case(
+        Lang::Java,
         "java_spiffe_is_told_it_is_over_its_connections",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&one_connection("/java")).await;
-    let out = java_client(&["--connections", "db.example"], &agent);
-    let report = accept("java", "connections", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &one_connection("/java"),
+        &["--connections", "db.example"],
+        ("connections", false),
+        &[
             "fetchX509Context beyond the uid's connections refused",
             "fetchJwtSvid beyond the uid's connections refused",
-            "fetchJwtSvid after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "fetchJwtSvid after the source closed",
+        ],
+    )
+    .await;
 }
 
 /// java-spiffe, against an agent whose two connections in all are taken (one by another uid, one
@@ -654,28 +628,19 @@ async fn java_spiffe_is_told_it_is_over_its_connections() {
 /// `limits.max_connections`, and it is served once the source is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn java_spiffe_is_told_the_agent_is_over_its_connections() {
-    if !prepare(
-        "java",
-        &["java", "mvn"],
+    client_case(
+        Lang::Java,
         "java_spiffe_is_told_the_agent_is_over_its_connections",
-    ) {
-        return;
-    }
-    let agent = TestAgent::start(&two_connections_in_all("/java")).await;
-    let mut nobody = hold_connection_as_nobody(&agent);
-    let out = java_client(&["--connections", "db.example", "agent"], &agent);
-    nobody.kill().unwrap();
-    nobody.wait().unwrap();
-    let report = accept("java", "agent-connections", &out);
-    assert_eq!(
-        exercised(&report),
-        [
+        &two_connections_in_all("/java"),
+        &["--connections", "db.example", "agent"],
+        ("agent-connections", true),
+        &[
             "fetchX509Context beyond the agent's connections refused",
             "fetchJwtSvid beyond the agent's connections refused",
-            "fetchJwtSvid after the source closed"
-        ]
-    );
-    agent.shutdown().await;
+            "fetchJwtSvid after the source closed",
+        ],
+    )
+    .await;
 }
 
 fn java_client(args: &[&str], agent: &TestAgent) -> Output {
