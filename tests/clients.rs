@@ -145,12 +145,9 @@ async fn client_case(
         return;
     }
     let agent = TestAgent::start(config).await;
-    let mut nobody = hold.then(|| hold_connection_as_nobody(&agent));
+    let held = hold.then(|| hold_connection_as_nobody(&agent));
     let out = lang.run(args, &agent);
-    if let Some(nobody) = nobody.as_mut() {
-        nobody.kill().unwrap();
-        nobody.wait().unwrap();
-    }
+    drop(held);
     let report = accept(lang.name(), case, &out);
     assert_eq!(exercised(&report), want);
     agent.shutdown().await;
@@ -253,34 +250,44 @@ fn two_connections_in_all(path: &str) -> String {
     )
 }
 
-/// A process of uid 65534 holding one connection to `agent` (it opened HTTP/2 and read the
-/// agent's SETTINGS, so the agent has accepted and counted it) until it is killed.
-fn hold_connection_as_nobody(agent: &TestAgent) -> std::process::Child {
-    use std::io::BufRead;
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new("python3")
-        .uid(65534)
-        .gid(65534)
-        .args([
-            "-c",
-            "import socket, sys, time\n\
-             s = socket.socket(socket.AF_UNIX)\n\
-             s.connect(sys.argv[1])\n\
-             s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + bytes(3) + b'\\x04' + bytes(5))\n\
-             assert len(s.recv(9)) == 9\n\
-             print('held', flush=True)\n\
-             time.sleep(600)\n",
-        ])
-        .arg(&agent.socket)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
+/// A connection to an agent from a process of uid 65534 ([`fork_connect_then_steps`]), held while
+/// this lives; the process is killed when it is dropped, also when a test fails.
+struct HeldConnection {
+    _conn: std::os::unix::net::UnixStream,
+    _child: ForkedChild,
+    pipes: [i32; 2],
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        for fd in self.pipes {
+            // SAFETY: closing descriptors this value owns.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Opens HTTP/2 on a connection of uid 65534 and reads the agent's SETTINGS back, so the agent has
+/// accepted and counted it before this returns.
+fn hold_connection_as_nobody(agent: &TestAgent) -> HeldConnection {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    let (fd, go, answers, child) = fork_connect_then_steps(&agent.socket, Some(65534), |_| true);
+    // SAFETY: `fd` is the connected socket the fork left this test, owned from here on.
+    let mut conn = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    assert_eq!(line.trim(), "held", "uid 65534 holds a connection");
-    child
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut settings = [0u8; 9];
+    conn.read_exact(&mut settings)
+        .expect("the agent answers uid 65534's connection with its SETTINGS");
+    assert_eq!(settings[3], 0x4, "a SETTINGS frame");
+    HeldConnection {
+        _conn: conn,
+        _child: child,
+        pipes: [go, answers],
+    }
 }
 
 /// A uid whose share of open streams is one.
