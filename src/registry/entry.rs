@@ -223,7 +223,16 @@ mod tests {
         for ok in ["a", "billing.internal", "*.svc.cluster.local", "x-1.y"] {
             assert!(valid_dns_name(ok), "{ok}");
         }
-        for bad in ["", "a..b", "-a", "a_b", "*.", "a b"] {
+        for bad in [
+            "",
+            "a..b",
+            "-a",
+            "a_b",
+            "*.",
+            "a b",
+            "bücher.example",
+            "*.ünï",
+        ] {
             assert!(!valid_dns_name(bad), "{bad}");
         }
     }

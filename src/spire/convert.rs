@@ -37,6 +37,15 @@ pub(super) fn entry(e: &types::Entry) -> Result<Option<Entry>, String> {
     }
     selectors.sort();
     selectors.dedup();
+    // Checked here as a local entry's are (lanyard never puts a name it did not check into a
+    // request), though the server has checked them too.
+    if let Some(bad) = e
+        .dns_names
+        .iter()
+        .find(|n| !crate::registry::valid_dns_name(n))
+    {
+        return Err(format!("DNS name {bad:?} is not a valid DNS name"));
+    }
     let secs = |v: i32| (v > 0).then(|| Duration::from_secs(u64::from(v.unsigned_abs())));
     let mut federates_with = Vec::new();
     for td in &e.federates_with {
@@ -130,5 +139,41 @@ fn jwk(spki: &[u8]) -> Result<serde_json::Value, String> {
             }))
         }
         _ => Err("unsupported key type".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_entry(dns_names: &[&str]) -> types::Entry {
+        types::Entry {
+            id: "e1".into(),
+            spiffe_id: Some(types::Spiffeid {
+                trust_domain: "example.org".into(),
+                path: "/web".into(),
+            }),
+            selectors: vec![types::Selector {
+                r#type: "unix".into(),
+                value: "uid:1000".into(),
+            }],
+            dns_names: dns_names.iter().map(|n| (*n).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A server entry's DNS names meet the same check as a local entry's: a name that is not an
+    /// LDH name (non-ASCII, an underscore) keeps the entry off this agent, with the name in the
+    /// reason.
+    #[test]
+    fn a_server_entry_with_a_bad_dns_name_is_not_used() {
+        let ok = entry(&server_entry(&["web.example.org", "*.svc.example.org"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.dns_names, ["web.example.org", "*.svc.example.org"]);
+        for bad in ["bücher.example.org", "a_b.example.org", "a..b"] {
+            let why = entry(&server_entry(&["web.example.org", bad])).unwrap_err();
+            assert!(why.contains(&format!("{bad:?}")), "{why}");
+        }
     }
 }
