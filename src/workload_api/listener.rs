@@ -247,6 +247,14 @@ impl PeerStream {
     }
 }
 
+impl PeerStream {
+    /// Over a limit with no place among the refused connections kept to be answered: it is to be
+    /// closed at once, unanswered.
+    fn closes_unanswered(&self) -> bool {
+        self.peer.refused.is_some() && self.answering.is_none()
+    }
+}
+
 impl Connected for PeerStream {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
@@ -383,28 +391,46 @@ impl tokio_stream::Stream for Incoming {
             }
             self.backoff = None;
         }
-        match self.listener.poll_accept(cx) {
-            Poll::Ready(Ok((stream, _))) => {
-                let shares = self.shares.as_ref();
-                let peer = PeerStream::new(stream, self.peer_pidfd, shares);
-                if let Err(e) = &peer {
-                    // The connection is closed; the server goes on accepting.
-                    tracing::warn!(error = %e, "cannot register an accepted connection; closed it");
+        for _ in 0..CLOSED_IN_A_ROW {
+            match self.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, _))) => {
+                    let shares = self.shares.as_ref();
+                    let peer = PeerStream::new(stream, self.peer_pidfd, shares);
+                    match &peer {
+                        // Over a limit with no place to be answered from: closed here, now, not
+                        // handed to the server to be closed when its task gets to run. A client
+                        // connecting and closing in a loop then holds no descriptor of the agent's
+                        // beyond its share, however far ahead of the server it runs.
+                        Ok(p) if p.closes_unanswered() => continue,
+                        Ok(_) => {}
+                        // The connection is closed; the server goes on accepting.
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "cannot register an accepted connection; closed it"
+                        ),
+                    }
+                    return Poll::Ready(Some(peer));
                 }
-                Poll::Ready(Some(peer))
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(error = %e, "accept failed; retrying in 100ms");
+                    let mut sleep =
+                        Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100)));
+                    // Register the timer with this task's waker.
+                    let _ = sleep.as_mut().poll(cx);
+                    self.backoff = Some(sleep);
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Err(e)) => {
-                tracing::warn!(error = %e, "accept failed; retrying in 100ms");
-                let mut sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100)));
-                // Register the timer with this task's waker.
-                let _ = sleep.as_mut().poll(cx);
-                self.backoff = Some(sleep);
-                Poll::Pending
-            }
-            Poll::Pending => Poll::Pending,
         }
+        // Many closed in a row: the server's other work runs before the next ones.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
+
+/// Connections closed unanswered in one turn of the accept loop, at most.
+const CLOSED_IN_A_ROW: usize = 64;
 
 /// Follows the HTTP/2 frames the agent writes on a refused connection, to see its first answer end:
 /// a complete header block with END_STREAM (the trailers-only status a refusal is) or a DATA frame
