@@ -746,6 +746,7 @@ async fn scale(uid: u32) {
         format!(
             "[limits]\nmax_connections_per_uid = 2000\nmax_streams = 20000\nmax_streams_per_uid = 20000\n\
              new_credentials_per_second = 100000\nnew_credentials_burst = 100000\n\
+             new_connections_per_second = 100000\nnew_connections_burst = 100000\n\
              [[entry]]\nspiffe_id = \"spiffe://example.org/bench\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"1m\"\ndns_names = [\"{dns}\"]\n"
         )
     };

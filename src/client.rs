@@ -112,6 +112,35 @@ pub async fn connect_admin(path: &std::path::Path) -> Result<AdminClient, Error>
     Ok(crate::proto::admin::admin_client::AdminClient::new(channel))
 }
 
+/// How long a connect waits, at most, for room in the agent's listen queue.
+const QUEUE_FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects the Unix socket at `path`. A full listen queue (`EAGAIN`: the agent is busy accepting,
+/// perhaps because a local user floods it) is waited out for up to [`QUEUE_FULL_WAIT`], retrying
+/// with a growing pause, as a blocking `connect` would wait; any other error is returned at once.
+async fn dial(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    let start = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() + pause >= QUEUE_FULL_WAIT {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "the agent's listen queue stayed full for {}s (the agent is overloaded, or a local user floods it with connections); try again",
+                            QUEUE_FULL_WAIT.as_secs()
+                        ),
+                    ));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A gRPC channel over the Unix socket at `path`.
 async fn unix_channel(path: &std::path::Path) -> Result<Channel, Error> {
     let connector_path = path.to_owned();
@@ -119,7 +148,7 @@ async fn unix_channel(path: &std::path::Path) -> Result<Channel, Error> {
     Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = connector_path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            async move { Ok::<_, std::io::Error>(TokioIo::new(dial(&path).await?)) }
         }))
         .await
         .map_err(|source| Error::Connect {

@@ -75,6 +75,10 @@ pub const DEFAULT_MAX_STREAMS_PER_UID: usize = 1000;
 pub const DEFAULT_NEW_CREDENTIALS_PER_SECOND: f64 = 50.0;
 /// New credentials one uid may get at once.
 pub const DEFAULT_NEW_CREDENTIALS_BURST: usize = 200;
+/// New connections per second and uid: a client that reuses its connection opens a handful.
+pub const DEFAULT_NEW_CONNECTIONS_PER_SECOND: f64 = 500.0;
+/// New connections one uid may open at once.
+pub const DEFAULT_NEW_CONNECTIONS_BURST: usize = 1000;
 /// Bytes the JWT-SVID cache may hold (tokens and audiences).
 pub const DEFAULT_JWT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Audit file size before it is rotated.

@@ -2,7 +2,9 @@
 //!
 //! Counted per uid (the `SO_PEERCRED` uid of the connection, which a caller cannot change): open
 //! connections, open streams, and new credentials (a token bucket on first X.509 mints and JWT cache
-//! misses). A caller in a user namespace that a user other than root made counts against that
+//! misses), and new connections (a token bucket too, checked right after `accept` from `SO_PEERCRED`
+//! alone, so a uid connecting and closing in a loop is turned away for a few system calls each and
+//! cannot keep the socket's listen queue, which every user shares, full). A caller in a user namespace that a user other than root made counts against that
 //! user's share (`Ceiling::share_uid`): the subordinate uids a user maps there are still that user. Agent-wide caps sit above the shares. A caller over *its share* is refused with
 //! `ResourceExhausted` naming the limit; an agent over an agent-wide cap sheds load with
 //! `Unavailable` (EP-5). Connections that open no stream within `connection_idle` are closed.
@@ -39,6 +41,10 @@ pub struct LimitsConfig {
     pub new_credentials_per_second: f64,
     /// How many new credentials one uid may get at once before the rate applies.
     pub new_credentials_burst: u32,
+    /// New connections per second and uid, refilled continuously.
+    pub new_connections_per_second: f64,
+    /// How many connections one uid may open at once before the rate applies.
+    pub new_connections_burst: u32,
 }
 
 /// Which share a caller is over.
@@ -58,6 +64,10 @@ pub enum Refusal {
         "uid {uid} asks for new credentials faster than its share ({rate}/s, burst {burst}: limits.new_credentials_per_second); retry later"
     )]
     NewCredentials { uid: u32, rate: f64, burst: u32 },
+    #[error(
+        "uid {uid} opens connections faster than its share ({rate}/s, burst {burst}: limits.new_connections_per_second); keep a connection open and reuse it"
+    )]
+    NewConnections { uid: u32, rate: f64, burst: u32 },
 }
 
 impl Refusal {
@@ -68,6 +78,7 @@ impl Refusal {
             Refusal::Connections { .. } => "max_connections",
             Refusal::StreamsPerUid { .. } => "max_streams_per_uid",
             Refusal::NewCredentials { .. } => "new_credentials_per_second",
+            Refusal::NewConnections { .. } => "new_connections_per_second",
         }
     }
 
@@ -110,6 +121,39 @@ struct Bucket {
     at: Instant,
 }
 
+/// Token buckets per uid, refilled at `rate` a second up to `burst`.
+#[derive(Default)]
+struct Buckets(Mutex<HashMap<u32, Bucket>>);
+
+impl Buckets {
+    /// Takes one token of `uid`'s bucket; false when it has none.
+    fn take(&self, uid: u32, rate: f64, burst: u32) -> bool {
+        let now = Instant::now();
+        let mut buckets = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let burst = f64::from(burst);
+        let refill =
+            |b: &Bucket| (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        // Full buckets carry no information: forget them so the map stays small.
+        if buckets.len() > 4096 {
+            buckets.retain(|_, b| refill(b) < burst);
+        }
+        let bucket = buckets.entry(uid).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        bucket.tokens = refill(bucket);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+}
+
 /// The shares of the running agent. Cloning shares them.
 #[derive(Clone)]
 pub struct Shares {
@@ -120,7 +164,8 @@ struct Inner {
     config: LimitsConfig,
     connections: Mutex<Counts>,
     streams: Mutex<Counts>,
-    buckets: Mutex<HashMap<u32, Bucket>>,
+    credentials: Buckets,
+    arrivals: Buckets,
     /// Refused connections kept open for a moment to answer with the refusal.
     answering: std::sync::atomic::AtomicUsize,
 }
@@ -167,7 +212,8 @@ impl Shares {
                 config,
                 connections: Mutex::default(),
                 streams: Mutex::default(),
-                buckets: Mutex::default(),
+                credentials: Buckets::default(),
+                arrivals: Buckets::default(),
                 answering: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
@@ -234,36 +280,35 @@ impl Shares {
     /// One new credential for `uid`, if its bucket has a token.
     pub fn new_credential(&self, uid: u32) -> Result<(), Refusal> {
         let c = &self.inner.config;
-        let now = Instant::now();
-        let mut buckets = self
+        if self
             .inner
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let burst = f64::from(c.new_credentials_burst);
-        let refill = |b: &Bucket| {
-            (b.tokens + now.duration_since(b.at).as_secs_f64() * c.new_credentials_per_second)
-                .min(burst)
-        };
-        // Full buckets carry no information: forget them so the map stays small.
-        if buckets.len() > 4096 {
-            buckets.retain(|_, b| refill(b) < burst);
+            .credentials
+            .take(uid, c.new_credentials_per_second, c.new_credentials_burst)
+        {
+            return Ok(());
         }
-        let bucket = buckets.entry(uid).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        bucket.tokens = refill(bucket);
-        bucket.at = now;
-        if bucket.tokens < 1.0 {
-            return Err(refuse(Refusal::NewCredentials {
-                uid,
-                rate: c.new_credentials_per_second,
-                burst: c.new_credentials_burst,
-            }));
+        Err(refuse(Refusal::NewCredentials {
+            uid,
+            rate: c.new_credentials_per_second,
+            burst: c.new_credentials_burst,
+        }))
+    }
+
+    /// One new connection of `uid`, if its bucket has a token (asked before [`Self::connect`]).
+    pub fn arrive(&self, uid: u32) -> Result<(), Refusal> {
+        let c = &self.inner.config;
+        if self
+            .inner
+            .arrivals
+            .take(uid, c.new_connections_per_second, c.new_connections_burst)
+        {
+            return Ok(());
         }
-        bucket.tokens -= 1.0;
-        Ok(())
+        Err(refuse(Refusal::NewConnections {
+            uid,
+            rate: c.new_connections_per_second,
+            burst: c.new_connections_burst,
+        }))
     }
 
     /// (open connections, open streams), for `/ready` and the admin API.
@@ -323,6 +368,8 @@ mod tests {
             max_streams_per_uid: 2,
             new_credentials_per_second: 10.0,
             new_credentials_burst: 3,
+            new_connections_per_second: 100.0,
+            new_connections_burst: 4,
         }
     }
 
@@ -365,5 +412,23 @@ mod tests {
         tokio::time::advance(Duration::from_millis(110)).await;
         shares.new_credential(1).unwrap();
         assert!(shares.new_credential(1).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_connections_are_rate_limited_per_uid() {
+        let shares = Shares::new(config());
+        for _ in 0..4 {
+            shares.arrive(65534).unwrap();
+        }
+        let err = shares.arrive(65534).unwrap_err();
+        assert_eq!(err.limit(), "new_connections_per_second");
+        assert!(err.is_share());
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert!(err.to_string().contains("100/s, burst 4"), "{err}");
+        // Another uid's bucket is its own.
+        shares.arrive(0).unwrap();
+        tokio::time::advance(Duration::from_millis(11)).await;
+        shares.arrive(65534).unwrap();
+        assert!(shares.arrive(65534).is_err());
     }
 }

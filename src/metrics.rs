@@ -287,6 +287,7 @@ impl Metrics {
             "max_streams",
             "max_streams_per_uid",
             "new_credentials_per_second",
+            "new_connections_per_second",
         ] {
             let _ = m.limit_refusals.get_or_create(&Limit { limit });
         }

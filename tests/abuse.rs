@@ -39,10 +39,20 @@ impl Agent {
             config_text(dir.path(), &format!("{ENTRIES}{extra}")),
         )
         .unwrap();
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(dir.path().join("agent.log"))
+                .unwrap()
+        };
         let child = Command::new(lanyard_bin())
             .args(["agent", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let socket = dir.path().join("workload.sock");
@@ -69,6 +79,11 @@ impl Agent {
 
     fn pid(&self) -> u32 {
         self.child.0.as_ref().unwrap().id()
+    }
+
+    /// What the agent has logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
     fn endpoint(&self) -> String {
@@ -286,6 +301,47 @@ async fn idle_connection_flood_does_not_starve_another_uid() {
     report_latency("after the idle timeout", agent.victim().await);
     assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
     attack.stop();
+}
+
+/// Two processes of one uid connecting and closing in a loop, as fast as they can: the uid's rate
+/// of new connections (`new_connections_per_second`) turns most of them away right after `accept`,
+/// for a few system calls each (no pidfd, no HTTP/2), and the agent says so naming the uid and the
+/// setting; it holds no more descriptors than one uid's share, and the root workload's fetches keep
+/// succeeding — its client waits out a full listen queue (`EAGAIN`), which the flood can keep full
+/// at moments and which no server can sort by uid before accepting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_close_churn_is_turned_away_at_accept() {
+    let Some((agent, attack)) = under_attack(
+        "connect_and_close_churn_is_turned_away_at_accept",
+        "churn",
+        &["2"],
+    )
+    .await
+    else {
+        return;
+    };
+    let before = agent.fds();
+    let mut most = 0;
+    for _ in 0..5 {
+        report_latency("a connect/close flood", agent.victim().await);
+        most = most.max(agent.fds());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        most < before + 2 * 512 + 64 + 64,
+        "the agent held {most} fds (was {before}): more than one uid's share"
+    );
+    let log = agent.log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("connections closed unanswered"))
+        .unwrap_or_else(|| panic!("the agent did not say it turned connections away:\n{log}"));
+    assert!(
+        warned.contains("uid=65534") && warned.contains("limits.new_connections_per_second"),
+        "{warned}"
+    );
+    attack.stop();
+    assert!(agent.rss_mb() < 200, "RSS {} MB", agent.rss_mb());
 }
 
 /// 700 connections from one uid that are each served once and then idle: served connections are not

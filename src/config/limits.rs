@@ -4,6 +4,7 @@ use super::raw::RawLimits;
 use super::{
     DEFAULT_CONNECTION_IDLE, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_UID,
+    DEFAULT_NEW_CONNECTIONS_BURST, DEFAULT_NEW_CONNECTIONS_PER_SECOND,
     DEFAULT_NEW_CREDENTIALS_BURST, DEFAULT_NEW_CREDENTIALS_PER_SECOND,
 };
 use crate::fields::{Collector, count, duration};
@@ -51,15 +52,24 @@ pub(super) fn limits(errs: &mut Collector, raw: &RawLimits) -> LimitsConfig {
         DEFAULT_NEW_CREDENTIALS_BURST,
         "refuse every new credential",
     );
-    let rate = raw
-        .new_credentials_per_second
-        .unwrap_or(DEFAULT_NEW_CREDENTIALS_PER_SECOND);
-    if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
-        errs.push(
-            "limits.new_credentials_per_second",
-            format!("{rate} is not a rate between 0 (exclusive) and 1000000; such as 50"),
-        );
-    }
+    let connections_burst = counted(
+        "limits.new_connections_burst",
+        raw.new_connections_burst,
+        DEFAULT_NEW_CONNECTIONS_BURST,
+        "refuse every connection",
+    );
+    let rate = per_second(
+        errs,
+        "limits.new_credentials_per_second",
+        raw.new_credentials_per_second,
+        DEFAULT_NEW_CREDENTIALS_PER_SECOND,
+    );
+    let connections_rate = per_second(
+        errs,
+        "limits.new_connections_per_second",
+        raw.new_connections_per_second,
+        DEFAULT_NEW_CONNECTIONS_PER_SECOND,
+    );
     for (field, per_uid, total) in [
         (
             "limits.max_streams_per_uid",
@@ -100,5 +110,20 @@ pub(super) fn limits(errs: &mut Collector, raw: &RawLimits) -> LimitsConfig {
         max_streams_per_uid,
         new_credentials_per_second: rate,
         new_credentials_burst: u32::try_from(burst).unwrap_or(u32::MAX),
+        new_connections_per_second: connections_rate,
+        new_connections_burst: u32::try_from(connections_burst).unwrap_or(u32::MAX),
     }
+}
+
+/// A token bucket's refill rate: `value` (else `default`), which must be above 0 and at most a
+/// million a second.
+fn per_second(errs: &mut Collector, field: &str, value: Option<f64>, default: f64) -> f64 {
+    let rate = value.unwrap_or(default);
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+        errs.push(
+            field,
+            format!("{rate} is not a rate between 0 (exclusive) and 1000000; such as {default}"),
+        );
+    }
+    rate
 }

@@ -180,6 +180,8 @@ pub struct RawLimits {
     pub max_concurrent_streams: Option<usize>,
     pub new_credentials_per_second: Option<f64>,
     pub new_credentials_burst: Option<usize>,
+    pub new_connections_per_second: Option<f64>,
+    pub new_connections_burst: Option<usize>,
     pub jwt_cache_size: Option<usize>,
     pub jwt_cache_bytes: Option<usize>,
 }

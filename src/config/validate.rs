@@ -503,6 +503,27 @@ mod tests {
         assert!(errs.contains("1000000"), "{errs}");
     }
 
+    /// Both token buckets: defaults when unset, and a rate that is not one is refused naming its
+    /// field and the value, with an example.
+    #[test]
+    fn rates_of_new_connections_and_credentials() {
+        let c = Config::from_toml("").unwrap().limits;
+        assert_eq!(c.new_connections_per_second, 500.0);
+        assert_eq!(c.new_connections_burst, 1000);
+        assert_eq!(c.new_credentials_per_second, 50.0);
+        let text = "[limits]\nnew_connections_per_second = 0.0\nnew_connections_burst = 0\n\
+                    new_credentials_per_second = inf\n";
+        let errs = Config::from_toml(text).expect_err("refused").to_string();
+        for wanted in [
+            "limits.new_connections_per_second: 0 is not a rate",
+            "such as 500",
+            "limits.new_connections_burst",
+            "limits.new_credentials_per_second: inf is not a rate",
+        ] {
+            assert!(errs.contains(wanted), "{wanted} not in:\n{errs}");
+        }
+    }
+
     #[test]
     fn reports_every_error_at_once() {
         let err = Config::from_toml(

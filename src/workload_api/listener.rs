@@ -131,32 +131,43 @@ pub(crate) struct PeerStream {
 impl PeerStream {
     /// Records the peer of a freshly accepted connection (and the ceiling of what it can get);
     /// `peer_pidfd` false takes the path of kernels without `SO_PEERPIDFD`. With `shares`, the
-    /// connection takes a place in its uid's share first (only the cheap `SO_PEERCRED` read comes
-    /// before that); a caller in a user namespace that another user made then moves to that user's
-    /// share (`Ceiling::share_uid`, known once the caller is). A connection over a limit is answered
-    /// with the refusal and closed soon.
+    /// connection is counted against its uid's rate of new connections and takes a place in its
+    /// uid's share first (only the cheap `SO_PEERCRED` read comes before that); a caller in a user
+    /// namespace that another user made then moves to that user's share (`Ceiling::share_uid`,
+    /// known once the caller is). A connection over a limit is answered with the refusal and
+    /// closed soon.
     ///
-    /// Fails only when the socket cannot be registered with the runtime (see [`Conn`]).
+    /// `None`: the connection is to be closed at once, unanswered — it came faster than its uid's
+    /// rate, or it is over a share with no place left to answer it from. Nothing else is done for
+    /// it (no pidfd, no registration with the runtime), so a uid connecting and closing in a loop
+    /// costs the agent a few system calls a connection. Fails only when the socket cannot be
+    /// registered with the runtime (see [`Conn`]).
     pub(crate) fn new(
         inner: UnixStream,
         peer_pidfd: bool,
         shares: Option<&Shares>,
-    ) -> io::Result<Self> {
+    ) -> io::Result<Option<Self>> {
         let mut slot = None;
         let mut refused = None;
         let mut answering = None;
-        let mut refuse = |shares: &Shares, uid: u32, r: Refusal| {
+        let refuse = |shares: &Shares, uid: u32, r: Refusal| {
             tracing::debug!(uid, limit = %r, "connection over its share");
-            refused = Some(Arc::new(r));
-            answering = shares.answer_refusal();
+            (Some(Arc::new(r)), shares.answer_refusal())
         };
         // A peer whose credentials cannot be read counts under a uid no process has.
         let uid = crate::sys::peer::peer_cred(inner.as_fd()).map_or(u32::MAX, |c| c.uid);
         if let Some(shares) = shares {
+            if let Err(r) = shares.arrive(uid) {
+                warn_arrivals(uid, &r);
+                return Ok(None);
+            }
             match shares.connect(uid) {
                 Ok(s) => slot = Some(s),
-                Err(r) => refuse(shares, uid, r),
+                Err(r) => (refused, answering) = refuse(shares, uid, r),
             }
+        }
+        if refused.is_some() && answering.is_none() {
+            return Ok(None);
         }
         let mut caller = if slot.is_none() && shares.is_some() {
             Err("the connection is over a limit".to_owned())
@@ -164,18 +175,26 @@ impl PeerStream {
             Caller::from_socket_with(inner.as_fd(), peer_pidfd).map_err(|e| e.to_string())
         };
         // Subordinate uids of a user count against that user's share: the connection's place moves
-        // there (its place in its own uid's share is given back first).
+        // there (its place in its own uid's share is given back first), and against that user's
+        // rate of new connections too.
         if let (Some(shares), Ok(c)) = (shares, &caller)
             && c.ceiling().share_uid != uid
         {
             let owner = c.ceiling().share_uid;
             slot = None;
+            if let Err(r) = shares.arrive(owner) {
+                warn_arrivals(owner, &r);
+                return Ok(None);
+            }
             match shares.connect(owner) {
                 Ok(s) => slot = Some(s),
                 Err(r) => {
-                    refuse(shares, owner, r);
+                    (refused, answering) = refuse(shares, owner, r);
                     caller = Err("the connection is over a limit".to_owned());
                 }
+            }
+            if refused.is_some() && answering.is_none() {
+                return Ok(None);
             }
         }
         if let Err(e) = &caller
@@ -184,14 +203,13 @@ impl PeerStream {
             tracing::debug!(error = %e, "cannot identify the peer of a connection");
         }
         let (deadline, hard_deadline) = match (&refused, shares) {
-            // Answered with the refusal for a moment, or (too many refused at once) closed now.
-            (Some(_), _) if answering.is_some() => (Some(REFUSED_GRACE), true),
-            (Some(_), _) => (Some(Duration::ZERO), true),
+            // Answered with the refusal for a moment, then closed.
+            (Some(_), _) => (Some(REFUSED_GRACE), true),
             (None, Some(s)) => (Some(s.config().connection_idle), false),
             (None, None) => (None, false),
         };
         let watch = answering.as_ref().map(|_| AnswerWatch::default());
-        Ok(Self {
+        Ok(Some(Self {
             inner: Conn::new(inner)?,
             peer: PeerInfo {
                 caller: Arc::new(caller),
@@ -205,7 +223,7 @@ impl PeerStream {
             _slot: slot,
             answering,
             watch,
-        })
+        }))
     }
 
     /// Notes what h2 wrote (accepted by the socket layer, `n` bytes of `bufs`).
@@ -247,11 +265,21 @@ impl PeerStream {
     }
 }
 
-impl PeerStream {
-    /// Over a limit with no place among the refused connections kept to be answered: it is to be
-    /// closed at once, unanswered.
-    fn closes_unanswered(&self) -> bool {
-        self.peer.refused.is_some() && self.answering.is_none()
+/// Says, at most once a minute for all uids together, that a uid's connections are being closed
+/// unanswered for coming too fast (they are counted by the refusals metric every time).
+fn warn_arrivals(uid: u32, refusal: &Refusal) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 60
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(uid, limit = %refusal, "connections closed unanswered");
     }
 }
 
@@ -395,21 +423,22 @@ impl tokio_stream::Stream for Incoming {
             match self.listener.poll_accept(cx) {
                 Poll::Ready(Ok((stream, _))) => {
                     let shares = self.shares.as_ref();
-                    let peer = PeerStream::new(stream, self.peer_pidfd, shares);
-                    match &peer {
-                        // Over a limit with no place to be answered from: closed here, now, not
-                        // handed to the server to be closed when its task gets to run. A client
-                        // connecting and closing in a loop then holds no descriptor of the agent's
-                        // beyond its share, however far ahead of the server it runs.
-                        Ok(p) if p.closes_unanswered() => continue,
-                        Ok(_) => {}
+                    match PeerStream::new(stream, self.peer_pidfd, shares) {
+                        // Too fast, or over a limit with no place to be answered from: closed
+                        // here, now, not handed to the server to be closed when its task gets to
+                        // run. A client connecting and closing in a loop then holds no descriptor
+                        // of the agent's beyond its share, however far ahead of the server it runs.
+                        Ok(None) => continue,
+                        Ok(Some(peer)) => return Poll::Ready(Some(Ok(peer))),
                         // The connection is closed; the server goes on accepting.
-                        Err(e) => tracing::warn!(
-                            error = %e,
-                            "cannot register an accepted connection; closed it"
-                        ),
+                        Err(e) => {
+                            tracing::warn!(
+                                error = %e,
+                                "cannot register an accepted connection; closed it"
+                            );
+                            return Poll::Ready(Some(Err(e)));
+                        }
                     }
-                    return Poll::Ready(Some(peer));
                 }
                 Poll::Ready(Err(e)) => {
                     tracing::warn!(error = %e, "accept failed; retrying in 100ms");

@@ -17,6 +17,9 @@ then holds it until stdin closes (so the test can measure the agent and run a vi
                       fills). On a line "drain K" from stdin it reports how many bytes were waiting
                       in the socket, reads until every stream has K messages (or 30 s pass) and
                       reports again
+  churn P             P forked processes that connect and close in a loop, as fast as they can
+                      (non-blocking connects; a full listen queue is simply tried again); each dies
+                      with the attacker (PR_SET_PDEATHSIG), and they are killed when stdin closes
 """
 
 import json
@@ -289,10 +292,40 @@ def stalled(path, n):
           "max_messages": max(counts), "ended": len(ended), "closed": closed})
 
 
+def churn(path, procs):
+    import ctypes
+    import os
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent, children = os.getpid(), []
+    for _ in range(procs):
+        pid = os.fork()
+        if pid == 0:
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when the attacker dies
+            if os.getppid() != parent:  # it died before the line above
+                os._exit(0)
+            while True:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setblocking(False)
+                try:
+                    s.connect(path)
+                except OSError:
+                    pass
+                s.close()
+        children.append(pid)
+    time.sleep(1)
+    print(json.dumps({"churners": procs}), flush=True)
+    sys.stdin.read()
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def main():
     path, mode, args = sys.argv[1], sys.argv[2], [int(a) for a in sys.argv[3:]]
     {"idle": idle, "served": served, "streams": streams, "jwt": jwt, "audiences": audiences, "late": late,
-     "stalled": stalled}[mode](path, *args)
+     "stalled": stalled, "churn": churn}[mode](path, *args)
 
 
 if __name__ == "__main__":
