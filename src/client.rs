@@ -113,31 +113,37 @@ pub async fn connect_admin(path: &std::path::Path) -> Result<AdminClient, Error>
 }
 
 /// How long a connect waits, at most, for room in the agent's listen queue.
-const QUEUE_FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const QUEUE_FULL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects the Unix socket at `path`. A full listen queue (`EAGAIN`: the agent is busy accepting,
-/// perhaps because a local user floods it) is waited out for up to [`QUEUE_FULL_WAIT`], retrying
-/// with a growing pause, as a blocking `connect` would wait; any other error is returned at once.
+/// perhaps because a local user floods it with connections) is waited out for up to
+/// [`QUEUE_FULL_WAIT`] in the kernel's own queue of connectors, which the agent's every `accept`
+/// wakes (a blocking `connect`, on a blocking thread); polling again after a pause lost the race to
+/// a flood that never pauses. Any other error is returned at once.
 async fn dial(path: &std::path::Path) -> std::io::Result<UnixStream> {
-    let start = tokio::time::Instant::now();
-    let mut pause = std::time::Duration::from_millis(5);
-    loop {
-        match UnixStream::connect(path).await {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() + pause >= QUEUE_FULL_WAIT {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "the agent's listen queue stayed full for {}s (the agent is overloaded, or a local user floods it with connections); try again",
-                            QUEUE_FULL_WAIT.as_secs()
-                        ),
-                    ));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(200));
-            }
-            other => return other,
+    match UnixStream::connect(path).await {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => return other,
+    }
+    let owned = path.to_owned();
+    let waited = tokio::task::spawn_blocking(move || {
+        crate::sys::socket::connect_waiting(&owned, QUEUE_FULL_WAIT)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    match waited {
+        Ok(stream) => {
+            stream.set_nonblocking(true)?;
+            UnixStream::from_std(stream)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "the agent's listen queue stayed full for {}s (the agent is overloaded, or a local user floods it with connections); try again",
+                QUEUE_FULL_WAIT.as_secs()
+            ),
+        )),
+        Err(e) => Err(e),
     }
 }
 

@@ -36,6 +36,75 @@ pub fn read_into(fd: BorrowedFd<'_>, buf: &mut ReadBuf<'_>) -> io::Result<usize>
     Ok(n)
 }
 
+/// Connects a blocking Unix stream socket to `path`, waiting up to `wait` in the kernel's queue of
+/// connectors when the listener's queue is full (woken as the listener accepts), as a blocking
+/// `connect` does; `WouldBlock` once `wait` has passed. Every other error is returned at once.
+pub fn connect_waiting(
+    path: &std::path::Path,
+    wait: std::time::Duration,
+) -> io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain zeroed C struct.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "socket path {} is longer than {} bytes or contains NUL",
+                path.display(),
+                addr.sun_path.len() - 1
+            ),
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: creates a new descriptor, owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(wait.subsec_micros()),
+    };
+    // SAFETY: `fd` is open; the option value is a `timeval` of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    loop {
+        // SAFETY: `fd` is open; `addr` is a valid `sockaddr_un` of the size given.
+        let r = unsafe {
+            libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return Ok(UnixStream::from(owned));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +112,33 @@ mod tests {
     use std::mem::MaybeUninit;
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
+
+    /// A full listen queue: waited in until the listener accepts, or `WouldBlock` after the wait.
+    #[test]
+    fn connect_waiting_waits_for_room_in_a_full_queue() {
+        use std::os::fd::AsRawFd;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let missing = connect_waiting(&dir.path().join("none"), Duration::from_secs(1));
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: the listener's own descriptor; a backlog of 0 queues one connection.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let _queued = UnixStream::connect(&path).unwrap();
+        let start = Instant::now();
+        let full = connect_waiting(&path, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::WouldBlock, "{full}");
+        assert!(start.elapsed() >= Duration::from_millis(150));
+        let accepter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let accepted = listener.accept().unwrap();
+            // Kept open until the waiting connect is done (a closed listener refuses it).
+            (listener, accepted)
+        });
+        connect_waiting(&path, Duration::from_secs(5)).unwrap();
+        accepter.join().unwrap();
+    }
 
     #[test]
     fn reads_what_was_sent_and_reports_would_block_and_end() {
