@@ -187,6 +187,20 @@ impl Drop for AnswerSlot {
     }
 }
 
+/// Takes a token of `uid`'s bucket in `buckets`, or refuses with `refusal` (counted).
+fn spend(
+    buckets: &Buckets,
+    uid: u32,
+    rate: f64,
+    burst: u32,
+    refusal: impl FnOnce() -> Refusal,
+) -> Result<(), Refusal> {
+    match buckets.take(uid, rate, burst) {
+        true => Ok(()),
+        false => Err(refuse(refusal())),
+    }
+}
+
 /// Counts a refusal (a metric by limit) and returns it.
 fn refuse(r: Refusal) -> Refusal {
     crate::metrics::metrics().refused(r.limit());
@@ -280,35 +294,19 @@ impl Shares {
     /// One new credential for `uid`, if its bucket has a token.
     pub fn new_credential(&self, uid: u32) -> Result<(), Refusal> {
         let c = &self.inner.config;
-        if self
-            .inner
-            .credentials
-            .take(uid, c.new_credentials_per_second, c.new_credentials_burst)
-        {
-            return Ok(());
-        }
-        Err(refuse(Refusal::NewCredentials {
-            uid,
-            rate: c.new_credentials_per_second,
-            burst: c.new_credentials_burst,
-        }))
+        let (rate, burst) = (c.new_credentials_per_second, c.new_credentials_burst);
+        spend(&self.inner.credentials, uid, rate, burst, || {
+            Refusal::NewCredentials { uid, rate, burst }
+        })
     }
 
     /// One new connection of `uid`, if its bucket has a token (asked before [`Self::connect`]).
     pub fn arrive(&self, uid: u32) -> Result<(), Refusal> {
         let c = &self.inner.config;
-        if self
-            .inner
-            .arrivals
-            .take(uid, c.new_connections_per_second, c.new_connections_burst)
-        {
-            return Ok(());
-        }
-        Err(refuse(Refusal::NewConnections {
-            uid,
-            rate: c.new_connections_per_second,
-            burst: c.new_connections_burst,
-        }))
+        let (rate, burst) = (c.new_connections_per_second, c.new_connections_burst);
+        spend(&self.inner.arrivals, uid, rate, burst, || {
+            Refusal::NewConnections { uid, rate, burst }
+        })
     }
 
     /// (open connections, open streams), for `/ready` and the admin API.

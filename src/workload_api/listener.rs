@@ -269,12 +269,17 @@ impl PeerStream {
 /// unanswered for coming too fast (they are counted by the refusals metric every time).
 fn warn_arrivals(uid: u32, refusal: &Refusal) {
     use std::sync::atomic::{AtomicU64, Ordering};
+    // Seconds since the first call, plus one (0: never warned), on the monotonic clock: a step of
+    // the wall clock cannot silence it.
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1;
     let last = LAST.load(Ordering::Relaxed);
-    if now >= last + 60
+    if (last == 0 || now >= last + 60)
         && LAST
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
