@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::ffi::CString;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
@@ -18,10 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
@@ -48,97 +44,44 @@ impl FakeKubelet {
     /// A TLS kubelet on 127.0.0.1 with a certificate from its own CA (written to `dir`), answering
     /// each request after `delay` (see [`FakeKubelet::set_delay`]).
     async fn start(dir: &Path, delay: Duration) -> Self {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let ca_path = dir.join("kubelet-ca.pem");
-        std::fs::write(&ca_path, ca_cert.pem()).unwrap();
         let token_path = dir.join("token");
         std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
-
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
         let answer = Arc::new(Mutex::new(Answer::Pods(
             json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
         )));
-        {
+        let answerer: Answerer = {
             let (requests, answer, delay_ms) = (requests.clone(), answer.clone(), delay_ms.clone());
-            tokio::spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let (acceptor, requests, answer, delay_ms) = (
-                        acceptor.clone(),
-                        requests.clone(),
-                        answer.clone(),
-                        delay_ms.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let service = hyper::service::service_fn(
-                            move |req: hyper::Request<hyper::body::Incoming>| {
-                                let (requests, answer) = (requests.clone(), answer.clone());
-                                let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
-                                async move {
-                                    requests.fetch_add(1, Ordering::SeqCst);
-                                    tokio::time::sleep(delay).await;
-                                    let authorized = req
-                                        .headers()
-                                        .get("authorization")
-                                        .is_some_and(|v| v == format!("Bearer {TOKEN}").as_str());
-                                    let (status, body) = if !authorized {
-                                        (401, "Unauthorized".to_owned())
-                                    } else if req.uri().path() != "/pods" {
-                                        (404, "not found".to_owned())
-                                    } else {
-                                        match answer.lock().unwrap().clone() {
-                                            Answer::Pods(v) => (200, v.to_string()),
-                                            Answer::Garbage => {
-                                                (200, "<html>proxy error</html>".to_owned())
-                                            }
-                                        }
-                                    };
-                                    let mut resp =
-                                        hyper::Response::new(Full::new(Bytes::from(body)));
-                                    *resp.status_mut() =
-                                        hyper::StatusCode::from_u16(status).unwrap();
-                                    Ok::<_, Infallible>(resp)
-                                }
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
-                    });
-                }
-            });
-        }
+            Arc::new(move |(parts, _body): StandInRequest| {
+                let (requests, answer) = (requests.clone(), answer.clone());
+                let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+                Box::pin(async move {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let authorized = parts
+                        .headers
+                        .get("authorization")
+                        .is_some_and(|v| v == format!("Bearer {TOKEN}").as_str());
+                    if !authorized {
+                        (401, "text/plain", "Unauthorized".to_owned())
+                    } else if parts.uri.path() != "/pods" {
+                        (404, "text/plain", "not found".to_owned())
+                    } else {
+                        match answer.lock().unwrap().clone() {
+                            Answer::Pods(v) => (200, "application/json", v.to_string()),
+                            Answer::Garbage => {
+                                (200, "text/html", "<html>proxy error</html>".to_owned())
+                            }
+                        }
+                    }
+                })
+            })
+        };
+        let tls = TlsStandIn::start(dir, "kubelet", answerer).await;
         Self {
-            addr,
-            ca_path,
+            addr: tls.addr,
+            ca_path: tls.ca_path,
             token_path,
             requests,
             answer,

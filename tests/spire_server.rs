@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -35,7 +36,13 @@ struct SpireServer {
 
 impl SpireServer {
     fn start(bin: &Path, agent_ttl: &str) -> Self {
+        Self::start_with(bin, agent_ttl, |_| String::new())
+    }
+
+    /// As [`SpireServer::start`], with more plugins: `extra` gets the server's directory.
+    fn start_with(bin: &Path, agent_ttl: &str, extra: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let extra = extra(dir.path());
         pop_ca(&dir.path().join("pop"));
         let port = free_port();
         let d = dir.path().display();
@@ -58,7 +65,7 @@ plugins {{
   NodeAttestor "join_token" {{ plugin_data {{}} }}
   NodeAttestor "x509pop" {{ plugin_data {{ ca_bundle_path = "{d}/pop/ca.pem" }} }}
   KeyManager "disk" {{ plugin_data {{ keys_path = "{d}/data/keys.json" }} }}
-}}
+{extra}}}
 "#
             ),
         )
@@ -242,6 +249,13 @@ impl Node {
     }
 
     fn start_with(server: &SpireServer, attestor: &str, extra: &str) -> Self {
+        let mut node = Self::configure(server, attestor, extra);
+        node.run();
+        node
+    }
+
+    /// A node whose agent is configured, not started.
+    fn configure(server: &SpireServer, attestor: &str, extra: &str) -> Self {
         let dir = open_tempdir();
         let health = free_port();
         let text = format!(
@@ -258,13 +272,38 @@ impl Node {
             },
         );
         std::fs::write(dir.path().join("agent.toml"), text).unwrap();
-        let mut node = Self {
+        Self {
             dir,
             health,
             child: KillOnDrop(None),
+        }
+    }
+
+    /// Runs an agent that must not start: waits for it to exit with a failure, and returns its log.
+    fn refused(server: &SpireServer, attestor: &str) -> String {
+        let node = Self::configure(server, attestor, "");
+        let log = std::fs::File::create(node.dir.path().join("agent.log")).unwrap();
+        let mut child = Command::new(lanyard_bin())
+            .args(["agent", "--config"])
+            .arg(node.dir.path().join("agent.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the agent kept running: {}", node.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
         };
-        node.run();
-        node
+        assert!(!status.success(), "{}", node.log());
+        assert!(node.ready().is_none());
+        node.log()
     }
 
     fn run(&mut self) {
@@ -1058,4 +1097,406 @@ async fn sds_compared_with_spire_agent() {
             .is_some_and(|e| e.contains("\"ALL\"")),
         "{theirs}"
     );
+}
+
+/// The Kubernetes API server, which cannot run here: a stand-in that answers what SPIRE's
+/// `k8s_psat` attestor asks of it, in the API's own JSON, over TLS with its own CA, and only to the
+/// server's bearer credential from the kubeconfig: `TokenReview` (authentication.k8s.io/v1), one
+/// `Pod` and one `Node`. It is also the token issuer: it signs projected service account tokens
+/// (ES256 JWTs with the claims the kubelet's tokens carry) and a review checks the signature, the
+/// expiry and the audience, and refuses a token it has invalidated, as the real API server does.
+struct FakeApiServer {
+    kubeconfig: PathBuf,
+    signing: jsonwebtoken::EncodingKey,
+    state: Arc<Mutex<ApiState>>,
+}
+
+#[derive(Default)]
+struct ApiState {
+    /// Every request as "METHOD path".
+    requests: Vec<String>,
+    /// Every TokenReview: the token and the audiences asked for.
+    reviews: Vec<(String, Vec<String>)>,
+    /// `jti`s of tokens invalidated (their pod was deleted).
+    invalidated: Vec<String>,
+}
+
+const API_CREDENTIAL: &str = "spire-server-kubeconfig-credential";
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const POD: &str = "lanyard-x7k2p";
+const POD_UID: &str = "6d1c4f52-0a7e-4b1f-9a53-2c9e1d7b8f10";
+const NODE: &str = "node-a";
+const NODE_UID: &str = "b8e2a3c4-51f0-4d6e-8c27-9f4a0e6d3b21";
+
+impl FakeApiServer {
+    async fn start(dir: &Path) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let signing = jsonwebtoken::EncodingKey::from_ec_der(&key.serialize_der());
+        let verifying = jsonwebtoken::DecodingKey::from_ec_der(key.public_key_raw());
+        let state = Arc::new(Mutex::new(ApiState::default()));
+        let answerer: Answerer = {
+            let state = state.clone();
+            Arc::new(move |(parts, body): StandInRequest| {
+                let answer = Self::answer(&state, &verifying, &parts, &body);
+                Box::pin(async move { answer })
+            })
+        };
+        let tls = TlsStandIn::start(dir, "apiserver", answerer).await;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: demo\n  cluster:\n    server: https://{}\n    certificate-authority: {}\nusers:\n- name: spire-server\n  user:\n    token: {API_CREDENTIAL}\ncontexts:\n- name: demo\n  context:\n    cluster: demo\n    user: spire-server\ncurrent-context: demo\n",
+                tls.addr,
+                tls.ca_path.display()
+            ),
+        )
+        .unwrap();
+        Self {
+            kubeconfig,
+            signing,
+            state,
+        }
+    }
+
+    fn answer(
+        state: &Mutex<ApiState>,
+        verifying: &jsonwebtoken::DecodingKey,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> StandInAnswer {
+        use serde_json::json;
+        let json = |code: u16, v: serde_json::Value| (code, "application/json", v.to_string());
+        let status = |code: u16, reason: &str, message: &str| {
+            json(
+                code,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": message, "reason": reason, "code": code}),
+            )
+        };
+        let mut state = state.lock().unwrap();
+        let path = parts.uri.path();
+        state.requests.push(format!("{} {path}", parts.method));
+        if parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {API_CREDENTIAL}"))
+        {
+            return status(401, "Unauthorized", "Unauthorized");
+        }
+        match (parts.method.as_str(), path) {
+            ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => {
+                let (token, audiences) = match TokenReviewSpec::decode(parts, body) {
+                    Ok(spec) => (spec.token, spec.audiences),
+                    Err(why) => return status(400, "BadRequest", &why),
+                };
+                state.reviews.push((token.clone(), audiences.clone()));
+                let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+                validation.set_issuer(&[ISSUER]);
+                validation.set_audience(&audiences);
+                let verdict =
+                    match jsonwebtoken::decode::<serde_json::Value>(&token, verifying, &validation)
+                    {
+                        Err(e) => Err(e.to_string()),
+                        Ok(t) if state.invalidated.iter().any(|j| t.claims["jti"] == **j) => {
+                            Err("token has been invalidated".to_owned())
+                        }
+                        Ok(t) => Ok(t.claims),
+                    };
+                let status = match verdict {
+                    Err(why) => {
+                        json!({"user": {}, "error": format!("[invalid bearer token, {why}]")})
+                    }
+                    Ok(c) => {
+                        let k = &c["kubernetes.io"];
+                        let (ns, sa) = (&k["namespace"], &k["serviceaccount"]["name"]);
+                        let theirs: Vec<&serde_json::Value> =
+                            c["aud"].as_array().into_iter().flatten().collect();
+                        let granted: Vec<&String> = audiences
+                            .iter()
+                            .filter(|a| theirs.iter().any(|t| t.as_str() == Some(a.as_str())))
+                            .collect();
+                        json!({
+                            "authenticated": true,
+                            "user": {
+                                "username": format!("system:serviceaccount:{}:{}", ns.as_str().unwrap(), sa.as_str().unwrap()),
+                                "uid": k["serviceaccount"]["uid"],
+                                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", ns.as_str().unwrap()), "system:authenticated"],
+                                "extra": {
+                                    "authentication.kubernetes.io/credential-id": [format!("JTI={}", c["jti"].as_str().unwrap())],
+                                    "authentication.kubernetes.io/node-name": [k["node"]["name"]],
+                                    "authentication.kubernetes.io/node-uid": [k["node"]["uid"]],
+                                    "authentication.kubernetes.io/pod-name": [k["pod"]["name"]],
+                                    "authentication.kubernetes.io/pod-uid": [k["pod"]["uid"]],
+                                },
+                            },
+                            "audiences": granted,
+                        })
+                    }
+                };
+                json(
+                    201,
+                    json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                           "metadata": {"creationTimestamp": null},
+                           "spec": {"token": token, "audiences": audiences}, "status": status}),
+                )
+            }
+            ("GET", p) if p == format!("/api/v1/namespaces/lanyard/pods/{POD}") => json(
+                200,
+                json!({"kind": "Pod", "apiVersion": "v1",
+                       "metadata": {"name": POD, "namespace": "lanyard", "uid": POD_UID,
+                                    "labels": {"app": "lanyard"}},
+                       "spec": {"nodeName": NODE, "serviceAccountName": "lanyard",
+                                "containers": [{"name": "lanyard", "image": "lanyard:latest"}]},
+                       "status": {"phase": "Running", "hostIP": "10.0.0.7", "podIP": "10.0.0.7"}}),
+            ),
+            ("GET", p) if p == format!("/api/v1/nodes/{NODE}") => json(
+                200,
+                json!({"kind": "Node", "apiVersion": "v1",
+                       "metadata": {"name": NODE, "uid": NODE_UID,
+                                    "labels": {"kubernetes.io/hostname": NODE}},
+                       "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.7"}]}}),
+            ),
+            (_, p) => status(404, "NotFound", &format!("{p} not found")),
+        }
+    }
+
+    /// A projected service account token of `namespace:account` for `audience`, bound to the pod
+    /// (as the kubelet requests them): returns the token and its `jti`.
+    fn token(&self, namespace: &str, account: &str, audience: &str) -> (String, String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let jti = lanyard::encoding::hex(&fastrand::u128(..).to_be_bytes());
+        let claims = serde_json::json!({
+            "aud": [audience], "exp": now + 3600, "iat": now, "nbf": now, "iss": ISSUER,
+            "jti": jti, "sub": format!("system:serviceaccount:{namespace}:{account}"),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "node": {"name": NODE, "uid": NODE_UID},
+                "pod": {"name": POD, "uid": POD_UID},
+                "serviceaccount": {"name": account, "uid": "3f9a1c2e-7b4d-4e8a-a1f0-5c6d7e8f9a0b"},
+            },
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("sa-key-1".into());
+        (
+            jsonwebtoken::encode(&header, &claims, &self.signing).unwrap(),
+            jti,
+        )
+    }
+
+    fn invalidate(&self, jti: &str) {
+        self.state.lock().unwrap().invalidated.push(jti.to_owned());
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    fn reviews(&self) -> Vec<(String, Vec<String>)> {
+        self.state.lock().unwrap().reviews.clone()
+    }
+}
+
+/// The part of a `TokenReview` the stand-in reads: its spec. client-go sends the review as
+/// Kubernetes protobuf (`application/vnd.kubernetes.protobuf`: the `k8s\0` magic, then a
+/// `runtime.Unknown` whose `raw` is the `TokenReview`), as it does to a real API server; JSON is
+/// read too.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TokenReviewSpec {
+    #[prost(string, tag = "1")]
+    token: String,
+    #[prost(string, repeated, tag = "2")]
+    audiences: Vec<String>,
+}
+
+/// `k8s.io/apimachinery` `runtime.Unknown`: field 2 is the object's bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct K8sUnknown {
+    #[prost(bytes = "vec", tag = "2")]
+    raw: Vec<u8>,
+}
+
+/// `k8s.io/api/authentication/v1` `TokenReview`: field 2 is the spec.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TokenReviewProto {
+    #[prost(message, optional, tag = "2")]
+    spec: Option<TokenReviewSpec>,
+}
+
+impl TokenReviewSpec {
+    fn decode(parts: &http::request::Parts, body: &[u8]) -> Result<Self, String> {
+        use prost::Message as _;
+        let content_type = parts
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type == "application/vnd.kubernetes.protobuf" {
+            let unknown = body
+                .strip_prefix(b"k8s\0")
+                .ok_or("protobuf body without the k8s magic")?;
+            let unknown = K8sUnknown::decode(unknown).map_err(|e| e.to_string())?;
+            let review = TokenReviewProto::decode(&unknown.raw[..]).map_err(|e| e.to_string())?;
+            return review
+                .spec
+                .ok_or_else(|| "TokenReview without a spec".to_owned());
+        }
+        let review: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        Ok(Self {
+            token: review["spec"]["token"].as_str().unwrap_or("").to_owned(),
+            audiences: review["spec"]["audiences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
+        })
+    }
+}
+
+/// Writes a token file as the kubelet does: the new token in place at once (a rename).
+fn write_token(path: &Path, token: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, token).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// k8s_psat: the agent sends its projected service account token; the real server reviews it with
+/// the (stand-in) Kubernetes API, looks up the pod and its node, and names the agent after the
+/// node's UID. The node gets the entries parented to that ID and to a node alias the server matched
+/// by its `k8s_psat` selectors; the token is read afresh for each attestation (a rotated token
+/// works after an eviction); tokens the server must refuse — another service account, another
+/// audience, an invalidated token, an unknown cluster — leave the agent without a start and say why.
+#[tokio::test(flavor = "multi_thread")]
+async fn k8s_psat_nodes_attest_with_a_projected_token() {
+    let test = "k8s_psat_nodes_attest_with_a_projected_token";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = spire_bin(test) else {
+        return;
+    };
+    let api_dir = tempfile::tempdir().unwrap();
+    let api = FakeApiServer::start(api_dir.path()).await;
+    let kubeconfig = api.kubeconfig.clone();
+    let server = SpireServer::start_with(&bin, "1h", |_| {
+        format!(
+            "  NodeAttestor \"k8s_psat\" {{ plugin_data {{ clusters = {{ \"demo-cluster\" = {{ service_account_allow_list = [\"lanyard:lanyard\"] kube_config_file = \"{}\" }} }} }} }}\n",
+            kubeconfig.display()
+        )
+    });
+    let agent_id = format!("spiffe://{TD}/spire/agent/k8s_psat/demo-cluster/{NODE_UID}");
+    let parent = agent_id.strip_prefix(&format!("spiffe://{TD}/")).unwrap();
+    server.entry(parent, "psat-node", 0, &[]);
+    // A node alias: every node the server attested in this cluster.
+    server.cmd(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        &format!("spiffe://{TD}/cluster/demo"),
+        "-selector",
+        "k8s_psat:cluster:demo-cluster",
+    ]);
+    server.entry("cluster/demo", "psat-cluster", 0, &[]);
+
+    let tokens = tempfile::tempdir().unwrap();
+    let token_path = tokens.path().join("spire-agent");
+    let (first, first_jti) = api.token("lanyard", "lanyard", "spire-server");
+    write_token(&token_path, &first);
+    let attestor = |cluster: &str, path: &Path| {
+        format!(
+            "k8s_psat_cluster = \"{cluster}\"\nk8s_psat_token_path = \"{}\"",
+            path.display()
+        )
+    };
+    let node = Node::start_with(&server, &attestor("demo-cluster", &token_path), "");
+    assert_eq!(node.agent_svid().0, agent_id, "the k8s_psat agent ID");
+    let reviews = api.reviews();
+    assert_eq!(
+        reviews,
+        [(first.clone(), vec!["spire-server".to_owned()])],
+        "one TokenReview of the agent's token for SPIRE's audience"
+    );
+    let requests = api.requests();
+    for expected in [
+        "POST /apis/authentication.k8s.io/v1/tokenreviews".to_owned(),
+        format!("GET /api/v1/namespaces/lanyard/pods/{POD}"),
+        format!("GET /api/v1/nodes/{NODE}"),
+    ] {
+        assert!(requests.contains(&expected), "{expected} in {requests:?}");
+    }
+    wait_for("the k8s_psat node's entries", 20, || {
+        ids_of(&node.endpoint()).is_ok_and(|ids| ids.len() == 2)
+    })
+    .await;
+    let mut ids = ids_of(&node.endpoint()).unwrap();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            format!("spiffe://{TD}/psat-cluster"),
+            format!("spiffe://{TD}/psat-node")
+        ]
+    );
+
+    // The kubelet rotates the token; the pod's old token is invalidated. Evicted, the agent attests
+    // again by itself with the token it reads now.
+    let (second, _) = api.token("lanyard", "lanyard", "spire-server");
+    write_token(&token_path, &second);
+    api.invalidate(&first_jti);
+    let (_, serial) = node.agent_svid();
+    server.cmd(&["agent", "evict", "-spiffeID", &agent_id]);
+    wait_for("attestation after the eviction", 30, || {
+        node.agent_svid().1 != serial
+    })
+    .await;
+    assert!(node.log().contains("node attested again"), "{}", node.log());
+    assert_eq!(
+        api.reviews().last().map(|(t, _)| t.clone()),
+        Some(second.clone()),
+        "the second attestation sent the rotated token"
+    );
+    wait_for("the entries again", 20, || {
+        ids_of(&node.endpoint()).is_ok_and(|ids| ids.len() == 2)
+    })
+    .await;
+    // A token is a credential: it is never logged.
+    for t in [&first, &second] {
+        assert!(
+            !node.log().contains(t.as_str()),
+            "a token in the agent's log"
+        );
+    }
+
+    // What the server refuses, the agent reports and does not start on.
+    let refusals = [
+        (
+            api.token("default", "default", "spire-server").0,
+            "demo-cluster",
+            "\"default:default\" is not an allowed service account",
+        ),
+        (
+            api.token("lanyard", "lanyard", "vault").0,
+            "demo-cluster",
+            "invalid bearer token",
+        ),
+        (first.clone(), "demo-cluster", "token has been invalidated"),
+        (
+            second.clone(),
+            "other-cluster",
+            "not configured for cluster \"other-cluster\"",
+        ),
+    ];
+    for (i, (token, cluster, why)) in refusals.into_iter().enumerate() {
+        let path = tokens.path().join(format!("refused-{i}"));
+        write_token(&path, &token);
+        let log = Node::refused(&server, &attestor(cluster, &path));
+        assert!(log.contains(why), "refusal {i}: {why:?} in {log}");
+        assert!(!log.contains(token.as_str()), "a token in the agent's log");
+    }
 }

@@ -555,3 +555,93 @@ pub(crate) fn embedded_block(yaml: &str, key: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// One request as a [`TlsStandIn`] hands it to its answerer: the request line and headers, and the
+/// whole body.
+pub(crate) type StandInRequest = (http::request::Parts, bytes::Bytes);
+
+/// What a [`TlsStandIn`] answers: status, `Content-Type`, body.
+pub(crate) type StandInAnswer = (u16, &'static str, String);
+
+/// Answers a [`TlsStandIn`]'s requests; may wait (a slow peer) before it answers.
+pub(crate) type Answerer = Arc<
+    dyn Fn(StandInRequest) -> std::pin::Pin<Box<dyn Future<Output = StandInAnswer> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A stand-in for an HTTPS peer that cannot run here (the kubelet, the Kubernetes API server):
+/// HTTP/1.1 over TLS on 127.0.0.1, with a certificate for `127.0.0.1` from its own CA (written to
+/// `<dir>/<name>-ca.pem`). Every request goes to the answerer; it lives as long as the runtime.
+pub(crate) struct TlsStandIn {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) ca_path: PathBuf,
+}
+
+impl TlsStandIn {
+    pub(crate) async fn start(dir: &Path, name: &str, answer: Answerer) -> Self {
+        use http_body_util::BodyExt as _;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca_path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, answer) = (acceptor.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let answer = answer.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await?.to_bytes();
+                                let (status, content_type, body) = answer((parts, body)).await;
+                                let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from(body),
+                                ));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                                resp.headers_mut().insert(
+                                    hyper::header::CONTENT_TYPE,
+                                    hyper::header::HeaderValue::from_static(content_type),
+                                );
+                                Ok::<_, hyper::Error>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, ca_path }
+    }
+}
