@@ -36,13 +36,12 @@ struct SpireServer {
 
 impl SpireServer {
     fn start(bin: &Path, agent_ttl: &str) -> Self {
-        Self::start_with(bin, agent_ttl, |_| String::new())
+        Self::start_with(bin, agent_ttl, "")
     }
 
-    /// As [`SpireServer::start`], with more plugins: `extra` gets the server's directory.
-    fn start_with(bin: &Path, agent_ttl: &str, extra: impl FnOnce(&Path) -> String) -> Self {
+    /// As [`SpireServer::start`], with more plugins (`extra`, HCL lines inside `plugins`).
+    fn start_with(bin: &Path, agent_ttl: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let extra = extra(dir.path());
         pop_ca(&dir.path().join("pop"));
         let port = free_port();
         let d = dir.path().display();
@@ -281,24 +280,19 @@ impl Node {
 
     /// Runs an agent that must not start: waits for it to exit with a failure, and returns its log.
     fn refused(server: &SpireServer, attestor: &str) -> String {
-        let node = Self::configure(server, attestor, "");
-        let log = std::fs::File::create(node.dir.path().join("agent.log")).unwrap();
-        let mut child = Command::new(lanyard_bin())
-            .args(["agent", "--config"])
-            .arg(node.dir.path().join("agent.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut node = Self::configure(server, attestor, "");
+        node.spawn();
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = node.child.0.as_mut().unwrap().try_wait().unwrap() {
                 break status;
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the agent kept running: {}", node.log());
-            }
+            // Dropping the node kills the agent.
+            assert!(
+                Instant::now() < deadline,
+                "the agent kept running: {}",
+                node.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         assert!(!status.success(), "{}", node.log());
@@ -306,7 +300,8 @@ impl Node {
         node.log()
     }
 
-    fn run(&mut self) {
+    /// Starts the agent (its log appended to `agent.log`); does not wait for it.
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -321,6 +316,10 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = KillOnDrop(Some(child));
+    }
+
+    fn run(&mut self) {
+        self.spawn();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.ready().is_none() {
             if let Some(Ok(Some(status))) = self.child.0.as_mut().map(std::process::Child::try_wait)
@@ -1382,13 +1381,14 @@ async fn k8s_psat_nodes_attest_with_a_projected_token() {
     };
     let api_dir = tempfile::tempdir().unwrap();
     let api = FakeApiServer::start(api_dir.path()).await;
-    let kubeconfig = api.kubeconfig.clone();
-    let server = SpireServer::start_with(&bin, "1h", |_| {
-        format!(
+    let server = SpireServer::start_with(
+        &bin,
+        "1h",
+        &format!(
             "  NodeAttestor \"k8s_psat\" {{ plugin_data {{ clusters = {{ \"demo-cluster\" = {{ service_account_allow_list = [\"lanyard:lanyard\"] kube_config_file = \"{}\" }} }} }} }}\n",
-            kubeconfig.display()
-        )
-    });
+            api.kubeconfig.display()
+        ),
+    );
     let agent_id = format!("spiffe://{TD}/spire/agent/k8s_psat/demo-cluster/{NODE_UID}");
     let parent = agent_id.strip_prefix(&format!("spiffe://{TD}/")).unwrap();
     server.entry(parent, "psat-node", 0, &[]);
