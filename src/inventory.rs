@@ -689,6 +689,55 @@ mod tests {
         );
     }
 
+    /// A holder keeps at most `MAX_FINISHED_ROWS_PER_HOLDER` finished rows, the newest: counted
+    /// from the database the first time the agent sees the holder (rows a previous run wrote
+    /// count), then by its inserts; below the cap nothing is deleted.
+    #[tokio::test]
+    async fn a_holders_finished_rows_are_capped_across_restarts() {
+        let cap = usize::try_from(store::MAX_FINISHED_ROWS_PER_HOLDER).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("inv.db");
+        let pidfd = Arc::new(Pidfd::open(std::process::id()).unwrap());
+        let h = holder(pidfd, std::process::id());
+        let expired = |from: usize, n: usize| -> Vec<Delivery> {
+            (from..from + n)
+                .map(|i| Delivery {
+                    not_after: SystemTime::now() - Duration::from_secs(60),
+                    ..delivery(&format!("{i:06}"))
+                })
+                .collect()
+        };
+        let rows = |db: &std::path::Path| -> (usize, String) {
+            rusqlite::Connection::open(db)
+                .unwrap()
+                .query_row(
+                    "SELECT count(*), min(serial) FROM credentials WHERE pid = ?1",
+                    [std::process::id()],
+                    |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)),
+                )
+                .unwrap()
+        };
+        let (inv, writer) = open_with_writer(dir.path());
+        inv.record(&h, &expired(0, cap - 2)).await.unwrap();
+        assert_eq!(rows(&db).0, cap - 2, "below the cap nothing is deleted");
+        inv.close();
+        writer.join().unwrap();
+        drop(inv);
+
+        // Another run of the agent: what the holder has is read from the database.
+        let (inv, writer) = open_with_writer(dir.path());
+        inv.record(&h, &expired(cap - 2, 5)).await.unwrap();
+        assert_eq!(
+            rows(&db),
+            (cap, format!("{:06}", 3)),
+            "the oldest finished rows go, the newest stay"
+        );
+        inv.record(&h, &expired(cap + 3, 1)).await.unwrap();
+        assert_eq!(rows(&db), (cap, format!("{:06}", 4)));
+        inv.close();
+        writer.join().unwrap();
+    }
+
     /// Ten streams of one process each withdraw the serial a rotation superseded: one write; a
     /// credential delivered again after its withdrawal is a new row, withdrawn again in its turn
     /// (the skip never leaves a row live).

@@ -108,7 +108,7 @@ type KnownExe = Arc<Mutex<Option<ExeFacts>>>;
 
 /// Where a connection keeps its newest successful re-attestation, with the issuer's publication
 /// count read before it began ([`PinnedProcess::recent_attestation`]).
-type Recent = Arc<Mutex<Option<(u64, SelectorSet)>>>;
+type Recent = Arc<Mutex<Option<(u64, Arc<SelectorSet>)>>>;
 
 /// Where a connection keeps its caller's `/proc` directory. Filled only by a successful
 /// [`PinnedProcess::confirm`] through that directory — the proof that the directory was the
@@ -327,7 +327,7 @@ impl PinnedProcess {
     /// the issuer's publication count reached `since` (read by the caller after the publication
     /// that woke it): a re-attestation made after that publication, of this same pinned process,
     /// by another stream of the connection woken by it. `None`: attest afresh.
-    pub fn recent_attestation(&self, since: u64) -> Option<SelectorSet> {
+    pub fn recent_attestation(&self, since: u64) -> Option<Arc<SelectorSet>> {
         match &*self.recent.lock().ok()? {
             Some((at, selectors)) if *at >= since => Some(selectors.clone()),
             _ => None,
@@ -335,12 +335,12 @@ impl PinnedProcess {
     }
 
     /// Keeps a successful re-attestation, begun when the publication count was `at`, for the
-    /// connection's other streams (the newest is kept).
-    pub fn keep_attestation(&self, at: u64, selectors: &SelectorSet) {
+    /// connection's other streams (the newest is kept; shared, not copied, with each of them).
+    pub fn keep_attestation(&self, at: u64, selectors: Arc<SelectorSet>) {
         if let Ok(mut slot) = self.recent.lock()
             && slot.as_ref().is_none_or(|(kept, _)| *kept <= at)
         {
-            *slot = Some((at, selectors.clone()));
+            *slot = Some((at, selectors));
         }
     }
 
@@ -595,8 +595,9 @@ mod tests {
         );
         let mut found = SelectorSet::new();
         found.insert(Selector::UnixUid(1000));
+        let found = Arc::new(found);
         assert_eq!(two.recent_attestation(0), None, "nothing kept yet");
-        one.keep_attestation(7, &found);
+        one.keep_attestation(7, found.clone());
         assert_eq!(two.recent_attestation(7).as_ref(), Some(&found));
         assert_eq!(two.recent_attestation(3).as_ref(), Some(&found));
         assert_eq!(
@@ -606,7 +607,7 @@ mod tests {
         );
         let mut older = SelectorSet::new();
         older.insert(Selector::UnixUid(1));
-        two.keep_attestation(5, &older);
+        two.keep_attestation(5, Arc::new(older));
         assert_eq!(
             one.recent_attestation(7).as_ref(),
             Some(&found),

@@ -233,6 +233,7 @@ fn writer(
     (revoked, handed_on): (&Revoked, &HandedOn),
 ) {
     let mut last_prune = std::time::Instant::now();
+    let mut counts = RowCounts::default();
     // Counted soon after start, then at most every COUNT_EVERY.
     let mut last_count = std::time::Instant::now() - COUNT_EVERY * 2;
     loop {
@@ -261,7 +262,7 @@ fn writer(
             }
         }
         let mut withdrawn = Vec::new();
-        let result = apply(&mut conn, &batch, &mut withdrawn).map_err(Error::from);
+        let result = apply(&mut conn, &batch, &mut withdrawn, &mut counts).map_err(Error::from);
         // After the commit: the audit names only what the inventory holds.
         if let (Ok(()), Some(audit)) = (&result, audit.as_mut()) {
             write_audit(audit, &batch, &withdrawn);
@@ -365,10 +366,46 @@ fn withdraw_rows(
     Ok(())
 }
 
+/// How many rows each holder seen since the agent started has in the inventory, at most (read once
+/// per holder, then counted up by its inserts): its finished rows are compacted only when it
+/// could have more than [`MAX_FINISHED_ROWS_PER_HOLDER`], not on every insert. An overcount (rows
+/// pruned meanwhile, a batch rolled back) only makes a compaction run that deletes nothing; a
+/// holder whose process exited is forgotten (its rows are read again should it ever record).
+#[derive(Default)]
+pub(super) struct RowCounts(std::collections::HashMap<Holder, i64>);
+
+impl RowCounts {
+    /// Counts `added` more rows for `holder`; whether it may now hold too many finished rows.
+    fn add(&mut self, tx: &Connection, holder: Holder, added: usize) -> rusqlite::Result<bool> {
+        let n = match self.0.get(&holder) {
+            Some(n) => *n,
+            None => tx
+                .prepare_cached(
+                    "SELECT count(*) FROM credentials WHERE pid = ?1 AND pid_instance = ?2",
+                )?
+                .query_row(params![holder.pid, holder.instance as i64], |r| r.get(0))?,
+        };
+        let n = n.saturating_add(i64::try_from(added).unwrap_or(i64::MAX));
+        self.0.insert(holder, n);
+        Ok(n > MAX_FINISHED_ROWS_PER_HOLDER)
+    }
+
+    fn deleted(&mut self, holder: Holder, rows: usize) {
+        if let Some(n) = self.0.get_mut(&holder) {
+            *n = n.saturating_sub(i64::try_from(rows).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn forget(&mut self, holder: Holder) {
+        self.0.remove(&holder);
+    }
+}
+
 fn apply(
     conn: &mut Connection,
     batch: &[Op],
     withdrawn: &mut Vec<Withdrawn>,
+    counts: &mut RowCounts,
 ) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction()?;
     for op in batch {
@@ -397,19 +434,23 @@ fn apply(
                         d.permitted_by,
                     ])?;
                 }
-                tx.prepare_cached(
-                    "DELETE FROM credentials WHERE id IN (
-                         SELECT id FROM credentials
-                         WHERE pid = ?1 AND pid_instance = ?2
-                           AND (withdrawn_at IS NOT NULL OR not_after < ?3)
-                         ORDER BY id DESC LIMIT -1 OFFSET ?4)",
-                )?
-                .execute(params![
-                    holder.holder.pid,
-                    holder.holder.instance as i64,
-                    at,
-                    MAX_FINISHED_ROWS_PER_HOLDER
-                ])?;
+                if counts.add(&tx, holder.holder, rows.len())? {
+                    let deleted = tx
+                        .prepare_cached(
+                            "DELETE FROM credentials WHERE id IN (
+                                 SELECT id FROM credentials
+                                 WHERE pid = ?1 AND pid_instance = ?2
+                                   AND (withdrawn_at IS NOT NULL OR not_after < ?3)
+                                 ORDER BY id DESC LIMIT -1 OFFSET ?4)",
+                        )?
+                        .execute(params![
+                            holder.holder.pid,
+                            holder.holder.instance as i64,
+                            at,
+                            MAX_FINISHED_ROWS_PER_HOLDER
+                        ])?;
+                    counts.deleted(holder.holder, deleted);
+                }
             }
             Op::Withdraw {
                 holder,
@@ -418,6 +459,7 @@ fn apply(
                 at,
             } => match which {
                 None => {
+                    counts.forget(*holder);
                     let mut stmt = tx.prepare_cached(
                         "UPDATE credentials SET withdrawn_at = ?1, withdraw_reason = ?2
                          WHERE pid = ?3 AND pid_instance = ?4 AND withdrawn_at IS NULL RETURNING kind, serial, spiffe_id, entry_id, pid, uid, exe, not_after",

@@ -272,7 +272,8 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 let began = crate::issuer::publications();
                 match Self::attest_afresh(pinned.clone(), self.ctx.attestors.clone()).await {
                     Ok(selectors) => {
-                        pinned.keep_attestation(began, &selectors);
+                        let selectors = Arc::new(selectors);
+                        pinned.keep_attestation(began, selectors.clone());
                         selectors
                     }
                     Err(e) => {
@@ -283,10 +284,10 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             }
         };
         let pid = pinned.pid();
-        if selectors != self.attested.selectors {
+        if *selectors != self.attested.selectors {
             tracing::info!(pid, selectors = %selectors, "caller's selectors changed; re-matching");
             self.attested.holder.exe = exe_of(&selectors);
-            self.attested.selectors = selectors;
+            self.attested.selectors = Arc::unwrap_or_clone(selectors);
             self.rematch().await?;
         } else if self.act.is_some() && self.cedar.borrow().is_some() {
             // Policies may depend on time: decided again before every push.
