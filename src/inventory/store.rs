@@ -263,6 +263,10 @@ fn writer(
         }
         let mut withdrawn = Vec::new();
         let result = apply(&mut conn, &batch, &mut withdrawn, &mut counts).map_err(Error::from);
+        if result.is_err() {
+            // Rolled back: what the counts took from it may not hold; read them again.
+            counts = RowCounts::default();
+        }
         // After the commit: the audit names only what the inventory holds.
         if let (Ok(()), Some(audit)) = (&result, audit.as_mut()) {
             write_audit(audit, &batch, &withdrawn);
@@ -369,8 +373,9 @@ fn withdraw_rows(
 /// How many rows each holder seen since the agent started has in the inventory, at most (read once
 /// per holder, then counted up by its inserts): its finished rows are compacted only when it
 /// could have more than [`MAX_FINISHED_ROWS_PER_HOLDER`], not on every insert. An overcount (rows
-/// pruned meanwhile, a batch rolled back) only makes a compaction run that deletes nothing; a
-/// holder whose process exited is forgotten (its rows are read again should it ever record).
+/// pruned meanwhile) only makes a compaction run that deletes nothing; after a batch that was
+/// rolled back every count is dropped and read again; a holder whose process exited is forgotten
+/// (its rows are read again should it ever record).
 #[derive(Default)]
 pub(super) struct RowCounts(std::collections::HashMap<Holder, i64>);
 
