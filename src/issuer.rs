@@ -36,10 +36,153 @@ pub(crate) fn publications() -> u64 {
     PUBLICATIONS.load(Ordering::SeqCst)
 }
 
-/// Publishes `state` to the streams of one SVID, counted first.
-fn publish(tx: &watch::Sender<SvidState>, state: SvidState) {
+/// Publishes `state` to the streams of one SVID, counted first, and wakes the streams that follow it.
+fn publish(tx: &watch::Sender<SvidState>, waiters: &Waiters, state: SvidState) {
     PUBLICATIONS.fetch_add(1, Ordering::SeqCst);
     tx.send_replace(state);
+    waiters.wake_all();
+}
+
+/// The open streams following one SVID, woken by its publications.
+///
+/// Each stream registers its waker once and keeps it here between pushes; a publication wakes them
+/// from this one contiguous list. A `watch` channel's own waits sit in a linked list whose nodes lie
+/// in each stream's memory: waking 10,000 streams through it took 34–49 ms, serial on one worker,
+/// most of it missing the cache at every node (memory a stream has not touched since its last
+/// push is slow to reach on a VM); the same wake-ups from a list like this one took a quarter of
+/// that in a small program.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    list: Mutex<WaiterList>,
+}
+
+#[derive(Default)]
+struct WaiterList {
+    wakers: Vec<Option<std::task::Waker>>,
+    free: Vec<usize>,
+}
+
+impl Waiters {
+    fn wake_all(&self) {
+        if let Ok(list) = self.list.lock() {
+            for waker in list.wakers.iter().flatten() {
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// Puts `waker` in place `at` (a new place when `None`); returns the place.
+    fn register(&self, at: Option<usize>, waker: &std::task::Waker) -> Option<usize> {
+        let mut list = self.list.lock().ok()?;
+        let at = match at {
+            Some(at) => at,
+            None => match list.free.pop() {
+                Some(at) => at,
+                None => {
+                    list.wakers.push(None);
+                    list.wakers.len() - 1
+                }
+            },
+        };
+        list.wakers[at] = Some(waker.clone());
+        Some(at)
+    }
+
+    fn unregister(&self, at: usize) {
+        if let Ok(mut list) = self.list.lock()
+            && let Some(place) = list.wakers.get_mut(at)
+        {
+            *place = None;
+            list.free.push(at);
+        }
+    }
+
+    /// How many streams are registered (tests).
+    #[cfg(test)]
+    fn registered(&self) -> usize {
+        self.list
+            .lock()
+            .map(|l| l.wakers.iter().flatten().count())
+            .unwrap_or(0)
+    }
+}
+
+/// One subscriber's view of an SVID: its current state (`watch`) and where to wait for the next.
+#[derive(Clone)]
+pub struct Subscription {
+    rx: watch::Receiver<SvidState>,
+    waiters: Arc<Waiters>,
+}
+
+impl std::ops::Deref for Subscription {
+    type Target = watch::Receiver<SvidState>;
+    fn deref(&self) -> &Self::Target {
+        &self.rx
+    }
+}
+
+impl std::ops::DerefMut for Subscription {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rx
+    }
+}
+
+impl Subscription {
+    /// A wait for this SVID's publications after the ones this subscription has seen.
+    pub fn updates(&self) -> Updates {
+        Updates {
+            rx: self.rx.clone(),
+            waiters: self.waiters.clone(),
+            registered: None,
+        }
+    }
+}
+
+/// Ready once the SVID is published again (see [`Subscription::updates`]); the stream's waker stays
+/// registered between publications, and leaves the list when this is dropped.
+pub struct Updates {
+    rx: watch::Receiver<SvidState>,
+    waiters: Arc<Waiters>,
+    registered: Option<(usize, std::task::Waker)>,
+}
+
+impl Updates {
+    /// Ready when a publication this has not seen was made (and marks it seen). A channel whose
+    /// issuer is gone never becomes ready.
+    pub fn poll_changed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.take_change() {
+            return std::task::Poll::Ready(());
+        }
+        let current = matches!(&self.registered, Some((_, w)) if w.will_wake(cx.waker()));
+        if !current {
+            let at = self.registered.as_ref().map(|(at, _)| *at);
+            if let Some(at) = self.waiters.register(at, cx.waker()) {
+                self.registered = Some((at, cx.waker().clone()));
+            }
+        }
+        // A publication made before the waker was in place is seen here.
+        if self.take_change() {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+
+    fn take_change(&mut self) -> bool {
+        if self.rx.has_changed().unwrap_or(false) {
+            self.rx.borrow_and_update();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Updates {
+    fn drop(&mut self) {
+        if let Some((at, _)) = self.registered.take() {
+            self.waiters.unregister(at);
+        }
+    }
 }
 
 /// Retry delays of a failed rotation (capped further by the SVID's expiry).
@@ -88,7 +231,7 @@ impl std::fmt::Debug for IssuerHandle {
 
 /// The issuer's read-only index of ready SVIDs: written only by the issuer task, read by streams so a
 /// cached SVID costs no round trip to the task. The lock is never held across an `.await`.
-type Published = Arc<RwLock<HashMap<SvidRequest, watch::Sender<SvidState>>>>;
+type Published = Arc<RwLock<HashMap<SvidRequest, (watch::Sender<SvidState>, Arc<Waiters>)>>>;
 
 /// Requests a subscriber has claimed as new credentials (see [`IssuerHandle::claim`]) whose mint
 /// has not finished: concurrent subscribers to one new request count it once.
@@ -144,7 +287,7 @@ pub(crate) struct Issuer {
 enum Command {
     Subscribe {
         req: SvidRequest,
-        reply: oneshot::Sender<watch::Receiver<SvidState>>,
+        reply: oneshot::Sender<Subscription>,
     },
     /// A subscriber let go: drop the SVID now if nobody else holds it.
     Release { req: SvidRequest },
@@ -154,6 +297,7 @@ enum Command {
 
 struct Slot {
     tx: watch::Sender<SvidState>,
+    waiters: Arc<Waiters>,
     minting: bool,
     timer: Option<(Instant, u64)>,
     /// Consecutive failed mints (0 after a success).
@@ -228,9 +372,10 @@ impl Issuer {
         }
     }
 
-    fn subscribe(&mut self, req: SvidRequest, reply: oneshot::Sender<watch::Receiver<SvidState>>) {
+    fn subscribe(&mut self, req: SvidRequest, reply: oneshot::Sender<Subscription>) {
         let slot = self.slots.entry(req.clone()).or_insert_with(|| Slot {
             tx: watch::Sender::new(SvidState::Pending),
+            waiters: Arc::default(),
             minting: false,
             timer: None,
             failures: 0,
@@ -238,7 +383,7 @@ impl Issuer {
         });
         let retry = matches!(*slot.tx.borrow(), SvidState::Failed(_));
         if retry {
-            publish(&slot.tx, SvidState::Pending);
+            publish(&slot.tx, &slot.waiters, SvidState::Pending);
         }
         // The wall clock jumped past the SVID (a suspended machine, a clock step) before its
         // rotation timer, which follows the monotonic clock, fired: mint now.
@@ -246,7 +391,10 @@ impl Issuer {
         let expired = matches!(&*slot.tx.borrow(), SvidState::Ready(svid) if svid.not_after <= now);
         let needs_mint =
             !slot.minting && (expired || matches!(*slot.tx.borrow(), SvidState::Pending));
-        let _ = reply.send(slot.tx.subscribe());
+        let _ = reply.send(Subscription {
+            rx: slot.tx.subscribe(),
+            waiters: slot.waiters.clone(),
+        });
         let minting = slot.minting;
         if needs_mint {
             self.start_mint(req);
@@ -357,9 +505,9 @@ impl Issuer {
                     rotate_in = ?rotate_in,
                     "svid minted"
                 );
-                publish(&slot.tx, SvidState::Ready(Arc::new(svid)));
+                publish(&slot.tx, &slot.waiters, SvidState::Ready(Arc::new(svid)));
                 if let Ok(mut index) = self.published.write() {
-                    index.insert(req.clone(), slot.tx.clone());
+                    index.insert(req.clone(), (slot.tx.clone(), slot.waiters.clone()));
                 }
                 self.schedule(req, rotate_in);
             }
@@ -390,6 +538,7 @@ impl Issuer {
                     Some(_) => {
                         publish(
                             &slot.tx,
+                            &slot.waiters,
                             SvidState::Failed(
                                 format!("the SVID expired and minting a new one fails: {message}")
                                     .into(),
@@ -404,7 +553,7 @@ impl Issuer {
                     // Never minted, or failing since it expired: retried while anyone holds it
                     // (an unheld slot is dropped when the timer fires).
                     None => {
-                        publish(&slot.tx, SvidState::Failed(message.clone()));
+                        publish(&slot.tx, &slot.waiters, SvidState::Failed(message.clone()));
                         self.schedule(req, RETRY.delay(failures));
                         "svid mint failed; retrying while it is wanted"
                     }
@@ -474,15 +623,18 @@ impl Issuer {
 
 impl IssuerHandle {
     /// Subscribes to the SVID for `req`, minting it if it is not cached.
-    pub async fn subscribe(&self, req: SvidRequest) -> Result<watch::Receiver<SvidState>, Error> {
+    pub async fn subscribe(&self, req: SvidRequest) -> Result<Subscription, Error> {
         // Fast path: a ready SVID is subscribed to directly from the published index.
         // (Not one the wall clock has passed: that one goes to the task, which mints anew.)
         let now = self.clock.now();
         if let Ok(index) = self.published.read()
-            && let Some(tx) = index.get(&req)
+            && let Some((tx, waiters)) = index.get(&req)
             && matches!(&*tx.borrow(), SvidState::Ready(svid) if svid.not_after > now)
         {
-            return Ok(tx.subscribe());
+            return Ok(Subscription {
+                rx: tx.subscribe(),
+                waiters: waiters.clone(),
+            });
         }
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -577,6 +729,84 @@ fn rotation_delay(svid: &X509Svid, now: std::time::SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waker that counts its wake-ups.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Counting>, std::task::Waker) {
+        let c = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
+        (c.clone(), std::task::Waker::from(c))
+    }
+
+    #[test]
+    fn a_streams_wait_stays_registered_wakes_on_each_publication_and_leaves_when_dropped() {
+        let tx = watch::Sender::new(SvidState::Pending);
+        let waiters = Arc::new(Waiters::default());
+        let sub = Subscription {
+            rx: tx.subscribe(),
+            waiters: waiters.clone(),
+        };
+        let (count, waker) = counting();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut updates = sub.updates();
+        // Made before a publication, polled after it: the publication is seen, not lost.
+        let mut late = sub.updates();
+        assert!(updates.poll_changed(&mut cx).is_pending());
+        assert_eq!(waiters.registered(), 1);
+
+        publish(&tx, &waiters, SvidState::Failed("one".into()));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the registered stream is woken"
+        );
+        assert!(updates.poll_changed(&mut cx).is_ready());
+        assert!(updates.poll_changed(&mut cx).is_pending(), "seen once");
+        assert_eq!(
+            waiters.registered(),
+            1,
+            "the same waker is not registered twice"
+        );
+        assert!(late.poll_changed(&mut cx).is_ready());
+        assert_eq!(waiters.registered(), 1);
+
+        // Polled with another waker: that one is woken from now on, in the same place.
+        let (other_count, other) = counting();
+        assert!(
+            updates
+                .poll_changed(&mut std::task::Context::from_waker(&other))
+                .is_pending()
+        );
+        assert_eq!(waiters.registered(), 1);
+        drop(late);
+        publish(&tx, &waiters, SvidState::Pending);
+        assert_eq!(other_count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the replaced waker is not woken"
+        );
+
+        drop(updates);
+        assert_eq!(waiters.registered(), 0, "a dropped wait leaves the list");
+        let mut again = sub.updates();
+        assert!(
+            again.poll_changed(&mut cx).is_ready(),
+            "the last publication is news to it"
+        );
+        assert!(again.poll_changed(&mut cx).is_pending());
+        assert_eq!(
+            waiters.list.lock().unwrap().wakers.len(),
+            1,
+            "places are reused"
+        );
+    }
     use crate::ca::Authority;
     use crate::ca::AuthorityConfig;
     use crate::clock::TokioClock;

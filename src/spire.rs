@@ -32,7 +32,7 @@ use crate::ca::{
     CaSnapshot, RemoteSigner, SignFuture, SpireConfig, SvidRequest, X509Bundle, X509Svid,
 };
 use crate::clock::{Backoff, SharedClock};
-use crate::issuer::{IssuerHandle, SvidState};
+use crate::issuer::IssuerHandle;
 use crate::registry::manager::Registry;
 use crate::registry::{Entry, FederatedBundle};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
@@ -360,7 +360,7 @@ pub struct Spire {
     /// `SyncAuthorizedEntries` is not served: use `GetAuthorizedEntries`.
     legacy_sync: bool,
     /// Pre-fetched SVIDs, held so the issuer keeps them cached and rotated.
-    held: HashMap<SvidRequest, watch::Receiver<SvidState>>,
+    held: HashMap<SvidRequest, crate::issuer::Subscription>,
     issuer: Option<IssuerHandle>,
     /// Entry IDs already reported as unusable here.
     warned: HashSet<String>,

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
-use tokio_stream::{StreamExt, StreamMap};
 use tonic::Status;
 
 use super::gate::{self, Act};
@@ -18,7 +18,7 @@ use super::{Context, Error};
 use crate::attest::PinnedProcess;
 use crate::ca::{CaSnapshot, SvidRequest, X509Svid};
 use crate::inventory::{Delivery, Holder, HolderInfo, Kind, Reason};
-use crate::issuer::{self, SvidState};
+use crate::issuer::{self, Subscription, SvidState, Updates};
 use crate::registry::{self, Identity, Policy};
 use crate::selector::Selector;
 use crate::selector::SelectorSet;
@@ -124,6 +124,20 @@ impl Wakers {
     }
 }
 
+/// Ready once one of the stream's SVIDs is published again (each wait is polled, so each keeps
+/// the stream's current waker); never with no SVIDs.
+fn svid_published(updates: &mut [Updates], cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    let mut ready = false;
+    for u in updates.iter_mut() {
+        ready |= u.poll_changed(cx).is_ready();
+    }
+    if ready {
+        std::task::Poll::Ready(())
+    } else {
+        std::task::Poll::Pending
+    }
+}
+
 /// Ready once an exec of the caller is reported; then waits for the next one.
 fn exec_fired(
     exec: &mut Pin<Box<tokio::sync::futures::OwnedNotified>>,
@@ -179,8 +193,9 @@ pub(super) struct Watcher<M> {
     identities: Vec<Identity>,
     /// The policies that permitted each identity at the last decision (for the inventory).
     permitted_by: gate::PermittedBy,
-    subs: Vec<(SvidRequest, watch::Receiver<SvidState>)>,
-    updates: StreamMap<usize, WatchStream<SvidState>>,
+    subs: Vec<(SvidRequest, Subscription)>,
+    /// The waits for the next publication of each SVID in `subs` (aligned with it).
+    updates: Vec<Updates>,
     policy: watch::Receiver<Arc<Policy>>,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     last: Option<M>,
@@ -224,7 +239,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
             identities: Vec::new(),
             permitted_by,
             subs: Vec::new(),
-            updates: StreamMap::new(),
+            updates: Vec::new(),
             policy,
             ca,
             last: None,
@@ -349,9 +364,8 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     /// Subscribes to the SVIDs of `identities`, keeping subscriptions that are still wanted.
     async fn set_identities(&mut self, identities: Vec<Identity>) -> Result<(), Error> {
         if self.with_svids {
-            self.updates = StreamMap::new();
-            let mut old: HashMap<SvidRequest, watch::Receiver<SvidState>> =
-                self.subs.drain(..).collect();
+            self.updates = Vec::new();
+            let mut old: HashMap<SvidRequest, Subscription> = self.subs.drain(..).collect();
             let mut subs = Vec::with_capacity(identities.len());
             for identity in &identities {
                 let req = SvidRequest {
@@ -399,10 +413,7 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 }
                 subs.push((req, rx));
             }
-            for (i, (_, rx)) in subs.iter().enumerate() {
-                self.updates
-                    .insert(i, WatchStream::from_changes(rx.clone()));
-            }
+            self.updates = subs.iter().map(|(_, sub)| sub.updates()).collect();
             self.subs = subs;
             for (req, rx) in old {
                 drop(rx);
@@ -596,7 +607,7 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                     Some(_) => Woke::Bundle,
                     None => Woke::Shutdown,
                 },
-                Some(_) = w.updates.next(), if !w.updates.is_empty() => Woke::Svid,
+                () = std::future::poll_fn(|cx| svid_published(&mut w.updates, cx)) => Woke::Svid,
                 // The caller exec'd: re-attested below before anything is sent.
                 () = std::future::poll_fn(|cx| exec_fired(&mut wakers.exec, &wakers.exec_source, cx)) => Woke::Exec,
             };
