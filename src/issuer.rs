@@ -49,8 +49,8 @@ fn publish(tx: &watch::Sender<SvidState>, waiters: &Waiters, state: SvidState) {
 /// from this one contiguous list. A `watch` channel's own waits sit in a linked list whose nodes lie
 /// in each stream's memory: waking 10,000 streams through it took 34–49 ms, serial on one worker,
 /// most of it missing the cache at every node (memory a stream has not touched since its last
-/// push is slow to reach on a VM); the same wake-ups from a list like this one took a quarter of
-/// that in a small program.
+/// push is slow to reach on a VM). In a small program with warm memory, 10,000 wake-ups took 4–6 ms
+/// through a `watch` and 1.0–1.7 ms from a list like this one; in the agent, 1.1–2.3 ms.
 #[derive(Default)]
 pub(crate) struct Waiters {
     list: Mutex<WaiterList>,
