@@ -263,7 +263,7 @@ impl Inventory {
                 return Ok(());
             }
         }
-        let (tx, _) = tokio::sync::watch::channel(None);
+        let mut tx = None;
         let (fresh, others) = {
             let held = self.shared.held.lock().map_err(|_| Error::Stopped)?;
             let mut pending = self.shared.pending.lock().map_err(|_| Error::Stopped)?;
@@ -278,6 +278,8 @@ impl Inventory {
                 match pending.get(&key) {
                     Some(commit) => others.push(commit.clone()),
                     None => {
+                        // Made only when this delivery writes rows of its own.
+                        let tx = tx.get_or_insert_with(|| tokio::sync::watch::channel(None).0);
                         pending.insert(key, tx.subscribe());
                         fresh.push(d.clone());
                     }
@@ -285,15 +287,15 @@ impl Inventory {
             }
             (fresh, others)
         };
-        let mine = if fresh.is_empty() {
-            Ok(())
-        } else {
+        let mine = if let Some(tx) = tx {
             // The writer settles the commit itself as soon as it is durable: the keys leave
             // `pending` (and are held), and every delivery waiting on them is woken, even if this
             // caller has gone away meanwhile (a stream dropped in mid-delivery), and without a
             // turn in the runtime's queue first (behind, say, the other streams a rotation woke).
             let wait = self.commit(holder, fresh, tx);
             self.wait_commit(wait).await
+        } else {
+            Ok(())
         };
         // Rows another delivery is writing: delivered only once that commit is durable.
         for mut commit in others {

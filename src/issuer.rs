@@ -58,21 +58,33 @@ pub(crate) struct Waiters {
 
 #[derive(Default)]
 struct WaiterList {
-    wakers: Vec<Option<std::task::Waker>>,
+    /// Each stream's waker and its group (the process it serves).
+    wakers: Vec<Option<(std::task::Waker, u64)>>,
     free: Vec<usize>,
 }
 
 impl Waiters {
+    /// Wakes every stream, in two passes: first one stream of each group (the first of each run
+    /// of neighbours in the same group), then the others. The first stream of a process records
+    /// the new SVID in the inventory; its siblings, run after every group's first, then find it
+    /// durable instead of each waiting for that commit and being woken and run a second time.
     fn wake_all(&self) {
         if let Ok(list) = self.list.lock() {
-            for waker in list.wakers.iter().flatten() {
-                waker.wake_by_ref();
+            for pass in [true, false] {
+                let mut previous = None;
+                for (waker, group) in list.wakers.iter().flatten() {
+                    let first = previous != Some(*group);
+                    previous = Some(*group);
+                    if first == pass {
+                        waker.wake_by_ref();
+                    }
+                }
             }
         }
     }
 
-    /// Puts `waker` in place `at` (a new place when `None`); returns the place.
-    fn register(&self, at: Option<usize>, waker: &std::task::Waker) -> Option<usize> {
+    /// Puts `waker` of `group` in place `at` (a new place when `None`); returns the place.
+    fn register(&self, at: Option<usize>, waker: &std::task::Waker, group: u64) -> Option<usize> {
         let mut list = self.list.lock().ok()?;
         let at = match at {
             Some(at) => at,
@@ -84,7 +96,7 @@ impl Waiters {
                 }
             },
         };
-        list.wakers[at] = Some(waker.clone());
+        list.wakers[at] = Some((waker.clone(), group));
         Some(at)
     }
 
@@ -128,11 +140,13 @@ impl std::ops::DerefMut for Subscription {
 }
 
 impl Subscription {
-    /// A wait for this SVID's publications after the ones this subscription has seen.
-    pub fn updates(&self) -> Updates {
+    /// A wait for this SVID's publications after the ones this subscription has seen, by a stream
+    /// of `group` (the process it serves: see [`Waiters::wake_all`]).
+    pub fn updates(&self, group: u64) -> Updates {
         Updates {
             rx: self.rx.clone(),
             waiters: self.waiters.clone(),
+            group,
             registered: None,
         }
     }
@@ -143,6 +157,7 @@ impl Subscription {
 pub struct Updates {
     rx: watch::Receiver<SvidState>,
     waiters: Arc<Waiters>,
+    group: u64,
     registered: Option<(usize, std::task::Waker)>,
 }
 
@@ -156,7 +171,7 @@ impl Updates {
         let current = matches!(&self.registered, Some((_, w)) if w.will_wake(cx.waker()));
         if !current {
             let at = self.registered.as_ref().map(|(at, _)| *at);
-            if let Some(at) = self.waiters.register(at, cx.waker()) {
+            if let Some(at) = self.waiters.register(at, cx.waker(), self.group) {
                 self.registered = Some((at, cx.waker().clone()));
             }
         }
@@ -744,6 +759,58 @@ mod tests {
         (c.clone(), std::task::Waker::from(c))
     }
 
+    /// A waker that notes its name in a shared log when woken.
+    struct Named(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+    impl std::task::Wake for Named {
+        fn wake(self: Arc<Self>) {
+            self.1.lock().unwrap().push(self.0);
+        }
+    }
+
+    #[test]
+    fn a_publication_wakes_one_stream_of_each_process_before_its_siblings() {
+        let tx = watch::Sender::new(SvidState::Pending);
+        let waiters = Arc::new(Waiters::default());
+        let sub = Subscription {
+            rx: tx.subscribe(),
+            waiters: waiters.clone(),
+        };
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        // Two processes' streams, registered in the order their callers opened them.
+        let mut waits = Vec::new();
+        for (name, pid) in [
+            ("a1", 1),
+            ("a2", 1),
+            ("a3", 1),
+            ("b1", 2),
+            ("b2", 2),
+            ("c1", 3),
+        ] {
+            let waker = std::task::Waker::from(Arc::new(Named(name, woken.clone())));
+            let mut updates = sub.updates(pid);
+            assert!(
+                updates
+                    .poll_changed(&mut std::task::Context::from_waker(&waker))
+                    .is_pending()
+            );
+            waits.push(updates);
+        }
+        publish(&tx, &waiters, SvidState::Failed("rotated".into()));
+        assert_eq!(
+            *woken.lock().unwrap(),
+            ["a1", "b1", "c1", "a2", "a3", "b2"],
+            "each process's first stream runs (and records the delivery) before its siblings"
+        );
+        for updates in &mut waits {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                updates.poll_changed(&mut cx).is_ready(),
+                "every stream sees it"
+            );
+        }
+    }
+
     #[test]
     fn a_streams_wait_stays_registered_wakes_on_each_publication_and_leaves_when_dropped() {
         let tx = watch::Sender::new(SvidState::Pending);
@@ -754,9 +821,9 @@ mod tests {
         };
         let (count, waker) = counting();
         let mut cx = std::task::Context::from_waker(&waker);
-        let mut updates = sub.updates();
+        let mut updates = sub.updates(0);
         // Made before a publication, polled after it: the publication is seen, not lost.
-        let mut late = sub.updates();
+        let mut late = sub.updates(0);
         assert!(updates.poll_changed(&mut cx).is_pending());
         assert_eq!(waiters.registered(), 1);
 
@@ -795,7 +862,7 @@ mod tests {
 
         drop(updates);
         assert_eq!(waiters.registered(), 0, "a dropped wait leaves the list");
-        let mut again = sub.updates();
+        let mut again = sub.updates(0);
         assert!(
             again.poll_changed(&mut cx).is_ready(),
             "the last publication is news to it"

@@ -413,7 +413,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
                 }
                 subs.push((req, rx));
             }
-            self.updates = subs.iter().map(|(_, sub)| sub.updates()).collect();
+            // Grouped by the process served (its pid is unique while it lives).
+            let group = u64::from(self.attested.pinned.pid());
+            self.updates = subs.iter().map(|(_, sub)| sub.updates(group)).collect();
             self.subs = subs;
             for (req, rx) in old {
                 drop(rx);
