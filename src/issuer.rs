@@ -24,6 +24,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::ca::{CaSnapshot, SvidRequest, X509Svid, mint};
+use crate::wake::Waiters;
+
+/// A stream's view of one SVID (see [`crate::wake`]).
+pub(crate) type Subscription = crate::wake::Subscription<SvidState>;
+/// A stream's wait for one SVID's next publication.
+pub(crate) type Updates = crate::wake::Updates<SvidState>;
 use crate::clock::{Backoff, SharedClock};
 
 /// The issuer's publications so far (every change of an SVID's state that wakes its streams), in
@@ -41,163 +47,6 @@ fn publish(tx: &watch::Sender<SvidState>, waiters: &Waiters, state: SvidState) {
     PUBLICATIONS.fetch_add(1, Ordering::SeqCst);
     tx.send_replace(state);
     waiters.wake_all();
-}
-
-/// The open streams following one SVID, woken by its publications.
-///
-/// Each stream registers its waker once and keeps it here between pushes; a publication wakes them
-/// from this one contiguous list. A `watch` channel's own waits sit in a linked list whose nodes lie
-/// in each stream's memory: waking 10,000 streams through it took 34–49 ms, serial on one worker,
-/// most of it missing the cache at every node (memory a stream has not touched since its last
-/// push is slow to reach on a VM). In a small program with warm memory, 10,000 wake-ups took 4–6 ms
-/// through a `watch` and 1.0–1.7 ms from a list like this one; in the agent, 1.1–2.3 ms.
-#[derive(Default)]
-pub(crate) struct Waiters {
-    list: Mutex<WaiterList>,
-}
-
-#[derive(Default)]
-struct WaiterList {
-    /// Each stream's waker and its group (the process it serves).
-    wakers: Vec<Option<(std::task::Waker, u64)>>,
-    free: Vec<usize>,
-}
-
-impl Waiters {
-    /// Wakes every stream, in two passes: first one stream of each group (the first of each run
-    /// of neighbours in the same group), then the others. The first stream of a process records
-    /// the new SVID in the inventory; its siblings, run after every group's first, then find it
-    /// durable instead of each waiting for that commit and being woken and run a second time.
-    fn wake_all(&self) {
-        if let Ok(list) = self.list.lock() {
-            for pass in [true, false] {
-                let mut previous = None;
-                for (waker, group) in list.wakers.iter().flatten() {
-                    let first = previous != Some(*group);
-                    previous = Some(*group);
-                    if first == pass {
-                        waker.wake_by_ref();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Puts `waker` of `group` in place `at` (a new place when `None`); returns the place.
-    fn register(&self, at: Option<usize>, waker: &std::task::Waker, group: u64) -> Option<usize> {
-        let mut list = self.list.lock().ok()?;
-        let at = match at {
-            Some(at) => at,
-            None => match list.free.pop() {
-                Some(at) => at,
-                None => {
-                    list.wakers.push(None);
-                    list.wakers.len() - 1
-                }
-            },
-        };
-        list.wakers[at] = Some((waker.clone(), group));
-        Some(at)
-    }
-
-    fn unregister(&self, at: usize) {
-        if let Ok(mut list) = self.list.lock()
-            && let Some(place) = list.wakers.get_mut(at)
-        {
-            *place = None;
-            list.free.push(at);
-        }
-    }
-
-    /// How many streams are registered (tests).
-    #[cfg(test)]
-    fn registered(&self) -> usize {
-        self.list
-            .lock()
-            .map(|l| l.wakers.iter().flatten().count())
-            .unwrap_or(0)
-    }
-}
-
-/// One subscriber's view of an SVID: its current state (`watch`) and where to wait for the next.
-#[derive(Clone)]
-pub struct Subscription {
-    rx: watch::Receiver<SvidState>,
-    waiters: Arc<Waiters>,
-}
-
-impl std::ops::Deref for Subscription {
-    type Target = watch::Receiver<SvidState>;
-    fn deref(&self) -> &Self::Target {
-        &self.rx
-    }
-}
-
-impl std::ops::DerefMut for Subscription {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.rx
-    }
-}
-
-impl Subscription {
-    /// A wait for this SVID's publications after the ones this subscription has seen, by a stream
-    /// of `group` (the process it serves: see [`Waiters::wake_all`]).
-    pub fn updates(&self, group: u64) -> Updates {
-        Updates {
-            rx: self.rx.clone(),
-            waiters: self.waiters.clone(),
-            group,
-            registered: None,
-        }
-    }
-}
-
-/// Ready once the SVID is published again (see [`Subscription::updates`]); the stream's waker stays
-/// registered between publications, and leaves the list when this is dropped.
-pub struct Updates {
-    rx: watch::Receiver<SvidState>,
-    waiters: Arc<Waiters>,
-    group: u64,
-    registered: Option<(usize, std::task::Waker)>,
-}
-
-impl Updates {
-    /// Ready when a publication this has not seen was made (and marks it seen). A channel whose
-    /// issuer is gone never becomes ready.
-    pub fn poll_changed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.take_change() {
-            return std::task::Poll::Ready(());
-        }
-        let current = matches!(&self.registered, Some((_, w)) if w.will_wake(cx.waker()));
-        if !current {
-            let at = self.registered.as_ref().map(|(at, _)| *at);
-            if let Some(at) = self.waiters.register(at, cx.waker(), self.group) {
-                self.registered = Some((at, cx.waker().clone()));
-            }
-        }
-        // A publication made before the waker was in place is seen here.
-        if self.take_change() {
-            return std::task::Poll::Ready(());
-        }
-        std::task::Poll::Pending
-    }
-
-    fn take_change(&mut self) -> bool {
-        if self.rx.has_changed().unwrap_or(false) {
-            self.rx.borrow_and_update();
-            true
-        } else {
-            false
-        }
-    }
-}
-
-impl Drop for Updates {
-    fn drop(&mut self) {
-        if let Some((at, _)) = self.registered.take() {
-            self.waiters.unregister(at);
-        }
-    }
 }
 
 /// Retry delays of a failed rotation (capped further by the SVID's expiry).
@@ -406,10 +255,7 @@ impl Issuer {
         let expired = matches!(&*slot.tx.borrow(), SvidState::Ready(svid) if svid.not_after <= now);
         let needs_mint =
             !slot.minting && (expired || matches!(*slot.tx.borrow(), SvidState::Pending));
-        let _ = reply.send(Subscription {
-            rx: slot.tx.subscribe(),
-            waiters: slot.waiters.clone(),
-        });
+        let _ = reply.send(Subscription::new(slot.tx.subscribe(), slot.waiters.clone()));
         let minting = slot.minting;
         if needs_mint {
             self.start_mint(req);
@@ -646,10 +492,7 @@ impl IssuerHandle {
             && let Some((tx, waiters)) = index.get(&req)
             && matches!(&*tx.borrow(), SvidState::Ready(svid) if svid.not_after > now)
         {
-            return Ok(Subscription {
-                rx: tx.subscribe(),
-                waiters: waiters.clone(),
-            });
+            return Ok(Subscription::new(tx.subscribe(), waiters.clone()));
         }
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -745,135 +588,6 @@ fn rotation_delay(svid: &X509Svid, now: std::time::SystemTime) -> Duration {
 mod tests {
     use super::*;
 
-    /// A waker that counts its wake-ups.
-    struct Counting(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Counting {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting() -> (Arc<Counting>, std::task::Waker) {
-        let c = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
-        (c.clone(), std::task::Waker::from(c))
-    }
-
-    /// A waker that notes its name in a shared log when woken.
-    struct Named(&'static str, Arc<Mutex<Vec<&'static str>>>);
-
-    impl std::task::Wake for Named {
-        fn wake(self: Arc<Self>) {
-            self.1.lock().unwrap().push(self.0);
-        }
-    }
-
-    #[test]
-    fn a_publication_wakes_one_stream_of_each_process_before_its_siblings() {
-        let tx = watch::Sender::new(SvidState::Pending);
-        let waiters = Arc::new(Waiters::default());
-        let sub = Subscription {
-            rx: tx.subscribe(),
-            waiters: waiters.clone(),
-        };
-        let woken = Arc::new(Mutex::new(Vec::new()));
-        // Two processes' streams, registered in the order their callers opened them.
-        let mut waits = Vec::new();
-        for (name, pid) in [
-            ("a1", 1),
-            ("a2", 1),
-            ("a3", 1),
-            ("b1", 2),
-            ("b2", 2),
-            ("c1", 3),
-        ] {
-            let waker = std::task::Waker::from(Arc::new(Named(name, woken.clone())));
-            let mut updates = sub.updates(pid);
-            assert!(
-                updates
-                    .poll_changed(&mut std::task::Context::from_waker(&waker))
-                    .is_pending()
-            );
-            waits.push(updates);
-        }
-        publish(&tx, &waiters, SvidState::Failed("rotated".into()));
-        assert_eq!(
-            *woken.lock().unwrap(),
-            ["a1", "b1", "c1", "a2", "a3", "b2"],
-            "each process's first stream runs (and records the delivery) before its siblings"
-        );
-        for updates in &mut waits {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            assert!(
-                updates.poll_changed(&mut cx).is_ready(),
-                "every stream sees it"
-            );
-        }
-    }
-
-    #[test]
-    fn a_streams_wait_stays_registered_wakes_on_each_publication_and_leaves_when_dropped() {
-        let tx = watch::Sender::new(SvidState::Pending);
-        let waiters = Arc::new(Waiters::default());
-        let sub = Subscription {
-            rx: tx.subscribe(),
-            waiters: waiters.clone(),
-        };
-        let (count, waker) = counting();
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut updates = sub.updates(0);
-        // Made before a publication, polled after it: the publication is seen, not lost.
-        let mut late = sub.updates(0);
-        assert!(updates.poll_changed(&mut cx).is_pending());
-        assert_eq!(waiters.registered(), 1);
-
-        publish(&tx, &waiters, SvidState::Failed("one".into()));
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "the registered stream is woken"
-        );
-        assert!(updates.poll_changed(&mut cx).is_ready());
-        assert!(updates.poll_changed(&mut cx).is_pending(), "seen once");
-        assert_eq!(
-            waiters.registered(),
-            1,
-            "the same waker is not registered twice"
-        );
-        assert!(late.poll_changed(&mut cx).is_ready());
-        assert_eq!(waiters.registered(), 1);
-
-        // Polled with another waker: that one is woken from now on, in the same place.
-        let (other_count, other) = counting();
-        assert!(
-            updates
-                .poll_changed(&mut std::task::Context::from_waker(&other))
-                .is_pending()
-        );
-        assert_eq!(waiters.registered(), 1);
-        drop(late);
-        publish(&tx, &waiters, SvidState::Pending);
-        assert_eq!(other_count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "the replaced waker is not woken"
-        );
-
-        drop(updates);
-        assert_eq!(waiters.registered(), 0, "a dropped wait leaves the list");
-        let mut again = sub.updates(0);
-        assert!(
-            again.poll_changed(&mut cx).is_ready(),
-            "the last publication is news to it"
-        );
-        assert!(again.poll_changed(&mut cx).is_pending());
-        assert_eq!(
-            waiters.list.lock().unwrap().wakers.len(),
-            1,
-            "places are reused"
-        );
-    }
     use crate::ca::Authority;
     use crate::ca::AuthorityConfig;
     use crate::clock::TokioClock;

@@ -42,6 +42,7 @@ pub mod spire;
 #[allow(unsafe_code)]
 pub mod sys;
 mod telemetry;
+mod wake;
 mod workload_api;
 
 pub use fields::{Errors, FieldError};

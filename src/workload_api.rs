@@ -72,7 +72,7 @@ pub(crate) enum Error {
 pub(crate) struct Context {
     pub trust_domain: TrustDomain,
     pub attestors: Arc<Vec<Box<dyn Attestor>>>,
-    pub policy: watch::Receiver<Arc<Policy>>,
+    pub policy: crate::wake::Subscription<Arc<Policy>>,
     pub ca: watch::Receiver<Arc<CaSnapshot>>,
     pub issuer: IssuerHandle,
     pub jwt: crate::issuer::jwt::JwtCache,

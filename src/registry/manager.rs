@@ -37,6 +37,8 @@ pub enum Error {
 pub struct Registry {
     inner: Mutex<Inner>,
     tx: watch::Sender<Arc<Policy>>,
+    /// The streams following the policy, woken after each change ([`crate::wake`]).
+    waiters: Arc<crate::wake::Waiters>,
 }
 
 struct Inner {
@@ -83,12 +85,19 @@ impl Registry {
         Ok(Self {
             inner: Mutex::new(inner),
             tx,
+            waiters: Arc::default(),
         })
     }
 
     /// A receiver of the policy and its changes.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Policy>> {
-        self.tx.subscribe()
+    pub(crate) fn subscribe(&self) -> crate::wake::Subscription<Arc<Policy>> {
+        crate::wake::Subscription::new(self.tx.subscribe(), self.waiters.clone())
+    }
+
+    /// Publishes the policy `inner` makes now and wakes the streams that follow it.
+    fn publish(&self, inner: &Inner) {
+        self.tx.send_replace(Arc::new(inner.policy()));
+        self.waiters.wake_all();
     }
 
     /// Replaces what the config file contributes (SIGHUP).
@@ -106,7 +115,7 @@ impl Registry {
         }
         inner.default_x509_ttl = declared.default_x509_ttl;
         inner.default_jwt_ttl = declared.default_jwt_ttl;
-        self.tx.send_replace(Arc::new(inner.policy()));
+        self.publish(&inner);
     }
 
     /// From now on, entries and federated bundles are the SPIRE server's: what was stored locally
@@ -118,7 +127,7 @@ impl Registry {
         inner.server = true;
         inner.declared.clear();
         inner.templates = Arc::new(Vec::new());
-        self.tx.send_replace(Arc::new(inner.policy()));
+        self.publish(&inner);
     }
 
     /// The SPIRE server's authorized entries and federated bundles replace the current ones;
@@ -136,7 +145,7 @@ impl Registry {
         }
         inner.declared = entries;
         inner.federation = Arc::new(federation);
-        self.tx.send_replace(Arc::new(inner.policy()));
+        self.publish(&inner);
         true
     }
 
@@ -146,7 +155,7 @@ impl Registry {
             return;
         };
         inner.declared = entries;
-        self.tx.send_replace(Arc::new(inner.policy()));
+        self.publish(&inner);
     }
 
     /// Validates and stores a managed entry, then publishes. Durable when it returns.
@@ -161,7 +170,7 @@ impl Registry {
         inner.check_duplicate(&entry, None)?;
         inner.store.insert(&entry)?;
         inner.managed.push(entry.clone());
-        self.tx.send_replace(Arc::new(inner.policy()));
+        self.publish(&inner);
         Ok(entry)
     }
 
@@ -177,7 +186,7 @@ impl Registry {
         if let Some(slot) = inner.managed.iter_mut().find(|e| e.id.as_str() == id) {
             *slot = entry.clone();
         }
-        self.tx.send_replace(Arc::new(inner.policy()));
+        self.publish(&inner);
         Ok(entry)
     }
 
@@ -187,7 +196,7 @@ impl Registry {
         inner.check_managed(id)?;
         inner.store.delete(&EntryId::from_string(id.to_owned()))?;
         inner.managed.retain(|e| e.id.as_str() != id);
-        self.tx.send_replace(Arc::new(inner.policy()));
+        self.publish(&inner);
         Ok(())
     }
 

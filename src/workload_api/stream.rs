@@ -102,7 +102,9 @@ impl Drop for Pushing {
 /// `perf` put the leaving alone at about 4 % of the agent's CPU). It costs about 0.3 KB a stream.
 struct Wakers {
     shutdown: WatchStream<bool>,
-    policy: WatchStream<Arc<Policy>>,
+    /// The entries' list of their own, like an SVID's ([`crate::wake`]): an entry change wakes
+    /// one stream of each process before its siblings.
+    policy: crate::wake::Updates<Arc<Policy>>,
     cedar: WatchStream<Option<Arc<crate::policy::Engine>>>,
     ca: WatchStream<Arc<CaSnapshot>>,
     /// The caller's exec notifier, and the wait on it (made again each time it fires).
@@ -115,7 +117,9 @@ impl Wakers {
         // Each from what the watcher has seen: a change since then wakes the stream at once.
         Self {
             shutdown: WatchStream::from_changes(watcher.ctx.shutdown.clone()),
-            policy: WatchStream::from_changes(watcher.policy.clone()),
+            policy: watcher
+                .policy
+                .updates(u64::from(watcher.attested.pinned.pid())),
             cedar: WatchStream::from_changes(watcher.cedar.clone()),
             ca: WatchStream::from_changes(watcher.ca.clone()),
             exec: Box::pin(exec.clone().notified_owned()),
@@ -196,7 +200,7 @@ pub(super) struct Watcher<M> {
     subs: Vec<(SvidRequest, Subscription)>,
     /// The waits for the next publication of each SVID in `subs` (aligned with it).
     updates: Vec<Updates>,
-    policy: watch::Receiver<Arc<Policy>>,
+    policy: crate::wake::Subscription<Arc<Policy>>,
     ca: watch::Receiver<Arc<CaSnapshot>>,
     last: Option<M>,
     /// What this stream last delivered, per SPIFFE ID: (serial, entry).
@@ -597,10 +601,7 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                     Some(false) => continue,
                     _ => Woke::Shutdown,
                 },
-                changed = wakers.policy.next() => match changed {
-                    Some(_) => Woke::Policy,
-                    None => Woke::Shutdown,
-                },
+                () = std::future::poll_fn(|cx| wakers.policy.poll_changed(cx)) => Woke::Policy,
                 changed = wakers.cedar.next() => match changed {
                     Some(_) => Woke::Cedar,
                     None => Woke::Shutdown,
