@@ -33,23 +33,31 @@ impl Waiters {
     /// the new SVID in the inventory; its siblings, run after every group's first, then find it
     /// durable instead of each waiting for that commit and being woken and run a second time.
     pub fn wake_all(&self) {
-        if let Ok(list) = self.list.lock() {
-            for pass in [true, false] {
-                let mut previous = None;
-                for (waker, group) in list.wakers.iter().flatten() {
-                    let first = previous != Some(*group);
-                    previous = Some(*group);
-                    if first == pass {
-                        waker.wake_by_ref();
-                    }
+        let list = self.lock();
+        for pass in [true, false] {
+            let mut previous = None;
+            for (waker, group) in list.wakers.iter().flatten() {
+                let first = previous != Some(*group);
+                previous = Some(*group);
+                if first == pass {
+                    waker.wake_by_ref();
                 }
             }
         }
     }
 
+    /// The list, even after a panic elsewhere while it was held: every change to it is a single
+    /// store, so it is never half-made, and a stream must never be left unregistered (it would
+    /// miss a rotation, or an entry change that takes its identity away).
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaiterList> {
+        self.list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Puts `waker` of `group` in place `at` (a new place when `None`); returns the place.
-    fn register(&self, at: Option<usize>, waker: &std::task::Waker, group: u64) -> Option<usize> {
-        let mut list = self.list.lock().ok()?;
+    fn register(&self, at: Option<usize>, waker: &std::task::Waker, group: u64) -> usize {
+        let mut list = self.lock();
         let at = match at {
             Some(at) => at,
             None => match list.free.pop() {
@@ -61,13 +69,12 @@ impl Waiters {
             },
         };
         list.wakers[at] = Some((waker.clone(), group));
-        Some(at)
+        at
     }
 
     fn unregister(&self, at: usize) {
-        if let Ok(mut list) = self.list.lock()
-            && let Some(place) = list.wakers.get_mut(at)
-        {
+        let mut list = self.lock();
+        if let Some(place) = list.wakers.get_mut(at) {
             *place = None;
             list.free.push(at);
         }
@@ -148,9 +155,8 @@ impl<T> Updates<T> {
         let current = matches!(&self.registered, Some((_, w)) if w.will_wake(cx.waker()));
         if !current {
             let at = self.registered.as_ref().map(|(at, _)| *at);
-            if let Some(at) = self.waiters.register(at, cx.waker(), self.group) {
-                self.registered = Some((at, cx.waker().clone()));
-            }
+            let at = self.waiters.register(at, cx.waker(), self.group);
+            self.registered = Some((at, cx.waker().clone()));
         }
         // A publication made before the waker was in place is seen here.
         if self.take_change() {
