@@ -45,8 +45,7 @@ pub(crate) fn publications() -> u64 {
 /// Publishes `state` to the streams of one SVID, counted first, and wakes the streams that follow it.
 fn publish(tx: &watch::Sender<SvidState>, waiters: &Waiters, state: SvidState) {
     PUBLICATIONS.fetch_add(1, Ordering::SeqCst);
-    tx.send_replace(state);
-    waiters.wake_all();
+    crate::wake::publish(tx, waiters, state);
 }
 
 /// Retry delays of a failed rotation (capped further by the SVID's expiry).

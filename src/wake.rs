@@ -7,6 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+/// Publishes `value` on `tx`, then wakes the streams that follow it from `waiters`: every
+/// publisher's one way to change a followed channel.
+pub(crate) fn publish<T>(tx: &watch::Sender<T>, waiters: &Waiters, value: T) {
+    tx.send_replace(value);
+    waiters.wake_all();
+}
+
 /// The open streams following one channel (an SVID's, the entries'), woken by its publications.
 ///
 /// Each stream registers its waker once and keeps it here between pushes; a publication wakes them
@@ -187,12 +194,6 @@ impl<T> Drop for Updates<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
-
-    /// What a publisher does: the value, then the wake-ups.
-    fn publish<T>(tx: &watch::Sender<T>, waiters: &Waiters, value: T) {
-        tx.send_replace(value);
-        waiters.wake_all();
-    }
 
     /// A waker that counts its wake-ups.
     struct Counting(std::sync::atomic::AtomicUsize);

@@ -96,8 +96,7 @@ impl Registry {
 
     /// Publishes the policy `inner` makes now and wakes the streams that follow it.
     fn publish(&self, inner: &Inner) {
-        self.tx.send_replace(Arc::new(inner.policy()));
-        self.waiters.wake_all();
+        crate::wake::publish(&self.tx, &self.waiters, Arc::new(inner.policy()));
     }
 
     /// Replaces what the config file contributes (SIGHUP).
