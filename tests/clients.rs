@@ -5,7 +5,8 @@
 //!   `:authority`);
 //! - Go: `github.com/spiffe/go-spiffe/v2` (grpc-go), including a watched rotation and mutual TLS
 //!   between two workloads of different uids;
-//! - Java: `io.spiffe:java-spiffe-core` (grpc-java on netty epoll).
+//! - Java: `io.spiffe:java-spiffe-core` (grpc-java on netty epoll);
+//! - each library's own watch, held open while the agent's entries change under it.
 //!
 //! The programs live under `tests/interop/<language>/` and are prepared by `tests/interop/setup.sh`
 //! (venv, Go modules, Maven artifacts, all cached under the target directory). Each run writes what
@@ -116,17 +117,40 @@ impl Lang {
         }
     }
 
+    /// The language's interop program with `args`, not yet started.
+    fn command(self, args: &[&str]) -> Command {
+        let mut cmd = match self {
+            Lang::Python => {
+                let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
+                cmd.arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/interop/python/client.py"
+                ));
+                cmd
+            }
+            Lang::Go => Command::new(go_bin()),
+            Lang::Java => {
+                let classpath =
+                    std::fs::read_to_string(interop_dir().join("java.classpath")).unwrap();
+                let mut cmd = Command::new("java");
+                cmd.arg("-cp")
+                    .arg(format!(
+                        "{}:{}",
+                        interop_dir().join("java/classes").display(),
+                        classpath.trim()
+                    ))
+                    .arg("interop.Main");
+                cmd
+            }
+        };
+        cmd.args(args);
+        cmd
+    }
+
     /// Runs the language's interop program with `args` against `agent`.
     fn run(self, args: &[&str], agent: &TestAgent) -> Output {
-        match self {
-            Lang::Python => python_client(args, agent),
-            Lang::Go => {
-                let mut cmd = Command::new(go_bin());
-                cmd.args(args);
-                tokio::task::block_in_place(|| run(cmd, agent))
-            }
-            Lang::Java => java_client(args, agent),
-        }
+        let cmd = self.command(args);
+        tokio::task::block_in_place(|| run(cmd, agent))
     }
 }
 
@@ -153,17 +177,6 @@ async fn client_case(
     agent.shutdown().await;
 }
 
-/// Runs `tests/interop/python/client.py` with `args` in the matrix's venv against `agent`.
-fn python_client(args: &[&str], agent: &TestAgent) -> Output {
-    let mut cmd = Command::new(interop_dir().join("venv/bin/python"));
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/python/client.py"
-    ))
-    .args(args);
-    tokio::task::block_in_place(|| run(cmd, agent))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn python_spiffe_library_with_default_options() {
     if !prepare(
@@ -174,7 +187,7 @@ async fn python_spiffe_library_with_default_options() {
         return;
     }
     let agent = TestAgent::start(&entry("/python", euid())).await;
-    let out = python_client(&["spiffe://example.org/python", "db.example"], &agent);
+    let out = Lang::Python.run(&["spiffe://example.org/python", "db.example"], &agent);
     let report = accept("python", "sources", &out);
     assert_eq!(
         exercised(&report),
@@ -547,7 +560,7 @@ async fn java_spiffe_sources_with_default_options() {
         return;
     }
     let agent = TestAgent::start(&entry("/java", euid())).await;
-    let out = java_client(&["spiffe://example.org/java", "db.example"], &agent);
+    let out = Lang::Java.run(&["spiffe://example.org/java", "db.example"], &agent);
     let report = accept("java", "sources", &out);
     assert!(exercised(&report).contains(&"DefaultX509Source"));
     assert!(exercised(&report).contains(&"DefaultJwtSource"));
@@ -650,16 +663,220 @@ async fn java_spiffe_is_told_the_agent_is_over_its_connections() {
     .await;
 }
 
-fn java_client(args: &[&str], agent: &TestAgent) -> Output {
-    let classpath = std::fs::read_to_string(interop_dir().join("java.classpath")).unwrap();
-    let mut cmd = Command::new("java");
-    cmd.arg("-cp")
-        .arg(format!(
-            "{}:{}",
-            interop_dir().join("java/classes").display(),
-            classpath.trim()
-        ))
-        .arg("interop.Main")
-        .args(args);
-    tokio::task::block_in_place(|| run(cmd, agent))
+/// A client program that prints one JSON line per event of its library's watch and runs until its
+/// standard input is closed (`follow` in Go, `--follow` in Python and Java).
+struct Follower {
+    child: KillOnDrop,
+    events: std::sync::mpsc::Receiver<String>,
+    lines: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Follower {
+    fn start(lang: Lang, args: &[&str], agent: &TestAgent) -> Self {
+        let mut child = lang
+            .command(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut all);
+            all
+        });
+        Follower {
+            child: KillOnDrop(Some(child)),
+            events,
+            lines: Vec::new(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The next event the library reported, within `secs`.
+    fn next(&mut self, secs: u64) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let line = tokio::task::block_in_place(|| self.events.recv_timeout(left))
+                .unwrap_or_else(|e| {
+                    panic!("no event within {secs} s ({e}); so far: {:?}", self.lines)
+                });
+            self.lines.push(line.clone());
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                return event;
+            }
+        }
+    }
+
+    /// The next event, which must be an update: its SPIFFE IDs and serials.
+    fn update(&mut self, secs: u64) -> (Vec<String>, Vec<String>) {
+        let event = self.next(secs);
+        assert_eq!(event["event"], "update", "an update was due: {event}");
+        (strings(&event["ids"]), strings(&event["serials"]))
+    }
+
+    /// The next update, passing over the errors the library reports while it retries.
+    fn update_after_errors(&mut self, secs: u64) -> (Vec<String>, Vec<String>) {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = until.saturating_duration_since(Instant::now()).as_secs() + 1;
+            let event = self.next(left);
+            if event["event"] == "update" {
+                return (strings(&event["ids"]), strings(&event["serials"]));
+            }
+            assert_eq!(event["event"], "error", "{event}");
+        }
+    }
+
+    /// No event for `ms`.
+    fn quiet(&mut self, ms: u64) {
+        let got =
+            tokio::task::block_in_place(|| self.events.recv_timeout(Duration::from_millis(ms)));
+        assert!(got.is_err(), "an event where none was due: {got:?}");
+    }
+
+    /// Closes the program's standard input and returns all it printed, once it has exited.
+    fn finish(mut self) -> Output {
+        let mut child = self.child.0.take().unwrap();
+        drop(child.stdin.take());
+        let status = tokio::task::block_in_place(|| {
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status;
+                }
+                if Instant::now() > until {
+                    let _ = child.kill();
+                    return child.wait().unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        self.lines.extend(self.events.try_iter());
+        let stderr = self.stderr.take().unwrap().join().unwrap_or_default();
+        Output {
+            status,
+            stdout: self.lines.join("\n").into_bytes(),
+            stderr,
+        }
+    }
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A library's own watch follows the agent's entries on its open stream, with its default
+/// settings: an identity added and one removed arrive as updates (the unchanged SVID not
+/// re-minted); losing every identity ends the stream with PermissionDenied (go-spiffe reports it
+/// to its watcher; py-spiffe and java-spiffe retry without telling theirs) and the
+/// library's retries are refused; once an entry matches again, a retry is served the new identity.
+async fn watch_follows_entry_changes(lang: Lang, test: &str, args: &[&str]) {
+    if !prepare(lang.name(), lang.tools(), test) {
+        return;
+    }
+    let me = euid();
+    let id = |path: &str| format!("spiffe://example.org{path}");
+    let mut agent = TestAgent::start(&entry("/a", me)).await;
+    let mut follower = Follower::start(lang, args, &agent);
+    let (ids, first) = follower.update(30);
+    assert_eq!(ids, [id("/a")]);
+
+    agent.reload(&format!("{}{}", entry("/a", me), entry("/b", me)));
+    let (ids, both) = follower.update(10);
+    assert_eq!(ids, [id("/a"), id("/b")]);
+    assert_eq!(both[0], first[0], "the unchanged SVID is not re-minted");
+
+    agent.reload(&entry("/b", me));
+    let (ids, only_b) = follower.update(10);
+    assert_eq!(ids, [id("/b")]);
+    assert_eq!(only_b[0], both[1]);
+
+    // No entry for this uid any more.
+    agent.reload(&entry("/c", me.wrapping_add(1)));
+    match lang {
+        Lang::Go => {
+            let ended = follower.next(10);
+            assert_eq!(ended["event"], "error", "{ended}");
+            assert_eq!(ended["code"], "PermissionDenied", "{ended}");
+            assert!(
+                ended["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no longer entitled"),
+                "{ended}"
+            );
+            // go-spiffe retries after 1 s; the new stream is refused at once, naming why.
+            let retried = follower.next(10);
+            assert_eq!(retried["code"], "PermissionDenied", "{retried}");
+            assert!(
+                retried["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no registration entry matches"),
+                "{retried}"
+            );
+        }
+        // py-spiffe and java-spiffe hand retryable errors to no one: nothing shows while they retry.
+        _ => follower.quiet(1500),
+    }
+
+    agent.reload(&entry("/c", me));
+    let (ids, regained) = follower.update_after_errors(30);
+    assert_eq!(ids, [id("/c")]);
+    assert!(!only_b.contains(&regained[0]));
+
+    let out = follower.finish();
+    let report = accept(lang.name(), "follow", &out);
+    assert_eq!(exercised(&report).len(), 1, "{report}");
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_spiffe_watch_follows_entry_changes() {
+    watch_follows_entry_changes(
+        Lang::Go,
+        "go_spiffe_watch_follows_entry_changes",
+        &["follow"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_spiffe_library_watch_follows_entry_changes() {
+    watch_follows_entry_changes(
+        Lang::Python,
+        "python_spiffe_library_watch_follows_entry_changes",
+        &["--follow", "-"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn java_spiffe_watch_follows_entry_changes() {
+    watch_follows_entry_changes(
+        Lang::Java,
+        "java_spiffe_watch_follows_entry_changes",
+        &["--follow", "-"],
+    )
+    .await;
 }

@@ -3,6 +3,9 @@
 //
 //	interop sources ID AUDIENCE      X509Source, JWTSource, jwtsvid validation against the bundle
 //	interop watch ID N TIMEOUT       WatchX509Context until N distinct SVID serials were seen
+//	interop follow                   WatchX509Context, one JSON line per update (its SPIFFE IDs and
+//	                                 serials) and per watch error (its gRPC code), until standard
+//	                                 input ends; the test changes the agent's entries in between
 //	interop mtls-server ADDR PEER_ID spiffetls listener; answers one client, then exits
 //	interop mtls-client ADDR PEER_ID spiffetls dial; prints what the server answered
 //	interop refused AUDIENCE         a process no entry matches: each fetch fails at once with
@@ -64,13 +67,15 @@ func report(fields map[string]any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: interop sources|watch|mtls-server|mtls-client|refused|limited|streams|connections ...")
+		fail("usage: interop sources|watch|follow|mtls-server|mtls-client|refused|limited|streams|connections ...")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	switch os.Args[1] {
 	case "sources":
 		sources(ctx, os.Args[2], os.Args[3])
+	case "follow":
+		follow(ctx)
 	case "watch":
 		n, _ := strconv.Atoi(os.Args[3])
 		secs, _ := strconv.Atoi(os.Args[4])
@@ -207,6 +212,53 @@ func watch(ctx context.Context, want string, n int, timeout time.Duration) {
 		fail("saw %d distinct SVIDs in %s, want %d", len(w.order), timeout, n)
 	}
 	report(map[string]any{"spiffe_id": want, "serials": w.order, "exercised": []string{"WatchX509Context"}})
+}
+
+// follower prints what the library hands its watcher, as it happens.
+type follower struct{ updates, errors int }
+
+func (f *follower) OnX509ContextUpdate(c *workloadapi.X509Context) {
+	f.updates++
+	ids := []string{}
+	serials := []string{}
+	for _, svid := range c.SVIDs {
+		ids = append(ids, svid.ID.String())
+		serials = append(serials, svid.Certificates[0].SerialNumber.String())
+	}
+	line, _ := json.Marshal(map[string]any{"event": "update", "ids": ids, "serials": serials})
+	fmt.Println(string(line))
+}
+
+func (f *follower) OnX509ContextWatchError(err error) {
+	f.errors++
+	code := "unknown"
+	text := err.Error()
+	if i := strings.Index(text, "code = "); i >= 0 {
+		code = strings.Fields(text[i+len("code = "):])[0]
+	}
+	line, _ := json.Marshal(map[string]any{"event": "error", "code": code, "message": text})
+	fmt.Println(string(line))
+}
+
+func follow(ctx context.Context) {
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		fail("workloadapi.New: %v", err)
+	}
+	defer client.Close()
+	f := &follower{}
+	watchCtx, stop := context.WithCancel(ctx)
+	ended := make(chan struct{})
+	go func() {
+		_ = client.WatchX509Context(watchCtx, f)
+		close(ended)
+	}()
+	// The test closes standard input when it has seen what it waited for.
+	_, _ = bufio.NewReader(os.Stdin).ReadString(0)
+	stop()
+	<-ended
+	report(map[string]any{"event": "report", "updates": f.updates, "errors": f.errors,
+		"exercised": []string{"WatchX509Context across entry changes (added, removed, lost, regained)"}})
 }
 
 func mtlsServer(ctx context.Context, addr, peer string) {

@@ -8,8 +8,10 @@ is one (the second and third must fail at once with RESOURCE_EXHAUSTED naming th
 client.py --streams AUDIENCE for a uid whose share of open streams is one (an X509Source holds it;
 another stream fails at once with RESOURCE_EXHAUSTED naming the limit; a unary JWT call is still
 answered; the slot comes back once the source is closed), or client.py --connections AUDIENCE for a
-uid whose share of connections is one (see `connections`). Prints
-one JSON line naming what was exercised; any failure raises and exits non-zero.
+uid whose share of connections is one (see `connections`), or client.py --follow - to print, one
+JSON line each, what the library's X.509 stream hands over until standard input ends (the test
+changes the agent's entries in between). Prints one JSON line naming what was exercised; any
+failure raises and exits non-zero.
 """
 
 import json
@@ -170,8 +172,30 @@ def connections(audience):
     return done
 
 
+def follow(_):
+    """The library's own watch (`stream_x509_contexts`, default retries): one JSON line per update
+    (its SPIFFE IDs and serials) and per error it reports, until standard input ends."""
+    def on_success(context):
+        svids = context.x509_svids
+        print(json.dumps({
+            "event": "update",
+            "ids": [str(s.spiffe_id) for s in svids],
+            "serials": [str(s.leaf.serial_number) for s in svids],
+        }), flush=True)
+
+    def on_error(err):
+        print(json.dumps({"event": "error", "message": str(err)}), flush=True)
+
+    with WorkloadApiClient() as client:
+        handler = client.stream_x509_contexts(on_success, on_error)
+        sys.stdin.read()
+        handler.cancel()
+    return ["stream_x509_contexts across entry changes (added, removed, lost, regained)"]
+
+
 def main():
     cases = {
+        "--follow": follow,
         "--refused": refused,
         "--limited": limited,
         "--streams": streams,

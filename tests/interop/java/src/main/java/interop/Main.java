@@ -23,7 +23,9 @@ import java.util.List;
  * streams is one (a DefaultX509Source holds it; another stream fails at once with RESOURCE_EXHAUSTED
  * naming the limit; a unary JWT call is still answered; the slot comes back once the source is
  * closed), or Main --connections AUDIENCE [agent] for a uid whose share of connections (or, with
- * "agent", the agent's) is one (see {@code connections}). Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
+ * "agent", the agent's) is one (see {@code connections}), or Main --follow - to print, one JSON
+ * line each, what the library's X.509 watch hands its watcher until standard input ends (the test
+ * changes the agent's entries in between). Prints one JSON line naming what was exercised; exits 1 with the reason on failure.
  */
 public final class Main {
   private static void check(boolean ok, String what) {
@@ -176,13 +178,71 @@ public final class Main {
     return done;
   }
 
+  /** A JSON string literal (the values printed here are SPIFFE IDs, serials and error texts). */
+  private static String quote(String s) {
+    StringBuilder out = new StringBuilder("\"");
+    for (char c : s.toCharArray()) {
+      if (c == '"' || c == '\\') {
+        out.append('\\').append(c);
+      } else if (c < 0x20) {
+        out.append(String.format("\\u%04x", (int) c));
+      } else {
+        out.append(c);
+      }
+    }
+    return out.append('"').toString();
+  }
+
+  /**
+   * The library's own watch ({@code watchX509Context}, default retries): one JSON line per update
+   * (its SPIFFE IDs and serials) and per error it hands the watcher, until standard input ends.
+   */
+  private static List<String> follow() throws Exception {
+    io.spiffe.workloadapi.Watcher<io.spiffe.workloadapi.X509Context> watcher =
+        new io.spiffe.workloadapi.Watcher<>() {
+          @Override
+          public void onUpdate(io.spiffe.workloadapi.X509Context context) {
+            List<String> ids = new ArrayList<>();
+            List<String> serials = new ArrayList<>();
+            for (X509Svid svid : context.getX509Svids()) {
+              ids.add(quote(svid.getSpiffeId().toString()));
+              serials.add(quote(svid.getLeaf().getSerialNumber().toString()));
+            }
+            System.out.println("{\"event\":\"update\",\"ids\":[" + String.join(",", ids)
+                + "],\"serials\":[" + String.join(",", serials) + "]}");
+            System.out.flush();
+          }
+
+          @Override
+          public void onError(Throwable e) {
+            System.out.println("{\"event\":\"error\",\"message\":" + quote(chain(e)) + "}");
+            System.out.flush();
+          }
+        };
+    try (WorkloadApiClient client = DefaultWorkloadApiClient.newClient()) {
+      client.watchX509Context(watcher);
+      System.in.readAllBytes();
+    }
+    List<String> done = new ArrayList<>();
+    done.add("watchX509Context across entry changes (added, removed, lost, regained)");
+    return done;
+  }
+
   private static void report(List<String> done) {
-    String version = DefaultX509Source.class.getPackage().getImplementationVersion();
+    // The library's jar carries no version in its manifest; its file name does.
+    String jar = DefaultX509Source.class.getProtectionDomain().getCodeSource().getLocation().getPath();
+    java.util.regex.Matcher m =
+        java.util.regex.Pattern.compile("java-spiffe-core-([^/]+)\\.jar$").matcher(jar);
+    String version = m.find() ? m.group(1) : "?";
     System.out.println("{\"library\":\"io.spiffe:java-spiffe-core\",\"version\":\""
-        + (version == null ? "0.8.11" : version) + "\",\"exercised\":[\"" + String.join("\",\"", done) + "\"]}");
+        + version + "\",\"exercised\":[\"" + String.join("\",\"", done) + "\"]}");
   }
 
   public static void main(String[] args) throws Exception {
+    if (args[0].equals("--follow")) {
+      report(follow());
+      System.exit(0);
+    }
     if (args[0].equals("--refused")) {
       report(refused(args[1]));
       System.exit(0);
