@@ -33,17 +33,22 @@ fn entry(path: &str, uid: u32) -> String {
 /// How long one client program may take before the test fails (clients retry failed calls forever).
 const CLIENT_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Runs a prepared client with only SPIFFE_ENDPOINT_SOCKET pointing at the agent; a client still
-/// running at the deadline is killed and what it printed is returned with a failed status.
-fn run(mut cmd: Command, agent: &TestAgent) -> Output {
-    let child = cmd
-        .env_clear()
+/// Starts a prepared client with only SPIFFE_ENDPOINT_SOCKET pointing at the agent (and PATH),
+/// its output piped.
+fn spawn_against(cmd: &mut Command, agent: &TestAgent) -> std::process::Child {
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs a prepared client against the agent ([`spawn_against`]); a client still running at the
+/// deadline is killed and what it printed is returned with a failed status.
+fn run(mut cmd: Command, agent: &TestAgent) -> Output {
+    let child = spawn_against(&mut cmd, agent);
     let pid = child.id();
     let deadline = std::thread::spawn(move || {
         let until = Instant::now() + CLIENT_DEADLINE;
@@ -674,16 +679,7 @@ struct Follower {
 
 impl Follower {
     fn start(lang: Lang, args: &[&str], agent: &TestAgent) -> Self {
-        let mut child = lang
-            .command(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_against(lang.command(args).stdin(Stdio::piped()), agent);
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let (tx, events) = std::sync::mpsc::channel();
@@ -727,7 +723,7 @@ impl Follower {
     fn update(&mut self, secs: u64) -> (Vec<String>, Vec<String>) {
         let event = self.next(secs);
         assert_eq!(event["event"], "update", "an update was due: {event}");
-        (strings(&event["ids"]), strings(&event["serials"]))
+        ids_and_serials(&event)
     }
 
     /// The next update, passing over the errors the library reports while it retries.
@@ -737,7 +733,7 @@ impl Follower {
             let left = until.saturating_duration_since(Instant::now()).as_secs() + 1;
             let event = self.next(left);
             if event["event"] == "update" {
-                return (strings(&event["ids"]), strings(&event["serials"]));
+                return ids_and_serials(&event);
             }
             assert_eq!(event["event"], "error", "{event}");
         }
@@ -777,12 +773,17 @@ impl Follower {
     }
 }
 
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
+/// An update's SPIFFE IDs and serials, in the order the library listed them.
+fn ids_and_serials(update: &serde_json::Value) -> (Vec<String>, Vec<String>) {
+    let strings = |key: &str| -> Vec<String> {
+        update[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no list of {key}: {update}"))
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    (strings("ids"), strings("serials"))
 }
 
 /// A library's own watch follows the agent's entries on its open stream, with its default

@@ -32,6 +32,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime/debug"
@@ -254,7 +255,7 @@ func follow(ctx context.Context) {
 		close(ended)
 	}()
 	// The test closes standard input when it has seen what it waited for.
-	_, _ = bufio.NewReader(os.Stdin).ReadString(0)
+	_, _ = io.Copy(io.Discard, os.Stdin)
 	stop()
 	<-ended
 	report(map[string]any{"event": "report", "updates": f.updates, "errors": f.errors,
