@@ -21,6 +21,13 @@ const HASH_CACHE_CAPACITY: usize = 4096;
 /// of attestation together (or block on a remote directory); a renamed user is seen after this.
 const NAME_CACHE_TTL: Duration = Duration::from_secs(30);
 
+/// From this age on, a cached name is looked up again on the blocking pool while the calls that
+/// meet it are still answered from the cache (it is younger than [`NAME_CACHE_TTL`]): a caller that
+/// keeps fetching never waits for the name service, where one of its fetches every 30 s took the
+/// whole slow path of attestation (on the blocking pool). No name is ever used older than
+/// [`NAME_CACHE_TTL`]: past it, the call looks the name up itself, as before.
+const NAME_REFRESH_AFTER: Duration = Duration::from_secs(20);
+
 /// Attests uid/gid/names/groups/path/sha256 of a pinned process.
 pub struct UnixAttestor {
     hash_max_bytes: u64,
@@ -35,30 +42,80 @@ pub struct UnixAttestor {
     groups: NameCache,
 }
 
-/// A small TTL cache for name-service answers (including "no such name").
-#[derive(Default)]
-struct NameCache(Mutex<HashMap<u32, (Instant, Option<String>)>>);
+/// A name-service lookup: uid or gid → name (`None`: no such name).
+type Lookup = fn(u32) -> Option<String>;
+
+/// A small TTL cache for name-service answers (including "no such name"), refreshed ahead of expiry.
+struct NameCache {
+    entries: Arc<Mutex<HashMap<u32, CachedName>>>,
+    lookup: Lookup,
+}
+
+struct CachedName {
+    at: Instant,
+    name: Option<String>,
+    /// A lookup on the blocking pool is under way (one at a time per id).
+    refreshing: bool,
+}
 
 impl NameCache {
-    /// A fresh cached answer, if any: `Some(answer)`.
-    fn cached(&self, id: u32) -> Option<Option<String>> {
-        let cache = self.0.lock().ok()?;
-        let (at, name) = cache.get(&id)?;
-        (at.elapsed() < NAME_CACHE_TTL).then(|| name.clone())
+    fn new(lookup: Lookup) -> Self {
+        Self {
+            entries: Arc::default(),
+            lookup,
+        }
     }
 
-    fn get(&self, id: u32, lookup: impl FnOnce(u32) -> Option<String>) -> Option<String> {
+    /// A cached answer younger than [`NAME_CACHE_TTL`], if any: `Some(answer)`. One older than
+    /// [`NAME_REFRESH_AFTER`] is answered and looked up again in the background (when a Tokio
+    /// runtime is there to run the lookup).
+    fn cached(&self, id: u32) -> Option<Option<String>> {
+        let mut entries = self.entries.lock().ok()?;
+        let entry = entries.get_mut(&id)?;
+        let age = entry.at.elapsed();
+        if age >= NAME_CACHE_TTL {
+            return None;
+        }
+        if age >= NAME_REFRESH_AFTER
+            && !entry.refreshing
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            entry.refreshing = true;
+            let (entries, lookup) = (self.entries.clone(), self.lookup);
+            // Dropped (not awaited): the answer lands in the cache.
+            drop(runtime.spawn_blocking(move || {
+                let name = lookup(id);
+                store(&entries, id, name);
+            }));
+        }
+        Some(entry.name.clone())
+    }
+
+    /// The cached answer, or a lookup now (blocking).
+    fn get(&self, id: u32) -> Option<String> {
         if let Some(name) = self.cached(id) {
             return name;
         }
-        let name = lookup(id);
-        if let Ok(mut cache) = self.0.lock() {
-            if cache.len() >= HASH_CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(id, (Instant::now(), name.clone()));
-        }
+        let name = (self.lookup)(id);
+        store(&self.entries, id, name.clone());
         name
+    }
+}
+
+/// Keeps a fresh answer for `id` (and ends its refresh).
+fn store(entries: &Mutex<HashMap<u32, CachedName>>, id: u32, name: Option<String>) {
+    if let Ok(mut cache) = entries.lock() {
+        if cache.len() >= HASH_CACHE_CAPACITY && !cache.contains_key(&id) {
+            cache.clear();
+        }
+        cache.insert(
+            id,
+            CachedName {
+                at: Instant::now(),
+                name,
+                refreshing: false,
+            },
+        );
     }
 }
 
@@ -91,8 +148,8 @@ impl UnixAttestor {
             hashing: Mutex::new(HashMap::new()),
             gate: (Mutex::new(0), Condvar::new()),
             hashed: std::sync::atomic::AtomicU64::new(0),
-            users: NameCache::default(),
-            groups: NameCache::default(),
+            users: NameCache::new(sys::users::user_name),
+            groups: NameCache::new(sys::users::group_name),
         }
     }
 
@@ -268,8 +325,8 @@ impl UnixAttestor {
         let creds = process.credentials()?;
         let (user, group) = if allow_slow {
             (
-                self.users.get(creds.effective_uid, sys::users::user_name),
-                self.groups.get(creds.effective_gid, sys::users::group_name),
+                self.users.get(creds.effective_uid),
+                self.groups.get(creds.effective_gid),
             )
         } else {
             match (
@@ -373,6 +430,72 @@ mod tests {
     use crate::attest::{Caller, attest_blocking};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
+
+    /// A cache whose entry for `id` was stored `age` ago with `name`.
+    fn aged(lookup: Lookup, id: u32, age: Duration, name: &str) -> NameCache {
+        let cache = NameCache::new(lookup);
+        cache.entries.lock().unwrap().insert(
+            id,
+            CachedName {
+                at: Instant::now().checked_sub(age).unwrap(),
+                name: Some(name.into()),
+                refreshing: false,
+            },
+        );
+        cache
+    }
+
+    static REFRESHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    fn counted_lookup(id: u32) -> Option<String> {
+        REFRESHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        Some(format!("renamed-{id}"))
+    }
+
+    #[tokio::test]
+    async fn a_name_near_its_expiry_is_answered_at_once_and_looked_up_again_in_the_background() {
+        let cache = aged(counted_lookup, 7, Duration::from_secs(25), "old");
+        let t = Instant::now();
+        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert!(
+            t.elapsed() < Duration::from_millis(40),
+            "the call did not wait for the lookup"
+        );
+        // Meanwhile other calls get the cached name and start no second lookup.
+        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.cached(7) != Some(Some("renamed-7".into())) {
+            assert!(Instant::now() < deadline, "the refreshed name never landed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(REFRESHES.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            cache.entries.lock().unwrap()[&7].at.elapsed() < Duration::from_secs(5),
+            "the refreshed name counts its age from its own lookup"
+        );
+    }
+
+    fn renaming_lookup(id: u32) -> Option<String> {
+        Some(format!("renamed-{id}"))
+    }
+
+    #[tokio::test]
+    async fn a_name_past_its_ttl_is_never_answered_from_the_cache() {
+        let cache = aged(renaming_lookup, 7, NAME_CACHE_TTL, "old");
+        assert_eq!(cache.cached(7), None, "the fast path must not use it");
+        assert_eq!(
+            cache.get(7),
+            Some("renamed-7".into()),
+            "looked up in the call"
+        );
+    }
+
+    #[test]
+    fn without_a_runtime_a_name_near_its_expiry_is_answered_and_nothing_is_started() {
+        let cache = aged(renaming_lookup, 7, Duration::from_secs(25), "old");
+        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert!(!cache.entries.lock().unwrap()[&7].refreshing);
+    }
 
     #[test]
     fn attests_this_process_through_a_real_socket() {
