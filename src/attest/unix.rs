@@ -446,9 +446,14 @@ mod tests {
     }
 
     static REFRESHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    /// Set by the test when the lookup may answer (a name service that is slow until then).
+    static ANSWER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     fn counted_lookup(id: u32) -> Option<String> {
         REFRESHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(50));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ANSWER.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Some(format!("renamed-{id}"))
     }
 
@@ -457,12 +462,21 @@ mod tests {
         let cache = aged(counted_lookup, 7, Duration::from_secs(25), "old");
         let t = Instant::now();
         assert_eq!(cache.cached(7), Some(Some("old".into())));
-        assert!(
-            t.elapsed() < Duration::from_millis(40),
-            "the call did not wait for the lookup"
-        );
         // Meanwhile other calls get the cached name and start no second lookup.
         assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the calls did not wait for the lookup (it answers only when told, or after 10 s)"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while REFRESHES.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no lookup was started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // While that lookup is under way, a call is answered from the cache and starts no other.
+        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert_eq!(REFRESHES.load(std::sync::atomic::Ordering::SeqCst), 1);
+        ANSWER.store(true, std::sync::atomic::Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(5);
         while cache.cached(7) != Some(Some("renamed-7".into())) {
             assert!(Instant::now() < deadline, "the refreshed name never landed");
