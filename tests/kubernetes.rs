@@ -441,6 +441,69 @@ async fn concurrent_attestations_share_one_kubelet_request() {
     agent.shutdown().await;
 }
 
+/// A workload that keeps fetching never waits on the kubelet once its container is known: a pod
+/// snapshot past three quarters of its TTL still answers, and the call that finds it so starts one
+/// request in the background whose answer replaces it before it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wait() {
+    let Some(cg) = PodCgroup::create(
+        "a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wait",
+    ) else {
+        return;
+    };
+    let dir = open_tempdir();
+    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
+    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    let agent = TestAgent::start(&format!(
+        "{}{TEMPLATE}",
+        kubelet.config("snapshot_ttl = \"6s\"")
+    ))
+    .await;
+    let pod_identity = "spiffe://example.org/ns/shop/sa/cart".to_owned();
+    let started = Instant::now();
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(kubelet.requests(), 1);
+
+    // From now on the kubelet takes 2 s. Between 4.5 s (three quarters of the TTL) and 6 s the
+    // snapshot still answers at once, and the call asks for a new one in the background.
+    kubelet.set_delay(Duration::from_secs(2));
+    tokio::time::sleep_until((started + Duration::from_millis(5200)).into()).await;
+    let asked = Instant::now();
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let took = asked.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ids_in(&out).contains(&pod_identity));
+    assert!(
+        took < Duration::from_secs(2),
+        "the fetch waited {took:?} for the kubelet"
+    );
+    wait_until("the background refresh asks the kubelet", 10, || {
+        kubelet.requests() == 2
+    })
+    .await;
+    let refreshed = Instant::now();
+
+    // The first snapshot has expired; the new one (answered 2 s after it was asked for) serves
+    // the next call without a request or a wait.
+    tokio::time::sleep_until((refreshed + Duration::from_millis(2800)).into()).await;
+    let asked = Instant::now();
+    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let took = asked.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ids_in(&out).contains(&pod_identity));
+    assert!(
+        took < Duration::from_secs(2),
+        "the fetch waited {took:?} for the kubelet"
+    );
+    assert_eq!(
+        kubelet.requests(),
+        2,
+        "one request per snapshot, none by a caller"
+    );
+    agent.shutdown().await;
+}
+
 /// A container the kubelet does not list yet is found in a fresh snapshot within the deadline; one
 /// that never shows up gets a clear error naming the pod and container, after the (short) deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

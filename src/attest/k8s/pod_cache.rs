@@ -2,10 +2,12 @@
 //!
 //! Unlike a poll of the whole list per attestation, one request is in flight at a time and every
 //! attestation that arrives meanwhile shares its answer; an answer younger than the snapshot TTL is
-//! reused outright. A container not in the list yet is looked for in fresh snapshots until a short,
-//! configured deadline.
+//! reused outright, and one past three quarters of it is asked for again in the background by the
+//! attestation that notices, so workloads that keep fetching never wait on the kubelet once their
+//! container is known. A container not in the list yet is looked for in fresh snapshots until a
+//! short, configured deadline.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -62,7 +64,18 @@ pub struct PodCache {
     last: tokio::sync::Mutex<Option<Last>>,
     /// The latest good snapshot, for lookups that must not wait.
     latest: RwLock<Option<Arc<Snapshot>>>,
+    /// Set while a background refresh is under way (at most one at a time).
+    refreshing: AtomicBool,
     requests: AtomicU64,
+}
+
+/// Clears [`PodCache::refreshing`] when the background refresh ends, however it ends.
+struct Refreshing(Arc<PodCache>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
+    }
 }
 
 impl PodCache {
@@ -73,6 +86,7 @@ impl PodCache {
             wait,
             last: tokio::sync::Mutex::new(None),
             latest: RwLock::new(None),
+            refreshing: AtomicBool::new(false),
             requests: AtomicU64::new(0),
         }
     }
@@ -82,12 +96,25 @@ impl PodCache {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Snapshots at least this old are asked for again in the background when used.
+    fn refresh_after(&self) -> Duration {
+        self.ttl * 3 / 4
+    }
+
     /// The selectors of `location` from a fresh snapshot, without waiting; `None` when a request is
-    /// needed.
-    pub fn cached(&self, location: &Location) -> Option<Result<Vec<Selector>, LookupError>> {
+    /// needed. A snapshot past [`Self::refresh_after`] still answers, and starts one request on the
+    /// current runtime (if any) whose answer replaces it.
+    pub fn cached(
+        self: &Arc<Self>,
+        location: &Location,
+    ) -> Option<Result<Vec<Selector>, LookupError>> {
         let latest = self.latest.read().ok()?.clone()?;
-        if latest.requested.elapsed() >= self.ttl {
+        let age = latest.requested.elapsed();
+        if age >= self.ttl {
             return None;
+        }
+        if age >= self.refresh_after() {
+            self.refresh_in_background();
         }
         match latest.pods.find(location) {
             Found::Container(pod, status) => Some(Ok(selectors(pod, status))),
@@ -118,6 +145,28 @@ impl PodCache {
             return Ok(selectors(pod, status));
         }
         Err(LookupError::Kubelet(error))
+    }
+
+    /// Starts one request for a new snapshot unless one is under way or no runtime is current. A
+    /// snapshot (or kubelet error) newer than [`Self::refresh_after`] — one that came in meanwhile
+    /// — is taken as the answer, so a failing kubelet is not asked more often than that.
+    fn refresh_in_background(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let guard = Refreshing(self.clone());
+        runtime.spawn(async move {
+            let cache = &guard.0;
+            let since = Instant::now()
+                .checked_sub(cache.refresh_after())
+                .unwrap_or_else(Instant::now);
+            // An error is logged and counted by `snapshot_since`; the snapshot in use expires at
+            // its TTL as before, and callers then wait for the kubelet themselves.
+            let _ = cache.snapshot_since(since).await;
+        });
     }
 
     async fn lookup_fresh(&self, location: &Location) -> Result<Vec<Selector>, LookupError> {
