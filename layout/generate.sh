@@ -11,10 +11,11 @@
 # One file per profile: inlining differs between `release` and `dist` (fat LTO), and a function
 # that one build runs but the other only contains would be placed among the hot ones for nothing.
 #
-# Needs valgrind (callgrind). Run it before a release and after a toolchain or dependency update or
-# a change to code the agent runs: the names carry hashes that change then (generic instances over
-# lanyard's closures, `.llvm.*` suffixes). Stale names are skipped by the linker, so an old file only
-# orders less; `cargo bench --bench e2e` says when the resident code shows it.
+# Needs valgrind (callgrind). Run it before a release, after a toolchain or dependency update (the
+# names carry hashes that change then) and after adding code the agent runs (new functions are not
+# listed). Edits to existing lanyard functions keep their names: the crate is built in one codegen
+# unit (Cargo.toml), so none carries an `.llvm.*` suffix. Stale names are skipped by the linker, so
+# an old file only orders less; `cargo bench --bench e2e` says when the resident code shows it.
 #   bash layout/generate.sh            # release and dist profiles
 #   PROFILES=release bash layout/generate.sh
 set -euo pipefail
