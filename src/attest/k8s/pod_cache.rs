@@ -149,7 +149,8 @@ impl PodCache {
 
     /// Starts one request for a new snapshot unless one is under way or no runtime is current. A
     /// snapshot (or kubelet error) newer than [`Self::refresh_after`] — one that came in meanwhile
-    /// — is taken as the answer, so a failing kubelet is not asked more often than that.
+    /// — is taken as the answer, so a failing kubelet is not asked more often than that; after a
+    /// failed refresh, none is started again for the same snapshot.
     fn refresh_in_background(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -163,9 +164,19 @@ impl PodCache {
             let since = Instant::now()
                 .checked_sub(cache.refresh_after())
                 .unwrap_or_else(Instant::now);
-            // An error is logged and counted by `snapshot_since`; the snapshot in use expires at
-            // its TTL as before, and callers then wait for the kubelet themselves.
-            let _ = cache.snapshot_since(since).await;
+            // An error is logged and counted by `snapshot_since`. The refresh then stays "under
+            // way" until the snapshot in use expires, so the fetches meanwhile start no task
+            // each; after that, callers wait for the kubelet themselves, as without a refresh.
+            if cache.snapshot_since(since).await.is_err() {
+                let expires = cache
+                    .latest
+                    .read()
+                    .ok()
+                    .and_then(|l| l.as_ref().map(|s| s.requested + cache.ttl));
+                if let Some(expires) = expires {
+                    tokio::time::sleep_until(expires).await;
+                }
+            }
         });
     }
 
@@ -258,5 +269,85 @@ fn ambiguous(location: &Location, pods: Vec<String>) -> LookupError {
     LookupError::Ambiguous {
         container: location.container_id.clone(),
         pods: pods.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::k8s::KubeletConfig;
+
+    /// A cache whose kubelet refuses connections (nothing listens on the discard port here),
+    /// holding a pod list requested `age` ago.
+    fn cache_with_snapshot(ttl: Duration, age: Duration) -> Arc<PodCache> {
+        let kubelet = Kubelet::new(KubeletConfig {
+            url: "http://127.0.0.1:9".into(),
+            token_path: None,
+            ca_path: None,
+            server_name: None,
+            skip_verify: false,
+            request_timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let cache = Arc::new(PodCache::new(kubelet, ttl, Duration::ZERO));
+        let snapshot = Arc::new(Snapshot {
+            requested: Instant::now() - age,
+            pods: PodList::default(),
+        });
+        *cache.latest.write().unwrap() = Some(snapshot.clone());
+        *cache.last.try_lock().unwrap() = Some(Last::Ok(snapshot));
+        cache
+    }
+
+    fn somewhere() -> Location {
+        Location {
+            pod_uid: None,
+            container_id: "0".repeat(64),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_young_snapshot_starts_no_request() {
+        let cache = cache_with_snapshot(Duration::from_secs(20), Duration::from_secs(1));
+        assert!(cache.cached(&somewhere()).is_none(), "not listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(cache.requests(), 0);
+        assert!(!cache.refreshing.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_is_not_started_again_for_the_same_snapshot() {
+        // 3.2 s old with a TTL of 4 s: past three quarters, expiring in 0.8 s.
+        let cache = cache_with_snapshot(Duration::from_secs(4), Duration::from_millis(3200));
+        let expires = cache.latest.read().unwrap().as_ref().unwrap().requested + cache.ttl;
+        assert!(cache.cached(&somewhere()).is_none(), "not listed");
+        let failed = async {
+            loop {
+                if matches!(&*cache.last.lock().await, Some(Last::Err { .. })) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), failed)
+            .await
+            .expect("the refresh asks the kubelet and fails");
+        assert_eq!(cache.requests(), 1);
+        // Until the snapshot expires, the failed refresh counts as under way: fetches start
+        // nothing (a task they started would have ended by the check below and let go).
+        for _ in 0..10 {
+            assert!(cache.cached(&somewhere()).is_none());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            Instant::now() >= expires || cache.refreshing.load(Ordering::Acquire),
+            "still held before the snapshot expires"
+        );
+        tokio::time::sleep_until(expires + Duration::from_millis(200)).await;
+        assert!(
+            !cache.refreshing.load(Ordering::Acquire),
+            "let go once it expired"
+        );
+        assert_eq!(cache.requests(), 1, "no caller of `cached` asked again");
     }
 }
