@@ -347,24 +347,59 @@ spiffe_id = "spiffe://example.org/host-root"
 selectors = ["unix:uid:0"]
 "#;
 
+/// A test's pod: its cgroup, a kubelet stand-in answering `answer` (made from the cgroup) after
+/// `delay`, and an agent with the template entry and the `[kubernetes]` settings `extra`, pointed
+/// at that kubelet. `None` (skipped loudly) where cgroups cannot be made.
+struct PodTest {
+    cg: PodCgroup,
+    /// Holds the kubelet's CA and token files.
+    dir: tempfile::TempDir,
+    kubelet: FakeKubelet,
+    agent: TestAgent,
+}
+
+impl PodTest {
+    async fn start(
+        test: &str,
+        delay: Duration,
+        answer: impl FnOnce(&PodCgroup) -> Answer,
+        extra: &str,
+    ) -> Option<Self> {
+        let cg = PodCgroup::create(test)?;
+        let dir = open_tempdir();
+        let kubelet = FakeKubelet::start(dir.path(), delay).await;
+        kubelet.serve(answer(&cg));
+        let agent = TestAgent::start(&format!("{}{TEMPLATE}", kubelet.config(extra))).await;
+        Some(Self {
+            cg,
+            dir,
+            kubelet,
+            agent,
+        })
+    }
+}
+
 /// The child in the pod's cgroup gets the explicit entry (which needs k8s:ns, container-name,
 /// pod-label, pod-owner, container-image and node-name) and its unix entry, in entry order, then the
 /// template identity (templates come after entries); the template's DNS name is rendered from the
 /// pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_process_gets_k8s_selectors_and_the_template_identity() {
-    let Some(cg) = PodCgroup::create("a_pod_process_gets_k8s_selectors_and_the_template_identity")
+    let Some(PodTest {
+        cg,
+        dir,
+        kubelet,
+        agent,
+    }) = PodTest::start(
+        "a_pod_process_gets_k8s_selectors_and_the_template_identity",
+        Duration::from_millis(300),
+        |cg| Answer::Pods(pod_list(cg, "shop", "cart", true)),
+        "snapshot_ttl = \"30s\"",
+    )
+    .await
     else {
         return;
     };
-    let dir = open_tempdir();
-    let kubelet = FakeKubelet::start(dir.path(), Duration::from_millis(300)).await;
-    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
-    let agent = TestAgent::start(&format!(
-        "{}{TEMPLATE}",
-        kubelet.config("snapshot_ttl = \"30s\"")
-    ))
-    .await;
 
     let out_dir = dir.path().join("out");
     let out = fetch_in(
@@ -410,18 +445,22 @@ async fn a_pod_process_gets_k8s_selectors_and_the_template_identity() {
 /// Many attestations at once, with the snapshot expired: one kubelet request serves them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_attestations_share_one_kubelet_request() {
-    let Some(cg) = PodCgroup::create("concurrent_attestations_share_one_kubelet_request") else {
+    // A slow kubelet, so the attestations overlap the request in flight.
+    let Some(PodTest {
+        cg,
+        dir: _dir,
+        kubelet,
+        agent,
+    }) = PodTest::start(
+        "concurrent_attestations_share_one_kubelet_request",
+        Duration::from_millis(800),
+        |cg| Answer::Pods(pod_list(cg, "shop", "cart", true)),
+        "snapshot_ttl = \"30s\"",
+    )
+    .await
+    else {
         return;
     };
-    let dir = open_tempdir();
-    // A slow kubelet, so the attestations overlap the request in flight.
-    let kubelet = FakeKubelet::start(dir.path(), Duration::from_millis(800)).await;
-    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
-    let agent = TestAgent::start(&format!(
-        "{}{TEMPLATE}",
-        kubelet.config("snapshot_ttl = \"30s\"")
-    ))
-    .await;
     let children: Vec<_> = (0..8)
         .map(|_| {
             let (leaf, ep) = (cg.leaf.clone(), agent.endpoint());
@@ -446,19 +485,21 @@ async fn concurrent_attestations_share_one_kubelet_request() {
 /// request in the background whose answer replaces it before it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wait() {
-    let Some(cg) = PodCgroup::create(
+    let Some(PodTest {
+        cg,
+        dir: _dir,
+        kubelet,
+        agent,
+    }) = PodTest::start(
         "a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wait",
-    ) else {
+        Duration::ZERO,
+        |cg| Answer::Pods(pod_list(cg, "shop", "cart", true)),
+        "snapshot_ttl = \"6s\"",
+    )
+    .await
+    else {
         return;
     };
-    let dir = open_tempdir();
-    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
-    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
-    let agent = TestAgent::start(&format!(
-        "{}{TEMPLATE}",
-        kubelet.config("snapshot_ttl = \"6s\"")
-    ))
-    .await;
     // A fetch by the pod's process, answered with its pod identity sooner than the kubelet can.
     let fetch_without_waiting = async || {
         let asked = Instant::now();
@@ -503,19 +544,21 @@ async fn a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wa
 /// that never shows up gets a clear error naming the pod and container, after the (short) deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_named() {
-    let Some(cg) = PodCgroup::create(
+    let Some(PodTest {
+        cg,
+        dir: _dir,
+        kubelet,
+        agent,
+    }) = PodTest::start(
         "a_late_container_is_found_within_the_deadline_and_a_missing_one_is_named",
-    ) else {
+        Duration::ZERO,
+        |cg| Answer::Pods(pod_list(cg, "shop", "cart", false)),
+        "container_wait = \"4s\"",
+    )
+    .await
+    else {
         return;
     };
-    let dir = open_tempdir();
-    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
-    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", false)));
-    let agent = TestAgent::start(&format!(
-        "{}{TEMPLATE}",
-        kubelet.config("container_wait = \"4s\"")
-    ))
-    .await;
     let late = {
         let (leaf, ep) = (cg.leaf.clone(), agent.endpoint());
         tokio::spawn(async move { fetch_in(&leaf, &ep, &[]).await })
@@ -645,19 +688,21 @@ async fn a_push_held_up_by_one_process_does_not_hold_up_another_connections_answ
 /// the last good answer listed their container), the agent keeps serving processes outside pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
-    let Some(cg) =
-        PodCgroup::create("a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work")
+    let Some(PodTest {
+        cg,
+        dir: _dir,
+        kubelet,
+        agent,
+    }) = PodTest::start(
+        "a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work",
+        Duration::ZERO,
+        |_| Answer::Garbage,
+        "snapshot_ttl = \"100ms\"\ncontainer_wait = \"1s\"",
+    )
+    .await
     else {
         return;
     };
-    let dir = open_tempdir();
-    let kubelet = FakeKubelet::start(dir.path(), Duration::ZERO).await;
-    kubelet.serve(Answer::Garbage);
-    let agent = TestAgent::start(&format!(
-        "{}{TEMPLATE}",
-        kubelet.config("snapshot_ttl = \"100ms\"\ncontainer_wait = \"1s\"")
-    ))
-    .await;
     let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
     assert!(!out.status.success());
     assert!(
