@@ -385,12 +385,7 @@ impl PodTest {
 /// pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_process_gets_k8s_selectors_and_the_template_identity() {
-    let Some(PodTest {
-        cg,
-        dir,
-        kubelet,
-        agent,
-    }) = PodTest::start(
+    let Some(pod) = PodTest::start(
         "a_pod_process_gets_k8s_selectors_and_the_template_identity",
         Duration::from_millis(300),
         |cg| Answer::Pods(pod_list(cg, "shop", "cart", true)),
@@ -401,10 +396,10 @@ async fn a_pod_process_gets_k8s_selectors_and_the_template_identity() {
         return;
     };
 
-    let out_dir = dir.path().join("out");
+    let out_dir = pod.dir.path().join("out");
     let out = fetch_in(
-        &cg.leaf,
-        &agent.endpoint(),
+        &pod.cg.leaf,
+        &pod.agent.endpoint(),
         &["--write", out_dir.to_str().unwrap()],
     )
     .await;
@@ -433,25 +428,20 @@ async fn a_pod_process_gets_k8s_selectors_and_the_template_identity() {
         sans.contains("spiffe://example.org/ns/shop/sa/cart"),
         "{sans}"
     );
-    assert_eq!(kubelet.requests(), 1);
+    assert_eq!(pod.kubelet.requests(), 1);
 
     // The test process itself is not in a pod: unix selectors only, and no kubelet request.
-    let me = fetch_root(&agent.endpoint()).await;
+    let me = fetch_root(&pod.agent.endpoint()).await;
     assert_eq!(ids_in(&me), ["spiffe://example.org/host-root"]);
-    assert_eq!(kubelet.requests(), 1);
-    agent.shutdown().await;
+    assert_eq!(pod.kubelet.requests(), 1);
+    pod.agent.shutdown().await;
 }
 
 /// Many attestations at once, with the snapshot expired: one kubelet request serves them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_attestations_share_one_kubelet_request() {
     // A slow kubelet, so the attestations overlap the request in flight.
-    let Some(PodTest {
-        cg,
-        dir: _dir,
-        kubelet,
-        agent,
-    }) = PodTest::start(
+    let Some(pod) = PodTest::start(
         "concurrent_attestations_share_one_kubelet_request",
         Duration::from_millis(800),
         |cg| Answer::Pods(pod_list(cg, "shop", "cart", true)),
@@ -463,7 +453,7 @@ async fn concurrent_attestations_share_one_kubelet_request() {
     };
     let children: Vec<_> = (0..8)
         .map(|_| {
-            let (leaf, ep) = (cg.leaf.clone(), agent.endpoint());
+            let (leaf, ep) = (pod.cg.leaf.clone(), pod.agent.endpoint());
             tokio::spawn(async move { fetch_in(&leaf, &ep, &[]).await })
         })
         .collect();
@@ -473,11 +463,11 @@ async fn concurrent_attestations_share_one_kubelet_request() {
         assert!(ids_in(&out).contains(&"spiffe://example.org/ns/shop/sa/cart".to_owned()));
     }
     assert_eq!(
-        kubelet.requests(),
+        pod.kubelet.requests(),
         1,
         "8 concurrent attestations, one kubelet request"
     );
-    agent.shutdown().await;
+    pod.agent.shutdown().await;
 }
 
 /// A workload that keeps fetching never waits on the kubelet once its container is known: a pod
@@ -485,12 +475,7 @@ async fn concurrent_attestations_share_one_kubelet_request() {
 /// request in the background whose answer replaces it before it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wait() {
-    let Some(PodTest {
-        cg,
-        dir: _dir,
-        kubelet,
-        agent,
-    }) = PodTest::start(
+    let Some(pod) = PodTest::start(
         "a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wait",
         Duration::ZERO,
         |cg| Answer::Pods(pod_list(cg, "shop", "cart", true)),
@@ -503,7 +488,7 @@ async fn a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wa
     // A fetch by the pod's process, answered with its pod identity sooner than the kubelet can.
     let fetch_without_waiting = async || {
         let asked = Instant::now();
-        let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+        let out = fetch_in(&pod.cg.leaf, &pod.agent.endpoint(), &[]).await;
         let took = asked.elapsed();
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(ids_in(&out).contains(&"spiffe://example.org/ns/shop/sa/cart".to_owned()));
@@ -513,17 +498,17 @@ async fn a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wa
         );
     };
     let started = Instant::now();
-    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&pod.cg.leaf, &pod.agent.endpoint(), &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(kubelet.requests(), 1);
+    assert_eq!(pod.kubelet.requests(), 1);
 
     // From now on the kubelet takes 2 s. Between 4.5 s (three quarters of the TTL) and 6 s the
     // snapshot still answers at once, and the call asks for a new one in the background.
-    kubelet.set_delay(Duration::from_secs(2));
+    pod.kubelet.set_delay(Duration::from_secs(2));
     tokio::time::sleep_until((started + Duration::from_millis(5200)).into()).await;
     fetch_without_waiting().await;
     wait_until("the background refresh asks the kubelet", 10, || {
-        kubelet.requests() == 2
+        pod.kubelet.requests() == 2
     })
     .await;
     let refreshed = Instant::now();
@@ -533,23 +518,18 @@ async fn a_pod_snapshot_is_asked_for_again_before_it_expires_so_fetches_never_wa
     tokio::time::sleep_until((refreshed + Duration::from_millis(2800)).into()).await;
     fetch_without_waiting().await;
     assert_eq!(
-        kubelet.requests(),
+        pod.kubelet.requests(),
         2,
         "one request per snapshot, none by a caller"
     );
-    agent.shutdown().await;
+    pod.agent.shutdown().await;
 }
 
 /// A container the kubelet does not list yet is found in a fresh snapshot within the deadline; one
 /// that never shows up gets a clear error naming the pod and container, after the (short) deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_named() {
-    let Some(PodTest {
-        cg,
-        dir: _dir,
-        kubelet,
-        agent,
-    }) = PodTest::start(
+    let Some(pod) = PodTest::start(
         "a_late_container_is_found_within_the_deadline_and_a_missing_one_is_named",
         Duration::ZERO,
         |cg| Answer::Pods(pod_list(cg, "shop", "cart", false)),
@@ -560,26 +540,31 @@ async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_name
         return;
     };
     let late = {
-        let (leaf, ep) = (cg.leaf.clone(), agent.endpoint());
+        let (leaf, ep) = (pod.cg.leaf.clone(), pod.agent.endpoint());
         tokio::spawn(async move { fetch_in(&leaf, &ep, &[]).await })
     };
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    pod.kubelet
+        .serve(Answer::Pods(pod_list(&pod.cg, "shop", "cart", true)));
     let out = late.await.unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(ids_in(&out).contains(&"spiffe://example.org/ns/shop/sa/cart".to_owned()));
-    assert!(kubelet.requests() >= 2, "a fresh snapshot was asked for");
+    assert!(
+        pod.kubelet.requests() >= 2,
+        "a fresh snapshot was asked for"
+    );
 
     // Now a container that never appears: the error names it, after about the deadline.
-    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", false)));
+    pod.kubelet
+        .serve(Answer::Pods(pod_list(&pod.cg, "shop", "cart", false)));
     tokio::time::sleep(Duration::from_millis(2100)).await; // past the snapshot TTL
     let started = Instant::now();
-    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&pod.cg.leaf, &pod.agent.endpoint(), &[]).await;
     let waited = started.elapsed();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains(&cg.container_id) && err.contains(&cg.pod_uid),
+        err.contains(&pod.cg.container_id) && err.contains(&pod.cg.pod_uid),
         "{err}"
     );
     assert!(err.contains("not in the kubelet's pod list"), "{err}");
@@ -587,7 +572,7 @@ async fn a_late_container_is_found_within_the_deadline_and_a_missing_one_is_name
         waited >= Duration::from_millis(3500),
         "gave up after {waited:?}"
     );
-    agent.shutdown().await;
+    pod.agent.shutdown().await;
 }
 
 /// A push that another user's process holds up does not hold up anyone else's answers. While any stream is
@@ -688,12 +673,7 @@ async fn a_push_held_up_by_one_process_does_not_hold_up_another_connections_answ
 /// the last good answer listed their container), the agent keeps serving processes outside pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
-    let Some(PodTest {
-        cg,
-        dir: _dir,
-        kubelet,
-        agent,
-    }) = PodTest::start(
+    let Some(pod) = PodTest::start(
         "a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work",
         Duration::ZERO,
         |_| Answer::Garbage,
@@ -703,38 +683,39 @@ async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
     else {
         return;
     };
-    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&pod.cg.leaf, &pod.agent.endpoint(), &[]).await;
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("unreadable pod list"),
         "{}",
         stderr(&out)
     );
-    let me = fetch_root(&agent.endpoint()).await;
+    let me = fetch_root(&pod.agent.endpoint()).await;
     assert_eq!(ids_in(&me), ["spiffe://example.org/host-root"]);
 
     // A wrong token: the kubelet's 401 is reported.
-    std::fs::write(&kubelet.token_path, "wrong-token\n").unwrap();
-    kubelet.serve(Answer::Pods(pod_list(&cg, "shop", "cart", true)));
+    std::fs::write(&pod.kubelet.token_path, "wrong-token\n").unwrap();
+    pod.kubelet
+        .serve(Answer::Pods(pod_list(&pod.cg, "shop", "cart", true)));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&pod.cg.leaf, &pod.agent.endpoint(), &[]).await;
     assert!(stderr(&out).contains("answered 401"), "{}", stderr(&out));
     // The token file is re-read: fixing it fixes attestation without a restart.
-    std::fs::write(&kubelet.token_path, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(&pod.kubelet.token_path, format!("{TOKEN}\n")).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&pod.cg.leaf, &pod.agent.endpoint(), &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
 
     // The kubelet breaks again: a container its last good answer listed keeps its pod facts (a
     // container never moves to another pod; bounded to 5 minutes), one it never listed gets the
     // error.
-    kubelet.serve(Answer::Garbage);
+    pod.kubelet.serve(Answer::Garbage);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&pod.cg.leaf, &pod.agent.endpoint(), &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(ids_in(&out).contains(&"spiffe://example.org/ns/shop/sa/cart".to_owned()));
     let unseen = PodCgroup::create("a_broken_kubelet (second container)").unwrap();
-    let out = fetch_in(&unseen.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&unseen.leaf, &pod.agent.endpoint(), &[]).await;
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("unreadable pod list"),
@@ -746,12 +727,12 @@ async fn a_broken_kubelet_gives_clear_errors_and_unix_identities_still_work() {
     let port = free_port();
     let down = format!(
         "[kubernetes]\nkubelet_url = \"https://127.0.0.1:{port}\"\ntoken_path = \"{}\"\nkubelet_ca_path = \"{}\"\ncontainer_wait = \"1s\"\n{TEMPLATE}",
-        kubelet.token_path.display(),
-        kubelet.ca_path.display()
+        pod.kubelet.token_path.display(),
+        pod.kubelet.ca_path.display()
     );
-    agent.shutdown().await;
+    pod.agent.shutdown().await;
     let agent = TestAgent::start(&down).await;
-    let out = fetch_in(&cg.leaf, &agent.endpoint(), &[]).await;
+    let out = fetch_in(&pod.cg.leaf, &agent.endpoint(), &[]).await;
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("cannot reach the kubelet"),
