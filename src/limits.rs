@@ -5,7 +5,8 @@
 //! misses), and new connections (a token bucket too, checked right after `accept` from `SO_PEERCRED`
 //! alone, so a uid connecting and closing in a loop is turned away for a few system calls each and
 //! cannot keep the socket's listen queue, which every user shares, full). A caller in a user namespace that a user other than root made counts against that
-//! user's share (`Ceiling::share_uid`): the subordinate uids a user maps there are still that user. Agent-wide caps sit above the shares. A caller over *its share* is refused with
+//! user's share (`Ceiling::share_uid`): the subordinate uids a user maps there are still that user, and once known
+//! (`Ceiling::share_uids`) a connection from one of them is charged to that user's rate right after `accept`. Agent-wide caps sit above the shares. A caller over *its share* is refused with
 //! `ResourceExhausted` naming the limit; an agent over an agent-wide cap sheds load with
 //! `Unavailable` (EP-5). Connections that open no stream within `connection_idle` are closed.
 
@@ -154,6 +155,82 @@ impl Buckets {
     }
 }
 
+/// Host uids learned to be a user's subordinate uids (from the `uid_map` of a user namespace that
+/// user made, read when a connection from it was identified): first uid → (one past the last,
+/// the user). Ranges do not overlap; a new one replaces those it meets.
+#[derive(Default)]
+struct Subordinates(Mutex<std::collections::BTreeMap<u32, (u32, u32)>>);
+
+/// Ranges kept at most (a namespace's map has at most 340 lines; neighbouring ranges of one user
+/// are kept as one, so a user's usual 65,536 subordinate uids make at most 32,768 ranges however
+/// they are split among namespaces); past it the list starts again, and a connection from a uid
+/// not in it is identified before it is charged, as before anything was learned. At most about
+/// 2 MB.
+const MAX_SUBORDINATE_RANGES: usize = 65_536;
+
+impl Subordinates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u32, (u32, u32)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn owner_of(&self, uid: u32) -> Option<u32> {
+        let ranges = self.lock();
+        let (_, &(end, owner)) = ranges.range(..=uid).next_back()?;
+        (uid < end).then_some(owner)
+    }
+
+    fn learn(&self, owner: u32, mapped: &[(u32, u32)]) {
+        let mut ranges = self.lock();
+        for &(first, count) in mapped {
+            let end = first.saturating_add(count);
+            if ranges.get(&first) == Some(&(end, owner)) {
+                continue;
+            }
+            // Whatever this range meets was learned from a map that no longer holds.
+            let met: Vec<u32> = ranges
+                .range(..end)
+                .rev()
+                .take_while(|(_, (e, _))| *e > first)
+                .map(|(start, _)| *start)
+                .collect();
+            for start in met {
+                ranges.remove(&start);
+            }
+            // One range with a neighbour of the same user on either side.
+            let mut first = first;
+            let mut end = end;
+            if let Some((&start, &(e, o))) = ranges.range(..first).next_back()
+                && e == first
+                && o == owner
+            {
+                ranges.remove(&start);
+                first = start;
+            }
+            if let Some(&(e, o)) = ranges.get(&end)
+                && o == owner
+            {
+                ranges.remove(&end);
+                end = e;
+            }
+            if ranges.len() >= MAX_SUBORDINATE_RANGES {
+                ranges.clear();
+            }
+            ranges.insert(first, (end, owner));
+        }
+    }
+
+    fn forget(&self, uid: u32) {
+        let mut ranges = self.lock();
+        if let Some((&start, &(end, _))) = ranges.range(..=uid).next_back()
+            && uid < end
+        {
+            ranges.remove(&start);
+        }
+    }
+}
+
 /// The shares of the running agent. Cloning shares them.
 #[derive(Clone)]
 pub struct Shares {
@@ -166,6 +243,7 @@ struct Inner {
     streams: Mutex<Counts>,
     credentials: Buckets,
     arrivals: Buckets,
+    subordinates: Subordinates,
     /// Refused connections kept open for a moment to answer with the refusal.
     answering: std::sync::atomic::AtomicUsize,
 }
@@ -228,6 +306,7 @@ impl Shares {
                 streams: Mutex::default(),
                 credentials: Buckets::default(),
                 arrivals: Buckets::default(),
+                subordinates: Subordinates::default(),
                 answering: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
@@ -309,6 +388,24 @@ impl Shares {
         })
     }
 
+    /// The user whose subordinate uid `uid` was learned to be ([`Self::learn_subordinates`]): a
+    /// connection from it counts against that user's rate of new connections right after
+    /// `accept`, before the caller is identified.
+    pub fn owner_of(&self, uid: u32) -> Option<u32> {
+        self.inner.subordinates.owner_of(uid)
+    }
+
+    /// Learns that the host uids in `mapped` (`(first, count)`) are `owner`'s, from the map of a
+    /// user namespace `owner` made (`Ceiling::share_uids`).
+    pub fn learn_subordinates(&self, owner: u32, mapped: &[(u32, u32)]) {
+        self.inner.subordinates.learn(owner, mapped);
+    }
+
+    /// Forgets what was learned about `uid` (a connection from it was found to be no one else's).
+    pub fn forget_subordinate(&self, uid: u32) {
+        self.inner.subordinates.forget(uid);
+    }
+
     /// (open connections, open streams), for `/ready` and the admin API.
     pub fn open(&self) -> (usize, usize) {
         let n = |m: &Mutex<Counts>| {
@@ -355,6 +452,43 @@ impl std::fmt::Debug for ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subordinate_ranges_name_their_owner_and_a_new_map_replaces_what_it_meets() {
+        let s = Shares::new(config());
+        assert_eq!(s.owner_of(300_000), None);
+        s.learn_subordinates(1000, &[(300_000, 65_536), (1000, 1)]);
+        assert_eq!(s.owner_of(300_000), Some(1000));
+        assert_eq!(s.owner_of(365_535), Some(1000));
+        assert_eq!(s.owner_of(365_536), None);
+        assert_eq!(s.owner_of(299_999), None);
+        assert_eq!(s.owner_of(1000), Some(1000));
+        // Another user's map now holds part of the range: that part and the rest of the old
+        // range are forgotten (the old map no longer holds as learned).
+        s.learn_subordinates(2000, &[(310_000, 10)]);
+        assert_eq!(s.owner_of(310_005), Some(2000));
+        assert_eq!(s.owner_of(300_000), None);
+        assert_eq!(s.owner_of(320_000), None);
+        s.forget_subordinate(310_009);
+        assert_eq!(s.owner_of(310_000), None);
+        // Neighbouring ranges of one user are one (a user's uids split over many namespaces).
+        for i in 0..1000 {
+            s.learn_subordinates(5, &[(500_000 + i, 1)]);
+        }
+        s.learn_subordinates(6, &[(501_000, 1)]);
+        assert_eq!(s.inner.subordinates.lock().len(), 3);
+        assert_eq!(s.owner_of(500_999), Some(5));
+        assert_eq!(s.owner_of(501_000), Some(6));
+        // Bounded: past the cap the list starts again.
+        for i in 0..(MAX_SUBORDINATE_RANGES as u32 + 10) {
+            s.learn_subordinates(7, &[(1_000_000 + 2 * i, 1)]);
+        }
+        assert!(s.inner.subordinates.lock().len() <= MAX_SUBORDINATE_RANGES);
+        assert_eq!(
+            s.owner_of(1_000_000 + 2 * (MAX_SUBORDINATE_RANGES as u32 + 9)),
+            Some(7)
+        );
+    }
 
     fn config() -> LimitsConfig {
         LimitsConfig {

@@ -511,9 +511,10 @@ static AGENT_ADDR: std::sync::Mutex<Option<libc::sockaddr_un>> = std::sync::Mute
 static NAMESPACE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The steps of [`subordinate_uids_count_against_the_share_of_the_user_who_mapped_them`]: 1 enters
-/// a new user namespace; any other `n` (once the test has mapped ids) forks a process that becomes
-/// uid `n` of that namespace, connects to the agent on descriptor 3 and waits (killed with its
-/// parent).
+/// a new user namespace; `100 + n` forks a process that becomes uid `n` of that namespace and
+/// connects and closes [`CHURN`] times, and answers once it has exited (a second later); any other `n` (once the
+/// test has mapped ids) forks a process that becomes uid `n` of that namespace, connects to the
+/// agent on descriptor 3 and waits (killed with its parent).
 fn userns_then_connect_as(step: u8) -> bool {
     // SAFETY: unshare, fork, prctl, setuid, close_range, socket, connect and pause are
     // async-signal-safe; the address was prepared before the test forked.
@@ -524,18 +525,36 @@ fn userns_then_connect_as(step: u8) -> bool {
         let Some(addr) = AGENT_ADDR.try_lock().ok().and_then(|a| *a) else {
             return false;
         };
+        let churn = step >= 100;
+        let uid = if churn { step - 100 } else { step };
         let pid = libc::fork();
         if pid != 0 {
-            return pid > 0;
+            if pid < 0 || !churn {
+                return pid > 0;
+            }
+            let mut status = 0;
+            return libc::waitpid(pid, &mut status, 0) == pid
+                && libc::WIFEXITED(status)
+                && libc::WEXITSTATUS(status) == 0;
         }
         // After the setuid, which clears the parent-death signal.
-        if libc::setuid(libc::uid_t::from(step)) != 0 {
+        if libc::setuid(libc::uid_t::from(uid)) != 0 {
             libc::_exit(3);
         }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
         let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if churn {
+            for _ in 0..CHURN {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+                libc::close(fd);
+            }
+            // Alive while the agent takes them in, so each can be identified.
+            libc::sleep(1);
+            libc::_exit(0);
+        }
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
         if fd != 3 || libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
             libc::_exit(4);
         }
@@ -671,6 +690,101 @@ async fn subordinate_uids_count_against_the_share_of_the_user_who_mapped_them() 
         );
     }
     agent.shutdown().await;
+}
+
+/// Connections each churning process of [`userns_then_connect_as`] makes.
+const CHURN: usize = 300;
+
+/// The `read` calls process `pid` has made (`/proc/<pid>/io`).
+fn read_calls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A user flooding the agent from its subordinate uids, each of which has a fresh bucket of its
+/// own (`limits.new_connections_per_second`), is turned away as cheaply as one flooding from its
+/// own uid: once a connection from its namespace has been identified, the agent knows the host
+/// uids that namespace maps are that user's, and a connection from any of them is charged to that
+/// user right after `accept`. Here uid 3 of the namespace spends uid 65534's bucket; then uid 4,
+/// never seen before, connects and closes 300 times: none of them is read about (before, each
+/// cost the agent its `/proc` reads first), and the agent warns naming uid 65534. Against a real
+/// agent process, whose own `read` calls are counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_from_subordinate_uids_is_charged_to_their_user_before_anything_is_read() {
+    if !require_root(
+        "a_flood_from_subordinate_uids_is_charged_to_their_user_before_anything_is_read",
+    ) {
+        return;
+    }
+    let _turn = NAMESPACE_TESTS.lock().await;
+    let dir = open_tempdir();
+    let config = dir.path().join("lanyard.toml");
+    let extra = format!(
+        "[limits]\nnew_connections_per_second = 1.0\nnew_connections_burst = {CHURN}\n{}",
+        entry("/nogroup", &format!("unix:gid:{NOBODY}"))
+    );
+    std::fs::write(&config, config_text(dir.path(), &extra)).unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let agent = KillOnDrop(Some(
+        std::process::Command::new(lanyard_bin())
+            .args(["agent", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = agent.0.as_ref().unwrap().id();
+    let socket = dir.path().join("workload.sock");
+    let s = socket.clone();
+    wait_until("the agent's socket", 20, move || s.exists()).await;
+    // The namespace's uids reach the agent's directory.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero `sockaddr_un` is valid; the path is shorter than `sun_path`.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (i, b) in socket.as_os_str().as_bytes().iter().enumerate() {
+        addr.sun_path[i] = *b as libc::c_char;
+    }
+    *AGENT_ADDR.lock().unwrap() = Some(addr);
+    let (fd, go, answers, child) =
+        fork_connect_then_steps(&socket, Some(NOBODY), userns_then_connect_as);
+    let mut own = client_over(fd).await;
+    assert_eq!(first_ids(&mut own).await.len(), 1, "the maker is served");
+    assert!(child_step(go, answers, 1), "unshare(CLONE_NEWUSER)");
+    std::fs::write(format!("/proc/{}/uid_map", child.pid), "0 320000 16\n").unwrap();
+    // Uid 3 of the namespace: identified on its first connection, it spends uid 65534's bucket.
+    assert!(child_step(go, answers, 103), "uid 3 connects and closes");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = read_calls(pid);
+    assert!(child_step(go, answers, 104), "uid 4 connects and closes");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads = read_calls(pid) - before;
+    assert!(
+        reads < (CHURN / 3) as u64,
+        "the agent made {reads} reads for {CHURN} connections from a subordinate uid whose user is over its rate"
+    );
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connections closed unanswered")
+                && l.contains(&format!("uid={NOBODY}"))
+                && l.contains("limits.new_connections_per_second")),
+        "{log}"
+    );
+    // The agent still answers the user's own connection.
+    assert_eq!(first_ids(&mut own).await.len(), 1);
+    drop(child);
 }
 
 /// A user namespace root made (as a container runtime makes one per container, mapping each to

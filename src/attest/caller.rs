@@ -69,6 +69,11 @@ pub struct Ceiling {
     /// uid, or, for a caller in a user namespace a user other than root made, that user's
     /// ([`sys::userns::share_owner`]): a user's subordinate uids are still that user.
     pub share_uid: u32,
+    /// When `share_uid` is another user's and that user made the caller's user namespace in the
+    /// agent's own: the host uids it maps (`(first, count)`), all that user's, so the accept of a
+    /// later connection from any of them counts against that user before anything else is read
+    /// ([`crate::limits::Shares::owner_of`]). Empty otherwise.
+    pub share_uids: Vec<(u32, u32)>,
 }
 
 /// `CAP_SETGID`'s bit in a capability set.
@@ -176,12 +181,31 @@ impl Caller {
         let (creds, permitted) = dir.status().map_err(pin_error)?;
         let user_ns = dir.user_ns().map_err(pin_error)?;
         // Read before the liveness check below, which proves the directory was the caller's.
-        let share_uid = match agent_user_ns() {
+        let (share_uid, made_by_host_user) = match agent_user_ns() {
             Some(agent) if agent != user_ns => {
-                let ns = dir.open_file("ns/user").map_err(pin_error)?;
-                sys::userns::share_owner(OwnedFd::from(ns), agent.0).unwrap_or(cred.uid)
+                let ns = OwnedFd::from(dir.open_file("ns/user").map_err(pin_error)?);
+                let direct = sys::userns::parent_is(&ns, agent.0);
+                match sys::userns::share_owner(ns, agent.0) {
+                    Some(owner) => (owner, direct),
+                    None => (cred.uid, false),
+                }
             }
-            _ => cred.uid,
+            _ => (cred.uid, false),
+        };
+        // The map of a namespace a host user made (other than the caller's own uid's): every uid
+        // in it is that user's. Deeper namespaces are left out: the map of one made inside a
+        // container may hold uids of the container that are not its maker's.
+        let share_uids = if share_uid == cred.uid || !made_by_host_user {
+            Vec::new()
+        } else {
+            dir.open_file("uid_map")
+                .ok()
+                .and_then(|mut f| {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut f, &mut text).ok()?;
+                    Some(sys::userns::mapped_uids(&text))
+                })
+                .unwrap_or_default()
         };
         let ceiling = Ceiling {
             exe: dir.exe_id().map_err(pin_error)?,
@@ -190,6 +214,7 @@ impl Caller {
             may_set_groups: permitted & CAP_SETGID != 0,
             creds,
             share_uid,
+            share_uids,
         };
         if pidfd.has_exited().map_err(pin_error)? {
             return Err(Error::Exited { pid });

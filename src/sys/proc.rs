@@ -306,6 +306,7 @@ fn c_name(name: &'static str) -> &'static CStr {
         "environ" => c"environ",
         "ns/mnt" => c"ns/mnt",
         "ns/user" => c"ns/user",
+        "uid_map" => c"uid_map",
         _ => {
             // A name missing here reads as "no such file" (the process "exited"): caught in tests.
             debug_assert!(false, "no C name for /proc/<pid>/{name}");

@@ -47,6 +47,35 @@ pub fn share_owner(ns: OwnedFd, agent_ns: u64) -> Option<u32> {
     None
 }
 
+/// Whether the user namespace `ns` was made directly in the agent's own (inode `agent_ns`): a
+/// namespace a host user made, whose `uid_map` root or `newuidmap` wrote from `/etc/subuid`.
+pub fn parent_is(ns: &OwnedFd, agent_ns: u64) -> bool {
+    // SAFETY: an open nsfs descriptor; the kernel returns a new descriptor or -1.
+    let parent = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT) };
+    if parent < 0 {
+        return false;
+    }
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    let parent = unsafe { OwnedFd::from_raw_fd(parent) };
+    inode(&parent) == Some(agent_ns)
+}
+
+/// The host uids a user namespace maps, from its `uid_map` as the agent reads it (the kernel gives
+/// each range's second column in the reader's namespace): `(first, count)` per line, at most the
+/// kernel's 340 lines. A line that does not parse is left out.
+pub fn mapped_uids(uid_map: &str) -> Vec<(u32, u32)> {
+    uid_map
+        .lines()
+        .take(340)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let first: u32 = fields.next()?.parse().ok()?;
+            let count: u32 = fields.next()?.parse().ok()?;
+            (count > 0).then_some((first, count))
+        })
+        .collect()
+}
+
 /// The namespace's inode number (what its `/proc/<pid>/ns/user` link names).
 fn inode(ns: &OwnedFd) -> Option<u64> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
@@ -59,6 +88,13 @@ fn inode(ns: &OwnedFd) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uid_map_is_read_as_host_ranges() {
+        let map = "         0     300000      65536\n     65536       1000          1\nbad line\n 1 2 0\n";
+        assert_eq!(mapped_uids(map), [(300_000, 65_536), (1000, 1)]);
+        assert!(mapped_uids("").is_empty());
+    }
 
     fn own_user_ns() -> OwnedFd {
         OwnedFd::from(std::fs::File::open("/proc/self/ns/user").unwrap())

@@ -156,10 +156,22 @@ impl PeerStream {
         };
         // A peer whose credentials cannot be read counts under a uid no process has.
         let uid = crate::sys::peer::peer_cred(inner.as_fd()).map_or(u32::MAX, |c| c.uid);
+        // A uid learned to be another user's subordinate uid counts against that user's rate now,
+        // before anything is read about the caller: a user flooding from thousands of its
+        // subordinate uids (each with a fresh bucket of its own) is turned away as cheaply as one
+        // flooding from its own uid.
+        let mut charged_owner = None;
         if let Some(shares) = shares {
             if let Err(r) = shares.arrive(uid) {
                 warn_arrivals(uid, &r);
                 return Ok(None);
+            }
+            if let Some(owner) = shares.owner_of(uid).filter(|&o| o != uid) {
+                if let Err(r) = shares.arrive(owner) {
+                    warn_arrivals(owner, &r);
+                    return Ok(None);
+                }
+                charged_owner = Some(owner);
             }
             match shares.connect(uid) {
                 Ok(s) => slot = Some(s),
@@ -174,15 +186,27 @@ impl PeerStream {
         } else {
             Caller::from_socket_with(inner.as_fd(), peer_pidfd).map_err(|e| e.to_string())
         };
+        // What was learned about the uid no longer holds (its range is mapped by another user
+        // now, or by no one): forgotten; the user it was charged to is not refunded (one token).
+        if let (Some(shares), Ok(c), Some(_)) = (shares, &caller, charged_owner)
+            && c.ceiling().share_uid == uid
+        {
+            shares.forget_subordinate(uid);
+        }
         // Subordinate uids of a user count against that user's share: the connection's place moves
         // there (its place in its own uid's share is given back first), and against that user's
-        // rate of new connections too.
+        // rate of new connections too (unless charged to that user already, above).
         if let (Some(shares), Ok(c)) = (shares, &caller)
             && c.ceiling().share_uid != uid
         {
             let owner = c.ceiling().share_uid;
+            if !c.ceiling().share_uids.is_empty() {
+                shares.learn_subordinates(owner, &c.ceiling().share_uids);
+            }
             slot = None;
-            if let Err(r) = shares.arrive(owner) {
+            if charged_owner != Some(owner)
+                && let Err(r) = shares.arrive(owner)
+            {
                 warn_arrivals(owner, &r);
                 return Ok(None);
             }
