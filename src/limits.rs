@@ -156,20 +156,34 @@ impl Buckets {
 }
 
 /// Host uids learned to be a user's subordinate uids (from the `uid_map` of a user namespace that
-/// user made, read when a connection from it was identified): first uid → (one past the last,
-/// the user). Ranges do not overlap; a new one replaces those it meets.
+/// user made, read when a connection from it was identified): first uid → [`Learned`]. Ranges do
+/// not overlap; a new one replaces those it meets.
 #[derive(Default)]
-struct Subordinates(Mutex<std::collections::BTreeMap<u32, (u32, u32)>>);
+struct Subordinates(Mutex<std::collections::BTreeMap<u32, Learned>>);
 
-/// Ranges kept at most (a namespace's map has at most 340 lines; neighbouring ranges of one user
-/// are kept as one, so a user's usual 65,536 subordinate uids make at most 32,768 ranges however
-/// they are split among namespaces); past it the list starts again, and a connection from a uid
-/// not in it is identified before it is charged, as before anything was learned. At most about
-/// 2 MB.
+/// One range of a namespace's map.
+#[derive(Clone, Copy)]
+struct Learned {
+    /// One past the last uid.
+    end: u32,
+    /// The user who made the namespace.
+    owner: u32,
+    /// When a connection from a namespace with this map was last identified.
+    at: Instant,
+}
+
+/// Ranges kept at most (a namespace's map has at most 340 lines; a user's usual 65,536 subordinate
+/// uids make at most 65,536 ranges however they are split among namespaces); past it the list
+/// starts again, and a connection from a uid not in it is identified before it is charged, as
+/// before anything was learned. About 2 MB at most.
 const MAX_SUBORDINATE_RANGES: usize = 65_536;
 
+/// A range not seen again in a namespace's map for this long is not used: a map that no longer
+/// exists (its namespace is gone, its uids given to someone else) stops counting soon.
+const SUBORDINATE_TTL: Duration = Duration::from_secs(60);
+
 impl Subordinates {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u32, (u32, u32)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u32, Learned>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -177,54 +191,50 @@ impl Subordinates {
 
     fn owner_of(&self, uid: u32) -> Option<u32> {
         let ranges = self.lock();
-        let (_, &(end, owner)) = ranges.range(..=uid).next_back()?;
-        (uid < end).then_some(owner)
+        let (_, learned) = ranges.range(..=uid).next_back()?;
+        (uid < learned.end && learned.at.elapsed() < SUBORDINATE_TTL).then_some(learned.owner)
     }
 
     fn learn(&self, owner: u32, mapped: &[(u32, u32)]) {
+        let now = Instant::now();
         let mut ranges = self.lock();
         for &(first, count) in mapped {
             let end = first.saturating_add(count);
-            if ranges.get(&first) == Some(&(end, owner)) {
+            if let Some(same) = ranges.get_mut(&first)
+                && same.end == end
+                && same.owner == owner
+            {
+                same.at = now;
                 continue;
             }
             // Whatever this range meets was learned from a map that no longer holds.
             let met: Vec<u32> = ranges
                 .range(..end)
                 .rev()
-                .take_while(|(_, (e, _))| *e > first)
+                .take_while(|(_, l)| l.end > first)
                 .map(|(start, _)| *start)
                 .collect();
             for start in met {
                 ranges.remove(&start);
             }
-            // One range with a neighbour of the same user on either side.
-            let mut first = first;
-            let mut end = end;
-            if let Some((&start, &(e, o))) = ranges.range(..first).next_back()
-                && e == first
-                && o == owner
-            {
-                ranges.remove(&start);
-                first = start;
-            }
-            if let Some(&(e, o)) = ranges.get(&end)
-                && o == owner
-            {
-                ranges.remove(&end);
-                end = e;
-            }
             if ranges.len() >= MAX_SUBORDINATE_RANGES {
                 ranges.clear();
             }
-            ranges.insert(first, (end, owner));
+            ranges.insert(
+                first,
+                Learned {
+                    end,
+                    owner,
+                    at: now,
+                },
+            );
         }
     }
 
     fn forget(&self, uid: u32) {
         let mut ranges = self.lock();
-        if let Some((&start, &(end, _))) = ranges.range(..=uid).next_back()
-            && uid < end
+        if let Some((&start, l)) = ranges.range(..=uid).next_back()
+            && uid < l.end
         {
             ranges.remove(&start);
         }
@@ -471,14 +481,13 @@ mod tests {
         assert_eq!(s.owner_of(320_000), None);
         s.forget_subordinate(310_009);
         assert_eq!(s.owner_of(310_000), None);
-        // Neighbouring ranges of one user are one (a user's uids split over many namespaces).
-        for i in 0..1000 {
-            s.learn_subordinates(5, &[(500_000 + i, 1)]);
-        }
-        s.learn_subordinates(6, &[(501_000, 1)]);
-        assert_eq!(s.inner.subordinates.lock().len(), 3);
-        assert_eq!(s.owner_of(500_999), Some(5));
-        assert_eq!(s.owner_of(501_000), Some(6));
+        // A range not seen again within the TTL is not used; seeing it again renews it.
+        s.learn_subordinates(5, &[(500_000, 10)]);
+        s.inner.subordinates.lock().get_mut(&500_000).unwrap().at =
+            Instant::now() - SUBORDINATE_TTL;
+        assert_eq!(s.owner_of(500_001), None);
+        s.learn_subordinates(5, &[(500_000, 10)]);
+        assert_eq!(s.owner_of(500_001), Some(5));
         // Bounded: past the cap the list starts again.
         for i in 0..(MAX_SUBORDINATE_RANGES as u32 + 10) {
             s.learn_subordinates(7, &[(1_000_000 + 2 * i, 1)]);
