@@ -25,6 +25,14 @@ pub enum Error {
     /// The caller is in a pod the agent could not resolve (message names pod and container).
     #[error("{message}")]
     Kubernetes { message: String, retryable: bool },
+    /// The name service did not answer for the caller's uid or gid in time (a lookup is still
+    /// under way): no identity for now.
+    #[error("the name service did not answer for {kind} {id} within {} s", waited.as_secs())]
+    NameService {
+        kind: &'static str,
+        id: u32,
+        waited: std::time::Duration,
+    },
     #[error("attestation task failed: {0}")]
     Task(String),
 }

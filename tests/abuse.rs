@@ -32,6 +32,13 @@ struct Agent {
 
 impl Agent {
     async fn start(extra: &str) -> Self {
+        Self::start_with_names(extra, None).await
+    }
+
+    /// [`Agent::start`], resolving user and group names through `names` (a directory with an
+    /// `nsswitch.conf` and the NSS modules it names): the agent runs in a mount namespace of its
+    /// own where that file is `/etc/nsswitch.conf`, with the directory on its library path.
+    async fn start_with_names(extra: &str, names: Option<&Path>) -> Self {
         let dir = open_tempdir();
         let config = dir.path().join("lanyard.toml");
         std::fs::write(
@@ -48,7 +55,19 @@ impl Agent {
                 .open(dir.path().join("agent.log"))
                 .unwrap()
         };
-        let child = Command::new(lanyard_bin())
+        let mut command = match names {
+            None => Command::new(lanyard_bin()),
+            Some(names) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/nsswitch.conf && exec \"$@\"")
+                    .arg(names.join("nsswitch.conf"))
+                    .arg(lanyard_bin())
+                    .env("LD_LIBRARY_PATH", names);
+                c
+            }
+        };
+        let child = command
             .args(["agent", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -669,5 +688,86 @@ async fn a_default_grpc_client_survives_the_idle_timeout() {
         return;
     };
     assert_eq!(attack.report["code"], "OK", "{}", attack.report);
+    attack.stop();
+}
+
+/// An NSS module for [`a_hung_name_service_for_one_uid_does_not_starve_other_users`]: looking up
+/// uid or gid 65534 takes 20 s (a directory server that stopped answering); any other id is left
+/// to the next source. Built with the machine's C compiler into `dir`, beside an `nsswitch.conf`
+/// that asks it first.
+fn hanging_name_service(dir: &Path) {
+    let source = dir.join("hang.c");
+    std::fs::write(
+        &source,
+        r#"#include <nss.h>
+#include <pwd.h>
+#include <grp.h>
+#include <stddef.h>
+#include <unistd.h>
+enum nss_status _nss_hang_getpwuid_r(uid_t uid, struct passwd *p, char *b, size_t n, int *e) {
+    if (uid == 65534) sleep(20);
+    return NSS_STATUS_NOTFOUND;
+}
+enum nss_status _nss_hang_getgrgid_r(gid_t gid, struct group *g, char *b, size_t n, int *e) {
+    if (gid == 65534) sleep(20);
+    return NSS_STATUS_NOTFOUND;
+}
+"#,
+    )
+    .unwrap();
+    let out = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(dir.join("libnss_hang.so.2"))
+        .arg(&source)
+        .output()
+        .expect("gcc (the machine's C compiler) builds the test's NSS module");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        dir.join("nsswitch.conf"),
+        "passwd: hang files\ngroup: hang files\nshadow: files\n",
+    )
+    .unwrap();
+}
+
+/// The name service hangs for uid 65534 (a directory server that stopped answering), and uid 65534
+/// opens 500 connections, each asking for an X.509-SVID: every attestation of it needs its user
+/// name. However many of its calls wait for that answer, the agent keeps attesting others: root's
+/// first fetch (whose names are not known yet either) is served at once (before the change, 37 s:
+/// every blocking thread waited on the name service). Uid 65534's own fetch gets no identity,
+/// `Unavailable` naming the name service, after the wait (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_name_service_for_one_uid_does_not_starve_other_users() {
+    let Some(py) = python("a_hung_name_service_for_one_uid_does_not_starve_other_users") else {
+        return;
+    };
+    let names = open_tempdir();
+    hanging_name_service(names.path());
+    open_to_all(names.path());
+    let agent = Agent::start_with_names("", Some(names.path())).await;
+    open_to_all(agent.socket.parent().unwrap());
+    let attack = Attack::start(&py, &agent.socket, "streams", &["100", "10"]);
+    let took = agent.victim().await;
+    report_latency("a hung name service for the attacker's uid", took);
+    assert!(
+        took < Duration::from_secs(5),
+        "root's fetch waited {took:?} behind uid 65534's name lookups"
+    );
+    // Uid 65534 itself is told why it gets nothing, once the wait for the name service is over.
+    let endpoint = agent.endpoint();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || fetch_as(65534, 65534, &endpoint))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "uid 65534 was served: {stderr}");
+    assert!(
+        stderr.contains("the name service did not answer for uid 65534"),
+        "after {:?}: {stderr}",
+        started.elapsed()
+    );
     attack.stop();
 }

@@ -45,9 +45,30 @@ pub struct UnixAttestor {
 /// A name-service lookup: uid or gid → name (`None`: no such name).
 type Lookup = fn(u32) -> Option<String>;
 
+/// How long an attestation waits for the name service to answer for a uid or gid it has not
+/// cached; past it the caller gets no identity (`Unavailable`: retry), and the lookup goes on.
+const NAME_WAIT: Duration = Duration::from_secs(10);
+
+/// Name-service lookups under way at most, whoever asks: each holds a blocking thread for as long
+/// as the name service takes (a directory server that stopped answering holds it until it times
+/// out), so the agent's blocking pool is never filled by them.
+const MAX_CONCURRENT_NAME_LOOKUPS: usize = 16;
+
 /// A small TTL cache for name-service answers (including "no such name"), refreshed ahead of expiry.
+///
+/// An attestation that needs an answer not cached waits for it on the runtime
+/// ([`NameCache::resolve`], from the attestor's prefetch), not on a blocking thread: one lookup
+/// per id at a time however many attestations want it, at most [`MAX_CONCURRENT_NAME_LOOKUPS`] in
+/// all. Before, each attestation looked the name up itself on the blocking pool, so one uid whose
+/// lookup hangs, with 1,000 streams opening, took every blocking thread the agent has and every
+/// other user's first fetch waited behind them (37 s in `tests/abuse.rs`). Cloning shares it.
+#[derive(Clone)]
 struct NameCache {
     entries: Arc<Mutex<HashMap<u32, CachedName>>>,
+    /// Lookups under way, by id: the flag turns true when one is done (whatever its answer).
+    in_flight: Arc<Mutex<HashMap<u32, tokio::sync::watch::Receiver<bool>>>>,
+    /// Shared by the user and group caches.
+    gate: Arc<tokio::sync::Semaphore>,
     lookup: Lookup,
 }
 
@@ -59,11 +80,58 @@ struct CachedName {
 }
 
 impl NameCache {
-    fn new(lookup: Lookup) -> Self {
+    fn new(lookup: Lookup, gate: Arc<tokio::sync::Semaphore>) -> Self {
         Self {
             entries: Arc::default(),
+            in_flight: Arc::default(),
+            gate,
             lookup,
         }
+    }
+
+    /// Whether a lookup of `id` is under way.
+    fn looking_up(&self, id: u32) -> bool {
+        self.in_flight.lock().is_ok_and(|m| m.contains_key(&id))
+    }
+
+    /// Waits (on the runtime, at most [`NAME_WAIT`]) until the answer for `id` is cached, starting
+    /// its lookup unless one is under way. True once it is.
+    async fn resolve(&self, id: u32) -> bool {
+        if self.cached(id).is_some() {
+            return true;
+        }
+        let Some(mut done) = self.join_or_start(id) else {
+            return false;
+        };
+        let _ = tokio::time::timeout(NAME_WAIT, done.wait_for(|d| *d)).await;
+        self.cached(id).is_some()
+    }
+
+    /// The lookup of `id` under way, or a new one (on the blocking pool, once the gate lets it).
+    fn join_or_start(&self, id: u32) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let mut in_flight = self.in_flight.lock().ok()?;
+        if let Some(done) = in_flight.get(&id) {
+            return Some(done.clone());
+        }
+        let (tx, done) = tokio::sync::watch::channel(false);
+        in_flight.insert(id, done.clone());
+        let (entries, in_flight, gate, lookup) = (
+            self.entries.clone(),
+            self.in_flight.clone(),
+            self.gate.clone(),
+            self.lookup,
+        );
+        tokio::spawn(async move {
+            // However this ends (even if the lookup panics), the id is no longer in flight.
+            let _done = LookupDone { id, in_flight, tx };
+            let Ok(_permit) = gate.acquire_owned().await else {
+                return;
+            };
+            if let Ok(name) = tokio::task::spawn_blocking(move || lookup(id)).await {
+                store(&entries, id, name);
+            }
+        });
+        Some(done)
     }
 
     /// A cached answer younger than [`NAME_CACHE_TTL`], if any: `Some(answer)`. One older than
@@ -81,11 +149,19 @@ impl NameCache {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             entry.refreshing = true;
-            let (entries, lookup) = (self.entries.clone(), self.lookup);
-            // Dropped (not awaited): the answer lands in the cache.
-            drop(runtime.spawn_blocking(move || {
-                let name = lookup(id);
-                store(&entries, id, name);
+            let (entries, lookup, gate) = (self.entries.clone(), self.lookup, self.gate.clone());
+            // Dropped (not awaited): the answer lands in the cache. Through the gate, as every
+            // lookup: refreshes of many ids on a hung name service hold a few threads, not the
+            // pool.
+            drop(runtime.spawn(async move {
+                let Ok(_permit) = gate.acquire_owned().await else {
+                    return;
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    let name = lookup(id);
+                    store(&entries, id, name);
+                })
+                .await;
             }));
         }
         Some(entry.name.clone())
@@ -99,6 +175,23 @@ impl NameCache {
         let name = (self.lookup)(id);
         store(&self.entries, id, name.clone());
         name
+    }
+}
+
+/// Ends a lookup of [`NameCache::join_or_start`] when dropped: the id leaves the lookups under
+/// way, and whoever waits for it is woken.
+struct LookupDone {
+    id: u32,
+    in_flight: Arc<Mutex<HashMap<u32, tokio::sync::watch::Receiver<bool>>>>,
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for LookupDone {
+    fn drop(&mut self) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.remove(&self.id);
+        }
+        let _ = self.tx.send(true);
     }
 }
 
@@ -117,6 +210,23 @@ fn store(entries: &Mutex<HashMap<u32, CachedName>>, id: u32, name: Option<String
             },
         );
     }
+}
+
+/// The name of `id` for an attestation on the blocking pool: cached (the prefetch waited for it),
+/// or looked up here where no lookup of it is under way (no prefetch ran, or the answer expired
+/// since); while one is (the name service has not answered within [`NAME_WAIT`]), no identity.
+fn name_of(cache: &NameCache, kind: &'static str, id: u32) -> Result<Option<String>, Error> {
+    if let Some(name) = cache.cached(id) {
+        return Ok(name);
+    }
+    if cache.looking_up(id) {
+        return Err(Error::NameService {
+            kind,
+            id,
+            waited: NAME_WAIT,
+        });
+    }
+    Ok(cache.get(id))
 }
 
 /// Files hashed at the same time, at most: hashing is the one CPU-heavy part of attestation, and
@@ -142,14 +252,15 @@ struct CachedHash {
 impl UnixAttestor {
     /// An attestor that hashes executables up to `hash_max_bytes` (larger ones get no `unix:sha256`).
     pub fn new(hash_max_bytes: u64) -> Self {
+        let names_gate = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NAME_LOOKUPS));
         Self {
             hash_max_bytes,
             hashes: Mutex::new(HashMap::new()),
             hashing: Mutex::new(HashMap::new()),
             gate: (Mutex::new(0), Condvar::new()),
             hashed: std::sync::atomic::AtomicU64::new(0),
-            users: NameCache::new(sys::users::user_name),
-            groups: NameCache::new(sys::users::group_name),
+            users: NameCache::new(sys::users::user_name, names_gate.clone()),
+            groups: NameCache::new(sys::users::group_name, names_gate),
         }
     }
 
@@ -325,8 +436,8 @@ impl UnixAttestor {
         let creds = process.credentials()?;
         let (user, group) = if allow_slow {
             (
-                self.users.get(creds.effective_uid),
-                self.groups.get(creds.effective_gid),
+                name_of(&self.users, "uid", creds.effective_uid)?,
+                name_of(&self.groups, "gid", creds.effective_gid)?,
             )
         } else {
             match (
@@ -398,6 +509,20 @@ impl Attestor for UnixAttestor {
         "unix"
     }
 
+    /// The user and group names the attestation needs, when not cached: waited for here, on the
+    /// runtime ([`NameCache::resolve`]), so no blocking thread waits on the name service.
+    fn prefetch(&self, process: &PinnedProcess) -> Option<super::Prefetch> {
+        let creds = process.credentials().ok()?;
+        let (uid, gid) = (creds.effective_uid, creds.effective_gid);
+        if self.users.cached(uid).is_some() && self.groups.cached(gid).is_some() {
+            return None;
+        }
+        let (users, groups) = (self.users.clone(), self.groups.clone());
+        Some(Box::pin(async move {
+            tokio::join!(users.resolve(uid), groups.resolve(gid));
+        }))
+    }
+
     fn attest(&self, process: &PinnedProcess, out: &mut SelectorSet) -> Result<(), Error> {
         self.collect(process, out, true).map(|_| ())
     }
@@ -433,7 +558,7 @@ mod tests {
 
     /// A cache whose entry for `id` was stored `age` ago with `name`.
     fn aged(lookup: Lookup, id: u32, age: Duration, name: &str) -> NameCache {
-        let cache = NameCache::new(lookup);
+        let cache = NameCache::new(lookup, Arc::new(tokio::sync::Semaphore::new(1)));
         cache.entries.lock().unwrap().insert(
             id,
             CachedName {
@@ -443,6 +568,47 @@ mod tests {
             },
         );
         cache
+    }
+
+    static SLOW_LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    /// A name service that takes 300 ms to answer.
+    fn slow_lookup(id: u32) -> Option<String> {
+        SLOW_LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        Some(format!("user-{id}"))
+    }
+
+    /// Twenty attestations waiting for one uid's name make one lookup, waited for on the runtime;
+    /// while it is under way, the blocking part of an attestation does not look it up itself but
+    /// says the name service has not answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attestations_waiting_for_one_name_share_one_lookup_off_the_blocking_pool() {
+        let cache = NameCache::new(slow_lookup, Arc::new(tokio::sync::Semaphore::new(1)));
+        let waits: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.resolve(42).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(cache.looking_up(42));
+        match name_of(&cache, "uid", 42) {
+            Err(Error::NameService {
+                kind: "uid",
+                id: 42,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        for w in waits {
+            assert!(w.await.unwrap());
+        }
+        assert_eq!(SLOW_LOOKUPS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!cache.looking_up(42));
+        assert_eq!(
+            name_of(&cache, "uid", 42).unwrap().as_deref(),
+            Some("user-42")
+        );
     }
 
     static REFRESHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -31,6 +31,15 @@ pub(crate) fn to_status(err: &Error) -> Status {
         }
         Error::Attestation {
             pid,
+            source: source @ crate::attest::Error::NameService { .. },
+        } => {
+            tracing::warn!(pid, error = %source, "denied: the name service did not answer");
+            Status::unavailable(format!(
+                "no identity: {source}; the agent keeps asking, retry later"
+            ))
+        }
+        Error::Attestation {
+            pid,
             source: crate::attest::Error::Changed { what, .. },
         } => {
             tracing::warn!(

@@ -655,11 +655,14 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                 },
                 Err(
                     e @ Error::Attestation {
-                        source: crate::attest::Error::Kubernetes { .. },
+                        source:
+                            crate::attest::Error::Kubernetes { .. }
+                            | crate::attest::Error::NameService { .. },
                         ..
                     },
                 ) => {
-                    // The pod could not be resolved (kubelet unreachable, never seen): say why.
+                    // The pod could not be resolved (kubelet unreachable, never seen), or the
+                    // name service did not answer: say why.
                     e
                 }
                 Err(Error::Attestation { source, .. })
