@@ -184,9 +184,8 @@ impl Caller {
         let (share_uid, made_by_host_user) = match agent_user_ns() {
             Some(agent) if agent != user_ns => {
                 let ns = OwnedFd::from(dir.open_file("ns/user").map_err(pin_error)?);
-                let direct = sys::userns::parent_is(&ns, agent.0);
                 match sys::userns::share_owner(ns, agent.0) {
-                    Some(owner) => (owner, direct),
+                    Some(owner) => (owner.uid, owner.made_in_agent_ns),
                     None => (cred.uid, false),
                 }
             }

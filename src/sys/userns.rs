@@ -13,6 +13,15 @@ const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
 /// User namespaces nest at most 32 deep.
 const MAX_DEPTH: usize = 33;
 
+/// What [`share_owner`] finds: the user, and whether that user made the caller's namespace
+/// directly in the agent's own user namespace (a namespace a host user made, whose `uid_map` root
+/// or `newuidmap` wrote from `/etc/subuid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareOwner {
+    pub uid: u32,
+    pub made_in_agent_ns: bool,
+}
+
 /// The uid whose share a caller in the user namespace `ns` (an open `/proc/<pid>/ns/user`) counts
 /// against, where that is not the caller's own uid: the maker of the outermost namespace, between
 /// `ns` and the agent's own user namespace (inode `agent_ns`), that a user other than root made.
@@ -20,13 +29,17 @@ const MAX_DEPTH: usize = 33;
 /// `None` when root made every one of them (a container runtime maps each container to uids of its
 /// own on purpose: each keeps its own share), when `ns` is the agent's own namespace, or when the
 /// chain cannot be followed up to the agent's namespace (the caller is not below it).
-pub fn share_owner(ns: OwnedFd, agent_ns: u64) -> Option<u32> {
+pub fn share_owner(ns: OwnedFd, agent_ns: u64) -> Option<ShareOwner> {
     // Makers, innermost first.
     let mut owners = Vec::new();
     let mut current = ns;
     for _ in 0..MAX_DEPTH {
         if inode(&current)? == agent_ns {
-            return owners.iter().rev().copied().find(|&uid| uid != 0);
+            let uid = owners.iter().rev().copied().find(|&uid| uid != 0)?;
+            return Some(ShareOwner {
+                uid,
+                made_in_agent_ns: owners.len() == 1,
+            });
         }
         let mut uid: libc::uid_t = 0;
         // SAFETY: an open nsfs descriptor of a user namespace and a writable `uid_t`.
@@ -45,19 +58,6 @@ pub fn share_owner(ns: OwnedFd, agent_ns: u64) -> Option<u32> {
         current = unsafe { OwnedFd::from_raw_fd(parent) };
     }
     None
-}
-
-/// Whether the user namespace `ns` was made directly in the agent's own (inode `agent_ns`): a
-/// namespace a host user made, whose `uid_map` root or `newuidmap` wrote from `/etc/subuid`.
-pub fn parent_is(ns: &OwnedFd, agent_ns: u64) -> bool {
-    // SAFETY: an open nsfs descriptor; the kernel returns a new descriptor or -1.
-    let parent = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT) };
-    if parent < 0 {
-        return false;
-    }
-    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-    let parent = unsafe { OwnedFd::from_raw_fd(parent) };
-    inode(&parent) == Some(agent_ns)
 }
 
 /// The host uids a user namespace maps, from its `uid_map` as the agent reads it (the kernel gives
