@@ -33,6 +33,20 @@ pub enum Error {
         id: u32,
         waited: std::time::Duration,
     },
+    /// The callers of one user already hold every name-service lookup one user may have under
+    /// way, and none ended in time to look up the caller's uid or gid: no identity for now.
+    #[error(
+        "the name service has not answered {max} lookups for callers of user {user} (at most {max} \
+         per user), and {kind} {id} waited {} s for one of them to end",
+        waited.as_secs()
+    )]
+    NameLookups {
+        kind: &'static str,
+        id: u32,
+        user: u32,
+        max: usize,
+        waited: std::time::Duration,
+    },
     #[error("attestation task failed: {0}")]
     Task(String),
 }
@@ -76,16 +90,20 @@ pub trait Attestor: Send + Sync + 'static {
     }
 }
 
-/// Async work an attestor can do ahead of its blocking part.
-pub type Prefetch = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// Async work an attestor can do ahead of its blocking part; an error ends the attestation there.
+pub type Prefetch = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>>;
 
 /// Runs every attestor's [`Attestor::prefetch`] for `pinned`, on the async runtime.
-pub async fn prefetch(pinned: &PinnedProcess, attestors: &[Box<dyn Attestor>]) {
+pub async fn prefetch(
+    pinned: &PinnedProcess,
+    attestors: &[Box<dyn Attestor>],
+) -> Result<(), Error> {
     for attestor in attestors {
         if let Some(work) = attestor.prefetch(pinned) {
-            work.await;
+            work.await?;
         }
     }
+    Ok(())
 }
 
 /// Pins the caller and attests it with cached, non-blocking work only. `Ok(None)` when an attestor

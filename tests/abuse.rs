@@ -55,19 +55,7 @@ impl Agent {
                 .open(dir.path().join("agent.log"))
                 .unwrap()
         };
-        let mut command = match names {
-            None => Command::new(lanyard_bin()),
-            Some(names) => {
-                let mut c = Command::new("unshare");
-                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-                    .arg("mount --bind \"$0\" /etc/nsswitch.conf && exec \"$@\"")
-                    .arg(names.join("nsswitch.conf"))
-                    .arg(lanyard_bin())
-                    .env("LD_LIBRARY_PATH", names);
-                c
-            }
-        };
-        let child = command
+        let child = agent_command(names)
             .args(["agent", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -691,48 +679,6 @@ async fn a_default_grpc_client_survives_the_idle_timeout() {
     attack.stop();
 }
 
-/// An NSS module for [`a_hung_name_service_for_one_uid_does_not_starve_other_users`]: looking up
-/// uid or gid 65534 takes 20 s (a directory server that stopped answering); any other id is left
-/// to the next source. Built with the machine's C compiler into `dir`, beside an `nsswitch.conf`
-/// that asks it first.
-fn hanging_name_service(dir: &Path) {
-    let source = dir.join("hang.c");
-    std::fs::write(
-        &source,
-        r#"#include <nss.h>
-#include <pwd.h>
-#include <grp.h>
-#include <stddef.h>
-#include <unistd.h>
-enum nss_status _nss_hang_getpwuid_r(uid_t uid, struct passwd *p, char *b, size_t n, int *e) {
-    if (uid == 65534) sleep(20);
-    return NSS_STATUS_NOTFOUND;
-}
-enum nss_status _nss_hang_getgrgid_r(gid_t gid, struct group *g, char *b, size_t n, int *e) {
-    if (gid == 65534) sleep(20);
-    return NSS_STATUS_NOTFOUND;
-}
-"#,
-    )
-    .unwrap();
-    let out = Command::new("gcc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(dir.join("libnss_hang.so.2"))
-        .arg(&source)
-        .output()
-        .expect("gcc (the machine's C compiler) builds the test's NSS module");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(
-        dir.join("nsswitch.conf"),
-        "passwd: hang files\ngroup: hang files\nshadow: files\n",
-    )
-    .unwrap();
-}
-
 /// The name service hangs for uid 65534 (a directory server that stopped answering), and uid 65534
 /// opens 500 connections, each asking for an X.509-SVID: every attestation of it needs its user
 /// name. However many of its calls wait for that answer, the agent keeps attesting others: root's
@@ -745,7 +691,7 @@ async fn a_hung_name_service_for_one_uid_does_not_starve_other_users() {
         return;
     };
     let names = open_tempdir();
-    hanging_name_service(names.path());
+    hanging_name_service(names.path(), "id == 65534");
     open_to_all(names.path());
     let agent = Agent::start_with_names("", Some(names.path())).await;
     open_to_all(agent.socket.parent().unwrap());

@@ -564,6 +564,18 @@ fn userns_then_connect_as(step: u8) -> bool {
     }
 }
 
+/// Where the processes of [`userns_then_connect_as`] connect: `socket`.
+fn set_agent_addr(socket: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero `sockaddr_un` is valid; the path is shorter than `sun_path`.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (i, b) in socket.as_os_str().as_bytes().iter().enumerate() {
+        addr.sun_path[i] = *b as libc::c_char;
+    }
+    *AGENT_ADDR.lock().unwrap() = Some(addr);
+}
+
 /// A copy of descriptor 3 of process `pid` once that is a connected socket other than `inherited`
 /// (the `socket:[inode]` its parent passed on, which it closes first) (`pidfd_getfd`, as root).
 async fn connected_socket_of(pid: i32, inherited: &std::path::Path) -> i32 {
@@ -608,14 +620,7 @@ async fn connect_as_uids_of_a_new_namespace(
     maker: Option<u32>,
     first_uid: u32,
 ) -> (Vec<String>, Vec<String>) {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: an all-zero `sockaddr_un` is valid; the path is shorter than `sun_path`.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (i, b) in agent.socket.as_os_str().as_bytes().iter().enumerate() {
-        addr.sun_path[i] = *b as libc::c_char;
-    }
-    *AGENT_ADDR.lock().unwrap() = Some(addr);
+    set_agent_addr(&agent.socket);
     let (fd, go, answers, child) =
         fork_connect_then_steps(&agent.socket, maker, userns_then_connect_as);
     let mut own = client_over(fd).await;
@@ -749,14 +754,7 @@ async fn a_flood_from_subordinate_uids_is_charged_to_their_user_before_anything_
     )
     .unwrap();
 
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: an all-zero `sockaddr_un` is valid; the path is shorter than `sun_path`.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (i, b) in socket.as_os_str().as_bytes().iter().enumerate() {
-        addr.sun_path[i] = *b as libc::c_char;
-    }
-    *AGENT_ADDR.lock().unwrap() = Some(addr);
+    set_agent_addr(&socket);
     let (fd, go, answers, child) =
         fork_connect_then_steps(&socket, Some(NOBODY), userns_then_connect_as);
     let mut own = client_over(fd).await;
@@ -784,6 +782,123 @@ async fn a_flood_from_subordinate_uids_is_charged_to_their_user_before_anything_
     );
     // The agent still answers the user's own connection.
     assert_eq!(first_ids(&mut own).await.len(), 1);
+    drop(child);
+}
+
+/// A name service that does not answer for a user's subordinate uids (a directory server that
+/// stopped answering; here an NSS module that sleeps 20 s for host ids 330,000–330,099, loaded by
+/// the agent alone), and that user (uid 65534) running processes as 20 of them in a namespace it
+/// made, each asking for an SVID: each attestation needs its uid's name. The user's callers start
+/// at most 4 lookups; the others wait for one of those to end, and none does within 10 s:
+/// `Unavailable`, naming the user and the limit. Meanwhile another user's first fetch, whose names
+/// are not known yet either, is served at once. Before, the user's lookups took all 16 the agent
+/// runs at once, and that fetch waited for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_subordinate_uids_the_name_service_does_not_answer_take_only_its_share_of_lookups()
+{
+    if !require_root(
+        "a_users_subordinate_uids_the_name_service_does_not_answer_take_only_its_share_of_lookups",
+    ) {
+        return;
+    }
+    let _turn = NAMESPACE_TESTS.lock().await;
+    let (dir, names) = (open_tempdir(), open_tempdir());
+    hanging_name_service(names.path(), "id >= 330000 && id < 330100");
+    let config = dir.path().join("lanyard.toml");
+    let extra = format!(
+        "{}{}",
+        entry("/nogroup", &format!("unix:gid:{NOBODY}")),
+        entry("/other", "unix:uid:4242")
+    );
+    std::fs::write(&config, config_text(dir.path(), &extra)).unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let _agent = KillOnDrop(Some(
+        agent_command(Some(names.path()))
+            .args(["agent", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let socket = dir.path().join("workload.sock");
+    let s = socket.clone();
+    wait_until("the agent's socket", 20, move || s.exists()).await;
+    // The namespace's uids and uid 4242 reach the agent's directory.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    set_agent_addr(&socket);
+    let (fd, go, answers, child) =
+        fork_connect_then_steps(&socket, Some(NOBODY), userns_then_connect_as);
+    let mut own = client_over(fd).await;
+    assert_eq!(first_ids(&mut own).await.len(), 1, "the maker is served");
+    assert!(child_step(go, answers, 1), "unshare(CLONE_NEWUSER)");
+    std::fs::write(format!("/proc/{}/uid_map", child.pid), "0 330000 64\n").unwrap();
+    let inherited = std::fs::read_link(format!("/proc/{}/fd/3", child.pid)).unwrap();
+    let mut asks = Vec::new();
+    for inner_uid in 10..30u8 {
+        assert!(
+            child_step(go, answers, inner_uid),
+            "fork as uid {inner_uid}"
+        );
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.pid)).unwrap();
+        let grandchild: i32 = children.split_whitespace().last().unwrap().parse().unwrap();
+        let mut client = client_over(connected_socket_of(grandchild, &inherited).await).await;
+        asks.push(tokio::spawn(async move {
+            client
+                .fetch_jwtsvid(with_header(JwtsvidRequest {
+                    audience: vec!["names".into()],
+                    spiffe_id: String::new(),
+                }))
+                .await
+                .map(|_| ())
+        }));
+    }
+    // Every one of them is waiting for the name service (or for its user's share of it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let endpoint = format!("unix://{}", socket.display());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || fetch_as(4242, 4242, &endpoint))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "uid 4242 was refused after {took:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids_in(&out), ["spiffe://example.org/other"]);
+    assert!(
+        took < Duration::from_secs(5),
+        "uid 4242's first fetch waited {took:?} behind uid {NOBODY}'s lookups"
+    );
+    let (mut no_answer, mut over_share) = (0, 0);
+    for ask in asks {
+        let status = ask.await.unwrap().expect_err("no name, no identity");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let message = status.message();
+        if message.contains("the name service did not answer for uid 3300") {
+            no_answer += 1;
+        } else if message.contains(&format!(
+            "the name service has not answered 4 lookups for callers of user {NOBODY} (at most 4 per user)"
+        )) {
+            over_share += 1;
+        } else {
+            panic!("{message}");
+        }
+    }
+    assert_eq!((no_answer, over_share), (4, 16));
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("name-service lookups are all under way")
+                && l.contains(&format!("user={NOBODY}"))),
+        "{log}"
+    );
     drop(child);
 }
 

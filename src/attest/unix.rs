@@ -54,12 +54,103 @@ const NAME_WAIT: Duration = Duration::from_secs(10);
 /// out), so the agent's blocking pool is never filled by them.
 const MAX_CONCURRENT_NAME_LOOKUPS: usize = 16;
 
+/// Of those, at most this many started for the callers of one user (the uid they count against,
+/// [`PinnedProcess::share_uid`]: a user's subordinate uids are that user's): one user whose ids
+/// the name service does not answer for cannot hold every lookup and make every other user's
+/// first fetch wait. A user's further lookups wait (on the runtime) for one of its own to end.
+const MAX_NAME_LOOKUPS_PER_USER: usize = 4;
+
+/// The name-service lookups under way, shared by the user and group caches: at most
+/// `total` at once, and at most `per_user` started for one user's callers.
+struct Lookups {
+    gate: Arc<tokio::sync::Semaphore>,
+    per_user: usize,
+    /// Each user's own slots, while any is held or waited for.
+    users: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Lookups {
+    fn new(total: usize, per_user: usize) -> Arc<Self> {
+        Arc::new(Self {
+            gate: Arc::new(tokio::sync::Semaphore::new(total)),
+            per_user,
+            users: Mutex::default(),
+        })
+    }
+}
+
+/// One of a user's lookup slots, held (or waited for) while it lives; the user's entry leaves
+/// [`Lookups::users`] once nobody holds or waits for one.
+struct UserSlot {
+    lookups: Arc<Lookups>,
+    user: u32,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl UserSlot {
+    fn new(lookups: &Arc<Lookups>, user: u32) -> Self {
+        let slots = lookups.users.lock().ok().map(|mut users| {
+            users
+                .entry(user)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(lookups.per_user)))
+                .clone()
+        });
+        Self {
+            lookups: lookups.clone(),
+            user,
+            slots,
+            held: None,
+        }
+    }
+
+    /// Waits for one of the user's slots.
+    async fn acquire(&mut self) -> bool {
+        if let Some(slots) = &self.slots {
+            self.held = slots.clone().acquire_owned().await.ok();
+        }
+        self.held.is_some()
+    }
+
+    /// One of the user's slots if one is free now.
+    fn try_acquire(&mut self) -> bool {
+        if let Some(slots) = &self.slots {
+            self.held = slots.clone().try_acquire_owned().ok();
+        }
+        self.held.is_some()
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if let Ok(mut users) = self.lookups.users.lock() {
+            self.held = None;
+            self.slots = None;
+            if users
+                .get(&self.user)
+                .is_some_and(|slots| Arc::strong_count(slots) == 1)
+            {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Why [`NameCache::resolve`] has no answer.
+#[derive(Debug, PartialEq)]
+enum Unresolved {
+    /// The lookup was started (or joined) and the name service has not answered.
+    NoAnswer,
+    /// The user's callers hold all their lookups, and none ended in time.
+    UserBusy,
+}
+
 /// A small TTL cache for name-service answers (including "no such name"), refreshed ahead of expiry.
 ///
 /// An attestation that needs an answer not cached waits for it on the runtime
 /// ([`NameCache::resolve`], from the attestor's prefetch), not on a blocking thread: one lookup
 /// per id at a time however many attestations want it, at most [`MAX_CONCURRENT_NAME_LOOKUPS`] in
-/// all. Before, each attestation looked the name up itself on the blocking pool, so one uid whose
+/// all and [`MAX_NAME_LOOKUPS_PER_USER`] for one user's callers. Before, each attestation looked the name up itself on the blocking pool, so one uid whose
 /// lookup hangs, with 1,000 streams opening, took every blocking thread the agent has and every
 /// other user's first fetch waited behind them (37 s in `tests/abuse.rs`). Cloning shares it.
 #[derive(Clone)]
@@ -68,7 +159,7 @@ struct NameCache {
     /// Lookups under way, by id: the flag turns true when one is done (whatever its answer).
     in_flight: Arc<Mutex<HashMap<u32, tokio::sync::watch::Receiver<bool>>>>,
     /// Shared by the user and group caches.
-    gate: Arc<tokio::sync::Semaphore>,
+    lookups: Arc<Lookups>,
     lookup: Lookup,
 }
 
@@ -80,11 +171,11 @@ struct CachedName {
 }
 
 impl NameCache {
-    fn new(lookup: Lookup, gate: Arc<tokio::sync::Semaphore>) -> Self {
+    fn new(lookup: Lookup, lookups: Arc<Lookups>) -> Self {
         Self {
             entries: Arc::default(),
             in_flight: Arc::default(),
-            gate,
+            lookups,
             lookup,
         }
     }
@@ -94,21 +185,47 @@ impl NameCache {
         self.in_flight.lock().is_ok_and(|m| m.contains_key(&id))
     }
 
-    /// Waits (on the runtime, at most [`NAME_WAIT`]) until the answer for `id` is cached, starting
-    /// its lookup unless one is under way. True once it is.
-    async fn resolve(&self, id: u32) -> bool {
-        if self.cached(id).is_some() {
-            return true;
-        }
-        let Some(mut done) = self.join_or_start(id) else {
-            return false;
-        };
-        let _ = tokio::time::timeout(NAME_WAIT, done.wait_for(|d| *d)).await;
-        self.cached(id).is_some()
+    /// The lookup of `id` under way, if there is one.
+    fn joined(&self, id: u32) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.in_flight.lock().ok()?.get(&id).cloned()
     }
 
-    /// The lookup of `id` under way, or a new one (on the blocking pool, once the gate lets it).
-    fn join_or_start(&self, id: u32) -> Option<tokio::sync::watch::Receiver<bool>> {
+    /// Waits (on the runtime, at most [`NAME_WAIT`]) until the answer for `id` is cached. A lookup
+    /// of `id` under way is joined, whoever started it; otherwise one is started once `user` (the
+    /// caller's share uid) has a lookup slot free.
+    async fn resolve(&self, id: u32, user: u32) -> Result<(), Unresolved> {
+        if self.cached(id, user).is_some() {
+            return Ok(());
+        }
+        let mut under_way = false;
+        let _ = tokio::time::timeout(NAME_WAIT, async {
+            let mut done = match self.joined(id) {
+                Some(done) => done,
+                None => {
+                    let mut slot = UserSlot::new(&self.lookups, user);
+                    if !slot.acquire().await {
+                        return;
+                    }
+                    match self.join_or_start(id, slot) {
+                        Some(done) => done,
+                        None => return,
+                    }
+                }
+            };
+            under_way = true;
+            let _ = done.wait_for(|d| *d).await;
+        })
+        .await;
+        match self.peek(id) {
+            Some(_) => Ok(()),
+            None if under_way => Err(Unresolved::NoAnswer),
+            None => Err(Unresolved::UserBusy),
+        }
+    }
+
+    /// The lookup of `id` under way, or a new one holding `slot` (on the blocking pool, once the
+    /// shared gate lets it).
+    fn join_or_start(&self, id: u32, slot: UserSlot) -> Option<tokio::sync::watch::Receiver<bool>> {
         let mut in_flight = self.in_flight.lock().ok()?;
         if let Some(done) = in_flight.get(&id) {
             return Some(done.clone());
@@ -118,12 +235,14 @@ impl NameCache {
         let (entries, in_flight, gate, lookup) = (
             self.entries.clone(),
             self.in_flight.clone(),
-            self.gate.clone(),
+            self.lookups.gate.clone(),
             self.lookup,
         );
         tokio::spawn(async move {
-            // However this ends (even if the lookup panics), the id is no longer in flight.
+            // However this ends (even if the lookup panics), the id is no longer in flight, and
+            // the user's slot is given back.
             let _done = LookupDone { id, in_flight, tx };
+            let _slot = slot;
             let Ok(_permit) = gate.acquire_owned().await else {
                 return;
             };
@@ -134,10 +253,18 @@ impl NameCache {
         Some(done)
     }
 
+    /// A cached answer younger than [`NAME_CACHE_TTL`], if any, without starting anything.
+    fn peek(&self, id: u32) -> Option<Option<String>> {
+        let entries = self.entries.lock().ok()?;
+        let entry = entries.get(&id)?;
+        (entry.at.elapsed() < NAME_CACHE_TTL).then(|| entry.name.clone())
+    }
+
     /// A cached answer younger than [`NAME_CACHE_TTL`], if any: `Some(answer)`. One older than
     /// [`NAME_REFRESH_AFTER`] is answered and looked up again in the background (when a Tokio
-    /// runtime is there to run the lookup).
-    fn cached(&self, id: u32) -> Option<Option<String>> {
+    /// runtime is there to run the lookup, and `user`, the caller's share uid, has a lookup slot
+    /// free; otherwise a later call starts it).
+    fn cached(&self, id: u32, user: u32) -> Option<Option<String>> {
         let mut entries = self.entries.lock().ok()?;
         let entry = entries.get_mut(&id)?;
         let age = entry.at.elapsed();
@@ -148,28 +275,33 @@ impl NameCache {
             && !entry.refreshing
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            entry.refreshing = true;
-            let (entries, lookup, gate) = (self.entries.clone(), self.lookup, self.gate.clone());
-            // Dropped (not awaited): the answer lands in the cache. Through the gate, as every
-            // lookup: refreshes of many ids on a hung name service hold a few threads, not the
-            // pool.
-            drop(runtime.spawn(async move {
-                let Ok(_permit) = gate.acquire_owned().await else {
-                    return;
-                };
-                let _ = tokio::task::spawn_blocking(move || {
-                    let name = lookup(id);
-                    store(&entries, id, name);
-                })
-                .await;
-            }));
+            let mut slot = UserSlot::new(&self.lookups, user);
+            if slot.try_acquire() {
+                entry.refreshing = true;
+                let (entries, lookup, gate) =
+                    (self.entries.clone(), self.lookup, self.lookups.gate.clone());
+                // Dropped (not awaited): the answer lands in the cache. Through the gate and on
+                // the user's share, as every lookup: refreshes of many ids on a hung name
+                // service hold a few threads, not the pool.
+                drop(runtime.spawn(async move {
+                    let _slot = slot;
+                    let Ok(_permit) = gate.acquire_owned().await else {
+                        return;
+                    };
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let name = lookup(id);
+                        store(&entries, id, name);
+                    })
+                    .await;
+                }));
+            }
         }
         Some(entry.name.clone())
     }
 
     /// The cached answer, or a lookup now (blocking).
-    fn get(&self, id: u32) -> Option<String> {
-        if let Some(name) = self.cached(id) {
+    fn get(&self, id: u32, user: u32) -> Option<String> {
+        if let Some(name) = self.cached(id, user) {
             return name;
         }
         let name = (self.lookup)(id);
@@ -215,8 +347,13 @@ fn store(entries: &Mutex<HashMap<u32, CachedName>>, id: u32, name: Option<String
 /// The name of `id` for an attestation on the blocking pool: cached (the prefetch waited for it),
 /// or looked up here where no lookup of it is under way (no prefetch ran, or the answer expired
 /// since); while one is (the name service has not answered within [`NAME_WAIT`]), no identity.
-fn name_of(cache: &NameCache, kind: &'static str, id: u32) -> Result<Option<String>, Error> {
-    if let Some(name) = cache.cached(id) {
+fn name_of(
+    cache: &NameCache,
+    kind: &'static str,
+    id: u32,
+    user: u32,
+) -> Result<Option<String>, Error> {
+    if let Some(name) = cache.cached(id, user) {
         return Ok(name);
     }
     if cache.looking_up(id) {
@@ -226,7 +363,25 @@ fn name_of(cache: &NameCache, kind: &'static str, id: u32) -> Result<Option<Stri
             waited: NAME_WAIT,
         });
     }
-    Ok(cache.get(id))
+    Ok(cache.get(id, user))
+}
+
+/// What [`NameCache::resolve`] found, as an attestation error.
+fn unresolved(why: Unresolved, kind: &'static str, id: u32, user: u32) -> Error {
+    match why {
+        Unresolved::NoAnswer => Error::NameService {
+            kind,
+            id,
+            waited: NAME_WAIT,
+        },
+        Unresolved::UserBusy => Error::NameLookups {
+            kind,
+            id,
+            user,
+            max: MAX_NAME_LOOKUPS_PER_USER,
+            waited: NAME_WAIT,
+        },
+    }
 }
 
 /// Files hashed at the same time, at most: hashing is the one CPU-heavy part of attestation, and
@@ -252,15 +407,15 @@ struct CachedHash {
 impl UnixAttestor {
     /// An attestor that hashes executables up to `hash_max_bytes` (larger ones get no `unix:sha256`).
     pub fn new(hash_max_bytes: u64) -> Self {
-        let names_gate = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NAME_LOOKUPS));
+        let lookups = Lookups::new(MAX_CONCURRENT_NAME_LOOKUPS, MAX_NAME_LOOKUPS_PER_USER);
         Self {
             hash_max_bytes,
             hashes: Mutex::new(HashMap::new()),
             hashing: Mutex::new(HashMap::new()),
             gate: (Mutex::new(0), Condvar::new()),
             hashed: std::sync::atomic::AtomicU64::new(0),
-            users: NameCache::new(sys::users::user_name, names_gate.clone()),
-            groups: NameCache::new(sys::users::group_name, names_gate),
+            users: NameCache::new(sys::users::user_name, lookups.clone()),
+            groups: NameCache::new(sys::users::group_name, lookups),
         }
     }
 
@@ -434,15 +589,16 @@ impl UnixAttestor {
     ) -> Result<bool, Error> {
         // Exactly the credentials the process connected with, or the connection is cut off.
         let creds = process.credentials()?;
+        let share = process.share_uid();
         let (user, group) = if allow_slow {
             (
-                name_of(&self.users, "uid", creds.effective_uid)?,
-                name_of(&self.groups, "gid", creds.effective_gid)?,
+                name_of(&self.users, "uid", creds.effective_uid, share)?,
+                name_of(&self.groups, "gid", creds.effective_gid, share)?,
             )
         } else {
             match (
-                self.users.cached(creds.effective_uid),
-                self.groups.cached(creds.effective_gid),
+                self.users.cached(creds.effective_uid, share),
+                self.groups.cached(creds.effective_gid, share),
             ) {
                 (Some(u), Some(g)) => (u, g),
                 _ => return Ok(false),
@@ -510,16 +666,23 @@ impl Attestor for UnixAttestor {
     }
 
     /// The user and group names the attestation needs, when not cached: waited for here, on the
-    /// runtime ([`NameCache::resolve`]), so no blocking thread waits on the name service.
+    /// runtime ([`NameCache::resolve`]), so no blocking thread waits on the name service. Without
+    /// an answer in time the attestation ends here: no identity, the reason named.
     fn prefetch(&self, process: &PinnedProcess) -> Option<super::Prefetch> {
         let creds = process.credentials().ok()?;
-        let (uid, gid) = (creds.effective_uid, creds.effective_gid);
-        if self.users.cached(uid).is_some() && self.groups.cached(gid).is_some() {
+        let (uid, gid, share) = (
+            creds.effective_uid,
+            creds.effective_gid,
+            process.share_uid(),
+        );
+        if self.users.cached(uid, share).is_some() && self.groups.cached(gid, share).is_some() {
             return None;
         }
         let (users, groups) = (self.users.clone(), self.groups.clone());
         Some(Box::pin(async move {
-            tokio::join!(users.resolve(uid), groups.resolve(gid));
+            let (user, group) = tokio::join!(users.resolve(uid, share), groups.resolve(gid, share));
+            user.map_err(|why| unresolved(why, "uid", uid, share))?;
+            group.map_err(|why| unresolved(why, "gid", gid, share))
         }))
     }
 
@@ -558,7 +721,7 @@ mod tests {
 
     /// A cache whose entry for `id` was stored `age` ago with `name`.
     fn aged(lookup: Lookup, id: u32, age: Duration, name: &str) -> NameCache {
-        let cache = NameCache::new(lookup, Arc::new(tokio::sync::Semaphore::new(1)));
+        let cache = NameCache::new(lookup, Lookups::new(1, MAX_NAME_LOOKUPS_PER_USER));
         cache.entries.lock().unwrap().insert(
             id,
             CachedName {
@@ -583,16 +746,16 @@ mod tests {
     /// says the name service has not answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn attestations_waiting_for_one_name_share_one_lookup_off_the_blocking_pool() {
-        let cache = NameCache::new(slow_lookup, Arc::new(tokio::sync::Semaphore::new(1)));
+        let cache = NameCache::new(slow_lookup, Lookups::new(1, MAX_NAME_LOOKUPS_PER_USER));
         let waits: Vec<_> = (0..20)
             .map(|_| {
                 let cache = cache.clone();
-                tokio::spawn(async move { cache.resolve(42).await })
+                tokio::spawn(async move { cache.resolve(42, 0).await })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(cache.looking_up(42));
-        match name_of(&cache, "uid", 42) {
+        match name_of(&cache, "uid", 42, 0) {
             Err(Error::NameService {
                 kind: "uid",
                 id: 42,
@@ -601,14 +764,76 @@ mod tests {
             other => panic!("{other:?}"),
         }
         for w in waits {
-            assert!(w.await.unwrap());
+            assert_eq!(w.await.unwrap(), Ok(()));
         }
         assert_eq!(SLOW_LOOKUPS.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(!cache.looking_up(42));
         assert_eq!(
-            name_of(&cache, "uid", 42).unwrap().as_deref(),
+            name_of(&cache, "uid", 42, 0).unwrap().as_deref(),
             Some("user-42")
         );
+    }
+
+    /// Set when the lookups of [`held_lookup`] may answer.
+    static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static HELD_LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    /// A name service that does not answer for ids 1 to 3 until told to (or 10 s); at once for others.
+    fn held_lookup(id: u32) -> Option<String> {
+        HELD_LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (1..=3).contains(&id)
+            && !RELEASE.load(std::sync::atomic::Ordering::SeqCst)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Some(format!("user-{id}"))
+    }
+
+    /// One user's callers start at most its share of the lookups: with both of user 1000's held by
+    /// a name service that does not answer, its third id waits for one of them to end, while
+    /// another user's lookup starts and is answered at once, and a lookup under way for user 1000
+    /// is joined by user 2000 without waiting for user 1000's share.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_users_lookups_the_name_service_does_not_answer_leave_the_others_their_lookups() {
+        let lookups = Lookups::new(16, 2);
+        let cache = NameCache::new(held_lookup, lookups.clone());
+        let resolve = |id: u32, user: u32| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.resolve(id, user).await })
+        };
+        let (first, second) = (resolve(1, 1000), resolve(2, 1000));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(cache.looking_up(1) && cache.looking_up(2));
+        let third = resolve(3, 1000);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !cache.looking_up(3),
+            "user 1000's third lookup waits for its share"
+        );
+        let t = Instant::now();
+        assert_eq!(resolve(4, 2000).await.unwrap(), Ok(()));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        let joined = resolve(1, 2000);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(HELD_LOOKUPS.load(std::sync::atomic::Ordering::SeqCst), 3);
+        RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
+        for wait in [first, second, third, joined] {
+            assert_eq!(wait.await.unwrap(), Ok(()));
+        }
+        assert_eq!(
+            HELD_LOOKUPS.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "id 1 was looked up once for both users"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lookups.users.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "a user's slots outlived its lookups"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     static REFRESHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -627,9 +852,9 @@ mod tests {
     async fn a_name_near_its_expiry_is_answered_at_once_and_looked_up_again_in_the_background() {
         let cache = aged(counted_lookup, 7, Duration::from_secs(25), "old");
         let t = Instant::now();
-        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert_eq!(cache.cached(7, 0), Some(Some("old".into())));
         // Meanwhile other calls get the cached name and start no second lookup.
-        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert_eq!(cache.cached(7, 0), Some(Some("old".into())));
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "the calls did not wait for the lookup (it answers only when told, or after 10 s)"
@@ -640,11 +865,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // While that lookup is under way, a call is answered from the cache and starts no other.
-        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert_eq!(cache.cached(7, 0), Some(Some("old".into())));
         assert_eq!(REFRESHES.load(std::sync::atomic::Ordering::SeqCst), 1);
         ANSWER.store(true, std::sync::atomic::Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while cache.cached(7) != Some(Some("renamed-7".into())) {
+        while cache.cached(7, 0) != Some(Some("renamed-7".into())) {
             assert!(Instant::now() < deadline, "the refreshed name never landed");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -662,9 +887,9 @@ mod tests {
     #[tokio::test]
     async fn a_name_past_its_ttl_is_never_answered_from_the_cache() {
         let cache = aged(renaming_lookup, 7, NAME_CACHE_TTL, "old");
-        assert_eq!(cache.cached(7), None, "the fast path must not use it");
+        assert_eq!(cache.cached(7, 0), None, "the fast path must not use it");
         assert_eq!(
-            cache.get(7),
+            cache.get(7, 0),
             Some("renamed-7".into()),
             "looked up in the call"
         );
@@ -673,7 +898,7 @@ mod tests {
     #[test]
     fn without_a_runtime_a_name_near_its_expiry_is_answered_and_nothing_is_started() {
         let cache = aged(renaming_lookup, 7, Duration::from_secs(25), "old");
-        assert_eq!(cache.cached(7), Some(Some("old".into())));
+        assert_eq!(cache.cached(7, 0), Some(Some("old".into())));
         assert!(!cache.entries.lock().unwrap()[&7].refreshing);
     }
 

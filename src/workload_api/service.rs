@@ -92,7 +92,9 @@ impl WorkloadApi {
         let pinned = crate::attest::PinnedProcess::pin(caller)
             .map_err(|source| Error::Attestation { pid, source })?;
         // Network waits (the kubelet) are awaited here, not on a blocking thread.
-        crate::attest::prefetch(&pinned, &attestors).await;
+        crate::attest::prefetch(&pinned, &attestors)
+            .await
+            .map_err(|source| Error::Attestation { pid, source })?;
         let result = tokio::task::spawn_blocking(move || {
             crate::attest::reattest_blocking(&pinned, &attestors).map(|s| (pinned, s))
         })

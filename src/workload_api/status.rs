@@ -40,6 +40,20 @@ pub(crate) fn to_status(err: &Error) -> Status {
         }
         Error::Attestation {
             pid,
+            source: source @ crate::attest::Error::NameLookups { user, .. },
+        } => {
+            tracing::warn!(
+                pid,
+                user,
+                error = %source,
+                "denied: the user's name-service lookups are all under way"
+            );
+            Status::unavailable(format!(
+                "no identity: {source}; retry once the name service answers"
+            ))
+        }
+        Error::Attestation {
+            pid,
             source: crate::attest::Error::Changed { what, .. },
         } => {
             tracing::warn!(

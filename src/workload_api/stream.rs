@@ -326,7 +326,9 @@ impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
         let selectors = match fast {
             Ok(Some(s)) => s,
             Ok(None) => tokio::task::spawn_blocking({
-                crate::attest::prefetch(&pinned, &attestors).await;
+                crate::attest::prefetch(&pinned, &attestors)
+                    .await
+                    .map_err(|source| Error::Attestation { pid, source })?;
                 move || crate::attest::reattest_blocking(&pinned, &attestors)
             })
             .await
@@ -657,12 +659,13 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                     e @ Error::Attestation {
                         source:
                             crate::attest::Error::Kubernetes { .. }
-                            | crate::attest::Error::NameService { .. },
+                            | crate::attest::Error::NameService { .. }
+                            | crate::attest::Error::NameLookups { .. },
                         ..
                     },
                 ) => {
                     // The pod could not be resolved (kubelet unreachable, never seen), or the
-                    // name service did not answer: say why.
+                    // name service did not answer (or the user's lookups were all taken): say why.
                     e
                 }
                 Err(Error::Attestation { source, .. })

@@ -645,3 +645,67 @@ impl TlsStandIn {
         Self { addr, ca_path }
     }
 }
+
+/// `lanyard`, to be given its arguments; with `names` (a directory with an `nsswitch.conf` and the
+/// NSS modules it names), run in a mount namespace of its own where that file is
+/// `/etc/nsswitch.conf`, with the directory on its library path: the agent alone resolves user and
+/// group names through it.
+pub(crate) fn agent_command(names: Option<&Path>) -> Command {
+    match names {
+        None => Command::new(lanyard_bin()),
+        Some(names) => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg("mount --bind \"$0\" /etc/nsswitch.conf && exec \"$@\"")
+                .arg(names.join("nsswitch.conf"))
+                .arg(lanyard_bin())
+                .env("LD_LIBRARY_PATH", names);
+            c
+        }
+    }
+}
+
+/// An NSS module whose lookup of a uid or gid for which the C expression `hangs` (on `id`) holds
+/// takes 20 s (a directory server that stopped answering); any other id is left to the next
+/// source. Built with the machine's C compiler into `dir`, beside an `nsswitch.conf` that asks it
+/// first (see [`agent_command`]).
+pub(crate) fn hanging_name_service(dir: &Path, hangs: &str) {
+    let source = dir.join("hang.c");
+    std::fs::write(
+        &source,
+        format!(
+            r#"#include <nss.h>
+#include <pwd.h>
+#include <grp.h>
+#include <stddef.h>
+#include <unistd.h>
+static int hangs(unsigned id) {{ return {hangs}; }}
+enum nss_status _nss_hang_getpwuid_r(uid_t uid, struct passwd *p, char *b, size_t n, int *e) {{
+    if (hangs(uid)) sleep(20);
+    return NSS_STATUS_NOTFOUND;
+}}
+enum nss_status _nss_hang_getgrgid_r(gid_t gid, struct group *g, char *b, size_t n, int *e) {{
+    if (hangs(gid)) sleep(20);
+    return NSS_STATUS_NOTFOUND;
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(dir.join("libnss_hang.so.2"))
+        .arg(&source)
+        .output()
+        .expect("gcc (the machine's C compiler) builds the test's NSS module");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        dir.join("nsswitch.conf"),
+        "passwd: hang files\ngroup: hang files\nshadow: files\n",
+    )
+    .unwrap();
+}
