@@ -47,6 +47,10 @@ pub enum Error {
         max: usize,
         waited: std::time::Duration,
     },
+    /// The caller's executable could not be read for `unix:sha256` now (no turn came in time, or
+    /// it changed while it was read): no identity for now.
+    #[error("the executable of pid {pid} could not be hashed for unix:sha256 now: {why}")]
+    Hashing { pid: u32, why: String },
     #[error("attestation task failed: {0}")]
     Task(String),
 }

@@ -902,6 +902,180 @@ async fn a_users_subordinate_uids_the_name_service_does_not_answer_take_only_its
     drop(child);
 }
 
+/// The threads of process `pid` (`/proc/<pid>/task`).
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// Distinct executables a user runs in [`a_users_many_big_executables_take_only_its_turn_at_hashing`].
+const BIG_EXECUTABLES: usize = 40;
+
+/// A user (uid 65534) runs 40 programs, each a distinct file of 240 MB (a small C program with a
+/// sparse tail: no disk, but every byte is read for `unix:sha256`), each connected and asking for
+/// an SVID at once. Its callers read one executable at a time, waiting for their turn on the
+/// agent's runtime, not on a blocking thread each: the agent's thread count hardly moves (before,
+/// every waiting attestation held a thread: about 40 more). Another user's first fetch, whose
+/// executable (`lanyard`, 138 MB) is not hashed yet either, takes the other turn at once, and
+/// every one of uid 65534's programs is served too, in turn. Against a real agent process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_many_big_executables_take_only_its_turn_at_hashing() {
+    if !require_root("a_users_many_big_executables_take_only_its_turn_at_hashing") {
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let (dir, programs) = (open_tempdir(), open_tempdir());
+    let source = programs.path().join("connect.c");
+    std::fs::write(
+        &source,
+        r#"#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+    if (fd != 3 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) return 1;
+    write(1, "connected\n", 10);
+    for (;;) pause();
+}
+"#,
+    )
+    .unwrap();
+    let built = programs.path().join("connect");
+    let out = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&built)
+        .arg(&source)
+        .output()
+        .expect("gcc (the machine's C compiler) builds the test's program");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut executables = Vec::new();
+    for i in 0..BIG_EXECUTABLES {
+        let exe = programs.path().join(format!("connect-{i}"));
+        std::fs::copy(&built, &exe).unwrap();
+        // Trailing zeros the loader never maps: a distinct, sparse 240 MB executable.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&exe)
+            .unwrap()
+            .set_len(240 << 20)
+            .unwrap();
+        executables.push(exe);
+    }
+    let open = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    open(programs.path());
+    let config = dir.path().join("lanyard.toml");
+    let extra = format!(
+        "{}{}",
+        entry("/nobody", &format!("unix:uid:{NOBODY}")),
+        entry("/other", "unix:uid:4242")
+    );
+    std::fs::write(&config, config_text(dir.path(), &extra)).unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let agent = KillOnDrop(Some(
+        agent_command(None)
+            .args(["agent", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = agent.0.as_ref().unwrap().id();
+    let socket = dir.path().join("workload.sock");
+    let s = socket.clone();
+    wait_until("the agent's socket", 20, move || s.exists()).await;
+    open(dir.path());
+    // Connected, each from its own executable, before any asks.
+    let mut running = Vec::new();
+    let mut clients = Vec::new();
+    for exe in &executables {
+        let mut child = std::process::Command::new(exe)
+            .arg(&socket)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "connected\n", "{}", exe.display());
+        let fd = connected_socket_of(child.id() as i32, std::path::Path::new("")).await;
+        clients.push(client_over(fd).await);
+        running.push(KillOnDrop(Some(child)));
+    }
+    let threads_before = threads_of(pid);
+    let started = Instant::now();
+    let asks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                client
+                    .fetch_jwtsvid(with_header(JwtsvidRequest {
+                        audience: vec!["hashing".into()],
+                        spiffe_id: String::new(),
+                    }))
+                    .await
+                    .map(|r| r.into_inner().svids[0].spiffe_id.clone())
+            })
+        })
+        .collect();
+    // Every one of them is waiting for its turn by now, or being read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let threads_during = threads_of(pid);
+    let endpoint = format!("unix://{}", socket.display());
+    let other = Instant::now();
+    let out = tokio::task::spawn_blocking(move || fetch_as(4242, 4242, &endpoint))
+        .await
+        .unwrap();
+    let took = other.elapsed();
+    println!(
+        "hashing: agent threads {threads_before} before uid {NOBODY}'s {BIG_EXECUTABLES} asks, \
+         {threads_during} while they wait; uid 4242's first fetch took {took:?}"
+    );
+    assert!(
+        out.status.success(),
+        "uid 4242 was refused after {took:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids_in(&out), ["spiffe://example.org/other"]);
+    assert!(
+        threads_during < threads_before + 8,
+        "{BIG_EXECUTABLES} attestations waiting to hash took {} threads",
+        threads_during - threads_before
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "uid 4242's first fetch waited {took:?} behind uid {NOBODY}'s executables"
+    );
+    for ask in asks {
+        assert_eq!(
+            ask.await.unwrap().expect("served in turn"),
+            "spiffe://example.org/nobody"
+        );
+    }
+    println!(
+        "hashing: uid {NOBODY}'s {BIG_EXECUTABLES} programs served within {:?}",
+        started.elapsed()
+    );
+    drop(running);
+}
+
 /// A user namespace root made (as a container runtime makes one per container, mapping each to
 /// uids of its own) leaves each uid in it its own share: all four are served.
 #[tokio::test(flavor = "multi_thread")]

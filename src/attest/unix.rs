@@ -1,21 +1,23 @@
 //! The unix attestor: uid, gid, user, group, supplementary groups, executable path and hash.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::digest;
-
-use super::{Attestor, Error, ExeFacts, PinnedProcess, read_error};
+use super::{Attestor, Error, ExeFacts, PinnedProcess};
 use crate::selector::{Selector, SelectorSet};
 use crate::sys;
 
+mod hash;
+mod slots;
+
+use hash::{Hash, Hasher};
+use slots::{Slots, UserSlot};
+
 /// Default upper bound on the size of an executable that is hashed for `unix:sha256`.
 pub const DEFAULT_HASH_MAX_BYTES: u64 = 256 * 1024 * 1024;
-/// How many executables' hashes are remembered.
-const HASH_CACHE_CAPACITY: usize = 4096;
+/// How many uids' and gids' names are remembered (each).
+const NAME_CACHE_CAPACITY: usize = 4096;
 
 /// How long a uid or gid → name lookup is reused. Name-service lookups can cost as much as the rest
 /// of attestation together (or block on a remote directory); a renamed user is seen after this.
@@ -30,14 +32,7 @@ const NAME_REFRESH_AFTER: Duration = Duration::from_secs(20);
 
 /// Attests uid/gid/names/groups/path/sha256 of a pinned process.
 pub struct UnixAttestor {
-    hash_max_bytes: u64,
-    hashes: Mutex<HashMap<(u64, u64), CachedHash>>,
-    /// Files being hashed now: callers of the same file wait for that one read (single flight).
-    hashing: Mutex<HashMap<(u64, u64), Arc<Flight>>>,
-    /// At most [`MAX_CONCURRENT_HASHES`] files are read at once, whoever asks.
-    gate: (Mutex<usize>, Condvar),
-    /// Files read and hashed since start.
-    hashed: std::sync::atomic::AtomicU64,
+    hasher: Arc<Hasher>,
     users: NameCache,
     groups: NameCache,
 }
@@ -59,82 +54,6 @@ const MAX_CONCURRENT_NAME_LOOKUPS: usize = 16;
 /// the name service does not answer for cannot hold every lookup and make every other user's
 /// first fetch wait. A user's further lookups wait (on the runtime) for one of its own to end.
 const MAX_NAME_LOOKUPS_PER_USER: usize = 4;
-
-/// The name-service lookups under way, shared by the user and group caches: at most
-/// `total` at once, and at most `per_user` started for one user's callers.
-struct Lookups {
-    gate: Arc<tokio::sync::Semaphore>,
-    per_user: usize,
-    /// Each user's own slots, while any is held or waited for.
-    users: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
-}
-
-impl Lookups {
-    fn new(total: usize, per_user: usize) -> Arc<Self> {
-        Arc::new(Self {
-            gate: Arc::new(tokio::sync::Semaphore::new(total)),
-            per_user,
-            users: Mutex::default(),
-        })
-    }
-}
-
-/// One of a user's lookup slots, held (or waited for) while it lives; the user's entry leaves
-/// [`Lookups::users`] once nobody holds or waits for one.
-struct UserSlot {
-    lookups: Arc<Lookups>,
-    user: u32,
-    slots: Option<Arc<tokio::sync::Semaphore>>,
-    held: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl UserSlot {
-    fn new(lookups: &Arc<Lookups>, user: u32) -> Self {
-        let slots = lookups.users.lock().ok().map(|mut users| {
-            users
-                .entry(user)
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(lookups.per_user)))
-                .clone()
-        });
-        Self {
-            lookups: lookups.clone(),
-            user,
-            slots,
-            held: None,
-        }
-    }
-
-    /// Waits for one of the user's slots.
-    async fn acquire(&mut self) -> bool {
-        if let Some(slots) = &self.slots {
-            self.held = slots.clone().acquire_owned().await.ok();
-        }
-        self.held.is_some()
-    }
-
-    /// One of the user's slots if one is free now.
-    fn try_acquire(&mut self) -> bool {
-        if let Some(slots) = &self.slots {
-            self.held = slots.clone().try_acquire_owned().ok();
-        }
-        self.held.is_some()
-    }
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        if let Ok(mut users) = self.lookups.users.lock() {
-            self.held = None;
-            self.slots = None;
-            if users
-                .get(&self.user)
-                .is_some_and(|slots| Arc::strong_count(slots) == 1)
-            {
-                users.remove(&self.user);
-            }
-        }
-    }
-}
 
 /// Why [`NameCache::resolve`] has no answer.
 #[derive(Debug, PartialEq)]
@@ -159,7 +78,7 @@ struct NameCache {
     /// Lookups under way, by id: the flag turns true when one is done (whatever its answer).
     in_flight: Arc<Mutex<HashMap<u32, tokio::sync::watch::Receiver<bool>>>>,
     /// Shared by the user and group caches.
-    lookups: Arc<Lookups>,
+    lookups: Arc<Slots>,
     lookup: Lookup,
 }
 
@@ -171,7 +90,7 @@ struct CachedName {
 }
 
 impl NameCache {
-    fn new(lookup: Lookup, lookups: Arc<Lookups>) -> Self {
+    fn new(lookup: Lookup, lookups: Arc<Slots>) -> Self {
         Self {
             entries: Arc::default(),
             in_flight: Arc::default(),
@@ -330,7 +249,7 @@ impl Drop for LookupDone {
 /// Keeps a fresh answer for `id` (and ends its refresh).
 fn store(entries: &Mutex<HashMap<u32, CachedName>>, id: u32, name: Option<String>) {
     if let Ok(mut cache) = entries.lock() {
-        if cache.len() >= HASH_CACHE_CAPACITY && !cache.contains_key(&id) {
+        if cache.len() >= NAME_CACHE_CAPACITY && !cache.contains_key(&id) {
             cache.clear();
         }
         cache.insert(
@@ -384,197 +303,15 @@ fn unresolved(why: Unresolved, kind: &'static str, id: u32, user: u32) -> Error 
     }
 }
 
-/// Files hashed at the same time, at most: hashing is the one CPU-heavy part of attestation, and
-/// callers with many big executables must not take every core.
-const MAX_CONCURRENT_HASHES: usize = 2;
-
-/// One hashing in progress; done when the leader has finished (whatever the outcome).
-#[derive(Default)]
-struct Flight {
-    done: Mutex<bool>,
-    cv: Condvar,
-}
-
-/// A hash, valid while the file's identity and change stamps are the same.
-#[derive(Clone)]
-struct CachedHash {
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    hex: String,
-}
-
 impl UnixAttestor {
     /// An attestor that hashes executables up to `hash_max_bytes` (larger ones get no `unix:sha256`).
     pub fn new(hash_max_bytes: u64) -> Self {
-        let lookups = Lookups::new(MAX_CONCURRENT_NAME_LOOKUPS, MAX_NAME_LOOKUPS_PER_USER);
+        let lookups = Slots::new(MAX_CONCURRENT_NAME_LOOKUPS, MAX_NAME_LOOKUPS_PER_USER);
         Self {
-            hash_max_bytes,
-            hashes: Mutex::new(HashMap::new()),
-            hashing: Mutex::new(HashMap::new()),
-            gate: (Mutex::new(0), Condvar::new()),
-            hashed: std::sync::atomic::AtomicU64::new(0),
+            hasher: Hasher::new(hash_max_bytes),
             users: NameCache::new(sys::users::user_name, lookups.clone()),
             groups: NameCache::new(sys::users::group_name, lookups),
         }
-    }
-
-    /// SHA-256 of the caller's executable, read through the pinned process (the exact file it runs),
-    /// cached by device/inode/size/mtime/ctime so a repeat costs one `fstat`. Blocking: reads and
-    /// hashes the file on a cache miss (never returns `NeedsWork`).
-    fn exe_sha256(&self, process: &PinnedProcess) -> Result<Hash, Error> {
-        // A cache hit needs only the stamps (one `stat` through the `exe` link); hashing reads the
-        // opened file and keys the result by that file's own stamps.
-        let seen = process.dir.exe_stamp().map_err(read_error)?;
-        match self.cached_hash(process, &seen) {
-            Hash::NeedsWork => {}
-            known => return Ok(known),
-        }
-        let mut file = process.dir.open_exe().map_err(read_error)?;
-        let meta = file.metadata().map_err(|source| {
-            read_error(sys::Error::ProcRead {
-                pid: process.pid(),
-                file: "exe",
-                source,
-            })
-        })?;
-        let (key, stamp) = cache_key(&sys::proc::FileStamp {
-            id: sys::proc::FileId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        });
-        if let Some(hit) = self.lookup(key, &stamp) {
-            return Ok(Hash::Known(hit));
-        }
-        if meta.size() > self.hash_max_bytes {
-            return Ok(Hash::TooLarge);
-        }
-        // Single flight per file: wait for a hashing of it already under way, then use its result
-        // if it matches this file's stamps (it was the same content).
-        loop {
-            let (flight, leader) = {
-                let Ok(mut hashing) = self.hashing.lock() else {
-                    break;
-                };
-                match hashing.get(&key) {
-                    Some(f) => (f.clone(), false),
-                    None => {
-                        let f = Arc::new(Flight::default());
-                        hashing.insert(key, f.clone());
-                        (f, true)
-                    }
-                }
-            };
-            if leader {
-                let result = self.hash_file(process, &mut file, key, &stamp);
-                if let Ok(mut hashing) = self.hashing.lock() {
-                    hashing.remove(&key);
-                }
-                if let Ok(mut done) = flight.done.lock() {
-                    *done = true;
-                }
-                flight.cv.notify_all();
-                return result;
-            }
-            if let Ok(done) = flight.done.lock() {
-                drop(flight.cv.wait_while(done, |d| !*d));
-            }
-            if let Some(hit) = self.lookup(key, &stamp) {
-                return Ok(Hash::Known(hit));
-            }
-            // The other hashing saw another version of the file (or failed): try again.
-        }
-        self.hash_file(process, &mut file, key, &stamp)
-    }
-
-    /// Reads and hashes the executable (at most [`MAX_CONCURRENT_HASHES`] at once) and caches it.
-    fn hash_file(
-        &self,
-        process: &PinnedProcess,
-        file: &mut std::fs::File,
-        key: (u64, u64),
-        stamp: &CachedHash,
-    ) -> Result<Hash, Error> {
-        let (count, cv) = &self.gate;
-        if let Ok(n) = count.lock()
-            && let Ok(mut n) = cv.wait_while(n, |n| *n >= MAX_CONCURRENT_HASHES)
-        {
-            *n += 1;
-        }
-        let result = self.read_hash(process, file);
-        self.hashed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut n) = count.lock() {
-            *n = n.saturating_sub(1);
-        }
-        cv.notify_one();
-        let hex = result?;
-        if let Ok(mut cache) = self.hashes.lock() {
-            if cache.len() >= HASH_CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(
-                key,
-                CachedHash {
-                    hex: hex.clone(),
-                    ..stamp.clone()
-                },
-            );
-        }
-        Ok(Hash::Known(hex))
-    }
-
-    fn read_hash(
-        &self,
-        process: &PinnedProcess,
-        file: &mut std::fs::File,
-    ) -> Result<String, Error> {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = file.read(&mut buf).map_err(|source| {
-                read_error(sys::Error::ProcRead {
-                    pid: process.pid(),
-                    file: "exe",
-                    source,
-                })
-            })?;
-            if n == 0 {
-                break;
-            }
-            ctx.update(&buf[..n]);
-        }
-        Ok(crate::encoding::hex(ctx.finish().as_ref()))
-    }
-
-    /// The hash of the executable with stamps `seen` if the cache has it (or `TooLarge`), without
-    /// reading anything.
-    fn cached_hash(&self, process: &PinnedProcess, seen: &sys::proc::FileStamp) -> Hash {
-        let (key, stamp) = cache_key(seen);
-        if let Some(hit) = self.lookup(key, &stamp) {
-            return Hash::Known(hit);
-        }
-        if seen.size > self.hash_max_bytes {
-            tracing::debug!(
-                pid = process.pid(),
-                size = seen.size,
-                limit = self.hash_max_bytes,
-                "executable larger than the hash limit; no unix:sha256 selector"
-            );
-            return Hash::TooLarge;
-        }
-        Hash::NeedsWork
-    }
-
-    fn lookup(&self, key: (u64, u64), stamp: &CachedHash) -> Option<String> {
-        let cache = self.hashes.lock().ok()?;
-        let hit = cache.get(&key)?;
-        (hit.size == stamp.size && hit.mtime == stamp.mtime && hit.ctime == stamp.ctime)
-            .then(|| hit.hex.clone())
     }
 }
 
@@ -607,7 +344,7 @@ impl UnixAttestor {
         // The fast path looks the hash up after the confirm, with the stamps it reads
         // (`attest_cached_exe`): one `stat` of the executable per call, not two.
         let sha256 = if allow_slow {
-            match self.exe_sha256(process)? {
+            match self.hasher.exe_sha256(process)? {
                 Hash::Known(hex) => Some(hex),
                 Hash::TooLarge | Hash::NeedsWork => None,
             }
@@ -640,34 +377,15 @@ impl UnixAttestor {
     }
 }
 
-/// The hash cache's key (device, inode) and the stamps a hit must match.
-fn cache_key(s: &sys::proc::FileStamp) -> ((u64, u64), CachedHash) {
-    (
-        (s.id.dev, s.id.ino),
-        CachedHash {
-            size: s.size,
-            mtime: s.mtime,
-            ctime: s.ctime,
-            hex: String::new(),
-        },
-    )
-}
-
-/// The outcome of looking for an executable's hash.
-enum Hash {
-    Known(String),
-    TooLarge,
-    NeedsWork,
-}
-
 impl Attestor for UnixAttestor {
     fn name(&self) -> &'static str {
         "unix"
     }
 
-    /// The user and group names the attestation needs, when not cached: waited for here, on the
-    /// runtime ([`NameCache::resolve`]), so no blocking thread waits on the name service. Without
-    /// an answer in time the attestation ends here: no identity, the reason named.
+    /// The user and group names the attestation needs, when not cached, and the hash of its
+    /// executable, when not known: waited for here, on the runtime ([`NameCache::resolve`],
+    /// [`Hasher::ahead`]), so no blocking thread waits on the name service or for a turn to read
+    /// a file. Without them in time the attestation ends here: no identity, the reason named.
     fn prefetch(&self, process: &PinnedProcess) -> Option<super::Prefetch> {
         let creds = process.credentials().ok()?;
         let (uid, gid, share) = (
@@ -675,14 +393,24 @@ impl Attestor for UnixAttestor {
             creds.effective_gid,
             process.share_uid(),
         );
-        if self.users.cached(uid, share).is_some() && self.groups.cached(gid, share).is_some() {
+        let names_known =
+            self.users.cached(uid, share).is_some() && self.groups.cached(gid, share).is_some();
+        let hash = self.hasher.ahead(process);
+        if names_known && hash.is_none() {
             return None;
         }
         let (users, groups) = (self.users.clone(), self.groups.clone());
         Some(Box::pin(async move {
-            let (user, group) = tokio::join!(users.resolve(uid, share), groups.resolve(gid, share));
-            user.map_err(|why| unresolved(why, "uid", uid, share))?;
-            group.map_err(|why| unresolved(why, "gid", gid, share))
+            if !names_known {
+                let (user, group) =
+                    tokio::join!(users.resolve(uid, share), groups.resolve(gid, share));
+                user.map_err(|why| unresolved(why, "uid", uid, share))?;
+                group.map_err(|why| unresolved(why, "gid", gid, share))?;
+            }
+            match hash {
+                Some(hash) => hash.await,
+                None => Ok(()),
+            }
         }))
     }
 
@@ -703,7 +431,7 @@ impl Attestor for UnixAttestor {
         if let Some(path) = &exe.path {
             out.insert(Selector::UnixPath(path.to_string()));
         }
-        match self.cached_hash(process, &exe.stamp) {
+        match self.hasher.cached(process.pid(), &exe.stamp) {
             Hash::Known(hex) => out.insert(Selector::UnixSha256(hex)),
             Hash::TooLarge => {}
             Hash::NeedsWork => return Ok(false),
@@ -721,7 +449,7 @@ mod tests {
 
     /// A cache whose entry for `id` was stored `age` ago with `name`.
     fn aged(lookup: Lookup, id: u32, age: Duration, name: &str) -> NameCache {
-        let cache = NameCache::new(lookup, Lookups::new(1, MAX_NAME_LOOKUPS_PER_USER));
+        let cache = NameCache::new(lookup, Slots::new(1, MAX_NAME_LOOKUPS_PER_USER));
         cache.entries.lock().unwrap().insert(
             id,
             CachedName {
@@ -746,7 +474,7 @@ mod tests {
     /// says the name service has not answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn attestations_waiting_for_one_name_share_one_lookup_off_the_blocking_pool() {
-        let cache = NameCache::new(slow_lookup, Lookups::new(1, MAX_NAME_LOOKUPS_PER_USER));
+        let cache = NameCache::new(slow_lookup, Slots::new(1, MAX_NAME_LOOKUPS_PER_USER));
         let waits: Vec<_> = (0..20)
             .map(|_| {
                 let cache = cache.clone();
@@ -796,7 +524,7 @@ mod tests {
     /// is joined by user 2000 without waiting for user 1000's share.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_users_lookups_the_name_service_does_not_answer_leave_the_others_their_lookups() {
-        let lookups = Lookups::new(16, 2);
+        let lookups = Slots::new(16, 2);
         let cache = NameCache::new(held_lookup, lookups.clone());
         let resolve = |id: u32, user: u32| {
             let cache = cache.clone();
@@ -914,7 +642,9 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert!(set.contains_all(&[Selector::UnixPath(exe.to_str().unwrap().into())]));
         let bytes = std::fs::read(&exe).unwrap();
-        let want = crate::encoding::hex(digest::digest(&digest::SHA256, &bytes).as_ref());
+        let want = crate::encoding::hex(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref(),
+        );
         assert!(set.contains_all(&[Selector::UnixSha256(want)]));
     }
 
@@ -945,27 +675,43 @@ mod tests {
         assert!(!set.iter().any(|s| matches!(s, Selector::UnixSha256(_))));
     }
 
-    /// Many callers of one executable at once: one read of the file; the others wait for it.
-    #[test]
-    fn concurrent_hashing_of_one_file_reads_it_once() {
+    /// Many callers of one executable at once, each attested as the agent does (the prefetch on the
+    /// runtime, then the blocking part): one read of the file; the others wait for it on the
+    /// runtime and find its hash.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_hashing_of_one_file_reads_it_once() {
         let attestor = Arc::new(UnixAttestor::new(u64::MAX));
         let (a, _b) = UnixStream::pair().unwrap();
         let caller = Arc::new(Caller::from_socket(a.as_fd()).unwrap());
-        let threads: Vec<_> = (0..16)
+        let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let (attestor, caller) = (attestor.clone(), caller.clone());
-                std::thread::spawn(move || {
+                tokio::spawn(async move {
                     let pinned = crate::attest::PinnedProcess::pin(&caller).unwrap();
-                    let mut set = SelectorSet::new();
-                    attestor.attest(&pinned, &mut set).unwrap();
-                    set
+                    if let Some(ahead) = attestor.prefetch(&pinned) {
+                        ahead.await.unwrap();
+                    }
+                    tokio::task::spawn_blocking(move || {
+                        let mut set = SelectorSet::new();
+                        attestor.attest(&pinned, &mut set).unwrap();
+                        set
+                    })
+                    .await
+                    .unwrap()
                 })
             })
             .collect();
-        let sets: Vec<SelectorSet> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut sets = Vec::new();
+        for t in tasks {
+            sets.push(t.await.unwrap());
+        }
         assert!(sets.windows(2).all(|w| w[0] == w[1]));
+        assert!(sets[0].iter().any(|s| matches!(s, Selector::UnixSha256(_))));
         assert_eq!(
-            attestor.hashed.load(std::sync::atomic::Ordering::Relaxed),
+            attestor
+                .hasher
+                .hashed
+                .load(std::sync::atomic::Ordering::Relaxed),
             1,
             "one read of the executable for 16 concurrent callers"
         );

@@ -40,6 +40,13 @@ pub(crate) fn to_status(err: &Error) -> Status {
         }
         Error::Attestation {
             pid,
+            source: source @ crate::attest::Error::Hashing { .. },
+        } => {
+            tracing::warn!(pid, error = %source, "denied: no turn to hash the executable");
+            Status::unavailable(format!("no identity: {source}; retry later"))
+        }
+        Error::Attestation {
+            pid,
             source: source @ crate::attest::Error::NameLookups { user, .. },
         } => {
             tracing::warn!(

@@ -660,12 +660,14 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                         source:
                             crate::attest::Error::Kubernetes { .. }
                             | crate::attest::Error::NameService { .. }
-                            | crate::attest::Error::NameLookups { .. },
+                            | crate::attest::Error::NameLookups { .. }
+                            | crate::attest::Error::Hashing { .. },
                         ..
                     },
                 ) => {
                     // The pod could not be resolved (kubelet unreachable, never seen), or the
-                    // name service did not answer (or the user's lookups were all taken): say why.
+                    // name service did not answer (or the user's lookups were all taken), or the
+                    // executable could not be hashed now: say why.
                     e
                 }
                 Err(Error::Attestation { source, .. })
