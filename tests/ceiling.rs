@@ -697,6 +697,50 @@ async fn subordinate_uids_count_against_the_share_of_the_user_who_mapped_them() 
     agent.shutdown().await;
 }
 
+/// A `lanyard agent` process of its own (config `extra`, names resolved through `names`, see
+/// [`agent_command`]), with its directory open to every uid; stopped when dropped.
+struct AgentProcess {
+    dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    child: KillOnDrop,
+}
+
+impl AgentProcess {
+    async fn start(extra: &str, names: Option<&std::path::Path>) -> Self {
+        let dir = open_tempdir();
+        let config = dir.path().join("lanyard.toml");
+        std::fs::write(&config, config_text(dir.path(), extra)).unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = KillOnDrop(Some(
+            agent_command(names)
+                .args(["agent", "--config", config.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ));
+        let socket = dir.path().join("workload.sock");
+        let s = socket.clone();
+        wait_until("the agent's socket", 20, move || s.exists()).await;
+        // Other uids reach the agent's directory.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        Self { dir, socket, child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap()
+    }
+}
+
 /// Connections each churning process of [`userns_then_connect_as`] makes.
 const CHURN: usize = 300;
 
@@ -726,34 +770,12 @@ async fn a_flood_from_subordinate_uids_is_charged_to_their_user_before_anything_
         return;
     }
     let _turn = NAMESPACE_TESTS.lock().await;
-    let dir = open_tempdir();
-    let config = dir.path().join("lanyard.toml");
     let extra = format!(
         "[limits]\nnew_connections_per_second = 1.0\nnew_connections_burst = {CHURN}\n{}",
         entry("/nogroup", &format!("unix:gid:{NOBODY}"))
     );
-    std::fs::write(&config, config_text(dir.path(), &extra)).unwrap();
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let agent = KillOnDrop(Some(
-        std::process::Command::new(lanyard_bin())
-            .args(["agent", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    ));
-    let pid = agent.0.as_ref().unwrap().id();
-    let socket = dir.path().join("workload.sock");
-    let s = socket.clone();
-    wait_until("the agent's socket", 20, move || s.exists()).await;
-    // The namespace's uids reach the agent's directory.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-
+    let agent = AgentProcess::start(&extra, None).await;
+    let (pid, socket) = (agent.pid(), agent.socket.clone());
     set_agent_addr(&socket);
     let (fd, go, answers, child) =
         fork_connect_then_steps(&socket, Some(NOBODY), userns_then_connect_as);
@@ -772,7 +794,7 @@ async fn a_flood_from_subordinate_uids_is_charged_to_their_user_before_anything_
         reads < (CHURN / 3) as u64,
         "the agent made {reads} reads for {CHURN} connections from a subordinate uid whose user is over its rate"
     );
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let log = agent.log();
     assert!(
         log.lines()
             .any(|l| l.contains("connections closed unanswered")
@@ -802,34 +824,15 @@ async fn a_users_subordinate_uids_the_name_service_does_not_answer_take_only_its
         return;
     }
     let _turn = NAMESPACE_TESTS.lock().await;
-    let (dir, names) = (open_tempdir(), open_tempdir());
+    let names = open_tempdir();
     hanging_name_service(names.path(), "id >= 330000 && id < 330100");
-    let config = dir.path().join("lanyard.toml");
     let extra = format!(
         "{}{}",
         entry("/nogroup", &format!("unix:gid:{NOBODY}")),
         entry("/other", "unix:uid:4242")
     );
-    std::fs::write(&config, config_text(dir.path(), &extra)).unwrap();
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let _agent = KillOnDrop(Some(
-        agent_command(Some(names.path()))
-            .args(["agent", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    ));
-    let socket = dir.path().join("workload.sock");
-    let s = socket.clone();
-    wait_until("the agent's socket", 20, move || s.exists()).await;
-    // The namespace's uids and uid 4242 reach the agent's directory.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let agent = AgentProcess::start(&extra, Some(names.path())).await;
+    let socket = agent.socket.clone();
     set_agent_addr(&socket);
     let (fd, go, answers, child) =
         fork_connect_then_steps(&socket, Some(NOBODY), userns_then_connect_as);
@@ -892,7 +895,7 @@ async fn a_users_subordinate_uids_the_name_service_does_not_answer_take_only_its
         }
     }
     assert_eq!((no_answer, over_share), (4, 16));
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let log = agent.log();
     assert!(
         log.lines()
             .any(|l| l.contains("name-service lookups are all under way")
@@ -926,7 +929,7 @@ async fn a_users_many_big_executables_take_only_its_turn_at_hashing() {
     }
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    let (dir, programs) = (open_tempdir(), open_tempdir());
+    let programs = open_tempdir();
     let source = programs.path().join("connect.c");
     std::fs::write(
         &source,
@@ -976,28 +979,13 @@ int main(int argc, char **argv) {
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     };
     open(programs.path());
-    let config = dir.path().join("lanyard.toml");
     let extra = format!(
         "{}{}",
         entry("/nobody", &format!("unix:uid:{NOBODY}")),
         entry("/other", "unix:uid:4242")
     );
-    std::fs::write(&config, config_text(dir.path(), &extra)).unwrap();
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let agent = KillOnDrop(Some(
-        agent_command(None)
-            .args(["agent", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    ));
-    let pid = agent.0.as_ref().unwrap().id();
-    let socket = dir.path().join("workload.sock");
-    let s = socket.clone();
-    wait_until("the agent's socket", 20, move || s.exists()).await;
-    open(dir.path());
+    let agent = AgentProcess::start(&extra, None).await;
+    let (pid, socket) = (agent.pid(), agent.socket.clone());
     // Connected, each from its own executable, before any asks.
     let mut running = Vec::new();
     let mut clients = Vec::new();
