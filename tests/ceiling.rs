@@ -611,6 +611,26 @@ async fn connected_socket_of(pid: i32, inherited: &std::path::Path) -> i32 {
     }
 }
 
+/// A client over the connection of a process that `child` (running [`userns_then_connect_as`])
+/// forks as uid `inner_uid` of its namespace (`inherited`: the socket `child` itself holds).
+async fn connect_as_inner_uid(
+    child: &ForkedChild,
+    go: i32,
+    answers: i32,
+    inner_uid: u8,
+    inherited: &std::path::Path,
+) -> lanyard::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel>
+{
+    assert!(
+        child_step(go, answers, inner_uid),
+        "fork as uid {inner_uid}"
+    );
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.pid)).unwrap();
+    let grandchild: i32 = children.split_whitespace().last().unwrap().parse().unwrap();
+    client_over(connected_socket_of(grandchild, inherited).await).await
+}
+
 /// Forks a child (as `maker`, or root) that connects to `agent`, enters a new user namespace (so
 /// `maker` made it) where the test maps uids 0..16 to `first_uid`.., and then forks processes that
 /// connect as its uids 2, 3, 4 and 5 one after the other and stay connected; each asks for a
@@ -637,14 +657,7 @@ async fn connect_as_uids_of_a_new_namespace(
     let inherited = std::fs::read_link(format!("/proc/{}/fd/3", child.pid)).unwrap();
     let (mut served, mut refused) = (Vec::new(), Vec::new());
     for inner_uid in 2..=5u8 {
-        assert!(
-            child_step(go, answers, inner_uid),
-            "fork as uid {inner_uid}"
-        );
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.pid)).unwrap();
-        let grandchild: i32 = children.split_whitespace().last().unwrap().parse().unwrap();
-        let mut client = client_over(connected_socket_of(grandchild, &inherited).await).await;
+        let mut client = connect_as_inner_uid(&child, go, answers, inner_uid, &inherited).await;
         let reply = client
             .fetch_jwtsvid(with_header(JwtsvidRequest {
                 audience: vec!["share".into()],
@@ -843,14 +856,7 @@ async fn a_users_subordinate_uids_the_name_service_does_not_answer_take_only_its
     let inherited = std::fs::read_link(format!("/proc/{}/fd/3", child.pid)).unwrap();
     let mut asks = Vec::new();
     for inner_uid in 10..30u8 {
-        assert!(
-            child_step(go, answers, inner_uid),
-            "fork as uid {inner_uid}"
-        );
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.pid)).unwrap();
-        let grandchild: i32 = children.split_whitespace().last().unwrap().parse().unwrap();
-        let mut client = client_over(connected_socket_of(grandchild, &inherited).await).await;
+        let mut client = connect_as_inner_uid(&child, go, answers, inner_uid, &inherited).await;
         asks.push(tokio::spawn(async move {
             client
                 .fetch_jwtsvid(with_header(JwtsvidRequest {
