@@ -492,7 +492,8 @@ fn pct(d: &mut [Duration], q: f64) -> f64 {
 /// A measured row: name, X.509 p50 and p99, JWT p50 and p99 (µs), CPU per call (µs), switches per call.
 type Row = (&'static str, f64, f64, f64, f64, f64, f64);
 
-/// 200 warm-up rounds per target, then `rounds()` interleaved rounds; one row per target.
+/// 200 warm-up rounds per target, then `rounds()` interleaved rounds, each begun by the next
+/// target in turn; one row per target.
 async fn measure(targets: &mut [Target]) -> Vec<Row> {
     for t in targets.iter_mut() {
         for _ in 0..200 {
@@ -504,9 +505,13 @@ async fn measure(targets: &mut [Target]) -> Vec<Row> {
         t.switches = 0;
     }
     let calls = rounds();
-    for _ in 0..calls {
-        for t in targets.iter_mut() {
-            t.round().await;
+    // The first target of a round moves on each round: every target follows every other as
+    // often (a server's leftover work after its call — a Go runtime's, say — slows whichever
+    // call comes next; in a fixed order it would always be the same target's).
+    let n = targets.len();
+    for i in 0..calls {
+        for k in 0..n {
+            targets[(i + k) % n].round().await;
         }
     }
     let hz = 100.0; // clock ticks per second (USER_HZ)
