@@ -21,7 +21,8 @@
 //!   every server meets the same conditions.
 //!
 //! Printed: p50/p99 of the first message (X.509) and of FetchJWTSVID (cached), server CPU per call
-//! (utime + stime from `/proc/<pid>/stat`), context switches per call (every thread of the server),
+//! (time on a CPU, in nanoseconds, of every thread of the server), context switches per call (of
+//! them, involuntary: the server preempted with work to do),
 //! and the agent's RSS idle and with 1,000 open streams; then, on an agent with the per-uid limits
 //! raised, 10,000 open streams (RSS, a rotation's fan-out, an entry change's), from this process and
 //! then from 1,000 child processes, each followed by the floor's fan-out to the same streams (see
@@ -240,7 +241,7 @@ async fn start_floor(
     (floor, socket)
 }
 
-/// CPU time (utime + stime, in ticks of USER_HZ) of `pid`.
+/// CPU time (utime + stime, in ticks of USER_HZ) of `pid`, threads that ended included.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -249,24 +250,66 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
-/// CPU time (ticks) and context switches (all threads) of `pid`.
-fn usage(pid: u32) -> (u64, u64) {
-    let ticks = cpu_ticks(pid);
-    let mut switches = 0;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            for l in s.lines() {
-                if let Some(v) = l
-                    .strip_prefix("voluntary_ctxt_switches:")
-                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-                {
-                    switches += v.trim().parse::<u64>().unwrap_or(0);
-                }
+/// One thread's time on a CPU (ns, `schedstat`) and its voluntary and involuntary context switches.
+#[derive(Clone, Copy, Default)]
+struct ThreadUsage {
+    tid: u32,
+    cpu_ns: u64,
+    voluntary: u64,
+    involuntary: u64,
+}
+
+/// Every thread of `pid`: time on a CPU in nanoseconds (`/proc/<pid>/task/<tid>/schedstat`: clock
+/// ticks of `/proc/<pid>/stat` are 10 ms, one tick per ~80 calls, too coarse for a per-call figure
+/// from 2,000 calls) and context switches (`status`).
+fn usage(pid: u32) -> Vec<ThreadUsage> {
+    let mut threads = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let mut u = ThreadUsage {
+            tid,
+            ..ThreadUsage::default()
+        };
+        let sched = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        u.cpu_ns = sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for l in status.lines() {
+            let num = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+            if let Some(v) = l.strip_prefix("voluntary_ctxt_switches:") {
+                u.voluntary = num(v);
+            } else if let Some(v) = l.strip_prefix("nonvoluntary_ctxt_switches:") {
+                u.involuntary = num(v);
             }
         }
+        threads.push(u);
     }
-    (ticks, switches)
+    threads
+}
+
+/// What the threads of `after` used since `before` (a thread new in `after` counts from zero; one
+/// gone by `after` loses the part of the round it ran, rare: a blocking thread retiring).
+fn used(before: &[ThreadUsage], after: &[ThreadUsage]) -> ThreadUsage {
+    let mut sum = ThreadUsage::default();
+    for a in after {
+        let b = before
+            .iter()
+            .find(|b| b.tid == a.tid)
+            .copied()
+            .unwrap_or_default();
+        sum.cpu_ns += a.cpu_ns.saturating_sub(b.cpu_ns);
+        sum.voluntary += a.voluntary.saturating_sub(b.voluntary);
+        sum.involuntary += a.involuntary.saturating_sub(b.involuntary);
+    }
+    sum
 }
 
 /// When the agent whose log is `log` last published a new X.509-SVID at or before `by` (its
@@ -419,8 +462,8 @@ struct Target {
     client: WorkloadClient,
     x509: Vec<Duration>,
     jwt: Vec<Duration>,
-    ticks: u64,
-    switches: u64,
+    /// Summed over the measured rounds: CPU time (ns) and context switches.
+    used: ThreadUsage,
 }
 
 impl Target {
@@ -434,8 +477,7 @@ impl Target {
             client,
             x509: Vec::new(),
             jwt: Vec::new(),
-            ticks: 0,
-            switches: 0,
+            used: ThreadUsage::default(),
         }
     }
 
@@ -474,10 +516,11 @@ impl Target {
         let before = self.pid.map(usage);
         let x = self.x509_once().await;
         let j = self.jwt_once().await;
-        if let (Some(pid), Some((t0, s0))) = (self.pid, before) {
-            let (t1, s1) = usage(pid);
-            self.ticks += t1 - t0;
-            self.switches += s1 - s0;
+        if let (Some(pid), Some(before)) = (self.pid, before) {
+            let u = used(&before, &usage(pid));
+            self.used.cpu_ns += u.cpu_ns;
+            self.used.voluntary += u.voluntary;
+            self.used.involuntary += u.involuntary;
         }
         self.x509.push(x);
         self.jwt.push(j);
@@ -489,8 +532,9 @@ fn pct(d: &mut [Duration], q: f64) -> f64 {
     d[((d.len() as f64 * q) as usize).min(d.len() - 1)].as_secs_f64() * 1e6
 }
 
-/// A measured row: name, X.509 p50 and p99, JWT p50 and p99 (µs), CPU per call (µs), switches per call.
-type Row = (&'static str, f64, f64, f64, f64, f64, f64);
+/// A measured row: name, X.509 p50 and p99, JWT p50 and p99 (µs), CPU per call (µs), switches per
+/// call, of them involuntary (the server preempted while it had work).
+type Row = (&'static str, f64, f64, f64, f64, f64, f64, f64);
 
 /// 200 warm-up rounds per target, then `rounds()` interleaved rounds, each begun by the next
 /// target in turn; one row per target.
@@ -501,8 +545,7 @@ async fn measure(targets: &mut [Target]) -> Vec<Row> {
         }
         t.x509.clear();
         t.jwt.clear();
-        t.ticks = 0;
-        t.switches = 0;
+        t.used = ThreadUsage::default();
     }
     let calls = rounds();
     // The first target of a round moves on each round: every target follows every other as
@@ -514,11 +557,12 @@ async fn measure(targets: &mut [Target]) -> Vec<Row> {
             targets[(i + k) % n].round().await;
         }
     }
-    let hz = 100.0; // clock ticks per second (USER_HZ)
     let mut rows = Vec::new();
     for t in targets.iter_mut() {
-        let cpu_us = t.ticks as f64 / hz * 1e6 / (2.0 * calls as f64);
-        let sw = t.switches as f64 / (2.0 * calls as f64);
+        let per_call = |v: u64| v as f64 / (2.0 * calls as f64);
+        let cpu_us = per_call(t.used.cpu_ns) / 1e3;
+        let sw = per_call(t.used.voluntary + t.used.involuntary);
+        let involuntary = per_call(t.used.involuntary);
         rows.push((
             t.name,
             pct(&mut t.x509, 0.5),
@@ -527,6 +571,7 @@ async fn measure(targets: &mut [Target]) -> Vec<Row> {
             pct(&mut t.jwt, 0.99),
             cpu_us,
             sw,
+            involuntary,
         ));
     }
     rows
@@ -535,12 +580,12 @@ async fn measure(targets: &mut [Target]) -> Vec<Row> {
 /// The table and the ratios to the floor (and to spire-agent when it ran).
 fn print_rows(rows: &[Row]) {
     println!(
-        "\n| server | X.509 first message p50 / p99 | JWT (cached) p50 / p99 | server CPU per call | context switches per call |"
+        "\n| server | X.509 first message p50 / p99 | JWT (cached) p50 / p99 | server CPU per call | context switches per call (involuntary) |"
     );
     println!("|---|---|---|---|---|");
-    for (name, x50, x99, j50, j99, cpu, sw) in rows {
+    for (name, x50, x99, j50, j99, cpu, sw, inv) in rows {
         println!(
-            "| {name} | {x50:.0} / {x99:.0} µs | {j50:.0} / {j99:.0} µs | {cpu:.0} µs | {sw:.1} |"
+            "| {name} | {x50:.0} / {x99:.0} µs | {j50:.0} / {j99:.0} µs | {cpu:.1} µs | {sw:.2} ({inv:.2}) |"
         );
     }
     let ratio = |l: &Row, f: &Row, what: &str| {

@@ -16,7 +16,8 @@ use slots::{Slots, UserSlot};
 
 /// Default upper bound on the size of an executable that is hashed for `unix:sha256`.
 pub const DEFAULT_HASH_MAX_BYTES: u64 = 256 * 1024 * 1024;
-/// How many uids' and gids' names are remembered (each).
+/// How many uids' and gids' names are remembered (each). A full cache makes room for a new id by
+/// forgetting the one used least recently ([`make_room`]), not by forgetting all of them.
 const NAME_CACHE_CAPACITY: usize = 4096;
 
 /// How long a uid or gid → name lookup is reused. Name-service lookups can cost as much as the rest
@@ -84,6 +85,8 @@ struct NameCache {
 
 struct CachedName {
     at: Instant,
+    /// When it was last stored or answered from, on the [`recency`] count.
+    used: u64,
     name: Option<String>,
     /// A lookup on the blocking pool is under way (one at a time per id).
     refreshing: bool,
@@ -190,6 +193,7 @@ impl NameCache {
         if age >= NAME_CACHE_TTL {
             return None;
         }
+        entry.used = recency();
         if age >= NAME_REFRESH_AFTER
             && !entry.refreshing
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -249,17 +253,43 @@ impl Drop for LookupDone {
 /// Keeps a fresh answer for `id` (and ends its refresh).
 fn store(entries: &Mutex<HashMap<u32, CachedName>>, id: u32, name: Option<String>) {
     if let Ok(mut cache) = entries.lock() {
-        if cache.len() >= NAME_CACHE_CAPACITY && !cache.contains_key(&id) {
-            cache.clear();
+        if !cache.contains_key(&id) {
+            make_room(&mut cache, NAME_CACHE_CAPACITY, |e| e.used);
         }
         cache.insert(
             id,
             CachedName {
                 at: Instant::now(),
+                used: recency(),
                 name,
                 refreshing: false,
             },
         );
+    }
+}
+
+/// The next value of a count that orders uses of the name and hash caches (a logical clock: one
+/// atomic add, no clock read on the cached path).
+fn recency() -> u64 {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Makes room in `cache` for one more entry when it holds `capacity`: forgets the entry used least
+/// recently (`used`). One at a time: a caller with thousands of ids or files pushes out what nobody
+/// used since, where a cache emptied when full made every user's next call look its names up and
+/// hash its program again at once, through the same few lookup and hash turns. A scan of the
+/// entries, only when one is added to a full cache (lookups and hashes are rationed per user).
+fn make_room<K: Copy + Eq + std::hash::Hash, V>(
+    cache: &mut HashMap<K, V>,
+    capacity: usize,
+    used: impl Fn(&V) -> u64,
+) {
+    while cache.len() >= capacity.max(1) {
+        let Some(oldest) = cache.iter().min_by_key(|(_, v)| used(v)).map(|(k, _)| *k) else {
+            return;
+        };
+        cache.remove(&oldest);
     }
 }
 
@@ -454,11 +484,41 @@ mod tests {
             id,
             CachedName {
                 at: Instant::now().checked_sub(age).unwrap(),
+                used: recency(),
                 name: Some(name.into()),
                 refreshing: false,
             },
         );
         cache
+    }
+
+    /// A full name cache forgets one name to take a new one, the one used least recently: a
+    /// caller with thousands of uids does not send every other user's next call to the name
+    /// service.
+    #[test]
+    fn a_full_name_cache_forgets_the_least_recently_used_name_only() {
+        fn name(id: u32) -> Option<String> {
+            Some(format!("user-{id}"))
+        }
+        let cache = NameCache::new(name, Slots::new(1, MAX_NAME_LOOKUPS_PER_USER));
+        let n = NAME_CACHE_CAPACITY as u32;
+        for id in 0..n {
+            store(&cache.entries, id, name(id));
+        }
+        // uid 0 is answered from the cache (used now); uid 1 is not.
+        assert_eq!(cache.cached(0, 0), Some(name(0)));
+        store(&cache.entries, n, name(n));
+        let entries = cache.entries.lock().unwrap();
+        assert_eq!(entries.len(), NAME_CACHE_CAPACITY);
+        assert!(entries.contains_key(&0), "a name in use was forgotten");
+        assert!(
+            !entries.contains_key(&1),
+            "the least recently used name was kept"
+        );
+        assert!(
+            (2..=n).all(|id| entries.contains_key(&id)),
+            "more than one name forgotten"
+        );
     }
 
     static SLOW_LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -18,11 +18,13 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 
 use super::slots::{Slots, UserSlot};
+use super::{make_room, recency};
 use crate::attest::{Error, PinnedProcess, read_error};
 use crate::sys;
 use crate::sys::proc::{FileStamp, ProcDir};
 
-/// How many executables' hashes are remembered.
+/// How many executables' hashes are remembered; a full cache forgets the one used least recently
+/// to take a new one.
 const HASH_CACHE_CAPACITY: usize = 4096;
 
 /// Files read at the same time, at most, whoever asks.
@@ -55,6 +57,8 @@ struct CachedHash {
     mtime: (i64, i64),
     ctime: (i64, i64),
     hex: String,
+    /// When it was last stored or found, on the [`recency`] count.
+    used: u64,
 }
 
 /// The outcome of looking for an executable's hash.
@@ -113,9 +117,13 @@ impl Hasher {
     }
 
     fn lookup(&self, key: (u64, u64), stamp: &CachedHash) -> Option<String> {
-        let cache = self.hashes.lock().ok()?;
-        let hit = cache.get(&key)?;
-        hit.same_version(stamp).then(|| hit.hex.clone())
+        let mut cache = self.hashes.lock().ok()?;
+        let hit = cache.get_mut(&key)?;
+        if !hit.same_version(stamp) {
+            return None;
+        }
+        hit.used = recency();
+        Some(hit.hex.clone())
     }
 
     /// For the attestor's prefetch: when the caller's executable is not hashed yet, the work that
@@ -285,19 +293,26 @@ impl Hasher {
         }
         let hex = read_hash(pid, &mut file)?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
+        self.remember(key, stamp, &hex);
+        Ok(Some(hex))
+    }
+
+    /// Keeps `hex` as the hash of the file `key` at the version `stamp` (making room in a full
+    /// cache by forgetting the hash used least recently).
+    fn remember(&self, key: (u64, u64), stamp: &CachedHash, hex: &str) {
         if let Ok(mut cache) = self.hashes.lock() {
-            if cache.len() >= HASH_CACHE_CAPACITY {
-                cache.clear();
+            if !cache.contains_key(&key) {
+                make_room(&mut cache, HASH_CACHE_CAPACITY, |h| h.used);
             }
             cache.insert(
                 key,
                 CachedHash {
-                    hex: hex.clone(),
+                    hex: hex.to_owned(),
+                    used: recency(),
                     ..stamp.clone()
                 },
             );
         }
-        Ok(Some(hex))
     }
 }
 
@@ -343,6 +358,7 @@ fn cache_key(s: &FileStamp) -> ((u64, u64), CachedHash) {
             mtime: s.mtime,
             ctime: s.ctime,
             hex: String::new(),
+            used: 0,
         },
     )
 }
@@ -382,6 +398,41 @@ mod tests {
         assert!(
             hasher.slots.users.lock().unwrap().is_empty(),
             "the user's slots outlived their use"
+        );
+    }
+
+    /// A full cache forgets one hash to take a new one, the one used least recently: a caller
+    /// with thousands of executables does not make every other user's program be read again.
+    #[test]
+    fn a_full_hash_cache_forgets_the_least_recently_used_hash_only() {
+        let hasher = Hasher::new(u64::MAX);
+        let version = |n: u64| CachedHash {
+            size: n,
+            mtime: (1, 0),
+            ctime: (1, 0),
+            hex: String::new(),
+            used: 0,
+        };
+        let n = HASH_CACHE_CAPACITY as u64;
+        for i in 0..n {
+            hasher.remember((1, i), &version(i), &format!("{i:064x}"));
+        }
+        // The first file's hash is found again (used now), the second's is not.
+        assert_eq!(
+            hasher.lookup((1, 0), &version(0)),
+            Some(format!("{:064x}", 0))
+        );
+        hasher.remember((1, n), &version(n), "new");
+        let cache = hasher.hashes.lock().unwrap();
+        assert_eq!(cache.len(), HASH_CACHE_CAPACITY);
+        assert!(cache.contains_key(&(1, 0)), "a hash in use was forgotten");
+        assert!(
+            !cache.contains_key(&(1, 1)),
+            "the least recently used hash was kept"
+        );
+        assert!(
+            (2..=n).all(|i| cache.contains_key(&(1, i))),
+            "more than one hash forgotten"
         );
     }
 }
