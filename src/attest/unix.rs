@@ -285,10 +285,10 @@ fn make_room<K: Copy + Eq + std::hash::Hash, V>(
     capacity: usize,
     used: impl Fn(&V) -> u64,
 ) {
-    while cache.len() >= capacity.max(1) {
-        let Some(oldest) = cache.iter().min_by_key(|(_, v)| used(v)).map(|(k, _)| *k) else {
-            return;
-        };
+    if cache.len() < capacity {
+        return;
+    }
+    if let Some(oldest) = cache.iter().min_by_key(|(_, v)| used(v)).map(|(k, _)| *k) {
         cache.remove(&oldest);
     }
 }
