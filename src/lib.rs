@@ -33,6 +33,7 @@ mod oidc;
 #[cfg(feature = "policy")]
 pub mod policy;
 pub mod proto;
+mod recency;
 pub mod registry;
 pub mod selector;
 mod shutdown;

@@ -173,14 +173,35 @@ struct Learned {
 }
 
 /// Ranges kept at most (a namespace's map has at most 340 lines; a user's usual 65,536 subordinate
-/// uids make at most 65,536 ranges however they are split among namespaces); past it the list
-/// starts again, and a connection from a uid not in it is identified before it is charged, as
+/// uids make at most 65,536 ranges however they are split among namespaces). A full list forgets
+/// the ranges past their TTL and, if that is not enough, the half seen least recently
+/// ([`forget_older_half`]); a connection from a uid no longer in it is identified before it is charged, as
 /// before anything was learned. About 2 MB at most.
 const MAX_SUBORDINATE_RANGES: usize = 65_536;
 
 /// A range not seen again in a namespace's map for this long is not used: a map that no longer
 /// exists (its namespace is gone, its uids given to someone else) stops counting soon.
 const SUBORDINATE_TTL: Duration = Duration::from_secs(60);
+
+/// Makes room in a full list of ranges: forgets those past [`SUBORDINATE_TTL`] and, when that
+/// leaves it more than half full, those seen before the median (the older half; ties kept). Half at
+/// a time, so the scan is paid once per many new ranges, and a user whose namespace was identified
+/// lately keeps its ranges where emptying the list lost everyone's at once.
+fn forget_older_half(ranges: &mut std::collections::BTreeMap<u32, Learned>, now: Instant) {
+    ranges.retain(|_, l| now.saturating_duration_since(l.at) < SUBORDINATE_TTL);
+    if ranges.len() <= MAX_SUBORDINATE_RANGES / 2 {
+        return;
+    }
+    let mut seen: Vec<Instant> = ranges.values().map(|l| l.at).collect();
+    let middle = seen.len() / 2;
+    let (_, median, _) = seen.select_nth_unstable(middle);
+    let median = *median;
+    ranges.retain(|_, l| l.at >= median);
+    if ranges.len() >= MAX_SUBORDINATE_RANGES {
+        // Every range was seen at the same instant: nothing orders them, so start again.
+        ranges.clear();
+    }
+}
 
 impl Subordinates {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u32, Learned>> {
@@ -218,7 +239,7 @@ impl Subordinates {
                 ranges.remove(&start);
             }
             if ranges.len() >= MAX_SUBORDINATE_RANGES {
-                ranges.clear();
+                forget_older_half(&mut ranges, now);
             }
             ranges.insert(
                 first,
@@ -488,15 +509,20 @@ mod tests {
         assert_eq!(s.owner_of(500_001), None);
         s.learn_subordinates(5, &[(500_000, 10)]);
         assert_eq!(s.owner_of(500_001), Some(5));
-        // Bounded: past the cap the list starts again.
-        for i in 0..(MAX_SUBORDINATE_RANGES as u32 + 10) {
+        // Bounded: a full list forgets the ranges seen least recently, not all of them. User 9's
+        // range, seen again late, survives one user's flood of new ranges.
+        s.learn_subordinates(9, &[(900_000, 10)]);
+        let flood = MAX_SUBORDINATE_RANGES as u32 + 10;
+        for i in 0..flood {
+            if i == flood * 3 / 4 {
+                s.learn_subordinates(9, &[(900_000, 10)]);
+            }
             s.learn_subordinates(7, &[(1_000_000 + 2 * i, 1)]);
         }
         assert!(s.inner.subordinates.lock().len() <= MAX_SUBORDINATE_RANGES);
-        assert_eq!(
-            s.owner_of(1_000_000 + 2 * (MAX_SUBORDINATE_RANGES as u32 + 9)),
-            Some(7)
-        );
+        assert_eq!(s.owner_of(1_000_000 + 2 * (flood - 1)), Some(7));
+        assert_eq!(s.owner_of(900_005), Some(9));
+        assert_eq!(s.owner_of(1_000_000), None, "the oldest range is forgotten");
     }
 
     fn config() -> LimitsConfig {

@@ -28,6 +28,7 @@ use cedar_policy::{
 };
 
 use crate::config::PolicyConfig;
+use crate::recency::{make_room, recency};
 use crate::selector::{Selector, SelectorSet};
 use crate::spiffe_id::SpiffeId;
 
@@ -115,10 +116,18 @@ pub struct Engine {
     /// The policies whose scope can match a (principal, action, resource), per triple: Cedar checks
     /// every policy of a set, so a request is decided against only these (same answer, and a large
     /// set of narrowly scoped policies costs what its relevant part costs).
-    scoped: std::sync::Mutex<HashMap<(EntityUid, EntityUid, EntityUid), std::sync::Arc<PolicySet>>>,
+    scoped: std::sync::Mutex<HashMap<(EntityUid, EntityUid, EntityUid), Scoped>>,
 }
 
-/// How many scoped subsets are kept before the cache starts over.
+/// One cached scoped subset.
+struct Scoped {
+    set: std::sync::Arc<PolicySet>,
+    /// When it was last computed or used, on the [`recency`] count.
+    used: u64,
+}
+
+/// How many scoped subsets are kept. A full cache forgets the one used least recently
+/// ([`make_room`]): a caller asking for many audiences pushes out only what nobody used since.
 const SCOPED_CACHE: usize = 4096;
 
 /// Whether `policy`'s scope can match. Entities here have no parents, so `in` an entity is equality;
@@ -273,7 +282,12 @@ impl Engine {
         resource: &EntityUid,
     ) -> std::sync::Arc<PolicySet> {
         let key = (principal.clone(), action.clone(), resource.clone());
-        if let Some(set) = self.scoped.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(set) = self.scoped.lock().ok().and_then(|mut c| {
+            c.get_mut(&key).map(|hit| {
+                hit.used = recency();
+                hit.set.clone()
+            })
+        }) {
             return set;
         }
         let mut set = PolicySet::new();
@@ -285,10 +299,16 @@ impl Engine {
         }
         let set = std::sync::Arc::new(set);
         if let Ok(mut cache) = self.scoped.lock() {
-            if cache.len() >= SCOPED_CACHE {
-                cache.clear();
+            if !cache.contains_key(&key) {
+                make_room(&mut cache, SCOPED_CACHE, |s| s.used);
             }
-            cache.insert(key, set.clone());
+            cache.insert(
+                key,
+                Scoped {
+                    set: set.clone(),
+                    used: recency(),
+                },
+            );
         }
         set
     }
@@ -474,6 +494,46 @@ pub fn principal_from_json(path: &Path) -> Result<(SpiffeId, SelectorSet), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full scoped cache forgets the subset used least recently: a caller asking for thousands of
+    /// audiences does not push out a subset in steady use.
+    #[test]
+    fn a_full_scoped_cache_keeps_what_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            r#"@id("base") permit (principal, action, resource);"#,
+        )
+        .unwrap();
+        let engine = Engine::load(
+            &PolicyConfig {
+                paths: vec![dir.path().to_owned()],
+                ..PolicyConfig::default()
+            },
+            "n",
+        )
+        .unwrap();
+        let principal = uid("Workload", "spiffe://example.org/a").unwrap();
+        let action = uid("Action", "FetchJWTSVID").unwrap();
+        let audience = |i: usize| uid("Audience", &format!("aud-{i}")).unwrap();
+        let steady = audience(0);
+        for i in 1..=SCOPED_CACHE + 10 {
+            engine.scoped_set(&principal, &action, &steady);
+            engine.scoped_set(&principal, &action, &audience(i));
+        }
+        let cache = engine.scoped.lock().unwrap();
+        assert_eq!(cache.len(), SCOPED_CACHE, "full, not started over");
+        let key = |r: EntityUid| (principal.clone(), action.clone(), r);
+        assert!(
+            cache.contains_key(&key(steady)),
+            "the subset in use is kept"
+        );
+        assert!(cache.contains_key(&key(audience(SCOPED_CACHE + 10))));
+        assert!(
+            !cache.contains_key(&key(audience(1))),
+            "the oldest is forgotten"
+        );
+    }
 
     /// Deciding against the scoped subset gives the answer of the full set, for every kind of scope.
     #[test]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Attestor, Error, ExeFacts, PinnedProcess};
+use crate::recency::{make_room, recency};
 use crate::selector::{Selector, SelectorSet};
 use crate::sys;
 
@@ -265,31 +266,6 @@ fn store(entries: &Mutex<HashMap<u32, CachedName>>, id: u32, name: Option<String
                 refreshing: false,
             },
         );
-    }
-}
-
-/// The next value of a count that orders uses of the name and hash caches (a logical clock: one
-/// atomic add, no clock read on the cached path).
-fn recency() -> u64 {
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Makes room in `cache` for one more entry when it holds `capacity`: forgets the entry used least
-/// recently (`used`). One at a time: a caller with thousands of ids or files pushes out what nobody
-/// used since, where a cache emptied when full made every user's next call look its names up and
-/// hash its program again at once, through the same few lookup and hash turns. A scan of the
-/// entries, only when one is added to a full cache (lookups and hashes are rationed per user).
-fn make_room<K: Copy + Eq + std::hash::Hash, V>(
-    cache: &mut HashMap<K, V>,
-    capacity: usize,
-    used: impl Fn(&V) -> u64,
-) {
-    if cache.len() < capacity {
-        return;
-    }
-    if let Some(oldest) = cache.iter().min_by_key(|(_, v)| used(v)).map(|(k, _)| *k) {
-        cache.remove(&oldest);
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 
 use super::slots::{Slots, UserSlot};
-use super::{make_room, recency};
 use crate::attest::{Error, PinnedProcess, read_error};
+use crate::recency::{make_room, recency};
 use crate::sys;
 use crate::sys::proc::{FileStamp, ProcDir};
 
