@@ -291,6 +291,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Error>
         shares: shares.clone(),
         jwt_revocation: config.jwt_revocation,
         cedar: policies.subscribe(),
+        events: crate::workload_api::agent_events(
+            shutdown_rx.clone(),
+            ca_rx.clone(),
+            policies.subscribe(),
+        ),
     };
     let admin = AdminApi {
         registry: registry.clone(),

