@@ -104,11 +104,15 @@ pub(crate) struct Context {
 /// opening and closing, measured with `perf`), and on waking reads the three channels to see what
 /// changed. A channel whose sender is gone is announced too (the stream ends, as at shutdown).
 /// Must be called within the runtime.
-pub(crate) fn agent_events(
+pub(crate) fn agent_events<C, P>(
     mut shutdown: watch::Receiver<bool>,
-    mut ca: watch::Receiver<Arc<CaSnapshot>>,
-    mut cedar: gate::Cedar,
-) -> crate::wake::Subscription<u64> {
+    mut ca: watch::Receiver<C>,
+    mut cedar: watch::Receiver<P>,
+) -> crate::wake::Subscription<u64>
+where
+    C: Send + Sync + 'static,
+    P: Send + Sync + 'static,
+{
     let (tx, rx) = watch::channel(0u64);
     let waiters = Arc::new(crate::wake::Waiters::default());
     let list = waiters.clone();
@@ -133,4 +137,49 @@ pub(crate) fn agent_events(
         drop(tx);
     });
     crate::wake::Subscription::new(rx, waiters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    /// The next announcement, within a second.
+    async fn announced(updates: &mut crate::wake::Updates<u64>) -> bool {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            poll_fn(|cx| updates.poll_changed(cx)),
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Each of the three channels is announced on the one list, a closed one included, and the
+    /// last announcement stays visible after the task has stopped following them.
+    #[tokio::test]
+    async fn every_agent_wide_change_is_announced_once_on_one_list() {
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (ca_tx, ca) = watch::channel(0u32);
+        let (cedar_tx, cedar) = watch::channel(0u32);
+        let events = agent_events(shutdown, ca, cedar);
+        let mut updates = events.updates(1);
+        assert!(!announced(&mut updates).await, "nothing changed yet");
+        ca_tx.send_replace(1);
+        assert!(announced(&mut updates).await, "a new CA snapshot");
+        cedar_tx.send_replace(1);
+        assert!(announced(&mut updates).await, "a Cedar reload");
+        assert!(!announced(&mut updates).await, "each change once");
+        drop(cedar_tx);
+        assert!(announced(&mut updates).await, "a closed channel");
+        // The task no longer follows the channels, but keeps its sender: a stream that had not
+        // seen the last announcement still sees it.
+        let mut late = events.updates(2);
+        assert!(announced(&mut late).await);
+        shutdown_tx.send_replace(true);
+        assert!(
+            !announced(&mut updates).await,
+            "nothing after the task stopped"
+        );
+    }
 }
