@@ -495,16 +495,10 @@ pub fn principal_from_json(path: &Path) -> Result<(SpiffeId, SelectorSet), Strin
 mod tests {
     use super::*;
 
-    /// A full scoped cache forgets the subset used least recently: a caller asking for thousands of
-    /// audiences does not push out a subset in steady use.
-    #[test]
-    fn a_full_scoped_cache_keeps_what_is_in_use() {
+    /// An engine over one policy file holding `text` (and the directory that holds it).
+    fn engine_of(text: &str) -> (tempfile::TempDir, Engine) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("p.cedar"),
-            r#"@id("base") permit (principal, action, resource);"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("p.cedar"), text).unwrap();
         let engine = Engine::load(
             &PolicyConfig {
                 paths: vec![dir.path().to_owned()],
@@ -513,6 +507,14 @@ mod tests {
             "n",
         )
         .unwrap();
+        (dir, engine)
+    }
+
+    /// A full scoped cache forgets the subset used least recently: a caller asking for thousands of
+    /// audiences does not push out a subset in steady use.
+    #[test]
+    fn a_full_scoped_cache_keeps_what_is_in_use() {
+        let (_dir, engine) = engine_of(r#"@id("base") permit (principal, action, resource);"#);
         let principal = uid("Workload", "spiffe://example.org/a").unwrap();
         let action = uid("Action", "FetchJWTSVID").unwrap();
         let audience = |i: usize| uid("Audience", &format!("aud-{i}")).unwrap();
@@ -538,9 +540,7 @@ mod tests {
     /// Deciding against the scoped subset gives the answer of the full set, for every kind of scope.
     #[test]
     fn scoped_subsets_decide_like_the_full_set() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("p.cedar"),
+        let (_dir, engine) = engine_of(
             r#"
             @id("base") permit (principal, action, resource);
             @id("eq") forbid (principal == Workload::"spiffe://example.org/a", action, resource);
@@ -548,16 +548,7 @@ mod tests {
             @id("is") forbid (principal is Workload, action, resource == Audience::"secret") when { principal has uid && principal.uid == 7 };
             @id("res") forbid (principal, action in [Action::"SDS"], resource == Identity::"spiffe://example.org/c");
             "#,
-        )
-        .unwrap();
-        let engine = Engine::load(
-            &PolicyConfig {
-                paths: vec![dir.path().to_owned()],
-                ..PolicyConfig::default()
-            },
-            "n",
-        )
-        .unwrap();
+        );
         let mut sel = SelectorSet::new();
         sel.insert(Selector::UnixUid(7));
         let ids: Vec<SpiffeId> = ["a", "b", "c", "d"]
