@@ -28,7 +28,7 @@ use cedar_policy::{
 };
 
 use crate::config::PolicyConfig;
-use crate::recency::{make_room, recency};
+use crate::recency::{insert_bounded, recency};
 use crate::selector::{Selector, SelectorSet};
 use crate::spiffe_id::SpiffeId;
 
@@ -127,7 +127,7 @@ struct Scoped {
 }
 
 /// How many scoped subsets are kept. A full cache forgets the one used least recently
-/// ([`make_room`]): a caller asking for many audiences pushes out only what nobody used since.
+/// ([`insert_bounded`]): a caller asking for many audiences pushes out only what nobody used since.
 const SCOPED_CACHE: usize = 4096;
 
 /// Whether `policy`'s scope can match. Entities here have no parents, so `in` an entity is equality;
@@ -299,16 +299,11 @@ impl Engine {
         }
         let set = std::sync::Arc::new(set);
         if let Ok(mut cache) = self.scoped.lock() {
-            if !cache.contains_key(&key) {
-                make_room(&mut cache, SCOPED_CACHE, |s| s.used);
-            }
-            cache.insert(
-                key,
-                Scoped {
-                    set: set.clone(),
-                    used: recency(),
-                },
-            );
+            let scoped = Scoped {
+                set: set.clone(),
+                used: recency(),
+            };
+            insert_bounded(&mut cache, SCOPED_CACHE, key, scoped, |s| s.used);
         }
         set
     }

@@ -130,11 +130,11 @@ where
                 break;
             }
         }
-        // Streams end on what they read from the channels; the sender stays, or a stream that
-        // has not yet seen the last announcement would never see it (a closed channel reports
-        // no change).
+        // Streams end on what they read from the channels; the sender stays (held here until the
+        // runtime drops this task), or a stream that has not yet seen the last announcement would
+        // never see it (a closed channel reports no change).
+        let _kept = tx;
         std::future::pending::<()>().await;
-        drop(tx);
     });
     crate::wake::Subscription::new(rx, waiters)
 }

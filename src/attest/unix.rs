@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Attestor, Error, ExeFacts, PinnedProcess};
-use crate::recency::{make_room, recency};
+use crate::recency::{insert_bounded, recency};
 use crate::selector::{Selector, SelectorSet};
 use crate::sys;
 
@@ -18,7 +18,7 @@ use slots::{Slots, UserSlot};
 /// Default upper bound on the size of an executable that is hashed for `unix:sha256`.
 pub const DEFAULT_HASH_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// How many uids' and gids' names are remembered (each). A full cache makes room for a new id by
-/// forgetting the one used least recently ([`make_room`]), not by forgetting all of them.
+/// forgetting the one used least recently ([`insert_bounded`]), not by forgetting all of them.
 const NAME_CACHE_CAPACITY: usize = 4096;
 
 /// How long a uid or gid → name lookup is reused. Name-service lookups can cost as much as the rest
@@ -254,18 +254,13 @@ impl Drop for LookupDone {
 /// Keeps a fresh answer for `id` (and ends its refresh).
 fn store(entries: &Mutex<HashMap<u32, CachedName>>, id: u32, name: Option<String>) {
     if let Ok(mut cache) = entries.lock() {
-        if !cache.contains_key(&id) {
-            make_room(&mut cache, NAME_CACHE_CAPACITY, |e| e.used);
-        }
-        cache.insert(
-            id,
-            CachedName {
-                at: Instant::now(),
-                used: recency(),
-                name,
-                refreshing: false,
-            },
-        );
+        let entry = CachedName {
+            at: Instant::now(),
+            used: recency(),
+            name,
+            refreshing: false,
+        };
+        insert_bounded(&mut cache, NAME_CACHE_CAPACITY, id, entry, |e| e.used);
     }
 }
 

@@ -19,7 +19,7 @@ use aws_lc_rs::digest;
 
 use super::slots::{Slots, UserSlot};
 use crate::attest::{Error, PinnedProcess, read_error};
-use crate::recency::{make_room, recency};
+use crate::recency::{insert_bounded, recency};
 use crate::sys;
 use crate::sys::proc::{FileStamp, ProcDir};
 
@@ -301,17 +301,12 @@ impl Hasher {
     /// cache by forgetting the hash used least recently).
     fn remember(&self, key: (u64, u64), stamp: &CachedHash, hex: &str) {
         if let Ok(mut cache) = self.hashes.lock() {
-            if !cache.contains_key(&key) {
-                make_room(&mut cache, HASH_CACHE_CAPACITY, |h| h.used);
-            }
-            cache.insert(
-                key,
-                CachedHash {
-                    hex: hex.to_owned(),
-                    used: recency(),
-                    ..stamp.clone()
-                },
-            );
+            let hash = CachedHash {
+                hex: hex.to_owned(),
+                used: recency(),
+                ..stamp.clone()
+            };
+            insert_bounded(&mut cache, HASH_CACHE_CAPACITY, key, hash, |h| h.used);
         }
     }
 }
